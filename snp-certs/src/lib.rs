@@ -1,0 +1,32 @@
+//! Host side of SEV-SNP extended attestation: certificate tables, the lock
+//! protocol that keeps them in step with firmware and key updates, and the
+//! handling of one guest certificate request.
+//!
+//! This crate knows nothing of KVM. A VMM hands it the guest's request (a
+//! guest-physical address and a page count), the guest memory (through the
+//! [`vm_memory`] traits) and the VM's certificate configuration, and gets
+//! back an [`Outcome`] that maps one to one onto the `ret` and `npages`
+//! fields of `KVM_EXIT_SNP_REQ_CERTS`. When certificates were delivered,
+//! the outcome holds a [`Lease`]: the shared lock on the certificate file,
+//! which the VMM keeps until KVM has passed the guest's report request to
+//! firmware, then drops.
+//!
+//! * [`table`]: the GHCB certificate table format, parser and builder.
+//! * [`guid`]: the well-known certificate GUIDs.
+//! * [`lock`]: whole-file OFD locks with a bounded, non-polling wait.
+//! * [`file`]: opening, locking, re-checking and reading a certs file.
+//! * [`config`]: a VM's certs configuration, swappable at run time.
+//! * [`serve`]: one guest request, start to finish.
+
+pub mod config;
+pub mod file;
+pub mod guid;
+pub mod lock;
+pub mod serve;
+pub mod table;
+
+pub use config::{CertsConfig, SharedCertsConfig};
+pub use file::{CertsFileError, CertsReader, Lease, LockedCerts};
+pub use guid::CertKind;
+pub use serve::{CertsRequest, Outcome, OutcomeKind, Reason, serve};
+pub use table::{CertTable, TableBuilder, TableError, TableWarning};

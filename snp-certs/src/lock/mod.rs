@@ -1,0 +1,165 @@
+//! Whole-file OFD locks with a bounded wait that does not poll.
+//!
+//! # The lock protocol
+//!
+//! The VMM and the tools that change SNP firmware, keys or the certs file
+//! coordinate through `fcntl` open-file-description (OFD) locks on the
+//! whole certs file (`l_start = l_len = 0`):
+//!
+//! * the VMM takes a **shared** lock before reading the file to answer a
+//!   guest and keeps it until KVM has sent the guest's report request to
+//!   firmware;
+//! * a management tool takes an **exclusive** lock for the whole update
+//!   (firmware commit, VLEK load, rewriting the file in place).
+//!
+//! OFD locks belong to the open file description, not to the process, so
+//! two descriptors opened separately conflict even within one process, and
+//! closing some other descriptor of the file does not drop them (classic
+//! POSIX locks are dropped then). They do conflict with classic POSIX
+//! `fcntl` locks, so either kind of writer is respected. They do **not**
+//! conflict with `flock(2)`, which therefore cannot protect an update.
+//!
+//! # Waiting
+//!
+//! A conflicting lock is waited for with a blocking `F_OFD_SETLKW`, which
+//! the kernel wakes as soon as the holder unlocks (a few microseconds), and
+//! which uses no CPU meanwhile. The wait is cut off at the deadline by a
+//! per-thread POSIX timer (`timer_create` with `SIGEV_THREAD_ID`) that
+//! sends [`lock_timer_signal`] to the waiting thread; its handler does
+//! nothing and is installed without `SA_RESTART`, so the signal makes
+//! `F_OFD_SETLKW` fail with `EINTR`. A timeout of zero means a single
+//! non-blocking try.
+
+mod timer;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+pub use timer::lock_timer_signal;
+
+/// Which lock to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// A read lock: many holders at once, none while a writer holds it.
+    Shared,
+    /// A write lock: one holder, no readers.
+    Exclusive,
+}
+
+impl LockKind {
+    fn fcntl_type(self) -> libc::c_short {
+        match self {
+            LockKind::Shared => libc::F_RDLCK as libc::c_short,
+            LockKind::Exclusive => libc::F_WRLCK as libc::c_short,
+        }
+    }
+}
+
+/// Why a lock was not taken.
+#[derive(Debug, Error)]
+pub enum LockError {
+    /// Another holder kept a conflicting lock past the timeout.
+    #[error("Lock still held by another process after {}", fmt_wait(*.waited))]
+    Timeout {
+        /// How long this call waited.
+        waited: Duration,
+    },
+    /// The lock call itself failed.
+    #[error("Lock call failed")]
+    Fcntl(#[source] io::Error),
+    /// The per-thread timeout timer could not be set up.
+    #[error("Cannot arm the lock timeout timer")]
+    Timer(#[source] io::Error),
+}
+
+fn fmt_wait(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn whole_file(kind: libc::c_short) -> libc::flock {
+    // SAFETY: `flock` is plain old data; all-zero is a valid value
+    // (whole file from offset 0, l_pid 0 as OFD locks require).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl
+}
+
+/// Issues one `F_OFD_SETLK`/`F_OFD_SETLKW` call.
+fn setlk(file: &File, kind: libc::c_short, wait: bool) -> io::Result<()> {
+    let fl = whole_file(kind);
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    // SAFETY: the fd is valid for the lifetime of `file`, and `fl` is a
+    // properly initialised `flock` that outlives the call.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn is_conflict(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES))
+}
+
+/// Tries once to take the lock. `Ok(false)` when another holder conflicts.
+pub fn try_lock(file: &File, kind: LockKind) -> io::Result<bool> {
+    match setlk(file, kind.fcntl_type(), false) {
+        Ok(()) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes a whole-file OFD lock on `file`, waiting at most `timeout` for a
+/// conflicting holder to let go. Returns how long it waited.
+///
+/// Taking a lock the same open file description already holds converts
+/// it (shared to exclusive or back) and succeeds at once.
+pub fn lock(file: &File, kind: LockKind, timeout: Duration) -> Result<Duration, LockError> {
+    if try_lock(file, kind).map_err(LockError::Fcntl)? {
+        return Ok(Duration::ZERO);
+    }
+    let start = Instant::now();
+    if timeout.is_zero() {
+        return Err(LockError::Timeout {
+            waited: Duration::ZERO,
+        });
+    }
+    let deadline = start + timeout;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LockError::Timeout {
+                waited: now - start,
+            });
+        }
+        let armed = timer::ArmedTimer::arm(deadline - now).map_err(LockError::Timer)?;
+        let result = setlk(file, kind.fcntl_type(), true);
+        drop(armed);
+        match result {
+            Ok(()) => return Ok(start.elapsed()),
+            // Our timer, or any other signal: re-check the deadline.
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(LockError::Fcntl(e)),
+        }
+    }
+}
+
+/// Releases whatever OFD lock `file`'s open file description holds.
+/// Closing the last descriptor of the description releases it too.
+pub fn unlock(file: &File) -> io::Result<()> {
+    setlk(file, libc::F_UNLCK as libc::c_short, false)
+}
+
+#[cfg(test)]
+mod tests;

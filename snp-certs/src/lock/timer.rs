@@ -1,0 +1,154 @@
+//! A per-thread one-shot POSIX timer that interrupts a blocking system
+//! call on the thread that armed it.
+//!
+//! Each thread that waits for a lock gets one timer, created on first use
+//! with `SIGEV_THREAD_ID` so the signal goes to that thread and no other,
+//! and deleted when the thread exits. Arming returns a guard that disarms
+//! the timer when dropped. The signal's handler is a no-op installed
+//! without `SA_RESTART`: its only job is to make the blocked call return
+//! `EINTR`. The waiting thread unblocks the signal before arming, so a
+//! thread that inherited a blocked signal mask still times out.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The signal the lock timer sends: `SIGRTMIN() + 1`.
+///
+/// A VMM embedding this crate must not use this signal for anything else
+/// on threads that serve certificate requests. (`SIGRTMIN()` itself is
+/// commonly used to kick vCPU threads; a kick that lands during a lock
+/// wait only makes the wait re-check its deadline.)
+pub fn lock_timer_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn on_lock_timer(_: libc::c_int) {}
+
+/// Installs the no-op handler once per process.
+fn install_handler() -> io::Result<()> {
+    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
+    let result = INSTALLED.get_or_init(|| {
+        // SAFETY: zeroed `sigaction` is a valid starting value; we then set
+        // the handler (an `extern "C"` fn that touches nothing, hence
+        // async-signal-safe), an empty mask, and flags without SA_RESTART.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_lock_timer as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            action.sa_flags = 0;
+            if libc::sigaction(lock_timer_signal(), &action, std::ptr::null_mut()) == -1 {
+                return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+            }
+        }
+        Ok(())
+    });
+    result.map_err(io::Error::from_raw_os_error)
+}
+
+/// Makes sure the calling thread can receive the timer signal.
+fn unblock_signal() -> io::Result<()> {
+    // SAFETY: the set is initialised by sigemptyset before use and outlives
+    // the calls; pthread_sigmask only changes this thread's mask.
+    let ret = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, lock_timer_signal());
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
+/// The calling thread's timer.
+struct ThreadTimer(libc::timer_t);
+
+impl ThreadTimer {
+    fn create() -> io::Result<ThreadTimer> {
+        install_handler()?;
+        // SAFETY: zeroed `sigevent` is valid; the fields SIGEV_THREAD_ID needs
+        // are set below. `timer_create` writes the new id into `id`.
+        unsafe {
+            let mut event: libc::sigevent = std::mem::zeroed();
+            event.sigev_notify = libc::SIGEV_THREAD_ID;
+            event.sigev_signo = lock_timer_signal();
+            event.sigev_notify_thread_id = libc::gettid();
+            let mut id: libc::timer_t = std::ptr::null_mut();
+            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(ThreadTimer(id))
+        }
+    }
+
+    /// Fires once after `after`; `Duration::ZERO` disarms.
+    fn set(&self, after: Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: `self.0` is a live timer owned by this thread; `spec` is
+        // initialised and outlives the call.
+        let ret = unsafe { libc::timer_settime(self.0, 0, &spec, std::ptr::null_mut()) };
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ThreadTimer {
+    fn drop(&mut self) {
+        // SAFETY: the timer was created by `create` and is deleted once.
+        unsafe {
+            libc::timer_delete(self.0);
+        }
+    }
+}
+
+thread_local! {
+    static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
+}
+
+/// An armed timer; disarmed when dropped.
+pub(super) struct ArmedTimer(());
+
+impl ArmedTimer {
+    /// Arms this thread's timer to fire once after `after` (at least 1 ns).
+    pub(super) fn arm(after: Duration) -> io::Result<ArmedTimer> {
+        unblock_signal()?;
+        let after = after.max(Duration::from_nanos(1));
+        TIMER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(ThreadTimer::create()?);
+            }
+            match slot.as_ref() {
+                Some(timer) => timer.set(after),
+                None => Err(io::Error::other("thread timer missing")),
+            }
+        })?;
+        Ok(ArmedTimer(()))
+    }
+}
+
+impl Drop for ArmedTimer {
+    fn drop(&mut self) {
+        TIMER.with(|cell| {
+            if let Some(timer) = cell.borrow().as_ref() {
+                // Disarming a live timer cannot fail; a failure would only
+                // mean a spurious EINTR later, which callers handle.
+                let _ = timer.set(Duration::ZERO);
+            }
+        });
+    }
+}

@@ -1,0 +1,334 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use vm_memory::{GuestMemoryMmap, GuestUsize};
+
+use super::*;
+use crate::guid::CertKind;
+use crate::lock::{self, LockKind};
+use crate::table::TableBuilder;
+
+const MIB: GuestUsize = 1 << 20;
+
+/// A valid table of exactly `size` bytes (size >= 49).
+fn table_of_size(size: usize) -> Vec<u8> {
+    let mut data = vec![0xab; size - 48];
+    data[0] = 0x30;
+    let mut b = TableBuilder::new();
+    b.add(CertKind::Vcek, data).unwrap();
+    let t = b.build().unwrap();
+    assert_eq!(t.len(), size);
+    t
+}
+
+fn memory(ranges: &[(u64, u64)]) -> GuestMemoryMmap {
+    let ranges: Vec<_> = ranges
+        .iter()
+        .map(|&(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).unwrap();
+    for &(start, len) in &ranges {
+        mem.write_slice(&vec![0xee; len], start).unwrap();
+    }
+    mem
+}
+
+fn read(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    mem.read_slice(&mut buf, GuestAddress(gpa)).unwrap();
+    buf
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    config: CertsConfig,
+    bytes: Vec<u8>,
+}
+
+fn setup(size: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs");
+    let bytes = table_of_size(size);
+    fs::write(&path, &bytes).unwrap();
+    Setup {
+        config: CertsConfig::with_file(&path),
+        path,
+        bytes,
+        _dir: dir,
+    }
+}
+
+fn req(gpa: u64, npages: u64) -> CertsRequest {
+    CertsRequest { gpa, npages }
+}
+
+fn can_lock_exclusive(path: &Path) -> bool {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    lock::try_lock(&f, LockKind::Exclusive).unwrap()
+}
+
+#[test]
+fn delivers_the_file_and_holds_the_lock_until_the_lease_drops() {
+    let s = setup(5000);
+    let mem = memory(&[(0, MIB)]);
+    let out = serve(&mut CertsReader::new(), &s.config, req(0x4000, 2), &mem);
+    assert_eq!(
+        (out.kind, out.reason, out.ret()),
+        (OutcomeKind::Delivered, Reason::Served, 0)
+    );
+    assert_eq!(out.npages, 2);
+    assert_eq!(out.bytes, 5000);
+    assert_eq!(read(&mem, 0x4000, 5000), s.bytes);
+    // Nothing past the table was touched.
+    assert_eq!(read(&mem, 0x4000 + 5000, 16), vec![0xee; 16]);
+    assert!(!can_lock_exclusive(&s.path));
+    drop(out.lease);
+    assert!(can_lock_exclusive(&s.path));
+}
+
+#[test]
+fn page_math_is_exact() {
+    for (size, pages) in [(4096, 1), (4097, 2), (8192, 2), (8193, 3), (49, 1)] {
+        let s = setup(size);
+        let mem = memory(&[(0, MIB)]);
+        let mut reader = CertsReader::new();
+        let out = serve(&mut reader, &s.config, req(0, 0), &mem);
+        assert_eq!(out.kind, OutcomeKind::NeedPages, "size {size}");
+        assert_eq!(out.reason, Reason::SizeQuery);
+        assert_eq!(
+            (out.ret(), out.npages, out.bytes),
+            (RET_ENOSPC, pages, size)
+        );
+        assert!(out.lease.is_none());
+        assert!(can_lock_exclusive(&s.path), "no lease on a size answer");
+        let small = serve(&mut reader, &s.config, req(0, pages - 1), &mem);
+        if pages > 1 {
+            assert_eq!(small.reason, Reason::BufferTooSmall);
+            assert_eq!(small.npages, pages);
+        }
+        drop(small);
+        let out = serve(&mut reader, &s.config, req(0, pages), &mem);
+        assert_eq!(out.kind, OutcomeKind::Delivered, "size {size}");
+        assert_eq!(read(&mem, 0, size), s.bytes);
+    }
+}
+
+#[test]
+fn size_query_writes_nothing() {
+    let s = setup(3000);
+    let mem = memory(&[(0, MIB)]);
+    let out = serve(&mut CertsReader::new(), &s.config, req(0x1000, 0), &mem);
+    assert_eq!(out.kind, OutcomeKind::NeedPages);
+    assert_eq!(read(&mem, 0x1000, 4096), vec![0xee; 4096]);
+}
+
+#[test]
+fn no_certs_file_gives_an_empty_table() {
+    let mem = memory(&[(0, MIB)]);
+    let config = CertsConfig::default();
+    let out = serve(&mut CertsReader::new(), &config, req(0x2000, 0), &mem);
+    assert_eq!(
+        (out.kind, out.reason, out.ret(), out.bytes),
+        (OutcomeKind::Delivered, Reason::NoCertsFile, 0, 0)
+    );
+    assert_eq!(
+        read(&mem, 0x2000, 24),
+        vec![0xee; 24],
+        "npages 0: nothing written"
+    );
+    let out = serve(&mut CertsReader::new(), &config, req(0x2000, 1), &mem);
+    assert_eq!((out.kind, out.bytes), (OutcomeKind::Delivered, 24));
+    assert!(out.lease.is_none());
+    assert_eq!(read(&mem, 0x2000, 24), vec![0; 24]);
+    assert_eq!(read(&mem, 0x2000 + 24, 8), vec![0xee; 8]);
+}
+
+#[test]
+fn buffer_at_the_very_end_of_ram_is_served() {
+    let s = setup(6000);
+    let mem = memory(&[(0, MIB)]);
+    let gpa = MIB - 2 * 4096;
+    let out = serve(&mut CertsReader::new(), &s.config, req(gpa, 2), &mem);
+    assert_eq!(out.kind, OutcomeKind::Delivered);
+    assert_eq!(read(&mem, gpa, 6000), s.bytes);
+}
+
+#[test]
+fn buffer_running_past_the_end_of_ram_fails() {
+    let s = setup(6000);
+    let mem = memory(&[(0, MIB)]);
+    let gpa = MIB - 4096;
+    let out = serve(&mut CertsReader::new(), &s.config, req(gpa, 2), &mem);
+    assert_eq!(
+        (out.kind, out.reason, out.ret()),
+        (OutcomeKind::Failed, Reason::OutsideGuestRam, RET_EIO)
+    );
+    assert!(out.lease.is_none());
+    assert!(can_lock_exclusive(&s.path), "no lease on failure");
+    assert_eq!(read(&mem, gpa, 4096), vec![0xee; 4096], "nothing written");
+}
+
+#[test]
+fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
+    let s = setup(6000);
+    let mem = memory(&[
+        (0, 64 * 1024),
+        (128 * 1024, 64 * 1024),
+        (192 * 1024, 64 * 1024),
+    ]);
+    let mut reader = CertsReader::new();
+    let out = serve(&mut reader, &s.config, req(60 * 1024, 2), &mem);
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Failed, Reason::OutsideGuestRam)
+    );
+    assert_eq!(read(&mem, 60 * 1024, 4096), vec![0xee; 4096]);
+    drop(out);
+    // Two regions that touch are one range for the guest.
+    let out = serve(&mut reader, &s.config, req(188 * 1024, 2), &mem);
+    assert_eq!(out.kind, OutcomeKind::Delivered);
+    assert_eq!(read(&mem, 188 * 1024, 6000), s.bytes);
+}
+
+#[test]
+fn buffer_beyond_ram_fails() {
+    let s = setup(100);
+    let mem = memory(&[(0, MIB)]);
+    let out = serve(&mut CertsReader::new(), &s.config, req(1 << 30, 1), &mem);
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Failed, Reason::OutsideGuestRam)
+    );
+    let empty = CertsConfig::default();
+    let out = serve(&mut CertsReader::new(), &empty, req(1 << 30, 1), &mem);
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Failed, Reason::OutsideGuestRam)
+    );
+}
+
+#[test]
+fn overflowing_and_misaligned_requests_fail() {
+    let s = setup(100);
+    let mem = memory(&[(0, MIB)]);
+    let mut reader = CertsReader::new();
+    for (gpa, npages) in [
+        (u64::MAX & !0xfff, 2),
+        (0, u64::MAX),
+        (0x1000, 1 << 52),
+        (u64::MAX & !0xfff, u64::MAX),
+    ] {
+        let out = serve(&mut reader, &s.config, req(gpa, npages), &mem);
+        assert_eq!(
+            (out.kind, out.reason, out.ret()),
+            (OutcomeKind::Failed, Reason::BufferOverflows, RET_EIO),
+            "{gpa:#x} {npages}"
+        );
+        assert_eq!(out.npages, npages);
+    }
+    let out = serve(&mut reader, &s.config, req(0x1001, 1), &mem);
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Failed, Reason::GpaMisaligned)
+    );
+}
+
+#[test]
+fn host_side_trouble_is_busy() {
+    let mem = memory(&[(0, MIB)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut reader = CertsReader::new();
+    let cases = [
+        (dir.path().join("missing"), Reason::FileMissing),
+        (dir.path().to_owned(), Reason::FileNotRegular),
+    ];
+    for (path, reason) in cases {
+        let out = serve(&mut reader, &CertsConfig::with_file(path), req(0, 4), &mem);
+        assert_eq!(
+            (out.kind, out.reason, out.ret()),
+            (OutcomeKind::Busy, reason, RET_EAGAIN)
+        );
+        assert!(out.detail.is_some());
+    }
+    let bad = dir.path().join("bad");
+    fs::write(&bad, [1u8; 100]).unwrap();
+    let out = serve(&mut reader, &CertsConfig::with_file(&bad), req(0, 4), &mem);
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Busy, Reason::FileInvalid)
+    );
+    assert!(out.detail.unwrap().contains("terminator"));
+    assert_eq!(read(&mem, 0, 4096), vec![0xee; 4096]);
+}
+
+#[test]
+fn lock_timeout_is_busy_with_the_wait() {
+    let s = setup(100);
+    let mem = memory(&[(0, MIB)]);
+    let writer = fs::OpenOptions::new().write(true).open(&s.path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let config = CertsConfig {
+        certs_timeout: 20,
+        ..s.config.clone()
+    };
+    let out = serve(&mut CertsReader::new(), &config, req(0, 1), &mem);
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Busy, Reason::LockTimeout)
+    );
+    assert!(out.lock_wait >= Duration::from_millis(20));
+    let zero = CertsConfig {
+        certs_timeout: 0,
+        ..s.config.clone()
+    };
+    let out = serve(&mut CertsReader::new(), &zero, req(0, 1), &mem);
+    assert_eq!(
+        (out.reason, out.lock_wait),
+        (Reason::LockTimeout, Duration::ZERO)
+    );
+    lock::unlock(&writer).unwrap();
+    let out = serve(&mut CertsReader::new(), &zero, req(0, 1), &mem);
+    assert_eq!(out.kind, OutcomeKind::Delivered);
+}
+
+#[test]
+fn random_requests_never_write_outside_the_table() {
+    let s = setup(5000);
+    let mem = memory(&[(0, 64 * 1024), (128 * 1024, 64 * 1024)]);
+    let mut reader = CertsReader::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..500 {
+        let gpa = match next() % 4 {
+            0 => next(),
+            1 => next() & !0xfff,
+            _ => (next() % (256 * 1024)) & !0xfff,
+        };
+        let npages = match next() % 3 {
+            0 => next(),
+            _ => next() % 4,
+        };
+        let before: Vec<u8> = [(0u64, 64 * 1024usize), (128 * 1024, 64 * 1024)]
+            .iter()
+            .flat_map(|&(a, l)| read(&mem, a, l))
+            .collect();
+        let out = serve(&mut reader, &s.config, req(gpa, npages), &mem);
+        let after: Vec<u8> = [(0u64, 64 * 1024usize), (128 * 1024, 64 * 1024)]
+            .iter()
+            .flat_map(|&(a, l)| read(&mem, a, l))
+            .collect();
+        if out.kind != OutcomeKind::Delivered {
+            assert_eq!(before, after, "{gpa:#x} {npages} {:?}", out.reason);
+        } else {
+            assert_eq!(read(&mem, gpa, 5000), s.bytes);
+            mem.write_slice(&vec![0xee; 5000], GuestAddress(gpa))
+                .unwrap();
+        }
+    }
+}

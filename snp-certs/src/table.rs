@@ -86,7 +86,9 @@ pub enum TableError {
         index: usize,
     },
     /// An entry's data starts inside the entry list or terminator.
-    #[error("Entry {index} ({kind}) starts at offset {offset}, inside the {header_len}-byte header")]
+    #[error(
+        "Entry {index} ({kind}) starts at offset {offset}, inside the {header_len}-byte header"
+    )]
     OffsetInHeader {
         /// Index of the entry.
         index: usize,
@@ -110,7 +112,9 @@ pub enum TableError {
         length: u32,
     },
     /// An entry's data ends past the end of the table.
-    #[error("Entry {index} ({kind}) spans bytes {offset}..{end}, past the end of the {size}-byte table")]
+    #[error(
+        "Entry {index} ({kind}) spans bytes {offset}..{end}, past the end of the {size}-byte table"
+    )]
     PastEnd {
         /// Index of the entry.
         index: usize,

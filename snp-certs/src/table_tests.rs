@@ -163,8 +163,11 @@ fn duplicate_guid_is_rejected() {
     let mut bytes = sample();
     let vcek = CertKind::Vcek.guid().unwrap();
     let table = CertTable::parse(&bytes).unwrap();
-    let ark = table.entries()[2].clone();
-    put_entry(&mut bytes, 2, vcek, ark.offset, ark.data.len() as u32);
+    let (offset, length) = (
+        table.entries()[2].offset,
+        table.entries()[2].data.len() as u32,
+    );
+    put_entry(&mut bytes, 2, vcek, offset, length);
     assert_eq!(
         CertTable::parse(&bytes),
         Err(TableError::DuplicateGuid {
@@ -178,7 +181,11 @@ fn duplicate_guid_is_rejected() {
     b.add(CertKind::Ark, der(1, 5)).unwrap();
     assert!(matches!(
         b.add(CertKind::Ark, der(1, 5)),
-        Err(TableError::DuplicateGuid { index: 1, first: 0, .. })
+        Err(TableError::DuplicateGuid {
+            index: 1,
+            first: 0,
+            ..
+        })
     ));
 }
 
@@ -223,8 +230,11 @@ fn table_above_linux_limit_warns() {
     );
     // Exactly at the limit: no warning.
     let mut b = TableBuilder::new();
-    b.add(CertKind::Vcek, der(1, LINUX_GUEST_MAX_SIZE - 2 * ENTRY_SIZE))
-        .unwrap();
+    b.add(
+        CertKind::Vcek,
+        der(1, LINUX_GUEST_MAX_SIZE - 2 * ENTRY_SIZE),
+    )
+    .unwrap();
     let bytes = b.build().unwrap();
     assert_eq!(bytes.len(), LINUX_GUEST_MAX_SIZE);
     assert!(CertTable::parse(&bytes).unwrap().warnings().is_empty());

@@ -1,0 +1,126 @@
+use std::fs::OpenOptions;
+use std::sync::mpsc;
+
+use super::*;
+
+fn two_descriptions() -> (tempfile::NamedTempFile, File, File) {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp.path())
+        .unwrap();
+    let b = File::open(tmp.path()).unwrap();
+    (tmp, a, b)
+}
+
+#[test]
+fn shared_locks_coexist() {
+    let (_tmp, a, b) = two_descriptions();
+    assert_eq!(
+        lock(&a, LockKind::Shared, Duration::ZERO).unwrap(),
+        Duration::ZERO
+    );
+    assert_eq!(
+        lock(&b, LockKind::Shared, Duration::ZERO).unwrap(),
+        Duration::ZERO
+    );
+}
+
+#[test]
+fn exclusive_blocks_shared_and_zero_timeout_tries_once() {
+    let (_tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    assert!(!try_lock(&b, LockKind::Shared).unwrap());
+    match lock(&b, LockKind::Shared, Duration::ZERO) {
+        Err(LockError::Timeout { waited }) => assert_eq!(waited, Duration::ZERO),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    unlock(&a).unwrap();
+    assert!(try_lock(&b, LockKind::Shared).unwrap());
+}
+
+#[test]
+fn shared_blocks_exclusive() {
+    let (_tmp, a, b) = two_descriptions();
+    lock(&b, LockKind::Shared, Duration::ZERO).unwrap();
+    assert!(!try_lock(&a, LockKind::Exclusive).unwrap());
+    unlock(&b).unwrap();
+    assert!(try_lock(&a, LockKind::Exclusive).unwrap());
+}
+
+#[test]
+fn wait_times_out_after_the_timeout() {
+    let (_tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let timeout = Duration::from_millis(50);
+    let start = Instant::now();
+    match lock(&b, LockKind::Shared, timeout) {
+        Err(LockError::Timeout { waited }) => {
+            assert!(waited >= timeout, "waited only {waited:?}");
+            assert!(start.elapsed() >= timeout);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // The timer is disarmed: a later blocking call is not interrupted.
+    unlock(&a).unwrap();
+    assert_eq!(lock(&b, LockKind::Shared, timeout).unwrap(), Duration::ZERO);
+}
+
+#[test]
+fn waiter_gets_the_lock_when_the_holder_unlocks() {
+    let (_tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        tx.send(()).unwrap();
+        lock(&b, LockKind::Shared, Duration::from_secs(20)).map(|w| (w, b))
+    });
+    rx.recv().unwrap();
+    unlock(&a).unwrap();
+    let (waited, _b) = waiter.join().unwrap().unwrap();
+    // It did not sit out the 20 s timeout.
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+}
+
+#[test]
+fn timeout_works_with_the_signal_blocked() {
+    let (_tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let result = std::thread::spawn(move || {
+        // SAFETY: a zeroed sigset initialised by sigfillset; only this
+        // thread's mask changes.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+        lock(&b, LockKind::Shared, Duration::from_millis(20))
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(result, Err(LockError::Timeout { .. })));
+}
+
+#[test]
+fn many_threads_time_out_independently() {
+    let (tmp, a, _b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let threads: Vec<_> = (1..=4u64)
+        .map(|i| {
+            let path = tmp.path().to_owned();
+            std::thread::spawn(move || {
+                let f = File::open(path).unwrap();
+                let timeout = Duration::from_millis(10 * i);
+                (timeout, lock(&f, LockKind::Shared, timeout))
+            })
+        })
+        .collect();
+    for t in threads {
+        let (timeout, result) = t.join().unwrap();
+        match result {
+            Err(LockError::Timeout { waited }) => assert!(waited >= timeout),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+}

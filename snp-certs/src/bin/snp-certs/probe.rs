@@ -47,7 +47,10 @@ struct ProbeReport {
 /// Runs `probe`.
 pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
     if args.npages > MAX_PROBE_PAGES {
-        bail!("--npages {} is above the probe limit of {MAX_PROBE_PAGES}", args.npages);
+        bail!(
+            "--npages {} is above the probe limit of {MAX_PROBE_PAGES}",
+            args.npages
+        );
     }
     let file = std::path::absolute(&args.file)
         .with_context(|| format!("cannot resolve {}", args.file.display()))?;
@@ -56,8 +59,9 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
         certs_timeout: args.timeout,
     };
     let pages = args.npages.max(1);
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (pages * PAGE_SIZE) as usize)])
-        .context("cannot allocate the scratch guest buffer")?;
+    let memory =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (pages * PAGE_SIZE) as usize)])
+            .context("cannot allocate the scratch guest buffer")?;
     let request = CertsRequest {
         gpa: 0,
         npages: args.npages,
@@ -78,7 +82,12 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
     } else {
         println!(
             "{} (ret {}, npages {}, {} bytes, lock wait {} us, {})",
-            report.outcome, report.ret, report.npages, report.bytes, report.lock_wait_us, report.reason
+            report.outcome,
+            report.ret,
+            report.npages,
+            report.bytes,
+            report.lock_wait_us,
+            report.reason
         );
         if let Some(detail) = &report.detail {
             println!("  {detail}");

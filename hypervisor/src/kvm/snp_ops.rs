@@ -1,0 +1,88 @@
+//! SNP ioctls: probing, initialising an SNP VM and enabling the exit.
+//!
+//! The numbers and structures live in [`super::snp`].
+
+use kvm_bindings::{kvm_device_attr, kvm_sev_cmd, kvm_sev_init};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::errno::Error as Errno;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+use super::snp::{
+    KVM_SEV_INIT2, KVM_SEV_SNP_ENABLE_REQ_CERTS, KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS,
+    ioctls::{KVM_GET_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR},
+};
+use crate::HypervisorError;
+
+/// Errnos meaning "this host has no such attribute": no SEV support at all
+/// (`ENXIO`, as on PVM hosts), no device-attribute ioctls on the system fd
+/// (`ENOTTY`), or an older kernel rejecting the attribute (`EINVAL`).
+fn means_unsupported(e: Errno) -> bool {
+    matches!(e.errno(), libc::ENXIO | libc::ENOTTY | libc::EINVAL)
+}
+
+/// Asks `/dev/kvm` whether `KVM_X86_SEV_SNP_REQ_CERTS` is supported.
+pub(super) fn probe_req_certs(kvm: &Kvm) -> Result<bool, HypervisorError> {
+    let mut value: u64 = 0;
+    let attr = kvm_device_attr {
+        flags: 0,
+        group: KVM_X86_GRP_SEV,
+        attr: KVM_X86_SEV_SNP_REQ_CERTS,
+        addr: &mut value as *mut u64 as u64,
+    };
+    // SAFETY: `kvm` is an open /dev/kvm fd; the kernel reads exactly one
+    // kvm_device_attr from `attr`, which lives across the call, and we check
+    // the result.
+    let ret = unsafe { ioctl_with_ref(kvm, KVM_HAS_DEVICE_ATTR(), &attr) };
+    if ret < 0 {
+        let e = Errno::last();
+        return if means_unsupported(e) {
+            log::debug!("KVM_HAS_DEVICE_ATTR(SEV, SNP_REQ_CERTS): {e}");
+            Ok(false)
+        } else {
+            Err(HypervisorError::ProbeSnpReqCerts(e))
+        };
+    }
+    // SAFETY: as above; in addition the kernel writes one u64 to
+    // `attr.addr`, which points at `value`, alive and writable until after
+    // the call.
+    let ret = unsafe { ioctl_with_ref(kvm, KVM_GET_DEVICE_ATTR(), &attr) };
+    if ret < 0 {
+        let e = Errno::last();
+        return if means_unsupported(e) {
+            Ok(false)
+        } else {
+            Err(HypervisorError::ProbeSnpReqCerts(e))
+        };
+    }
+    Ok(value == 1)
+}
+
+/// Issues `KVM_SEV_INIT2` with default features on a new SNP VM.
+pub(super) fn sev_init2(vm: &VmFd, sev_fd: u32) -> Result<(), Errno> {
+    let init = kvm_sev_init::default();
+    let mut cmd = kvm_sev_cmd {
+        id: KVM_SEV_INIT2,
+        data: &init as *const kvm_sev_init as u64,
+        sev_fd,
+        ..Default::default()
+    };
+    vm.encrypt_op_sev(&mut cmd).inspect_err(|e| {
+        log::debug!("KVM_SEV_INIT2 failed: {e} (firmware error {})", cmd.error);
+    })
+}
+
+/// Issues `KVM_SEV_SNP_ENABLE_REQ_CERTS`.
+pub(super) fn enable_req_certs(vm: &VmFd) -> Result<(), HypervisorError> {
+    let mut cmd = kvm_sev_cmd {
+        id: KVM_SEV_SNP_ENABLE_REQ_CERTS,
+        ..Default::default()
+    };
+    vm.encrypt_op_sev(&mut cmd).map_err(|e| match e.errno() {
+        libc::EINVAL => HypervisorError::SnpReqCertsRejected(e),
+        libc::ENOTTY => HypervisorError::SnpUnsupported {
+            reason: "KVM has no memory-encryption commands",
+            source: Some(e),
+        },
+        _ => HypervisorError::EnableSnpReqCerts(e),
+    })
+}

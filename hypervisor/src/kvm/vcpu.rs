@@ -1,0 +1,216 @@
+//! The KVM vCPU: running, decoding exits, completing them, kicking.
+
+use std::fmt;
+use std::mem::offset_of;
+use std::ptr;
+use std::sync::Arc;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::VmShared;
+use super::snp::{KVM_EXIT_SNP_REQ_CERTS, snp_req_certs_ptr};
+use crate::kick::{KickTarget, RunSection};
+use crate::{HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VcpuKicker, VmExit};
+
+/// The exit that is waiting for an answer from the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    IoIn { port: u16, size: u8 },
+    SnpReqCerts,
+}
+
+/// A KVM vCPU.
+pub struct KvmVcpu {
+    fd: VcpuFd,
+    run_size: usize,
+    immediate_exit: bool,
+    pending: Pending,
+    kick: KickTarget,
+    // Last: keeps the VM fd and guest memory alive until `fd` is closed.
+    _vm: Arc<VmShared>,
+}
+
+impl fmt::Debug for KvmVcpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvmVcpu")
+            .field("immediate_exit", &self.immediate_exit)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvmVcpu {
+    pub(super) fn new(
+        fd: VcpuFd,
+        run_size: usize,
+        vm: Arc<VmShared>,
+    ) -> Result<Self, HypervisorError> {
+        Ok(Self {
+            fd,
+            run_size,
+            immediate_exit: false,
+            pending: Pending::None,
+            kick: KickTarget::new()?,
+            _vm: vm,
+        })
+    }
+
+    /// The raw vCPU fd, for operations this crate does not wrap (reading
+    /// registers in tests, for instance).
+    pub fn vcpu_fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    fn decode_snp_req_certs(&mut self) -> VmExit {
+        let p = snp_req_certs_ptr(self.fd.get_kvm_run());
+        // SAFETY: `p` lies inside the live kvm_run mapping owned by `self.fd`
+        // (offsets asserted in `snp`), and the exit reason says the union
+        // holds `struct kvm_exit_snp_req_certs`.
+        let exit = unsafe { ptr::read_volatile(p) };
+        self.pending = Pending::SnpReqCerts;
+        VmExit::SnpReqCerts(SnpCertsRequest {
+            gpa: exit.gpa,
+            npages: exit.npages,
+        })
+    }
+}
+
+impl Vcpu for KvmVcpu {
+    fn setup_real_mode(&mut self, entry: u64) -> Result<(), HypervisorError> {
+        let mut sregs = self.fd.get_sregs().map_err(HypervisorError::Registers)?;
+        for seg in [
+            &mut sregs.cs,
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.ss,
+            &mut sregs.fs,
+            &mut sregs.gs,
+        ] {
+            seg.base = 0;
+            seg.selector = 0;
+        }
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(HypervisorError::Registers)?;
+        let mut regs = self.fd.get_regs().map_err(HypervisorError::Registers)?;
+        regs.rip = entry;
+        regs.rflags = 2;
+        self.fd.set_regs(&regs).map_err(HypervisorError::Registers)
+    }
+
+    fn run(&mut self) -> Result<VmExit, HypervisorError> {
+        self.kick.bind_current_thread();
+        self.pending = Pending::None;
+        let immediate_exit: *mut u8 = ptr::from_mut(self.fd.get_kvm_run())
+            .cast::<u8>()
+            .wrapping_add(offset_of!(kvm_run, immediate_exit));
+        // SAFETY: `immediate_exit` points into the kvm_run mapping owned by
+        // `self.fd`, which outlives this function; the section is dropped
+        // below, on this thread.
+        let section = unsafe { RunSection::enter(immediate_exit) };
+        // Set after the section is registered: a kick that lands from here
+        // on is seen by the handler, an earlier one by the pending flag.
+        let want = self.kick.immediate_exit_for_run(self.immediate_exit);
+        // SAFETY: valid for writes (above). Volatile: the signal handler and
+        // the kernel access the byte behind the compiler's back.
+        unsafe { immediate_exit.write_volatile(u8::from(want)) };
+
+        let result = match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => Ok(Some(VmExit::IoOut {
+                port,
+                data: data.to_vec(),
+            })),
+            Ok(VcpuExit::IoIn(port, data)) => Ok(Some(match u8::try_from(data.len()) {
+                Ok(size) => {
+                    self.pending = Pending::IoIn { port, size };
+                    VmExit::IoIn { port, size }
+                }
+                Err(_) => VmExit::Other(format!(
+                    "string IN of {} bytes on port {port:#x}",
+                    data.len()
+                )),
+            })),
+            Ok(VcpuExit::Hlt) => Ok(Some(VmExit::Hlt)),
+            Ok(VcpuExit::Shutdown) => Ok(Some(VmExit::Shutdown)),
+            // Decoded below, once the borrow of the exit data has ended.
+            Ok(VcpuExit::Unsupported(KVM_EXIT_SNP_REQ_CERTS)) => Ok(None),
+            Ok(other) => Ok(Some(VmExit::Other(format!("{other:?}")))),
+            Err(e) if e.errno() == libc::EINTR => Ok(Some(VmExit::Interrupted)),
+            Err(e) => Err(HypervisorError::Run(e)),
+        };
+        drop(section);
+        // A kick only forces one run; the VMM's own flag persists.
+        // SAFETY: as above.
+        unsafe { immediate_exit.write_volatile(u8::from(self.immediate_exit)) };
+
+        match result? {
+            None => Ok(self.decode_snp_req_certs()),
+            Some(VmExit::Interrupted) => {
+                self.kick.interrupted(self.immediate_exit);
+                Ok(VmExit::Interrupted)
+            }
+            Some(exit) => Ok(exit),
+        }
+    }
+
+    fn complete_io_in(&mut self, data: &[u8]) -> Result<(), HypervisorError> {
+        let Pending::IoIn { port, size } = self.pending else {
+            return Err(HypervisorError::NoPendingExit("I/O IN"));
+        };
+        if data.len() != usize::from(size) {
+            return Err(HypervisorError::IoInLength {
+                port,
+                expected: usize::from(size),
+                got: data.len(),
+            });
+        }
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the last run ended with KVM_EXIT_IO (direction IN) and no
+        // run happened since, so `io` is the active union member.
+        let offset = unsafe { run.__bindgen_anon_1.io }.data_offset;
+        let in_bounds = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(data.len()))
+            .is_some_and(|end| end <= self.run_size);
+        if !in_bounds {
+            return Err(HypervisorError::BadIoBuffer);
+        }
+        let dst = ptr::from_mut(run)
+            .cast::<u8>()
+            .wrapping_add(offset as usize);
+        // SAFETY: [offset, offset + len) lies inside the kvm_run mapping of
+        // `run_size` bytes (checked above), owned by `self.fd`; nothing else
+        // references those bytes while we hold `&mut self`.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        self.pending = Pending::None;
+        Ok(())
+    }
+
+    fn complete_snp_req_certs(&mut self, c: SnpCertsCompletion) -> Result<(), HypervisorError> {
+        if self.pending != Pending::SnpReqCerts {
+            return Err(HypervisorError::NoPendingExit("SNP certificate request"));
+        }
+        c.validate()?;
+        let p = snp_req_certs_ptr(self.fd.get_kvm_run());
+        // SAFETY: `p` lies inside the live kvm_run mapping owned by
+        // `self.fd`; the last exit was KVM_EXIT_SNP_REQ_CERTS, so the union
+        // holds this structure. Raw-pointer field writes create no reference.
+        unsafe {
+            ptr::addr_of_mut!((*p).npages).write_volatile(c.npages);
+            ptr::addr_of_mut!((*p).ret).write_volatile(c.ret);
+        }
+        self.pending = Pending::None;
+        Ok(())
+    }
+
+    fn set_immediate_exit(&mut self, on: bool) {
+        self.immediate_exit = on;
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    fn kicker(&self) -> VcpuKicker {
+        self.kick.kicker()
+    }
+}

@@ -1,0 +1,261 @@
+//! Mock vCPUs and the guests that drive them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::{MockEvent, MockVmShared};
+use crate::kick::KickTarget;
+use crate::{HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VcpuKicker, VmExit};
+
+/// What the VMM answered to the guest's previous exit, handed to
+/// [`MockGuest::next_exit`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum MockCompletion {
+    /// First step, or the previous exit needed no answer.
+    #[default]
+    Nothing,
+    /// The previous exit was an `IN`.
+    IoIn {
+        /// The port read.
+        port: u16,
+        /// The data the VMM supplied, or `None` if it ran the vCPU without
+        /// completing the `IN` (a VMM bug; real hardware would see stale
+        /// bytes).
+        data: Option<Vec<u8>>,
+    },
+    /// The previous exit was a certificate request.
+    SnpReqCerts {
+        /// The request.
+        request: SnpCertsRequest,
+        /// The VMM's answer, or `None` if it ran the vCPU without answering
+        /// (KVM then reports success with whatever is in the buffer).
+        completion: Option<SnpCertsCompletion>,
+    },
+}
+
+/// A program standing in for the guest of one mock vCPU.
+///
+/// Each ordinary run calls [`MockGuest::next_exit`] once with the answer to
+/// the previous exit and the VM's guest memory (every region mapped so far;
+/// empty before the first [`crate::Vm::map_memory`]); the guest may read and
+/// write memory, then returns its next exit. Runs that are cut short
+/// (immediate exit, kick) do not call it.
+pub trait MockGuest: Send {
+    /// Produces the next exit.
+    fn next_exit(&mut self, last: &MockCompletion, memory: &GuestMemoryMmap) -> VmExit;
+}
+
+impl<F> MockGuest for F
+where
+    F: FnMut(&MockCompletion, &GuestMemoryMmap) -> VmExit + Send,
+{
+    fn next_exit(&mut self, last: &MockCompletion, memory: &GuestMemoryMmap) -> VmExit {
+        self(last, memory)
+    }
+}
+
+/// A guest that replays a fixed list of exits, ignoring the answers, then
+/// returns [`VmExit::Shutdown`] for ever.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptedGuest {
+    exits: VecDeque<VmExit>,
+}
+
+impl ScriptedGuest {
+    /// A guest replaying `exits` in order.
+    pub fn new(exits: impl IntoIterator<Item = VmExit>) -> Self {
+        Self {
+            exits: exits.into_iter().collect(),
+        }
+    }
+}
+
+impl MockGuest for ScriptedGuest {
+    fn next_exit(&mut self, _last: &MockCompletion, _memory: &GuestMemoryMmap) -> VmExit {
+        self.exits.pop_front().unwrap_or(VmExit::Shutdown)
+    }
+}
+
+/// The exit waiting for the VMM's answer.
+#[derive(Debug)]
+enum Awaiting {
+    None,
+    IoIn {
+        port: u16,
+        size: u8,
+        data: Option<Vec<u8>>,
+    },
+    SnpReqCerts {
+        request: SnpCertsRequest,
+        completion: Option<SnpCertsCompletion>,
+    },
+}
+
+impl Awaiting {
+    /// What the guest sees once the exit is completed by a run.
+    fn into_completion(self) -> MockCompletion {
+        match self {
+            Self::None => MockCompletion::Nothing,
+            Self::IoIn { port, data, .. } => MockCompletion::IoIn { port, data },
+            Self::SnpReqCerts {
+                request,
+                completion,
+            } => MockCompletion::SnpReqCerts {
+                request,
+                completion,
+            },
+        }
+    }
+}
+
+/// A mock vCPU.
+pub struct MockVcpu {
+    id: u8,
+    vm: Arc<MockVmShared>,
+    guest: Box<dyn MockGuest>,
+    immediate_exit: bool,
+    awaiting: Awaiting,
+    delivered: MockCompletion,
+    kick: KickTarget,
+}
+
+impl std::fmt::Debug for MockVcpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockVcpu")
+            .field("id", &self.id)
+            .field("immediate_exit", &self.immediate_exit)
+            .field("awaiting", &self.awaiting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockVcpu {
+    pub(super) fn new(
+        id: u8,
+        vm: Arc<MockVmShared>,
+        guest: Box<dyn MockGuest>,
+    ) -> Result<Self, HypervisorError> {
+        Ok(Self {
+            id,
+            vm,
+            guest,
+            immediate_exit: false,
+            awaiting: Awaiting::None,
+            delivered: MockCompletion::Nothing,
+            kick: KickTarget::new()?,
+        })
+    }
+
+    fn log(&self, event: MockEvent) {
+        self.vm.log().push(event);
+    }
+}
+
+impl Vcpu for MockVcpu {
+    fn setup_real_mode(&mut self, entry: u64) -> Result<(), HypervisorError> {
+        self.log(MockEvent::SetupRealMode {
+            vcpu: self.id,
+            entry,
+        });
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<VmExit, HypervisorError> {
+        self.kick.bind_current_thread();
+        let immediate_exit = self.kick.immediate_exit_for_run(self.immediate_exit);
+        self.log(MockEvent::Run {
+            vcpu: self.id,
+            immediate_exit,
+        });
+        // Like KVM: the pending exit is completed first, whatever follows.
+        let answered = std::mem::replace(&mut self.awaiting, Awaiting::None);
+        if !matches!(answered, Awaiting::None) {
+            self.delivered = answered.into_completion();
+        }
+        let exit = if immediate_exit {
+            VmExit::Interrupted
+        } else {
+            let last = std::mem::take(&mut self.delivered);
+            let memory = self.vm.memory();
+            self.guest.next_exit(&last, &memory)
+        };
+        match &exit {
+            VmExit::IoIn { port, size } => {
+                self.awaiting = Awaiting::IoIn {
+                    port: *port,
+                    size: *size,
+                    data: None,
+                };
+            }
+            VmExit::SnpReqCerts(request) => {
+                self.awaiting = Awaiting::SnpReqCerts {
+                    request: *request,
+                    completion: None,
+                };
+            }
+            VmExit::Interrupted => self.kick.interrupted(self.immediate_exit),
+            _ => {}
+        }
+        self.log(MockEvent::Exit {
+            vcpu: self.id,
+            exit: exit.clone(),
+        });
+        Ok(exit)
+    }
+
+    fn complete_io_in(&mut self, data: &[u8]) -> Result<(), HypervisorError> {
+        let Awaiting::IoIn {
+            port,
+            size,
+            data: slot @ None,
+        } = &mut self.awaiting
+        else {
+            return Err(HypervisorError::NoPendingExit("I/O IN"));
+        };
+        if data.len() != usize::from(*size) {
+            return Err(HypervisorError::IoInLength {
+                port: *port,
+                expected: usize::from(*size),
+                got: data.len(),
+            });
+        }
+        *slot = Some(data.to_vec());
+        let port = *port;
+        self.log(MockEvent::IoInCompleted {
+            vcpu: self.id,
+            port,
+            data: data.to_vec(),
+        });
+        Ok(())
+    }
+
+    fn complete_snp_req_certs(&mut self, c: SnpCertsCompletion) -> Result<(), HypervisorError> {
+        let Awaiting::SnpReqCerts {
+            request,
+            completion: slot @ None,
+        } = &mut self.awaiting
+        else {
+            return Err(HypervisorError::NoPendingExit("SNP certificate request"));
+        };
+        c.validate()?;
+        *slot = Some(c);
+        let request = *request;
+        self.log(MockEvent::SnpReqCertsCompleted {
+            vcpu: self.id,
+            request,
+            completion: c,
+        });
+        Ok(())
+    }
+
+    fn set_immediate_exit(&mut self, on: bool) {
+        self.immediate_exit = on;
+        self.log(MockEvent::SetImmediateExit { vcpu: self.id, on });
+    }
+
+    fn kicker(&self) -> VcpuKicker {
+        self.kick.kicker()
+    }
+}

@@ -1,0 +1,270 @@
+//! End-to-end tests of the `snp-certs` binary's `inspect` and `probe`
+//! commands against real files and real locks held by another process.
+//!
+//! The other process is this test binary itself, started again with
+//! `SNP_CERTS_TEST_HOLD_LOCK=path`: it takes an exclusive OFD lock on the
+//! file, prints `lock-held`, and holds the lock until its stdin is closed.
+
+use std::fs;
+use std::io::Read;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use snp_certs::CertKind;
+use snp_certs::lock::{self, LockKind};
+use snp_certs::table::TableBuilder;
+
+const HOLD_LOCK_ENV: &str = "SNP_CERTS_TEST_HOLD_LOCK";
+
+fn snp_certs() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_snp-certs"))
+}
+
+fn sample_table() -> Vec<u8> {
+    let mut b = TableBuilder::new();
+    for (kind, len) in [
+        (CertKind::Vcek, 1300),
+        (CertKind::Ask, 1600),
+        (CertKind::Ark, 1500),
+    ] {
+        let mut data = vec![0x5a; len];
+        data[0] = 0x30;
+        b.add(kind, data).unwrap();
+    }
+    b.build().unwrap()
+}
+
+fn certs_file(dir: &Path) -> PathBuf {
+    let path = dir.join("certs.bin");
+    fs::write(&path, sample_table()).unwrap();
+    path
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The lock-holder half: runs only in the child process.
+#[test]
+fn lock_holder_child() {
+    let Ok(path) = std::env::var(HOLD_LOCK_ENV) else {
+        return;
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    lock::lock(&file, LockKind::Exclusive, Duration::from_secs(10)).unwrap();
+    println!("lock-held");
+    std::io::stdout().flush().unwrap();
+    // Hold the lock until the parent closes our stdin.
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).unwrap() > 0 {}
+}
+
+/// A child process holding the exclusive lock until `release`.
+struct LockHolder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl LockHolder {
+    fn start(path: &Path) -> LockHolder {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "lock_holder_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HOLD_LOCK_ENV, path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "lock holder died");
+            // The harness prints "test lock_holder_child ... " first.
+            if line.trim_end().ends_with("lock-held") {
+                break;
+            }
+        }
+        LockHolder {
+            child,
+            stdin,
+            stdout: out,
+        }
+    }
+
+    fn release(mut self) {
+        drop(self.stdin.take());
+        // Read the harness's last lines so it does not die of EPIPE.
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success(), "{rest}");
+    }
+}
+
+/// Polls `/proc/locks` until some process is blocked on `path`'s lock.
+fn wait_for_blocked_waiter(path: &Path) {
+    let ino = fs::metadata(path).unwrap().ino();
+    let needle = format!(":{ino} ");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&needle))
+        {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("no waiter blocked on {} appeared", path.display());
+}
+
+#[test]
+fn inspect_lists_entries_as_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs_file(dir.path());
+    let out = snp_certs().arg("inspect").arg(&path).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("3 entries"), "{text}");
+    assert!(
+        text.contains("63da758d-e664-4564-adc5-f4b93be8accd"),
+        "{text}"
+    );
+    assert!(text.contains("ASK/ASVK"), "{text}");
+    let out = snp_certs()
+        .arg("inspect")
+        .arg(&path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["size"], 96 + 1300 + 1600 + 1500);
+    assert_eq!(v["entries"][0]["kind"], "vcek");
+    assert_eq!(v["entries"][1]["offset"], 96 + 1300);
+    assert_eq!(v["entries"][2]["length"], 1500);
+    assert_eq!(v["entries"][2]["encoding"], "der");
+    assert_eq!(v["warnings"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn inspect_refuses_an_invalid_file_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad");
+    fs::write(&path, b"garbage").unwrap();
+    let out = snp_certs().arg("inspect").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("terminator"), "{err}");
+}
+
+#[test]
+fn probe_delivers_and_answers_size_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs_file(dir.path());
+    let out = snp_certs()
+        .arg("probe")
+        .arg(&path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "delivered");
+    assert_eq!(v["ret"], 0);
+    assert_eq!(v["bytes"], 4496);
+    let out = snp_certs()
+        .args(["probe", "--npages", "0", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "need-pages");
+    assert_eq!(v["ret"], 28);
+    assert_eq!(v["npages"], 2);
+}
+
+#[test]
+fn probe_reports_a_missing_file_as_busy_and_bad_options_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = snp_certs()
+        .arg("probe")
+        .arg(dir.path().join("none"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("busy (ret 11"), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+    let out = snp_certs()
+        .args(["probe", "--npages", "100000", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("--npages"));
+}
+
+#[test]
+fn probe_is_busy_while_another_process_holds_the_lock_then_served_on_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs_file(dir.path());
+    let holder = LockHolder::start(&path);
+
+    // Held past the timeout: busy, after about the timeout.
+    let out = snp_certs()
+        .args(["probe", "--timeout", "100", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "busy");
+    assert_eq!(v["reason"], "lock-timeout");
+    assert_eq!(v["ret"], 11);
+    let waited = v["lock_wait_us"].as_u64().unwrap();
+    assert!((100_000..5_000_000).contains(&waited), "waited {waited} us");
+
+    // Timeout 0: a single try.
+    let out = snp_certs()
+        .args(["probe", "--timeout", "0", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(json(&out)["lock_wait_us"], 0);
+
+    // A long timeout: the probe blocks, then is served when the holder lets go.
+    let waiter = snp_certs()
+        .args(["probe", "--timeout", "10000", "--json"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_blocked_waiter(&path);
+    holder.release();
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "delivered");
+    let waited = v["lock_wait_us"].as_u64().unwrap();
+    assert!(waited > 0 && waited < 10_000_000, "waited {waited} us");
+}

@@ -373,6 +373,16 @@ impl<'a> CertTable<'a> {
         (self.entries.len() + 1) * ENTRY_SIZE
     }
 
+    /// Bytes a guest keeps: up to the end of the last certificate (the
+    /// largest `offset + length`), or the header for an empty table. Linux
+    /// trims the blob it hands to user space to this length.
+    pub fn used_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| e.offset as usize + e.data.len())
+            .fold(self.header_len(), usize::max)
+    }
+
     /// The first entry of a kind.
     pub fn get(&self, kind: CertKind) -> Option<&CertEntry<'a>> {
         self.entries.iter().find(|e| e.kind == kind)

@@ -34,6 +34,7 @@ fn builder_round_trips_through_parser() {
     assert_eq!(table.entries()[2].data, der(3, 1500).as_slice());
     assert_eq!(bytes.len(), 4 * ENTRY_SIZE + 1300 + 1600 + 1500);
     assert!(table.warnings().is_empty(), "{:?}", table.warnings());
+    assert_eq!(table.used_len(), bytes.len());
     assert_eq!(table.get(CertKind::Ask).unwrap().encoding(), Encoding::Der);
 }
 
@@ -42,6 +43,7 @@ fn empty_table_is_valid() {
     let table = CertTable::parse(&EMPTY_TABLE).unwrap();
     assert!(table.entries().is_empty());
     assert!(table.warnings().is_empty());
+    assert_eq!(table.used_len(), ENTRY_SIZE);
     assert_eq!(TableBuilder::new().build().unwrap(), EMPTY_TABLE);
 }
 

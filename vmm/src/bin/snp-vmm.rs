@@ -1,0 +1,3 @@
+//! `snp-vmm`: run a VM that answers SNP certificate requests.
+
+fn main() {}

@@ -1,0 +1,4 @@
+//! A small KVM VMM that answers SEV-SNP certificate requests.
+
+pub mod doorbell;
+pub mod guest;

@@ -111,3 +111,100 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
         (hash ^ u32::from(b)).wrapping_mul(FNV_PRIME)
     })
 }
+
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+/// Why a mailbox or report could not be accessed.
+#[derive(Debug, thiserror::Error)]
+pub enum DoorbellError {
+    /// The structure is not inside guest RAM.
+    #[error("{what} at {gpa:#x} is not inside guest RAM")]
+    OutsideRam {
+        /// What was accessed.
+        what: &'static str,
+        /// Its address.
+        gpa: u64,
+    },
+}
+
+fn read_u64<M: GuestMemory + ?Sized>(memory: &M, gpa: u64) -> Option<u64> {
+    let mut b = [0u8; 8];
+    memory.read_slice(&mut b, GuestAddress(gpa)).ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+impl Mailbox {
+    /// Reads the mailbox the guest put at `gpa`.
+    pub fn read<M: GuestMemory + ?Sized>(memory: &M, gpa: u64) -> Result<Mailbox, DoorbellError> {
+        let outside = DoorbellError::OutsideRam {
+            what: "mailbox",
+            gpa,
+        };
+        let field = |offset: u64| gpa.checked_add(offset).and_then(|a| read_u64(memory, a));
+        match (field(MAILBOX_GPA), field(MAILBOX_NPAGES), field(MAILBOX_RET)) {
+            (Some(gpa), Some(npages), Some(ret)) => Ok(Mailbox { gpa, npages, ret }),
+            _ => Err(outside),
+        }
+    }
+
+    /// Writes the answer (`ret`, `npages`) into the mailbox at `gpa`.
+    pub fn write_answer<M: GuestMemory + ?Sized>(
+        memory: &M,
+        gpa: u64,
+        ret: u64,
+        npages: u64,
+    ) -> Result<(), DoorbellError> {
+        let outside = || DoorbellError::OutsideRam {
+            what: "mailbox",
+            gpa,
+        };
+        gpa.checked_add(MAILBOX_SIZE as u64).ok_or_else(outside)?;
+        if !memory.check_range(GuestAddress(gpa), MAILBOX_SIZE, vm_memory::Permissions::Write) {
+            return Err(outside());
+        }
+        for (offset, value) in [(MAILBOX_NPAGES, npages), (MAILBOX_RET, ret)] {
+            memory
+                .write_slice(&value.to_le_bytes(), GuestAddress(gpa + offset))
+                .map_err(|_| outside())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn mailbox_round_trip_and_bounds() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        for (i, v) in [0x8000u64, 0, 99].iter().enumerate() {
+            mem.write_slice(&v.to_le_bytes(), GuestAddress(0x3000 + 8 * i as u64))
+                .unwrap();
+        }
+        assert_eq!(
+            Mailbox::read(&mem, 0x3000).unwrap(),
+            Mailbox {
+                gpa: 0x8000,
+                npages: 0,
+                ret: 99
+            }
+        );
+        Mailbox::write_answer(&mem, 0x3000, 28, 2).unwrap();
+        let m = Mailbox::read(&mem, 0x3000).unwrap();
+        assert_eq!((m.gpa, m.npages, m.ret), (0x8000, 2, 28));
+        assert!(Mailbox::read(&mem, 0x10000 - 16).is_err());
+        assert!(Mailbox::write_answer(&mem, 0x10000 - 16, 0, 0).is_err());
+        assert!(Mailbox::read(&mem, u64::MAX - 4).is_err());
+        assert!(Mailbox::write_answer(&mem, u64::MAX - 4, 0, 0).is_err());
+    }
+}

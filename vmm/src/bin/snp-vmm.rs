@@ -1,3 +1,197 @@
-//! `snp-vmm`: run a VM that answers SNP certificate requests.
+//! `snp-vmm`: run a VM whose guest fetches SNP certificates, served from a
+//! per-VM certs file under the shared lock.
+//!
+//! Without `--api-socket` it boots the VM from the command line, waits for
+//! the guest to finish, prints a summary and exits (0 when the guest got
+//! exactly the certs file's table every time). With `--api-socket` it
+//! serves the REST API until `vmm.shutdown`, creating and booting a VM at
+//! start if VM options are given.
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use api_server::server::ApiServer;
+use api_server::types::{VmConfig, VmOptions};
+use clap::Parser;
+use event_monitor::{EventMonitor, EventMonitorConfig, EventSender};
+use vmm::backend::{Backend, BackendChoice};
+use vmm::controller::Vmm;
+use vmm::summary::summarize;
+
+/// Run a VM that answers SEV-SNP certificate requests from a certs file.
+#[derive(Debug, Parser)]
+#[command(name = "snp-vmm", version, about)]
+struct Args {
+    /// Serve the REST API on this Unix socket (created mode 0600).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// vCPUs: boot=N.
+    #[arg(long, value_name = "boot=N")]
+    cpus: Option<String>,
+    /// Guest memory: size=64M.
+    #[arg(long, value_name = "size=SIZE")]
+    memory: Option<String>,
+    /// Certificate serving: certs-file=PATH,certs-timeout=MS,doorbell=on.
+    #[arg(long, value_name = "OPTIONS")]
+    snp: Option<String>,
+    /// Guest payload: attest,requests=N,interval-ms=MS.
+    #[arg(long, value_name = "OPTIONS")]
+    payload: Option<String>,
+    /// JSON-lines event stream: path=FILE or fd=N.
+    #[arg(long, value_name = "path=FILE|fd=N")]
+    event_monitor: Option<EventMonitorConfig>,
+    /// Hypervisor backend: auto (KVM, else the mock), kvm or mock.
+    #[arg(long, default_value_t = BackendChoice::Auto)]
+    hypervisor: BackendChoice,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+impl Args {
+    fn vm_options(&self) -> VmOptions<'_> {
+        VmOptions {
+            cpus: self.cpus.as_deref(),
+            memory: self.memory.as_deref(),
+            snp: self.snp.as_deref(),
+            payload: self.payload.as_deref(),
+        }
+    }
+
+    fn has_vm_options(&self) -> bool {
+        self.cpus.is_some() || self.memory.is_some() || self.snp.is_some() || self.payload.is_some()
+    }
+
+    /// The VM configuration, with a relative certs file made absolute
+    /// against the current directory.
+    fn vm_config(&self) -> Result<VmConfig> {
+        let mut config = VmConfig::from_options(&self.vm_options())?;
+        if let Some(file) = &config.snp.certs_file {
+            config.snp.certs_file = Some(
+                std::path::absolute(file)
+                    .with_context(|| format!("cannot resolve {}", file.display()))?,
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_micros()
+        .init();
+}
+
+fn open_backend(choice: BackendChoice) -> Result<Backend> {
+    let (backend, fallback) = Backend::open(choice).context("cannot open the hypervisor")?;
+    if let Some(why) = fallback {
+        eprintln!("snp-vmm: /dev/kvm is not usable ({why})");
+        eprintln!(
+            "snp-vmm: running on the MOCK backend: the guest is a Rust model of the attestation guest, not real vCPUs"
+        );
+    }
+    Ok(backend)
+}
+
+/// Boots from the command line, waits for the guest, prints the summary.
+fn run_once(args: &Args, vmm: &Vmm) -> Result<ExitCode> {
+    let config = args.vm_config()?;
+    let certs_file = config.snp.certs_file.clone();
+    let timeout = Duration::from_millis(config.snp.certs_timeout);
+    println!(
+        "snp-vmm: hypervisor {}, {} vCPU(s), {} MiB, certs-file {}, certs-timeout {} ms",
+        vmm.backend().name(),
+        config.cpus.boot,
+        config.memory.size >> 20,
+        certs_file
+            .as_deref()
+            .map_or("none (empty table)".into(), |p| p.display().to_string()),
+        config.snp.certs_timeout
+    );
+    vmm.create_vm(config).map_err(|e| anyhow::anyhow!(e.message))?;
+    vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
+    let summary = vmm
+        .with_vm(|vm| {
+            while !vm.wait_for_end(Duration::from_secs(3600)) {}
+            vm.shutdown();
+            Ok(summarize(
+                &vm.attest().records(),
+                &vm.certs().stats(),
+                certs_file.as_deref(),
+                timeout,
+            ))
+        })
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    print!("{}", summary.text);
+    Ok(if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Serves the API until `vmm.shutdown`.
+fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
+    if args.has_vm_options() {
+        vmm.create_vm(args.vm_config()?)
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
+    }
+    let server = ApiServer::start(socket, Arc::clone(&vmm) as Arc<dyn api_server::types::VmmApi>)
+        .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
+    log::info!("API on {}", socket.display());
+    vmm.wait_for_exit_request();
+    server.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    init_logging(args.verbose);
+    let (monitor, events) = match &args.event_monitor {
+        Some(config) => {
+            let (monitor, sender) =
+                EventMonitor::start(config).context("cannot start the event monitor")?;
+            (Some(monitor), sender)
+        }
+        None => (None, EventSender::disabled()),
+    };
+    let backend = open_backend(args.hypervisor)?;
+    events.event("vmm", "started", [("hypervisor", serde_json::json!(backend.name()))]);
+    let vmm = Arc::new(Vmm::new(backend, events.clone(), true));
+    let code = match &args.api_socket {
+        Some(socket) => serve_api(&args, socket, Arc::clone(&vmm))?,
+        None => {
+            if !args.has_vm_options() {
+                bail!("nothing to do: give VM options (--snp, --payload, ...) or --api-socket");
+            }
+            run_once(&args, &vmm)?
+        }
+    };
+    events.event("vmm", "stopped", []);
+    drop(vmm);
+    if let Some(monitor) = monitor {
+        let report = monitor.shutdown();
+        if !report.complete {
+            eprintln!("snp-vmm: the event monitor could not write everything before exit");
+        }
+    }
+    Ok(code)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("snp-vmm: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need beyond the Rust toolchain.
+# Safe to run again; does nothing when everything is there.
+set -euo pipefail
+
+need_apt=()
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing ${need_apt[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+    else
+        echo "setup: please install: ${need_apt[*]} (tests that need them will say they skipped)" >&2
+    fi
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "setup: cargo-nextest not found; installing it from crates.io"
+    cargo install --locked cargo-nextest || echo "setup: cargo-nextest unavailable; tests will use cargo test" >&2
+fi

@@ -1,0 +1,148 @@
+//! What the built-in attestation guest reported, checked against what the
+//! VMM delivered.
+//!
+//! When a vCPU delivers a table it notes what a correct guest must report
+//! for it (entries, trimmed length, FNV-1a checksum). When the guest then
+//! reports, the two are compared and the result is logged per request and
+//! kept for the summary.
+
+use std::sync::{Mutex, PoisonError};
+
+use serde::Serialize;
+
+use crate::doorbell::{GuestReport, ReportStatus};
+
+/// What a correct guest reports for a delivered table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Expected {
+    /// Entries before the terminator.
+    pub entries: u32,
+    /// Trimmed length.
+    pub table_len: u32,
+    /// FNV-1a 32 of the trimmed table.
+    pub checksum: u32,
+}
+
+impl From<(u32, u32, u32)> for Expected {
+    fn from((entries, table_len, checksum): (u32, u32, u32)) -> Expected {
+        Expected {
+            entries,
+            table_len,
+            checksum,
+        }
+    }
+}
+
+/// One guest report with its check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttestRecord {
+    /// The reporting vCPU.
+    pub vcpu: u8,
+    /// Request number.
+    pub seq: u32,
+    /// Final `ret`.
+    pub ret: u32,
+    /// Pages requested.
+    pub npages: u32,
+    /// Busy answers before the final one.
+    pub busy_retries: u32,
+    /// Entries the guest counted.
+    pub entries: u32,
+    /// Length the guest measured.
+    pub table_len: u32,
+    /// Checksum the guest computed.
+    pub checksum: u32,
+    /// The guest's status.
+    pub status: String,
+    /// What the VMM delivered last on this vCPU, if anything.
+    pub expected: Option<Expected>,
+    /// Whether the guest received exactly what was delivered.
+    pub matches: bool,
+}
+
+fn status_name(status: u32) -> &'static str {
+    match status {
+        s if s == ReportStatus::Ok as u32 => "ok",
+        s if s == ReportStatus::GaveUpBusy as u32 => "gave-up-busy",
+        s if s == ReportStatus::TooBig as u32 => "too-big",
+        s if s == ReportStatus::Failed as u32 => "failed",
+        s if s == ReportStatus::BadTable as u32 => "bad-table",
+        _ => "unknown",
+    }
+}
+
+/// All reports of one VM.
+#[derive(Debug, Default)]
+pub struct AttestLog {
+    records: Mutex<Vec<AttestRecord>>,
+}
+
+impl AttestLog {
+    /// Records and logs one report. Returns the record.
+    pub fn record(&self, vcpu: u8, report: &GuestReport, expected: Option<Expected>) -> AttestRecord {
+        let ok = report.status == ReportStatus::Ok as u32;
+        let matches = ok
+            && expected.is_some_and(|e| {
+                (e.entries, e.table_len, e.checksum)
+                    == (report.entries, report.table_len, report.checksum)
+            });
+        let record = AttestRecord {
+            vcpu,
+            seq: report.seq,
+            ret: report.ret,
+            npages: report.npages,
+            busy_retries: report.busy_retries,
+            entries: report.entries,
+            table_len: report.table_len,
+            checksum: report.checksum,
+            status: status_name(report.status).to_owned(),
+            expected,
+            matches,
+        };
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record.clone());
+        record
+    }
+
+    /// Every report so far.
+    pub fn records(&self) -> Vec<AttestRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl AttestRecord {
+    /// One log line, as `snp-vmm` prints it.
+    pub fn line(&self) -> String {
+        let check = match (self.status.as_str(), self.matches) {
+            ("ok", true) => "matches what the VMM delivered".to_owned(),
+            ("ok", false) => match self.expected {
+                Some(e) => format!(
+                    "MISMATCH: VMM delivered {} entries, {} bytes, checksum {:#010x}",
+                    e.entries, e.table_len, e.checksum
+                ),
+                None => "MISMATCH: the VMM delivered nothing".to_owned(),
+            },
+            _ => String::new(),
+        };
+        format!(
+            "vcpu {} request {}: {} ret={} npages={} busy-retries={} entries={} len={} checksum={:#010x} {}",
+            self.vcpu,
+            self.seq,
+            self.status,
+            self.ret,
+            self.npages,
+            self.busy_retries,
+            self.entries,
+            self.table_len,
+            self.checksum,
+            check
+        )
+        .trim_end()
+        .to_owned()
+    }
+}

@@ -1,0 +1,106 @@
+//! Choosing the hypervisor backend: real KVM, or the mock where `/dev/kvm`
+//! is missing.
+
+use std::fmt;
+use std::str::FromStr;
+
+use hypervisor::kvm::KvmHypervisor;
+use hypervisor::mock::{MockHypervisor, ScriptedGuest};
+use hypervisor::{Hypervisor, HypervisorError, VmExit};
+
+use crate::guest::{AttestParams, MockAttestGuest};
+
+/// Which backend the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// KVM if `/dev/kvm` opens, else the mock (said loudly).
+    #[default]
+    Auto,
+    /// KVM or fail.
+    Kvm,
+    /// The mock: guest logic written in Rust, no real vCPUs.
+    Mock,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "kvm" => Ok(BackendChoice::Kvm),
+            "mock" => Ok(BackendChoice::Mock),
+            other => Err(format!("unknown hypervisor {other:?}: use auto, kvm or mock")),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Kvm => "kvm",
+            BackendChoice::Mock => "mock",
+        })
+    }
+}
+
+/// The backend in use.
+pub enum Backend {
+    /// Linux KVM.
+    Kvm(KvmHypervisor),
+    /// The mock backend.
+    Mock(MockHypervisor),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Backend({})", self.name())
+    }
+}
+
+impl Backend {
+    /// Opens the backend. With [`BackendChoice::Auto`] a missing or
+    /// unopenable `/dev/kvm` falls back to the mock; the reason is returned
+    /// so the caller can say it plainly.
+    pub fn open(choice: BackendChoice) -> Result<(Backend, Option<String>), HypervisorError> {
+        match choice {
+            BackendChoice::Mock => Ok((Backend::Mock(MockHypervisor::new().with_snp(false)), None)),
+            BackendChoice::Kvm => Ok((Backend::Kvm(KvmHypervisor::new()?), None)),
+            BackendChoice::Auto => match KvmHypervisor::new() {
+                Ok(kvm) => Ok((Backend::Kvm(kvm), None)),
+                Err(e @ HypervisorError::KvmUnavailable { .. }) => Ok((
+                    Backend::Mock(MockHypervisor::new().with_snp(false)),
+                    Some(snp_certs::serve::error_chain(&e)),
+                )),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The backend as the trait.
+    pub fn hypervisor(&self) -> &dyn Hypervisor {
+        match self {
+            Backend::Kvm(kvm) => kvm,
+            Backend::Mock(mock) => mock,
+        }
+    }
+
+    /// `"kvm"` or `"mock"`.
+    pub fn name(&self) -> &'static str {
+        self.hypervisor().name()
+    }
+
+    /// On the mock, installs the guest program of vCPU `id`: the
+    /// attestation guest's Rust twin on vCPU 0, a halt elsewhere. On KVM
+    /// the real program is loaded into guest memory instead, so this does
+    /// nothing.
+    pub fn install_mock_guest(&self, id: u8, params: Option<AttestParams>) {
+        if let Backend::Mock(mock) = self {
+            match params {
+                Some(params) => mock.set_guest(id, MockAttestGuest::new(params)),
+                None => mock.set_guest(id, ScriptedGuest::new([VmExit::Hlt])),
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The vCPU runner on the mock backend: every exit path and every
+//! completion value, and the lease / immediate-exit order, without KVM.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_monitor::EventSender;
+use hypervisor::mock::{MockCompletion, MockEvent, MockGuest, MockHypervisor, MockLog};
+use hypervisor::{
+    GuestMemoryMmap, Hypervisor, SnpCertsCompletion, SnpCertsRequest, VmExit, VmType,
+};
+use snp_certs::lock::{self, LockKind};
+use snp_certs::{CertKind, CertsConfig, TableBuilder};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::attest::AttestLog;
+use vmm::certs_service::CertsService;
+use vmm::doorbell::{DELAY_PORT, DOORBELL_PORT, Mailbox};
+use vmm::exit_dispatch::VcpuEnd;
+use vmm::stop::StopSignal;
+use vmm::vcpu_runner::{VcpuRunner, VcpuShared};
+
+const MIB: usize = 1 << 20;
+
+fn table() -> Vec<u8> {
+    let mut b = TableBuilder::new();
+    for (kind, len) in [(CertKind::Vcek, 1400), (CertKind::Ask, 1700), (CertKind::Ark, 1700)] {
+        let mut d = vec![7u8; len];
+        d[0] = 0x30;
+        b.add(kind, d).unwrap();
+    }
+    b.build().unwrap()
+}
+
+struct Rig {
+    log: MockLog,
+    memory: Arc<GuestMemoryMmap>,
+    certs: Arc<CertsService>,
+}
+
+/// A temporary directory with `certs.bin` holding `bytes`.
+fn certs_dir(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+/// Runs `guest` on one mock vCPU with `config` until it ends.
+fn run_with(config: CertsConfig, guest: impl MockGuest + 'static) -> (Rig, VcpuEnd) {
+    let hv = MockHypervisor::new().with_guest(0, guest);
+    let log = hv.log();
+    let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
+    let vm = hv.create_vm(VmType::Default).unwrap();
+    vm.map_memory(Arc::clone(&memory)).unwrap();
+    let certs = Arc::new(CertsService::new(config, EventSender::disabled()).unwrap());
+    let shared = VcpuShared {
+        memory: Arc::clone(&memory),
+        certs: Arc::clone(&certs),
+        stop: Arc::new(StopSignal::default()),
+        attest: Arc::new(AttestLog::default()),
+        events: EventSender::disabled(),
+        doorbell: true,
+        print_reports: false,
+    };
+    let end = VcpuRunner::new(0, vm.create_vcpu(0).unwrap(), shared).run();
+    (Rig { log, memory, certs }, end)
+}
+
+/// A guest that replays `exits`, then halts.
+fn script(exits: Vec<VmExit>) -> impl MockGuest + 'static {
+    let exits = Mutex::new(exits.into_iter());
+    move |_: &MockCompletion, _: &GuestMemoryMmap| {
+        exits.lock().unwrap().next().unwrap_or(VmExit::Hlt)
+    }
+}
+
+fn req(gpa: u64, npages: u64) -> VmExit {
+    VmExit::SnpReqCerts(SnpCertsRequest { gpa, npages })
+}
+
+fn completions(log: &MockLog) -> Vec<SnpCertsCompletion> {
+    log.snp_completions(0).into_iter().map(|(_, c)| c).collect()
+}
+
+fn exclusive_free(path: &Path) -> bool {
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    lock::try_lock(&f, LockKind::Exclusive).unwrap()
+}
+
+#[test]
+fn kvm_exit_size_query_then_delivery_with_lease_protocol() {
+    let bytes = table();
+    let (_dir, path) = certs_dir(&bytes);
+    let (rig, end) = run_with(
+        CertsConfig::with_file(&path),
+        script(vec![req(0x10000, 0), req(0x10000, 2)]),
+    );
+    assert_eq!(end, VcpuEnd::Halted);
+    assert_eq!(
+        completions(&rig.log),
+        [SnpCertsCompletion { ret: 28, npages: 2 }, SnpCertsCompletion { ret: 0, npages: 2 }]
+    );
+    let mut got = vec![0; bytes.len()];
+    rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    assert_eq!(got, bytes);
+
+    // After the delivery: immediate exit on, one cut-short run, off again.
+    let events = rig.log.events();
+    let done = events
+        .iter()
+        .position(|e| matches!(e, MockEvent::SnpReqCertsCompleted { completion, .. } if completion.ret == 0))
+        .unwrap();
+    assert_eq!(
+        &events[done + 1..done + 5],
+        &[
+            MockEvent::SetImmediateExit { vcpu: 0, on: true },
+            MockEvent::Run { vcpu: 0, immediate_exit: true },
+            MockEvent::Exit { vcpu: 0, exit: VmExit::Interrupted },
+            MockEvent::SetImmediateExit { vcpu: 0, on: false },
+        ]
+    );
+    // The size answer took no lease, so no immediate-exit run followed it.
+    assert_eq!(
+        events.iter().filter(|e| matches!(e, MockEvent::Run { immediate_exit: true, .. })).count(),
+        1
+    );
+    let stats = rig.certs.stats();
+    assert_eq!((stats.leases_held, stats.leases_released), (0, 1));
+    assert!(exclusive_free(&path));
+}
+
+#[test]
+fn lease_is_released_before_the_guest_runs_again() {
+    let bytes = table();
+    let (_dir, path) = certs_dir(&bytes);
+    let probe = path.clone();
+    let seen = Arc::new(Mutex::new(None));
+    let seen_by_guest = Arc::clone(&seen);
+    let mut step = 0;
+    let (_rig, end) = run_with(
+        CertsConfig::with_file(&path),
+        move |last: &MockCompletion, _: &GuestMemoryMmap| {
+            step += 1;
+            if step == 1 {
+                return req(0x10000, 2);
+            }
+            // The guest's next step: the VMM must have let go of the lock.
+            if let MockCompletion::SnpReqCerts { completion: Some(c), .. } = last {
+                *seen_by_guest.lock().unwrap() = Some((c.ret, exclusive_free(&probe)));
+            }
+            VmExit::Hlt
+        },
+    );
+    assert_eq!(end, VcpuEnd::Halted);
+    assert_eq!(*seen.lock().unwrap(), Some((0, true)));
+}
+
+#[test]
+fn every_completion_value() {
+    let (_dir, path) = certs_dir(&table());
+    let (rig, _) = run_with(
+        CertsConfig::with_file(&path),
+        script(vec![
+            req(0x10000, 1),           // too small: ENOSPC 2
+            req(0x10001, 2),           // misaligned: EIO
+            req(MIB as u64, 2),        // outside RAM: EIO
+            req(u64::MAX & !0xfff, 2), // overflow: EIO
+            req(0x10000, 2),           // delivered: 0
+        ]),
+    );
+    let rets: Vec<_> = completions(&rig.log).iter().map(|c| (c.ret, c.npages)).collect();
+    assert_eq!(rets, [(28, 2), (5, 2), (5, 2), (5, 2), (0, 2)]);
+    let stats = rig.certs.stats();
+    assert_eq!(stats.requests.failed, 3);
+    assert_eq!(stats.reasons["gpa-misaligned"], 1);
+    assert_eq!(stats.reasons["outside-guest-ram"], 1);
+    assert_eq!(stats.reasons["buffer-overflows"], 1);
+}
+
+#[test]
+fn busy_while_another_holder_has_the_lock_then_served() {
+    let (_dir, path) = certs_dir(&table());
+    let holder = path.clone();
+    let mut writer: Option<fs::File> = None;
+    let mut step = 0;
+    let config = CertsConfig {
+        certs_timeout: 20,
+        ..CertsConfig::with_file(&path)
+    };
+    let (rig, _) = run_with(config, move |_: &MockCompletion, _: &GuestMemoryMmap| {
+        step += 1;
+        match step {
+            1 => {
+                // A management tool takes the exclusive lock.
+                let f = fs::OpenOptions::new().write(true).open(&holder).unwrap();
+                lock::lock(&f, LockKind::Exclusive, Duration::ZERO).unwrap();
+                writer.replace(f);
+                req(0x10000, 2)
+            }
+            2 => {
+                drop(writer.take());
+                req(0x10000, 2)
+            }
+            _ => VmExit::Hlt,
+        }
+    });
+    assert_eq!(
+        completions(&rig.log),
+        [SnpCertsCompletion { ret: 11, npages: 2 }, SnpCertsCompletion { ret: 0, npages: 2 }]
+    );
+    let stats = rig.certs.stats();
+    assert_eq!(stats.reasons["lock-timeout"], 1);
+    assert!(stats.lock_wait_us.max >= 20_000);
+}
+
+#[test]
+fn busy_when_the_file_disappears() {
+    let (_dir, path) = certs_dir(&table());
+    let gone = path.clone();
+    let mut step = 0;
+    let (rig, _) = run_with(
+        CertsConfig::with_file(&path),
+        move |_: &MockCompletion, _: &GuestMemoryMmap| {
+            step += 1;
+            if step == 1 {
+                fs::remove_file(&gone).unwrap();
+                return req(0x10000, 2);
+            }
+            VmExit::Hlt
+        },
+    );
+    assert_eq!(completions(&rig.log), [SnpCertsCompletion { ret: 11, npages: 2 }]);
+    assert_eq!(rig.certs.stats().reasons["file-missing"], 1);
+}
+
+#[test]
+fn no_certs_file_serves_an_empty_table() {
+    let (rig, _) = run_with(
+        CertsConfig::default(),
+        script(vec![req(0x10000, 0), req(0x10000, 1)]),
+    );
+    assert_eq!(
+        completions(&rig.log),
+        [SnpCertsCompletion { ret: 0, npages: 0 }, SnpCertsCompletion { ret: 0, npages: 1 }]
+    );
+    let mut got = [1u8; 24];
+    rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    assert_eq!(got, [0; 24]);
+    assert_eq!(rig.certs.stats().leases_released, 0, "no file, no lease");
+}
+
+#[test]
+fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
+    let bytes = table();
+    let (_dir, path) = certs_dir(&bytes);
+    let mut step = 0;
+    let (rig, end) = run_with(CertsConfig::with_file(&path), move |_: &MockCompletion, mem: &GuestMemoryMmap| {
+        step += 1;
+        let ring = |npages: u64| {
+            for (i, v) in [0x10000u64, npages, u64::MAX].iter().enumerate() {
+                mem.write_slice(&v.to_le_bytes(), GuestAddress(0x3000 + 8 * i as u64)).unwrap();
+            }
+            VmExit::IoOut { port: DOORBELL_PORT, data: 0x3000u32.to_le_bytes().to_vec() }
+        };
+        match step {
+            1 => ring(0),
+            2 => {
+                let m = Mailbox::read(mem, 0x3000).unwrap();
+                assert_eq!((m.ret, m.npages), (28, 2));
+                ring(m.npages)
+            }
+            3 => {
+                let m = Mailbox::read(mem, 0x3000).unwrap();
+                assert_eq!((m.ret, m.npages), (0, 2));
+                VmExit::IoOut { port: DELAY_PORT, data: 1u32.to_le_bytes().to_vec() }
+            }
+            _ => VmExit::Hlt,
+        }
+    });
+    assert_eq!(end, VcpuEnd::Halted);
+    let events = rig.log.events();
+    assert_eq!(
+        events.iter().filter(|e| matches!(e, MockEvent::Run { immediate_exit: true, .. })).count(),
+        1,
+        "one lease, one immediate-exit run"
+    );
+    assert!(completions(&rig.log).is_empty(), "the doorbell never touches the KVM exit");
+    assert_eq!(rig.certs.stats().leases_released, 1);
+    let mut got = vec![0; bytes.len()];
+    rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    assert_eq!(got, bytes);
+}
+
+#[test]
+fn io_in_gets_all_ones_and_unknown_exits_fail_the_vcpu() {
+    let (rig, end) = run_with(
+        CertsConfig::default(),
+        script(vec![
+            VmExit::IoIn { port: 0x60, size: 2 },
+            VmExit::Other("mmio write".into()),
+        ]),
+    );
+    assert!(matches!(end, VcpuEnd::Failed(ref why) if why.contains("mmio")), "{end:?}");
+    assert!(rig.log.events().contains(&MockEvent::IoInCompleted {
+        vcpu: 0,
+        port: 0x60,
+        data: vec![0xff, 0xff]
+    }));
+}

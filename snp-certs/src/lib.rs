@@ -17,13 +17,21 @@
 //! * [`file`]: opening, locking, re-checking and reading a certs file.
 //! * [`config`]: a VM's certs configuration, swappable at run time.
 //! * [`serve`]: one guest request, start to finish.
+//! * [`x509`]: certificates and CRLs in tables: PEM/DER, descriptions,
+//!   signature checks.
+//! * [`chain`]: checking the AMD endorsement chain a table carries.
+//! * [`update`]: the writer half of the lock protocol: rewriting a live
+//!   certs file in place under the exclusive lock.
 
+pub mod chain;
 pub mod config;
 pub mod file;
 pub mod guid;
 pub mod lock;
 pub mod serve;
 pub mod table;
+pub mod update;
+pub mod x509;
 
 pub use config::{CertsConfig, SharedCertsConfig};
 pub use file::{CertsFileError, CertsReader, Lease, LockedCerts};

@@ -79,7 +79,12 @@ pub struct AttestLog {
 
 impl AttestLog {
     /// Records and logs one report. Returns the record.
-    pub fn record(&self, vcpu: u8, report: &GuestReport, expected: Option<Expected>) -> AttestRecord {
+    pub fn record(
+        &self,
+        vcpu: u8,
+        report: &GuestReport,
+        expected: Option<Expected>,
+    ) -> AttestRecord {
         let ok = report.status == ReportStatus::Ok as u32;
         let matches = ok
             && expected.is_some_and(|e| {

@@ -30,7 +30,9 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "kvm" => Ok(BackendChoice::Kvm),
             "mock" => Ok(BackendChoice::Mock),
-            other => Err(format!("unknown hypervisor {other:?}: use auto, kvm or mock")),
+            other => Err(format!(
+                "unknown hypervisor {other:?}: use auto, kvm or mock"
+            )),
         }
     }
 }

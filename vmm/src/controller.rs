@@ -71,7 +71,10 @@ impl Vmm {
     }
 
     /// Runs `f` on the VM, or fails with 404.
-    pub fn with_vm<T>(&self, f: impl FnOnce(&mut Vm) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    pub fn with_vm<T>(
+        &self,
+        f: impl FnOnce(&mut Vm) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         match self.vm().as_mut() {
             Some(vm) => f(vm),
             None => Err(no_vm()),
@@ -84,8 +87,13 @@ impl Vmm {
         if slot.is_some() {
             return Err(ApiError::conflict("A VM already exists: delete it first"));
         }
-        let vm = Vm::create(&self.backend, config, self.events.clone(), self.print_reports)
-            .map_err(vm_error)?;
+        let vm = Vm::create(
+            &self.backend,
+            config,
+            self.events.clone(),
+            self.print_reports,
+        )
+        .map_err(vm_error)?;
         *slot = Some(vm);
         Ok(())
     }
@@ -164,7 +172,8 @@ impl VmmApi for Vmm {
             VmmAction::DeleteVm => {
                 let mut vm = self.vm().take().ok_or_else(no_vm)?;
                 vm.shutdown();
-                self.events.event(VM_EVENT_SOURCE, "deleted", [("vcpus", json!(0))]);
+                self.events
+                    .event(VM_EVENT_SOURCE, "deleted", [("vcpus", json!(0))]);
                 Ok(VmmData::Empty)
             }
             VmmAction::GetSnpCerts => {

@@ -141,7 +141,11 @@ impl Mailbox {
             gpa,
         };
         let field = |offset: u64| gpa.checked_add(offset).and_then(|a| read_u64(memory, a));
-        match (field(MAILBOX_GPA), field(MAILBOX_NPAGES), field(MAILBOX_RET)) {
+        match (
+            field(MAILBOX_GPA),
+            field(MAILBOX_NPAGES),
+            field(MAILBOX_RET),
+        ) {
             (Some(gpa), Some(npages), Some(ret)) => Ok(Mailbox { gpa, npages, ret }),
             _ => Err(outside),
         }
@@ -159,7 +163,11 @@ impl Mailbox {
             gpa,
         };
         gpa.checked_add(MAILBOX_SIZE as u64).ok_or_else(outside)?;
-        if !memory.check_range(GuestAddress(gpa), MAILBOX_SIZE, vm_memory::Permissions::Write) {
+        if !memory.check_range(
+            GuestAddress(gpa),
+            MAILBOX_SIZE,
+            vm_memory::Permissions::Write,
+        ) {
             return Err(outside());
         }
         for (offset, value) in [(MAILBOX_NPAGES, npages), (MAILBOX_RET, ret)] {

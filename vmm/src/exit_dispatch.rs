@@ -125,8 +125,14 @@ mod tests {
             dispatch(&out(REPORT_PORT, 0x3100), true),
             ExitAction::GuestReport { gpa: 0x3100 }
         );
-        assert_eq!(dispatch(&out(DELAY_PORT, 7), true), ExitAction::Pause { ms: 7 });
-        assert_eq!(dispatch(&out(DOORBELL_PORT, 0x3000), false), ExitAction::Continue);
+        assert_eq!(
+            dispatch(&out(DELAY_PORT, 7), true),
+            ExitAction::Pause { ms: 7 }
+        );
+        assert_eq!(
+            dispatch(&out(DOORBELL_PORT, 0x3000), false),
+            ExitAction::Continue
+        );
         assert_eq!(dispatch(&out(0x80, 1), true), ExitAction::Continue);
     }
 
@@ -147,11 +153,20 @@ mod tests {
     #[test]
     fn other_exits() {
         assert_eq!(
-            dispatch(&VmExit::IoIn { port: 0x60, size: 2 }, true),
+            dispatch(
+                &VmExit::IoIn {
+                    port: 0x60,
+                    size: 2
+                },
+                true
+            ),
             ExitAction::AnswerIoIn { size: 2 }
         );
         assert_eq!(dispatch(&VmExit::Interrupted, false), ExitAction::Continue);
-        assert_eq!(dispatch(&VmExit::Hlt, false), ExitAction::End(VcpuEnd::Halted));
+        assert_eq!(
+            dispatch(&VmExit::Hlt, false),
+            ExitAction::End(VcpuEnd::Halted)
+        );
         assert_eq!(
             dispatch(&VmExit::Shutdown, false),
             ExitAction::End(VcpuEnd::GuestShutdown)

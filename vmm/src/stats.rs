@@ -157,10 +157,38 @@ mod tests {
     fn counts_outcomes_reasons_bytes_and_leases() {
         let s = CertsStats::default();
         let ms = Duration::from_millis;
-        s.record(OutcomeKind::Delivered, Reason::Served, 100, ms(1), true, true);
-        s.record(OutcomeKind::Delivered, Reason::NoCertsFile, 24, ms(0), false, false);
-        s.record(OutcomeKind::Busy, Reason::LockTimeout, 0, ms(100), true, false);
-        s.record(OutcomeKind::NeedPages, Reason::SizeQuery, 5000, ms(0), true, false);
+        s.record(
+            OutcomeKind::Delivered,
+            Reason::Served,
+            100,
+            ms(1),
+            true,
+            true,
+        );
+        s.record(
+            OutcomeKind::Delivered,
+            Reason::NoCertsFile,
+            24,
+            ms(0),
+            false,
+            false,
+        );
+        s.record(
+            OutcomeKind::Busy,
+            Reason::LockTimeout,
+            0,
+            ms(100),
+            true,
+            false,
+        );
+        s.record(
+            OutcomeKind::NeedPages,
+            Reason::SizeQuery,
+            5000,
+            ms(0),
+            true,
+            false,
+        );
         assert_eq!(s.leases_held(), 1);
         s.lease_released();
         s.lease_released();
@@ -192,10 +220,24 @@ mod tests {
     fn window_keeps_only_recent_waits() {
         let s = CertsStats::default();
         for _ in 0..LOCK_WAIT_WINDOW {
-            s.record(OutcomeKind::Busy, Reason::LockTimeout, 0, Duration::from_secs(1), true, false);
+            s.record(
+                OutcomeKind::Busy,
+                Reason::LockTimeout,
+                0,
+                Duration::from_secs(1),
+                true,
+                false,
+            );
         }
         for _ in 0..LOCK_WAIT_WINDOW {
-            s.record(OutcomeKind::Delivered, Reason::Served, 1, Duration::ZERO, true, false);
+            s.record(
+                OutcomeKind::Delivered,
+                Reason::Served,
+                1,
+                Duration::ZERO,
+                true,
+                false,
+            );
         }
         let snap = s.snapshot();
         let w = snap.lock_wait_us;

@@ -44,7 +44,9 @@ impl Summary {
 fn file_expectation(path: &Path, timeout: std::time::Duration) -> Option<Expected> {
     let mut reader = CertsReader::new();
     let locked = reader.lock_and_read(path, timeout).ok()?;
-    guest::expected_report_for(locked.bytes).ok().map(Expected::from)
+    guest::expected_report_for(locked.bytes)
+        .ok()
+        .map(Expected::from)
 }
 
 /// Builds the summary of a run.
@@ -56,7 +58,11 @@ pub fn summarize(
 ) -> Summary {
     let matched = records.iter().filter(|r| r.matches).count();
     let bad = records.len() - matched;
-    let guest_checksum = records.iter().rev().find(|r| r.status == "ok").map(|r| r.checksum);
+    let guest_checksum = records
+        .iter()
+        .rev()
+        .find(|r| r.status == "ok")
+        .map(|r| r.checksum);
     let file = certs_file.and_then(|p| file_expectation(p, timeout));
     let r = &counters.requests;
     let w = &counters.lock_wait_us;
@@ -83,7 +89,11 @@ pub fn summarize(
     );
     match (guest_checksum, file) {
         (Some(g), Some(f)) => {
-            let verdict = if g == f.checksum { "equal" } else { "DIFFERENT" };
+            let verdict = if g == f.checksum {
+                "equal"
+            } else {
+                "DIFFERENT"
+            };
             let _ = writeln!(
                 text,
                 "  checksum: guest received {g:#010x}, certs file {:#010x} ({verdict})",
@@ -91,7 +101,10 @@ pub fn summarize(
             );
         }
         (Some(g), None) => {
-            let _ = writeln!(text, "  checksum: guest received {g:#010x} (no certs file to compare)");
+            let _ = writeln!(
+                text,
+                "  checksum: guest received {g:#010x} (no certs file to compare)"
+            );
         }
         (None, _) => {
             let _ = writeln!(text, "  checksum: the guest received no table");

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_monitor::EventSender;
-use hypervisor::{GuestMemoryMmap, HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VmExit};
+use hypervisor::{
+    GuestMemoryMmap, HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VmExit,
+};
 use serde_json::json;
 use snp_certs::serve::{CertsRequest, Outcome, OutcomeKind, error_chain};
 use snp_certs::{CertsReader, Lease};
@@ -196,9 +198,12 @@ impl VcpuRunner {
             },
             RequestSource::Doorbell,
         );
-        if let Err(e) =
-            Mailbox::write_answer(&*self.shared.memory, mailbox_gpa, outcome.ret(), outcome.npages)
-        {
+        if let Err(e) = Mailbox::write_answer(
+            &*self.shared.memory,
+            mailbox_gpa,
+            outcome.ret(),
+            outcome.npages,
+        ) {
             log::warn!("vcpu {}: doorbell answer lost: {e}", self.id);
         }
         self.finish(outcome.lease, Ok(()))
@@ -240,7 +245,10 @@ impl VcpuRunner {
                 return;
             }
         };
-        let record = self.shared.attest.record(self.id, &report, self.last_delivered);
+        let record = self
+            .shared
+            .attest
+            .record(self.id, &report, self.last_delivered);
         if self.shared.print_reports {
             println!("{}", record.line());
         }

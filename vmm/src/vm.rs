@@ -34,7 +34,9 @@ pub enum VmError {
     #[error("Invalid certs configuration")]
     Certs(#[from] snp_certs::config::ConfigError),
     /// The attestation guest needs the doorbell on this host.
-    #[error("The attest payload needs snp doorbell=on: this VM has no other way to ask for certificates")]
+    #[error(
+        "The attest payload needs snp doorbell=on: this VM has no other way to ask for certificates"
+    )]
     DoorbellNeeded,
     /// Memory is too small for the guest.
     #[error("memory.size must be at least {0} bytes for the attest payload")]
@@ -108,7 +110,10 @@ impl Vm {
         if config.memory.size < guest::MIN_MEMORY {
             return Err(VmError::MemoryTooSmall(guest::MIN_MEMORY));
         }
-        let certs = Arc::new(CertsService::new(config.snp.certs_config(), events.clone())?);
+        let certs = Arc::new(CertsService::new(
+            config.snp.certs_config(),
+            events.clone(),
+        )?);
         let memory = Arc::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory.size as usize)])
                 .map_err(VmError::Memory)?,
@@ -139,7 +144,11 @@ impl Vm {
             let first = id == 0;
             backend.install_mock_guest(id, first.then_some(params));
             let mut vcpu = vm.create_vcpu(id)?;
-            vcpu.setup_real_mode(if first { guest::CODE_GPA } else { HALT_STUB_GPA })?;
+            vcpu.setup_real_mode(if first {
+                guest::CODE_GPA
+            } else {
+                HALT_STUB_GPA
+            })?;
             runners.push(VcpuRunner::new(id, vcpu, shared.clone()));
         }
         events.event(
@@ -186,9 +195,11 @@ impl Vm {
             self.threads.push(thread);
         }
         self.booted = true;
-        self.shared
-            .events
-            .event(VM_EVENT_SOURCE, "booted", [("vcpus", json!(self.threads.len()))]);
+        self.shared.events.event(
+            VM_EVENT_SOURCE,
+            "booted",
+            [("vcpus", json!(self.threads.len()))],
+        );
         Ok(())
     }
 
@@ -207,7 +218,11 @@ impl Vm {
     /// Waits until every vCPU has ended, or `timeout` passes. Returns
     /// whether they all ended.
     pub fn wait_for_end(&self, timeout: Duration) -> bool {
-        let guard = self.ends.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self
+            .ends
+            .ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (guard, _) = self
             .ends
             .changed
@@ -283,7 +298,11 @@ impl Vm {
 
     /// What `GET vm.info` shows.
     pub fn info(&self) -> VmInfo {
-        let ends = self.ends.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        let ends = self
+            .ends
+            .ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let vcpus = ends
             .iter()
             .enumerate()

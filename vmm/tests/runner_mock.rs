@@ -1,6 +1,8 @@
 //! The vCPU runner on the mock backend: every exit path and every
 //! completion value, and the lease / immediate-exit order, without KVM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,7 +27,11 @@ const MIB: usize = 1 << 20;
 
 fn table() -> Vec<u8> {
     let mut b = TableBuilder::new();
-    for (kind, len) in [(CertKind::Vcek, 1400), (CertKind::Ask, 1700), (CertKind::Ark, 1700)] {
+    for (kind, len) in [
+        (CertKind::Vcek, 1400),
+        (CertKind::Ask, 1700),
+        (CertKind::Ark, 1700),
+    ] {
         let mut d = vec![7u8; len];
         d[0] = 0x30;
         b.add(kind, d).unwrap();
@@ -100,10 +106,15 @@ fn kvm_exit_size_query_then_delivery_with_lease_protocol() {
     assert_eq!(end, VcpuEnd::Halted);
     assert_eq!(
         completions(&rig.log),
-        [SnpCertsCompletion { ret: 28, npages: 2 }, SnpCertsCompletion { ret: 0, npages: 2 }]
+        [
+            SnpCertsCompletion { ret: 28, npages: 2 },
+            SnpCertsCompletion { ret: 0, npages: 2 }
+        ]
     );
     let mut got = vec![0; bytes.len()];
-    rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    rig.memory
+        .read_slice(&mut got, GuestAddress(0x10000))
+        .unwrap();
     assert_eq!(got, bytes);
 
     // After the delivery: immediate exit on, one cut-short run, off again.
@@ -116,14 +127,29 @@ fn kvm_exit_size_query_then_delivery_with_lease_protocol() {
         &events[done + 1..done + 5],
         &[
             MockEvent::SetImmediateExit { vcpu: 0, on: true },
-            MockEvent::Run { vcpu: 0, immediate_exit: true },
-            MockEvent::Exit { vcpu: 0, exit: VmExit::Interrupted },
+            MockEvent::Run {
+                vcpu: 0,
+                immediate_exit: true
+            },
+            MockEvent::Exit {
+                vcpu: 0,
+                exit: VmExit::Interrupted
+            },
             MockEvent::SetImmediateExit { vcpu: 0, on: false },
         ]
     );
     // The size answer took no lease, so no immediate-exit run followed it.
     assert_eq!(
-        events.iter().filter(|e| matches!(e, MockEvent::Run { immediate_exit: true, .. })).count(),
+        events
+            .iter()
+            .filter(|e| matches!(
+                e,
+                MockEvent::Run {
+                    immediate_exit: true,
+                    ..
+                }
+            ))
+            .count(),
         1
     );
     let stats = rig.certs.stats();
@@ -147,7 +173,11 @@ fn lease_is_released_before_the_guest_runs_again() {
                 return req(0x10000, 2);
             }
             // The guest's next step: the VMM must have let go of the lock.
-            if let MockCompletion::SnpReqCerts { completion: Some(c), .. } = last {
+            if let MockCompletion::SnpReqCerts {
+                completion: Some(c),
+                ..
+            } = last
+            {
                 *seen_by_guest.lock().unwrap() = Some((c.ret, exclusive_free(&probe)));
             }
             VmExit::Hlt
@@ -163,14 +193,17 @@ fn every_completion_value() {
     let (rig, _) = run_with(
         CertsConfig::with_file(&path),
         script(vec![
-            req(0x10000, 1),           // too small: ENOSPC 2
-            req(0x10001, 2),           // misaligned: EIO
-            req(MIB as u64, 2),        // outside RAM: EIO
-            req(u64::MAX & !0xfff, 2), // overflow: EIO
-            req(0x10000, 2),           // delivered: 0
+            req(0x10000, 1),    // too small: ENOSPC 2
+            req(0x10001, 2),    // misaligned: EIO
+            req(MIB as u64, 2), // outside RAM: EIO
+            req(!0xfff, 2),     // overflow: EIO
+            req(0x10000, 2),    // delivered: 0
         ]),
     );
-    let rets: Vec<_> = completions(&rig.log).iter().map(|c| (c.ret, c.npages)).collect();
+    let rets: Vec<_> = completions(&rig.log)
+        .iter()
+        .map(|c| (c.ret, c.npages))
+        .collect();
     assert_eq!(rets, [(28, 2), (5, 2), (5, 2), (5, 2), (0, 2)]);
     let stats = rig.certs.stats();
     assert_eq!(stats.requests.failed, 3);
@@ -208,7 +241,10 @@ fn busy_while_another_holder_has_the_lock_then_served() {
     });
     assert_eq!(
         completions(&rig.log),
-        [SnpCertsCompletion { ret: 11, npages: 2 }, SnpCertsCompletion { ret: 0, npages: 2 }]
+        [
+            SnpCertsCompletion { ret: 11, npages: 2 },
+            SnpCertsCompletion { ret: 0, npages: 2 }
+        ]
     );
     let stats = rig.certs.stats();
     assert_eq!(stats.reasons["lock-timeout"], 1);
@@ -231,7 +267,10 @@ fn busy_when_the_file_disappears() {
             VmExit::Hlt
         },
     );
-    assert_eq!(completions(&rig.log), [SnpCertsCompletion { ret: 11, npages: 2 }]);
+    assert_eq!(
+        completions(&rig.log),
+        [SnpCertsCompletion { ret: 11, npages: 2 }]
+    );
     assert_eq!(rig.certs.stats().reasons["file-missing"], 1);
 }
 
@@ -243,10 +282,15 @@ fn no_certs_file_serves_an_empty_table() {
     );
     assert_eq!(
         completions(&rig.log),
-        [SnpCertsCompletion { ret: 0, npages: 0 }, SnpCertsCompletion { ret: 0, npages: 1 }]
+        [
+            SnpCertsCompletion { ret: 0, npages: 0 },
+            SnpCertsCompletion { ret: 0, npages: 1 }
+        ]
     );
     let mut got = [1u8; 24];
-    rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    rig.memory
+        .read_slice(&mut got, GuestAddress(0x10000))
+        .unwrap();
     assert_eq!(got, [0; 24]);
     assert_eq!(rig.certs.stats().leases_released, 0, "no file, no lease");
 }
@@ -256,40 +300,64 @@ fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
     let bytes = table();
     let (_dir, path) = certs_dir(&bytes);
     let mut step = 0;
-    let (rig, end) = run_with(CertsConfig::with_file(&path), move |_: &MockCompletion, mem: &GuestMemoryMmap| {
-        step += 1;
-        let ring = |npages: u64| {
-            for (i, v) in [0x10000u64, npages, u64::MAX].iter().enumerate() {
-                mem.write_slice(&v.to_le_bytes(), GuestAddress(0x3000 + 8 * i as u64)).unwrap();
+    let (rig, end) = run_with(
+        CertsConfig::with_file(&path),
+        move |_: &MockCompletion, mem: &GuestMemoryMmap| {
+            step += 1;
+            let ring = |npages: u64| {
+                for (i, v) in [0x10000u64, npages, u64::MAX].iter().enumerate() {
+                    mem.write_slice(&v.to_le_bytes(), GuestAddress(0x3000 + 8 * i as u64))
+                        .unwrap();
+                }
+                VmExit::IoOut {
+                    port: DOORBELL_PORT,
+                    data: 0x3000u32.to_le_bytes().to_vec(),
+                }
+            };
+            match step {
+                1 => ring(0),
+                2 => {
+                    let m = Mailbox::read(mem, 0x3000).unwrap();
+                    assert_eq!((m.ret, m.npages), (28, 2));
+                    ring(m.npages)
+                }
+                3 => {
+                    let m = Mailbox::read(mem, 0x3000).unwrap();
+                    assert_eq!((m.ret, m.npages), (0, 2));
+                    VmExit::IoOut {
+                        port: DELAY_PORT,
+                        data: 1u32.to_le_bytes().to_vec(),
+                    }
+                }
+                _ => VmExit::Hlt,
             }
-            VmExit::IoOut { port: DOORBELL_PORT, data: 0x3000u32.to_le_bytes().to_vec() }
-        };
-        match step {
-            1 => ring(0),
-            2 => {
-                let m = Mailbox::read(mem, 0x3000).unwrap();
-                assert_eq!((m.ret, m.npages), (28, 2));
-                ring(m.npages)
-            }
-            3 => {
-                let m = Mailbox::read(mem, 0x3000).unwrap();
-                assert_eq!((m.ret, m.npages), (0, 2));
-                VmExit::IoOut { port: DELAY_PORT, data: 1u32.to_le_bytes().to_vec() }
-            }
-            _ => VmExit::Hlt,
-        }
-    });
+        },
+    );
     assert_eq!(end, VcpuEnd::Halted);
     let events = rig.log.events();
     assert_eq!(
-        events.iter().filter(|e| matches!(e, MockEvent::Run { immediate_exit: true, .. })).count(),
+        events
+            .iter()
+            .filter(|e| matches!(
+                e,
+                MockEvent::Run {
+                    immediate_exit: true,
+                    ..
+                }
+            ))
+            .count(),
         1,
         "one lease, one immediate-exit run"
     );
-    assert!(completions(&rig.log).is_empty(), "the doorbell never touches the KVM exit");
+    assert!(
+        completions(&rig.log).is_empty(),
+        "the doorbell never touches the KVM exit"
+    );
     assert_eq!(rig.certs.stats().leases_released, 1);
     let mut got = vec![0; bytes.len()];
-    rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+    rig.memory
+        .read_slice(&mut got, GuestAddress(0x10000))
+        .unwrap();
     assert_eq!(got, bytes);
 }
 
@@ -298,11 +366,17 @@ fn io_in_gets_all_ones_and_unknown_exits_fail_the_vcpu() {
     let (rig, end) = run_with(
         CertsConfig::default(),
         script(vec![
-            VmExit::IoIn { port: 0x60, size: 2 },
+            VmExit::IoIn {
+                port: 0x60,
+                size: 2,
+            },
             VmExit::Other("mmio write".into()),
         ]),
     );
-    assert!(matches!(end, VcpuEnd::Failed(ref why) if why.contains("mmio")), "{end:?}");
+    assert!(
+        matches!(end, VcpuEnd::Failed(ref why) if why.contains("mmio")),
+        "{end:?}"
+    );
     assert!(rig.log.events().contains(&MockEvent::IoInCompleted {
         vcpu: 0,
         port: 0x60,

@@ -116,7 +116,8 @@ fn run_once(args: &Args, vmm: &Vmm) -> Result<ExitCode> {
             .map_or("none (empty table)".into(), |p| p.display().to_string()),
         config.snp.certs_timeout
     );
-    vmm.create_vm(config).map_err(|e| anyhow::anyhow!(e.message))?;
+    vmm.create_vm(config)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
     let summary = vmm
         .with_vm(|vm| {
@@ -145,8 +146,11 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!(e.message))?;
         vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
     }
-    let server = ApiServer::start(socket, Arc::clone(&vmm) as Arc<dyn api_server::types::VmmApi>)
-        .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
+    let server = ApiServer::start(
+        socket,
+        Arc::clone(&vmm) as Arc<dyn api_server::types::VmmApi>,
+    )
+    .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
     log::info!("API on {}", socket.display());
     vmm.wait_for_exit_request();
     server.shutdown();
@@ -164,7 +168,11 @@ fn run(args: Args) -> Result<ExitCode> {
         None => (None, EventSender::disabled()),
     };
     let backend = open_backend(args.hypervisor)?;
-    events.event("vmm", "started", [("hypervisor", serde_json::json!(backend.name()))]);
+    events.event(
+        "vmm",
+        "started",
+        [("hypervisor", serde_json::json!(backend.name()))],
+    );
     let vmm = Arc::new(Vmm::new(backend, events.clone(), true));
     let code = match &args.api_socket {
         Some(socket) => serve_api(&args, socket, Arc::clone(&vmm))?,

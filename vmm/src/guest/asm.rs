@@ -22,7 +22,8 @@ use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
 use super::layout::{
-    BUFFER_GPA, BUFFER_PAGES, BUFFER_SIZE, CODE_GPA, CODE_MAX_SIZE, MAILBOX_GPA, REPORT_GPA,
+    BUFFER_FILL, BUFFER_GPA, BUFFER_PAGES, BUFFER_SIZE, CODE_GPA, CODE_MAX_SIZE, MAILBOX_GPA,
+    REPORT_GPA, RET_UNANSWERED,
 };
 use super::{AttestParams, GuestError};
 use crate::doorbell::{
@@ -46,6 +47,11 @@ const EAGAIN: u32 = libc::EAGAIN as u32;
 
 /// All addresses fit in 16 bits (checked in `layout`).
 const BUFFER: u32 = BUFFER_GPA as u32;
+
+/// Four fill bytes, for `rep stosd`.
+const FILL: u32 = u32::from_ne_bytes([BUFFER_FILL; 4]);
+/// [`RET_UNANSWERED`] as low and high dwords.
+const UNANSWERED: [u32; 2] = [RET_UNANSWERED as u32, (RET_UNANSWERED >> 32) as u32];
 
 /// A report field.
 fn report(field: u32) -> AsmMemoryOperand {
@@ -129,24 +135,24 @@ fn assemble(p: &AttestParams) -> Result<Vec<u8>, IcedError> {
     a.rep().stosd()?;
 
     // Ring with the current npages. With npages > 0 first fill the whole
-    // buffer with 0xff bytes, so a table that never arrives is noticed.
+    // buffer with BUFFER_FILL, so a table that never arrives is noticed.
     a.set_label(&mut ring)?;
     a.mov(eax, report(NPAGES))?;
     a.test(eax, eax)?;
     a.jz(filled)?;
     a.mov(di, BUFFER)?;
     a.mov(cx, (BUFFER_SIZE / 4) as u32)?;
-    a.mov(eax, u32::MAX)?;
+    a.mov(eax, FILL)?;
     a.rep().stosd()?;
     a.set_label(&mut filled)?;
-    // Mailbox {gpa: BUFFER_GPA, npages, ret: u64::MAX}, as LE dwords.
+    // Mailbox {gpa: BUFFER_GPA, npages, ret: RET_UNANSWERED}, as LE dwords.
     a.mov(mailbox(MB_GPA), BUFFER)?;
     a.mov(mailbox(MB_GPA + 4), 0u32)?;
     a.mov(eax, report(NPAGES))?;
     a.mov(mailbox(MAILBOX_NPAGES), eax)?;
     a.mov(mailbox(MAILBOX_NPAGES + 4), 0u32)?;
-    a.mov(mailbox(MAILBOX_RET), u32::MAX)?;
-    a.mov(mailbox(MAILBOX_RET + 4), u32::MAX)?;
+    a.mov(mailbox(MAILBOX_RET), UNANSWERED[0])?;
+    a.mov(mailbox(MAILBOX_RET + 4), UNANSWERED[1])?;
     a.mov(dx, DOORBELL_PORT as u32)?;
     a.mov(eax, MAILBOX_GPA as u32)?;
     a.out(dx, eax)?;

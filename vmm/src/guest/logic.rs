@@ -9,7 +9,6 @@
 use hypervisor::SnpCertsCompletion;
 
 use super::layout::{BUFFER_PAGES, PAGE_SIZE};
-use crate::attest::Expected;
 use crate::doorbell::{GuestReport, ReportStatus, fnv1a32};
 
 /// Size of a certificate table entry and of its terminator.
@@ -63,11 +62,12 @@ pub enum Step {
 
 /// Checks a table the way the guest does, within `buffer` (the pages it
 /// offered): walks the entries to the all-zero terminator and measures the
-/// table: entries before the terminator, `table_len = max(header length,
-/// largest offset + length)` and the FNV-1a 32 of the first `table_len`
-/// bytes. `None` (a bad table) if the terminator is not inside the buffer
-/// or an entry's `offset + length` lies beyond it.
-pub fn check_table(buffer: &[u8]) -> Option<Expected> {
+/// table as `(entries, table_len, checksum)`: the entries before the
+/// terminator, `max(header length, largest offset + length)` and the
+/// FNV-1a 32 of the first `table_len` bytes. `None` (a bad table) if the
+/// terminator is not inside the buffer or an entry's `offset + length`
+/// lies beyond it.
+pub fn check_table(buffer: &[u8]) -> Option<(u32, u32, u32)> {
     let mut header_len = 0usize;
     let mut max_end = 0u64;
     loop {
@@ -93,11 +93,11 @@ pub fn check_table(buffer: &[u8]) -> Option<Expected> {
     }
     // max_end <= buffer.len() (checked above), so it fits in usize.
     let table_len = header_len.max(usize::try_from(max_end).ok()?);
-    Some(Expected {
-        entries: u32::try_from(header_len / ENTRY_SIZE - 1).ok()?,
-        table_len: u32::try_from(table_len).ok()?,
-        checksum: fnv1a32(buffer.get(..table_len)?),
-    })
+    Some((
+        u32::try_from(header_len / ENTRY_SIZE - 1).ok()?,
+        u32::try_from(table_len).ok()?,
+        fnv1a32(buffer.get(..table_len)?),
+    ))
 }
 
 /// Where the machine is.
@@ -175,10 +175,10 @@ impl AttestMachine {
             SnpCertsCompletion::RET_OK => {
                 let offered = usize::try_from(asked * PAGE_SIZE).unwrap_or(usize::MAX);
                 match check_table(buffer.get(..offered).unwrap_or(buffer)) {
-                    Some(t) => {
-                        self.report.entries = t.entries;
-                        self.report.table_len = t.table_len;
-                        self.report.checksum = t.checksum;
+                    Some((entries, table_len, checksum)) => {
+                        self.report.entries = entries;
+                        self.report.table_len = table_len;
+                        self.report.checksum = checksum;
                         self.finish(ReportStatus::Ok)
                     }
                     None => self.finish(ReportStatus::BadTable),

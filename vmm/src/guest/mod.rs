@@ -41,7 +41,7 @@
 //!      (`BadTable` if an entry ends beyond the buffer), and hash the
 //!      first `table_len` bytes with FNV-1a 32. Status `Ok`.
 //!    * `EIO` or anything else: `Failed`.
-//! 3. Write the [`GuestReport`](crate::doorbell::GuestReport) at
+//! 3. Write the [`GuestReport`] at
 //!    [`REPORT_GPA`] (`entries`, `table_len`, `checksum` are 0 unless the
 //!    status is `Ok`; `npages` is the count last offered, but see
 //!    `TooBig`) and write its GPA to
@@ -81,7 +81,6 @@ pub use layout::{
 pub use logic::{AttestMachine, AttestParams, Step, check_table};
 pub use mock::MockAttestGuest;
 
-use crate::attest::Expected;
 use crate::doorbell::{DoorbellError, GuestReport, REPORT_SIZE, fnv1a32};
 
 /// Errors of the attestation guest and its tools.
@@ -185,19 +184,17 @@ pub(crate) fn write_report<M: GuestMemory + ?Sized>(
 }
 
 /// What a correct guest reports for a certificate file holding
-/// `table_bytes`, delivered whole (entries, table length, checksum), from
+/// `table_bytes`, delivered whole: `(entries, table_len, checksum)`, from
 /// [`CertTable::parse`], [`CertTable::used_len`] and
-/// [`fnv1a32`](crate::doorbell::fnv1a32). An invalid table is an error.
-pub fn expected_report_for(table_bytes: &[u8]) -> Result<Expected, GuestError> {
+/// [`fnv1a32`]. An invalid table is an error.
+pub fn expected_report_for(table_bytes: &[u8]) -> Result<(u32, u32, u32), GuestError> {
     let table = CertTable::parse(table_bytes).map_err(GuestError::Table)?;
     let used = table.used_len();
     // parse() checked every entry lies inside the bytes, so used <= len.
     let checksum = fnv1a32(table_bytes.get(..used).unwrap_or(table_bytes));
-    Ok(Expected {
-        entries: u32::try_from(table.entries().len()).unwrap_or(u32::MAX),
-        table_len: u32::try_from(used).unwrap_or(u32::MAX),
-        checksum,
-    })
+    let entries = u32::try_from(table.entries().len()).unwrap_or(u32::MAX);
+    let table_len = u32::try_from(used).unwrap_or(u32::MAX);
+    Ok((entries, table_len, checksum))
 }
 
 #[cfg(test)]

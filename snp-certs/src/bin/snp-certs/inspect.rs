@@ -1,4 +1,5 @@
-//! `snp-certs inspect`: list a table's entries and warnings.
+//! `snp-certs inspect`: list a table's entries, what each certificate
+//! says about itself, the chain status and warnings.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,11 +7,18 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
+use snp_certs::chain::ChainReport;
 use snp_certs::table::{CertTable, Encoding, TableWarning};
+use snp_certs::x509::{self, EntryInfo};
 use snp_certs::{CertKind, CertsReader};
 
+use crate::chain_report::{self, ChainTime};
+
 /// Show the entries of a certs file: GUIDs, names, offsets, lengths,
-/// encodings and warnings. Reads the file under the shared lock.
+/// encodings; for certificates their subject, issuer, validity, serial,
+/// key type, AMD product line and TCB; the chain status; and warnings.
+/// Reads the file under the shared lock. Exit code 0 for a valid table,
+/// whatever its chain (`verify` fails on a bad chain).
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The certs file.
@@ -21,6 +29,8 @@ pub struct InspectArgs {
     /// Maximum time in milliseconds to wait for the shared lock.
     #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
     timeout: u64,
+    #[command(flatten)]
+    time: ChainTime,
 }
 
 #[derive(Debug, Serialize)]
@@ -32,6 +42,12 @@ struct EntryReport {
     offset: u32,
     length: usize,
     encoding: Encoding,
+    /// What the certificate or CRL says about itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x509: Option<EntryInfo>,
+    /// Why the entry is not a certificate or CRL, for chain entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x509_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,24 +56,51 @@ struct InspectReport {
     size: usize,
     pages: u64,
     entries: Vec<EntryReport>,
+    chain: ChainReport,
     warnings: Vec<TableWarning>,
     warning_messages: Vec<String>,
 }
 
+/// Describes an entry as X.509 if it is one; other entries that are not
+/// certificates are not an error.
+fn describe(kind: CertKind, data: &[u8]) -> (Option<EntryInfo>, Option<String>) {
+    match x509::describe(data) {
+        Ok(info) => (Some(info), None),
+        Err(_) if matches!(kind, CertKind::Other | CertKind::ExtraPlatformInfo) => (None, None),
+        Err(e) => (None, Some(error_chain(&e))),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Builds the report for a table.
-fn report(file: PathBuf, table: &CertTable<'_>) -> InspectReport {
+fn report(file: PathBuf, table: &CertTable<'_>, time: &ChainTime) -> InspectReport {
     let entries = table
         .entries()
         .iter()
         .enumerate()
-        .map(|(index, e)| EntryReport {
-            index,
-            guid: e.guid.to_string(),
-            kind: e.kind,
-            name: e.kind.to_string(),
-            offset: e.offset,
-            length: e.data.len(),
-            encoding: e.encoding(),
+        .map(|(index, e)| {
+            let (x509, x509_error) = describe(e.kind, e.data);
+            EntryReport {
+                index,
+                guid: e.guid.to_string(),
+                kind: e.kind,
+                name: e.kind.to_string(),
+                offset: e.offset,
+                length: e.data.len(),
+                encoding: e.encoding(),
+                x509,
+                x509_error,
+            }
         })
         .collect();
     let warnings = table.warnings();
@@ -66,6 +109,7 @@ fn report(file: PathBuf, table: &CertTable<'_>) -> InspectReport {
         size: table.as_bytes().len(),
         pages: (table.as_bytes().len() as u64).div_ceil(snp_certs::serve::PAGE_SIZE),
         entries,
+        chain: time.verify(table),
         warning_messages: warnings.iter().map(ToString::to_string).collect(),
         warnings,
     }
@@ -90,9 +134,63 @@ fn print_text(r: &InspectReport) {
             "  {:>2}  {:<36}  {:<10}  {:>7}  {:>7}  {}",
             e.index, e.guid, e.name, e.offset, e.length, e.encoding
         );
+        print_x509(e);
+    }
+    for line in chain_report::lines(&r.chain, false) {
+        println!("{line}");
     }
     for w in &r.warning_messages {
         println!("warning: {w}");
+    }
+}
+
+fn print_x509(e: &EntryReport) {
+    let pad = "      ";
+    match &e.x509 {
+        Some(EntryInfo::Certificate(c)) => {
+            println!("{pad}subject  {}", c.subject);
+            println!("{pad}issuer   {}", c.issuer);
+            println!("{pad}valid    {} to {}", c.not_before, c.not_after);
+            println!("{pad}serial   {}", c.serial);
+            println!(
+                "{pad}key      {} (signed with {})",
+                c.key, c.signature_algorithm
+            );
+            match (&c.product, &c.product_name) {
+                (Some(line), Some(name)) => println!("{pad}product  {line} ({name})"),
+                (Some(line), None) => println!("{pad}product  {line}"),
+                _ => {}
+            }
+            if let Some(tcb) = &c.tcb {
+                println!("{pad}tcb      {tcb}");
+            }
+            if let Some(hwid) = &c.hwid {
+                println!("{pad}hwid     {hwid}");
+            }
+            if let Some(csp) = &c.csp_id {
+                println!("{pad}csp id   {csp}");
+            }
+        }
+        Some(EntryInfo::Crl(c)) => {
+            println!("{pad}issuer   {}", c.issuer);
+            match &c.next_update {
+                Some(next) => println!("{pad}updated  {} (next {next})", c.this_update),
+                None => println!("{pad}updated  {}", c.this_update),
+            }
+            println!(
+                "{pad}revoked  {}",
+                if c.revoked.is_empty() {
+                    "none".to_owned()
+                } else {
+                    c.revoked.join(" ")
+                }
+            );
+        }
+        None => {
+            if let Some(error) = &e.x509_error {
+                println!("{pad}not X.509: {error}");
+            }
+        }
     }
 }
 
@@ -103,7 +201,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         .lock_and_read(&args.file, std::time::Duration::from_millis(args.timeout))
         .with_context(|| format!("cannot inspect {}", args.file.display()))?;
     let table = CertTable::parse(locked.bytes).context("invalid table")?;
-    let r = report(args.file.clone(), &table);
+    let r = report(args.file.clone(), &table, &args.time);
     drop(locked);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -1,17 +1,32 @@
 //! `snp-certs`: the operator's tool for SNP certificate tables.
 //!
-//! * `inspect FILE` shows what a table holds and what is wrong with it.
+//! * `build`, `import-dir`: make a new certs file from certificates, with
+//!   the chain verified.
+//! * `inspect FILE` shows what a table holds and what is wrong with it;
+//!   `verify FILE` checks its chain; `export FILE DIR` writes its entries
+//!   out one file each.
+//! * `update FILE --from NEW` replaces a live file's content in place under
+//!   the exclusive lock; `lock FILE -- COMMAND` runs a firmware or key
+//!   update command under that lock.
 //! * `probe FILE` answers a simulated guest request through the same code
 //!   a VMM uses, to show what a guest would get right now.
 
+mod build;
+mod chain_report;
+mod export;
+mod files;
 mod inspect;
+mod lock_cmd;
 mod probe;
+mod update;
+mod verify;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Build, inspect and probe SEV-SNP certificate tables (certs files).
+/// Build, inspect, verify, update and probe SEV-SNP certificate tables
+/// (certs files), and run firmware updates under the certs file's lock.
 #[derive(Debug, Parser)]
 #[command(name = "snp-certs", version, about, propagate_version = true)]
 struct Cli {
@@ -21,14 +36,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Build(build::BuildArgs),
+    ImportDir(build::ImportDirArgs),
     Inspect(inspect::InspectArgs),
+    Verify(verify::VerifyArgs),
+    Export(export::ExportArgs),
+    Update(update::UpdateArgs),
+    Lock(lock_cmd::LockArgs),
     Probe(probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(args) => build::run_build(&args),
+        Command::ImportDir(args) => build::run_import_dir(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Verify(args) => verify::run(&args),
+        Command::Export(args) => export::run(&args),
+        Command::Update(args) => update::run(&args),
+        Command::Lock(args) => lock_cmd::run(&args),
         Command::Probe(args) => probe::run(&args),
     };
     match result {

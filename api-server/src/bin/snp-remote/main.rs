@@ -1,0 +1,251 @@
+//! `snp-remote`: drive a running `snp-vmm` through its API socket, like
+//! Cloud Hypervisor's `ch-remote`.
+//!
+//! Exit status: 0 on success, 1 when the VMM refused the request (its
+//! message is printed as `snp-remote: ...`), 2 for usage errors and when
+//! the VMM cannot be reached.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use api_server::client::{ApiClient, ApiResponse, ClientError};
+use api_server::routes::Method;
+use api_server::types::{SnpCertsUpdate, VmConfig, VmOptions};
+use clap::{Args, Parser, Subcommand};
+
+/// Drive a running snp-vmm through its API socket.
+#[derive(Debug, Parser)]
+#[command(
+    name = "snp-remote",
+    version,
+    about = "Drive a running snp-vmm through its API socket, like ch-remote"
+)]
+struct Cli {
+    /// The VMM's API socket.
+    #[arg(long, value_name = "PATH")]
+    api_socket: PathBuf,
+    /// Print the server's JSON instead of a human-readable summary.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the VMM is alive; show its version, pid and SNP support.
+    Ping,
+    /// Create the VM from a JSON file or Cloud Hypervisor-style options.
+    Create(CreateArgs),
+    /// Boot the created VM.
+    Boot,
+    /// Show the VM's configuration, state, vCPUs and certs configuration.
+    Info,
+    /// Shut the VM down.
+    Shutdown,
+    /// Delete the VM.
+    Delete,
+    /// Stop the VMM process.
+    ShutdownVmm,
+    /// Show the current certs file, certs timeout and statistics.
+    Certs,
+    /// Change the certs file and/or the certs timeout of the running VM.
+    SetCerts(SetCertsArgs),
+    /// Stop serving a certs file: guests get an empty table.
+    ClearCerts,
+    /// Show the request counters.
+    Counters,
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// VM configuration as JSON (the body of PUT vm.create).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cpus", "memory", "snp", "payload"])]
+    config: Option<PathBuf>,
+    /// vCPUs: boot=N.
+    #[arg(long, value_name = "OPTIONS")]
+    cpus: Option<String>,
+    /// Memory: size=64M.
+    #[arg(long, value_name = "OPTIONS")]
+    memory: Option<String>,
+    /// SNP: certs-file=PATH,certs-timeout=MS,doorbell=on|off.
+    #[arg(long, value_name = "OPTIONS")]
+    snp: Option<String>,
+    /// Payload: attest,requests=N,interval-ms=M (keys optional).
+    #[arg(long, value_name = "OPTIONS")]
+    payload: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+struct SetCertsArgs {
+    /// The new certificate table (a relative path is taken from the
+    /// current directory).
+    #[arg(long, value_name = "FILE")]
+    certs_file: Option<PathBuf>,
+    /// The new maximum wait for the shared lock, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    certs_timeout: Option<u64>,
+}
+
+/// How a run failed, and so its exit status.
+enum Failure {
+    /// The VMM refused: exit 1.
+    Api(String),
+    /// Bad usage or no VMM to talk to: exit 2.
+    Usage(anyhow::Error),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        match e {
+            ClientError::Api { message, .. } => Failure::Api(message),
+            e @ ClientError::Decode { .. } => Failure::Api(chain(&anyhow::Error::new(e))),
+            e => Failure::Usage(anyhow::Error::new(e)),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Usage(e)
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Api(message)) => {
+            eprintln!("snp-remote: {}", one_line(&message));
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(e)) => {
+            eprintln!("snp-remote: {}", one_line(&chain(&e)));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let client = ApiClient::new(&cli.api_socket)?;
+    let no_body = None::<&()>;
+    let (endpoint, response) = match &cli.command {
+        Command::Ping => (
+            "vmm.ping",
+            client.request(Method::Get, "vmm.ping", no_body)?,
+        ),
+        Command::Create(args) => {
+            let config = create_config(args)?;
+            (
+                "vm.create",
+                client.request(Method::Put, "vm.create", Some(&config))?,
+            )
+        }
+        Command::Boot => ("vm.boot", client.request(Method::Put, "vm.boot", no_body)?),
+        Command::Info => ("vm.info", client.request(Method::Get, "vm.info", no_body)?),
+        Command::Shutdown => (
+            "vm.shutdown",
+            client.request(Method::Put, "vm.shutdown", no_body)?,
+        ),
+        Command::Delete => (
+            "vm.delete",
+            client.request(Method::Put, "vm.delete", no_body)?,
+        ),
+        Command::ShutdownVmm => (
+            "vmm.shutdown",
+            client.request(Method::Put, "vmm.shutdown", no_body)?,
+        ),
+        Command::Certs => (
+            "vm.snp-certs",
+            client.request(Method::Get, "vm.snp-certs", no_body)?,
+        ),
+        Command::SetCerts(args) => {
+            let update = SnpCertsUpdate {
+                certs_file: args
+                    .certs_file
+                    .as_deref()
+                    .map(absolute)
+                    .transpose()?
+                    .map(Some),
+                certs_timeout: args.certs_timeout,
+            };
+            (
+                "vm.snp-certs",
+                client.request(Method::Put, "vm.snp-certs", Some(&update))?,
+            )
+        }
+        Command::ClearCerts => {
+            let update = SnpCertsUpdate::clear_file();
+            (
+                "vm.snp-certs",
+                client.request(Method::Put, "vm.snp-certs", Some(&update))?,
+            )
+        }
+        Command::Counters => (
+            "vm.counters",
+            client.request(Method::Get, "vm.counters", no_body)?,
+        ),
+    };
+    show(cli.json, endpoint, response)
+}
+
+/// Prints a successful answer, or turns an error answer into a failure.
+fn show(json: bool, endpoint: &str, response: ApiResponse) -> Result<(), Failure> {
+    let response = response.ok()?;
+    if response.body.is_empty() {
+        return Ok(());
+    }
+    if json {
+        println!("{}", response.text().trim_end());
+        return Ok(());
+    }
+    let text = match endpoint {
+        "vmm.ping" => output::ping(&response.json(endpoint)?),
+        "vm.info" => output::info(&response.json(endpoint)?),
+        "vm.snp-certs" => output::certs(&response.json(endpoint)?),
+        "vm.counters" => output::counters(&response.json(endpoint)?),
+        _ => response.text(),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("Cannot make {} absolute", path.display()))
+}
+
+fn create_config(args: &CreateArgs) -> anyhow::Result<VmConfig> {
+    let mut config = match &args.config {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("Cannot read {}", file.display()))?;
+            serde_json::from_str::<VmConfig>(&text)
+                .with_context(|| format!("Invalid VM configuration in {}", file.display()))?
+        }
+        None => VmConfig::from_options(&VmOptions {
+            cpus: args.cpus.as_deref(),
+            memory: args.memory.as_deref(),
+            snp: args.snp.as_deref(),
+            payload: args.payload.as_deref(),
+        })?,
+    };
+    if let Some(file) = &config.snp.certs_file {
+        config.snp.certs_file = Some(absolute(file)?);
+    }
+    if let Err(e) = config.validate() {
+        bail!("Invalid VM configuration: {e}");
+    }
+    Ok(config)
+}

@@ -1,0 +1,123 @@
+//! Human-readable output of `snp-remote`.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use api_server::types::{PayloadConfig, PingResponse, SnpCertsInfo, VmCounters, VmInfo};
+
+/// `ping`.
+pub fn ping(p: &PingResponse) -> String {
+    let snp = if p.snp_req_certs_supported {
+        "supported"
+    } else {
+        "not supported"
+    };
+    format!(
+        "snp-vmm {}, pid {}\nhypervisor: {}\nSNP certificate exits: {snp}\n",
+        p.version, p.pid, p.hypervisor
+    )
+}
+
+fn certs_file(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => path.display().to_string(),
+        None => "none (guests get an empty table)".to_owned(),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// `info`.
+pub fn info(i: &VmInfo) -> String {
+    let mut s = String::new();
+    let c = &i.config;
+    let _ = writeln!(s, "state: {:?}", i.state);
+    let vcpus: Vec<String> = i
+        .vcpus
+        .iter()
+        .map(|v| format!("{}: {}", v.id, v.state))
+        .collect();
+    let _ = writeln!(s, "vcpus: {} ({})", c.cpus.boot, vcpus.join(", "));
+    let _ = writeln!(s, "memory: {}", size(c.memory.size));
+    match c.payload {
+        PayloadConfig::Attest {
+            requests,
+            interval_ms,
+        } => {
+            let _ = writeln!(
+                s,
+                "payload: attest, {requests} requests, {interval_ms} ms apart"
+            );
+        }
+    }
+    let doorbell = if c.snp.doorbell { "on" } else { "off" };
+    let _ = writeln!(s, "doorbell: {doorbell}");
+    s.push_str(&certs(&i.certs));
+    s
+}
+
+/// `certs`, `set-certs` and `clear-certs`.
+pub fn certs(c: &SnpCertsInfo) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "certs-file: {}", certs_file(c.certs_file.as_deref()));
+    let _ = writeln!(s, "certs-timeout: {} ms", c.certs_timeout);
+    let _ = writeln!(s, "generation: {}", c.generation);
+    for w in &c.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
+    let r = &c.stats.requests;
+    let _ = writeln!(
+        s,
+        "requests: {} (delivered {}, need-pages {}, busy {}, failed {})",
+        r.total(),
+        r.delivered,
+        r.need_pages,
+        r.busy,
+        r.failed
+    );
+    let _ = writeln!(s, "bytes delivered: {}", c.stats.bytes_delivered);
+    s
+}
+
+/// `counters`.
+pub fn counters(c: &VmCounters) -> String {
+    let mut s = String::new();
+    let r = &c.requests;
+    let _ = writeln!(s, "requests:         {}", r.total());
+    for (name, n) in [
+        ("delivered", r.delivered),
+        ("need-pages", r.need_pages),
+        ("busy", r.busy),
+        ("failed", r.failed),
+    ] {
+        let _ = writeln!(s, "  {:<15} {n}", format!("{name}:"));
+    }
+    if !c.reasons.is_empty() {
+        let _ = writeln!(s, "reasons:");
+        for (reason, n) in &c.reasons {
+            let _ = writeln!(s, "  {:<15} {n}", format!("{reason}:"));
+        }
+    }
+    let _ = writeln!(s, "bytes delivered:  {}", c.bytes_delivered);
+    let w = &c.lock_wait_us;
+    let _ = writeln!(
+        s,
+        "lock wait (us):   count {}, p50 {}, p90 {}, p99 {}, max {}",
+        w.count, w.p50, w.p90, w.p99, w.max
+    );
+    let _ = writeln!(
+        s,
+        "leases:           {} held, {} released",
+        c.leases_held, c.leases_released
+    );
+    let _ = writeln!(s, "events dropped:   {}", c.events_dropped);
+    s
+}

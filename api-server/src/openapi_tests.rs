@@ -1,0 +1,269 @@
+//! Checks `openapi.yaml` against the route table and the Rust types.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::routes::{Method, ROUTES, Success};
+use crate::types::{
+    ErrorBody, LockWaitSummary, OutcomeCounts, PayloadConfig, PingResponse, SnpCertsInfo,
+    SnpCertsUpdate, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
+};
+
+fn document() -> Value {
+    let text = include_str!("../openapi.yaml");
+    serde_yaml::from_str(text).expect("openapi.yaml parses")
+}
+
+fn method_name(method: Method) -> String {
+    method.as_str().to_ascii_lowercase()
+}
+
+fn schema_ref(name: &str) -> Value {
+    Value::String(format!("#/components/schemas/{name}"))
+}
+
+#[test]
+fn is_openapi_3() {
+    let doc = document();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(doc["servers"][0]["url"], "http://localhost/api/v1");
+}
+
+#[test]
+fn paths_and_methods_equal_the_route_table() {
+    let doc = document();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (path.clone(), method.clone()))
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|r| (format!("/{}", r.endpoint), method_name(r.method)))
+        .collect();
+    assert_eq!(documented, routed);
+}
+
+#[test]
+fn bodies_and_responses_match_the_route_table() {
+    let doc = document();
+    for route in ROUTES {
+        let op = &doc["paths"][format!("/{}", route.endpoint)][method_name(route.method)];
+        let what = format!("{} {}", route.method.as_str(), route.endpoint);
+        let request = &op["requestBody"];
+        match route.request {
+            Some(schema) => {
+                assert_eq!(request["required"], true, "{what}");
+                assert_eq!(
+                    request["content"]["application/json"]["schema"]["$ref"],
+                    schema_ref(schema),
+                    "{what}"
+                );
+                for status in ["400", "413"] {
+                    assert!(
+                        op["responses"].get(status).is_some(),
+                        "{what} lacks {status}"
+                    );
+                }
+            }
+            None => assert!(request.is_null(), "{what} documents a body"),
+        }
+        let responses = op["responses"].as_object().unwrap();
+        let successes: Vec<&String> = responses.keys().filter(|s| s.starts_with('2')).collect();
+        match route.success {
+            Success::Json(schema) => {
+                assert_eq!(successes, ["200"], "{what}");
+                assert_eq!(
+                    responses["200"]["content"]["application/json"]["schema"]["$ref"],
+                    schema_ref(schema),
+                    "{what}"
+                );
+            }
+            Success::NoContent => {
+                assert_eq!(successes, ["204"], "{what}");
+                assert!(responses["204"].get("content").is_none(), "{what}");
+            }
+        }
+        assert!(responses.contains_key("500"), "{what} lacks 500");
+        if route.endpoint.starts_with("vm.") && route.endpoint != "vm.create" {
+            assert!(responses.contains_key("404"), "{what} lacks 404 (no VM)");
+        }
+    }
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                if key == "$ref" {
+                    out.push(v.as_str().unwrap().to_owned());
+                } else {
+                    collect_refs(v, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_reference_resolves() {
+    let doc = document();
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 20);
+    for r in refs {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("external ref {r}"));
+        assert!(doc.pointer(pointer).is_some(), "dangling {r}");
+    }
+    // Discriminator mappings are references too.
+    let mapping = &doc["components"]["schemas"]["PayloadConfig"]["discriminator"]["mapping"];
+    for target in mapping.as_object().unwrap().values() {
+        let pointer = target.as_str().unwrap().strip_prefix('#').unwrap();
+        assert!(doc.pointer(pointer).is_some(), "dangling {target}");
+    }
+}
+
+/// The documented properties of each object schema are exactly the keys
+/// the Rust type serialises, and request schemas refuse extra fields.
+#[test]
+fn schemas_match_the_rust_types() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let full_update = SnpCertsUpdate {
+        certs_file: Some(Some("/c".into())),
+        certs_timeout: Some(1),
+    };
+    let info = VmInfo {
+        config: VmConfig::default(),
+        state: VmState::Running,
+        vcpus: vec![VcpuInfo {
+            id: 0,
+            state: "running".into(),
+        }],
+        certs: SnpCertsInfo::default(),
+    };
+    let ping = PingResponse {
+        version: "0".into(),
+        pid: 1,
+        hypervisor: "kvm".into(),
+        snp_req_certs_supported: true,
+    };
+    let samples: BTreeMap<&str, Value> = BTreeMap::from([
+        (
+            "VmConfig",
+            serde_json::to_value(VmConfig::default()).unwrap(),
+        ),
+        (
+            "CpusConfig",
+            serde_json::to_value(VmConfig::default().cpus).unwrap(),
+        ),
+        (
+            "MemoryConfig",
+            serde_json::to_value(VmConfig::default().memory).unwrap(),
+        ),
+        (
+            "SnpConfig",
+            serde_json::to_value(VmConfig::default().snp).unwrap(),
+        ),
+        (
+            "AttestPayload",
+            serde_json::to_value(PayloadConfig::default()).unwrap(),
+        ),
+        ("PingResponse", serde_json::to_value(&ping).unwrap()),
+        ("VmInfo", serde_json::to_value(&info).unwrap()),
+        ("VcpuInfo", serde_json::to_value(&info.vcpus[0]).unwrap()),
+        (
+            "SnpCertsInfo",
+            serde_json::to_value(SnpCertsInfo::default()).unwrap(),
+        ),
+        (
+            "SnpCertsUpdate",
+            serde_json::to_value(&full_update).unwrap(),
+        ),
+        (
+            "VmCounters",
+            serde_json::to_value(VmCounters::default()).unwrap(),
+        ),
+        (
+            "OutcomeCounts",
+            serde_json::to_value(OutcomeCounts::default()).unwrap(),
+        ),
+        (
+            "LockWaitSummary",
+            serde_json::to_value(LockWaitSummary::default()).unwrap(),
+        ),
+        (
+            "ErrorBody",
+            serde_json::to_value(ErrorBody { error: "e".into() }).unwrap(),
+        ),
+    ]);
+    let documented: BTreeSet<&str> = schemas
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s["type"] == "object")
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(documented, samples.keys().copied().collect());
+    for (name, sample) in &samples {
+        let schema = &schemas[*name];
+        let properties: BTreeSet<&String> =
+            schema["properties"].as_object().unwrap().keys().collect();
+        let keys: BTreeSet<&String> = sample.as_object().unwrap().keys().collect();
+        assert_eq!(properties, keys, "{name}");
+        if let Some(required) = schema["required"].as_array() {
+            for field in required {
+                assert!(
+                    keys.contains(&field.as_str().unwrap().to_owned()),
+                    "{name}: {field}"
+                );
+            }
+        }
+    }
+    for request in [
+        "VmConfig",
+        "CpusConfig",
+        "MemoryConfig",
+        "SnpConfig",
+        "AttestPayload",
+        "SnpCertsUpdate",
+    ] {
+        assert_eq!(schemas[request]["additionalProperties"], false, "{request}");
+    }
+    let states: Vec<Value> = [VmState::Created, VmState::Running, VmState::Shutdown]
+        .iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect();
+    assert_eq!(schemas["VmState"]["enum"], Value::Array(states));
+}
+
+/// The documented defaults are the Rust defaults.
+#[test]
+fn defaults_match() {
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    let config = serde_json::to_value(VmConfig::default()).unwrap();
+    for (section, schema) in [
+        ("cpus", "CpusConfig"),
+        ("memory", "MemoryConfig"),
+        ("snp", "SnpConfig"),
+        ("payload", "AttestPayload"),
+    ] {
+        for (field, property) in schemas[schema]["properties"].as_object().unwrap() {
+            if let Some(default) = property.get("default") {
+                assert_eq!(&config[section][field], default, "{schema}.{field}");
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The route table and the request parser: from (method, path, body) to a
+//! [`VmmAction`], without sockets.
+//!
+//! [`ROUTES`] is the single source of truth for which endpoint takes which
+//! method and body: the server's 404/405 answers and `Allow` headers come
+//! from it, and a test checks `openapi.yaml` against it.
+
+use serde::de::DeserializeOwned;
+use snp_certs::config::MAX_CERTS_TIMEOUT_MS;
+
+use crate::types::{ApiError, ApiErrorKind, SnpCertsUpdate, VmConfig, VmmAction};
+
+/// Prefix of every endpoint path.
+pub const API_ROOT: &str = "/api/v1/";
+
+/// Largest accepted request body: 64 KiB. Larger bodies get 413.
+pub const MAX_BODY_SIZE: usize = 64 * 1024;
+
+/// The HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// `GET`: read, no body.
+    Get,
+    /// `PUT`: act or change, with or without a body.
+    Put,
+}
+
+impl Method {
+    /// The method's name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+        }
+    }
+
+    /// Parses a wire name; `None` for methods the API never uses.
+    pub fn from_name(name: &str) -> Option<Method> {
+        match name {
+            "GET" => Some(Method::Get),
+            "PUT" => Some(Method::Put),
+            _ => None,
+        }
+    }
+}
+
+/// What a successful call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Success {
+    /// 200 with a JSON body of the named schema.
+    Json(&'static str),
+    /// 204 No Content.
+    NoContent,
+}
+
+/// One (endpoint, method) pair.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The endpoint, such as `vm.snp-certs`; the path is [`API_ROOT`] + it.
+    pub endpoint: &'static str,
+    /// The method.
+    pub method: Method,
+    /// The schema of the JSON request body, if the route takes one.
+    pub request: Option<&'static str>,
+    /// What a successful call returns.
+    pub success: Success,
+    parse: fn(&Route, &[u8]) -> Result<VmmAction, ApiError>,
+}
+
+impl Route {
+    /// The full path, such as `/api/v1/vm.info`.
+    pub fn path(&self) -> String {
+        format!("{API_ROOT}{}", self.endpoint)
+    }
+
+    /// Decodes `body` into this route's action.
+    pub fn parse(&self, body: &[u8]) -> Result<VmmAction, ApiError> {
+        if body.len() > MAX_BODY_SIZE {
+            return Err(too_large());
+        }
+        (self.parse)(self, body)
+    }
+}
+
+macro_rules! route {
+    ($endpoint:literal, $method:ident, $request:expr, $success:expr, $parse:expr) => {
+        Route {
+            endpoint: $endpoint,
+            method: Method::$method,
+            request: $request,
+            success: $success,
+            parse: $parse,
+        }
+    };
+}
+
+/// Every route of the API.
+pub const ROUTES: &[Route] = &[
+    route!(
+        "vmm.ping",
+        Get,
+        None,
+        Success::Json("PingResponse"),
+        |r, b| { no_body(r, b, VmmAction::Ping) }
+    ),
+    route!("vmm.shutdown", Put, None, Success::NoContent, |r, b| {
+        no_body(r, b, VmmAction::ShutdownVmm)
+    }),
+    route!(
+        "vm.create",
+        Put,
+        Some("VmConfig"),
+        Success::NoContent,
+        parse_create
+    ),
+    route!("vm.boot", Put, None, Success::NoContent, |r, b| {
+        no_body(r, b, VmmAction::BootVm)
+    }),
+    route!("vm.info", Get, None, Success::Json("VmInfo"), |r, b| {
+        no_body(r, b, VmmAction::VmInfo)
+    }),
+    route!("vm.shutdown", Put, None, Success::NoContent, |r, b| {
+        no_body(r, b, VmmAction::ShutdownVm)
+    }),
+    route!("vm.delete", Put, None, Success::NoContent, |r, b| {
+        no_body(r, b, VmmAction::DeleteVm)
+    }),
+    route!(
+        "vm.snp-certs",
+        Get,
+        None,
+        Success::Json("SnpCertsInfo"),
+        |r, b| { no_body(r, b, VmmAction::GetSnpCerts) }
+    ),
+    route!(
+        "vm.snp-certs",
+        Put,
+        Some("SnpCertsUpdate"),
+        Success::Json("SnpCertsInfo"),
+        parse_put_certs
+    ),
+    route!(
+        "vm.counters",
+        Get,
+        None,
+        Success::Json("VmCounters"),
+        |r, b| { no_body(r, b, VmmAction::VmCounters) }
+    ),
+];
+
+/// The methods `path` accepts, in table order; empty for unknown paths.
+pub fn allowed_methods(path: &str) -> Vec<Method> {
+    let endpoint = path.strip_prefix(API_ROOT);
+    ROUTES
+        .iter()
+        .filter(|r| Some(r.endpoint) == endpoint)
+        .map(|r| r.method)
+        .collect()
+}
+
+/// Finds the route for `method` and `path`: 404 for an unknown path, 405
+/// for a method the path does not take.
+pub fn find(method: &str, path: &str) -> Result<&'static Route, ApiError> {
+    let allowed = allowed_methods(path);
+    if allowed.is_empty() {
+        return Err(ApiError::not_found(format!("Unknown endpoint {path}")));
+    }
+    let wanted = Method::from_name(method);
+    ROUTES
+        .iter()
+        .find(|r| Some(r.method) == wanted && path.strip_prefix(API_ROOT) == Some(r.endpoint))
+        .ok_or_else(|| {
+            let names: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            ApiError::new(
+                ApiErrorKind::MethodNotAllowed,
+                format!(
+                    "{path} does not take {method}; allowed: {}",
+                    names.join(", ")
+                ),
+            )
+        })
+}
+
+/// Decodes a whole request: [`find`], then [`Route::parse`].
+pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction, ApiError> {
+    find(method, path)?.parse(body)
+}
+
+/// The 413 error.
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        ApiErrorKind::PayloadTooLarge,
+        format!("Request body is larger than {MAX_BODY_SIZE} bytes"),
+    )
+}
+
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
+}
+
+fn no_body(route: &Route, body: &[u8], action: VmmAction) -> Result<VmmAction, ApiError> {
+    if is_blank(body) {
+        Ok(action)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{} {} takes no request body",
+            route.method.as_str(),
+            route.endpoint
+        )))
+    }
+}
+
+/// Decodes a JSON body; messages name the field at fault.
+fn json<T: DeserializeOwned>(route: &Route, body: &[u8]) -> Result<T, ApiError> {
+    let prefix = format!("Invalid {} body", route.endpoint);
+    if is_blank(body) {
+        return Err(ApiError::bad_request(format!(
+            "{} {} needs a JSON body",
+            route.method.as_str(),
+            route.endpoint
+        )));
+    }
+    // serde also reads structs from arrays; the API speaks objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(format!(
+            "{prefix}: expected a JSON object"
+        )));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if matches!(path.as_str(), "" | "." | "?") {
+            ApiError::bad_request(format!("{prefix}: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{prefix}: {path}: {inner}"))
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+    Ok(value)
+}
+
+fn parse_create(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
+    let config: VmConfig = json(route, body)?;
+    config
+        .validate()
+        .map_err(|e| ApiError::bad_request(format!("Invalid {} body: {e}", route.endpoint)))?;
+    Ok(VmmAction::CreateVm(Box::new(config)))
+}
+
+fn parse_put_certs(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
+    let update: SnpCertsUpdate = json(route, body)?;
+    let prefix = format!("Invalid {} body", route.endpoint);
+    if let Some(Some(path)) = &update.certs_file {
+        if !path.is_absolute() {
+            return Err(ApiError::bad_request(format!(
+                "{prefix}: certs_file must be an absolute path, got {path:?}"
+            )));
+        }
+    }
+    if let Some(ms) = update.certs_timeout {
+        if ms > MAX_CERTS_TIMEOUT_MS {
+            return Err(ApiError::bad_request(format!(
+                "{prefix}: certs_timeout must be at most {MAX_CERTS_TIMEOUT_MS} ms, got {ms}"
+            )));
+        }
+    }
+    Ok(VmmAction::PutSnpCerts(update))
+}
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;

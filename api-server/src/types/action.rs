@@ -1,0 +1,138 @@
+//! What the API asks of the VMM, what the VMM answers, and the trait the
+//! VMM implements.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::certs::{SnpCertsInfo, SnpCertsUpdate, VmCounters};
+use super::config::VmConfig;
+use super::vm::{PingResponse, VmInfo};
+
+/// One API request, decoded. Each endpoint maps to one variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmAction {
+    /// `GET vmm.ping`.
+    Ping,
+    /// `PUT vmm.shutdown`: stop the VMM process.
+    ShutdownVmm,
+    /// `PUT vm.create`.
+    CreateVm(Box<VmConfig>),
+    /// `PUT vm.boot`.
+    BootVm,
+    /// `GET vm.info`.
+    VmInfo,
+    /// `PUT vm.shutdown`.
+    ShutdownVm,
+    /// `PUT vm.delete`.
+    DeleteVm,
+    /// `GET vm.snp-certs`.
+    GetSnpCerts,
+    /// `PUT vm.snp-certs`.
+    PutSnpCerts(SnpCertsUpdate),
+    /// `GET vm.counters`.
+    VmCounters,
+}
+
+/// The VMM's answer to a [`VmmAction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmData {
+    /// Done, nothing to show: HTTP 204.
+    Empty,
+    /// For [`VmmAction::Ping`].
+    Ping(PingResponse),
+    /// For [`VmmAction::VmInfo`].
+    VmInfo(Box<VmInfo>),
+    /// For [`VmmAction::GetSnpCerts`] and [`VmmAction::PutSnpCerts`] (the
+    /// configuration now in force).
+    SnpCerts(Box<SnpCertsInfo>),
+    /// For [`VmmAction::VmCounters`].
+    Counters(Box<VmCounters>),
+}
+
+/// The class of an [`ApiError`]; the server maps each to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiErrorKind {
+    /// 400: bad input (malformed JSON, unknown field, invalid value, a
+    /// certs file that is missing or invalid).
+    BadRequest,
+    /// 404: unknown endpoint, or no VM.
+    NotFound,
+    /// 405: the endpoint does not take this method.
+    MethodNotAllowed,
+    /// 409: the VM is in the wrong state for this request.
+    Conflict,
+    /// 413: the request body is too large.
+    PayloadTooLarge,
+    /// 500: an internal fault.
+    Internal,
+}
+
+impl ApiErrorKind {
+    /// The HTTP status code.
+    pub fn status(self) -> u16 {
+        match self {
+            ApiErrorKind::BadRequest => 400,
+            ApiErrorKind::NotFound => 404,
+            ApiErrorKind::MethodNotAllowed => 405,
+            ApiErrorKind::Conflict => 409,
+            ApiErrorKind::PayloadTooLarge => 413,
+            ApiErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// A refused request: a class and a one-line message for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The class, and so the HTTP status.
+    pub kind: ApiErrorKind,
+    /// What went wrong, for the user.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A 400.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::BadRequest, message)
+    }
+
+    /// A 404.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::NotFound, message)
+    }
+
+    /// A 409.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::Conflict, message)
+    }
+
+    /// A 500.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(ApiErrorKind::Internal, message)
+    }
+}
+
+/// The JSON body of every error response: `{"error": "message"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The message.
+    pub error: String,
+}
+
+/// The VMM side of the API. The server calls [`VmmApi::handle`] once per
+/// request on a blocking thread pool, never on its accept loop; calls may
+/// come from several threads at once.
+pub trait VmmApi: Send + Sync + 'static {
+    /// Carries out `action`. May block briefly (a certs file is validated
+    /// under its lock, waiting at most `certs_timeout`).
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ApiError>;
+}

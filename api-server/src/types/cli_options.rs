@@ -1,0 +1,208 @@
+//! Cloud Hypervisor-style command-line options for [`VmConfig`]:
+//! `--cpus boot=N`, `--memory size=64M`,
+//! `--snp certs-file=P,certs-timeout=MS,doorbell=on` and
+//! `--payload attest,requests=N,interval-ms=M`.
+//!
+//! Shared by the VMM's command line and `snp-remote create`, so both read
+//! the same strings the same way. Keys are kebab-case; the JSON fields are
+//! their snake_case twins. Values are taken as given: relative paths stay
+//! relative, and [`VmConfig::validate`] does the range checks.
+
+use std::path::PathBuf;
+
+use super::config::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
+use super::option_parser::{OptionError, Options};
+
+/// The four option strings, each optional (absent: defaults).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmOptions<'a> {
+    /// `--cpus`.
+    pub cpus: Option<&'a str>,
+    /// `--memory`.
+    pub memory: Option<&'a str>,
+    /// `--snp`.
+    pub snp: Option<&'a str>,
+    /// `--payload`.
+    pub payload: Option<&'a str>,
+}
+
+impl VmConfig {
+    /// Builds a configuration from option strings; absent options and keys
+    /// keep their defaults. Errors name the option.
+    pub fn from_options(options: &VmOptions<'_>) -> Result<VmConfig, OptionError> {
+        Ok(VmConfig {
+            cpus: options
+                .cpus
+                .map(CpusConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            memory: options
+                .memory
+                .map(MemoryConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            snp: options
+                .snp
+                .map(SnpConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            payload: options
+                .payload
+                .map(PayloadConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl CpusConfig {
+    /// Keys of `--cpus`.
+    pub const KEYS: &[&str] = &["boot"];
+
+    /// Parses `boot=N`.
+    pub fn parse(input: &str) -> Result<CpusConfig, OptionError> {
+        let o = Options::parse(input, Self::KEYS, false)?;
+        let mut c = CpusConfig::default();
+        if let Some(boot) = o.parsed("boot")? {
+            c.boot = boot;
+        }
+        Ok(c)
+    }
+}
+
+impl MemoryConfig {
+    /// Keys of `--memory`.
+    pub const KEYS: &[&str] = &["size"];
+
+    /// Parses `size=64M`.
+    pub fn parse(input: &str) -> Result<MemoryConfig, OptionError> {
+        let o = Options::parse(input, Self::KEYS, false)?;
+        let mut c = MemoryConfig::default();
+        if let Some(size) = o.size("size")? {
+            c.size = size;
+        }
+        Ok(c)
+    }
+}
+
+impl SnpConfig {
+    /// Keys of `--snp`.
+    pub const KEYS: &[&str] = &["certs-file", "certs-timeout", "doorbell"];
+
+    /// Parses `certs-file=P,certs-timeout=MS,doorbell=on`.
+    pub fn parse(input: &str) -> Result<SnpConfig, OptionError> {
+        let o = Options::parse(input, Self::KEYS, false)?;
+        let mut c = SnpConfig::default();
+        if let Some(path) = o.get("certs-file") {
+            c.certs_file = Some(PathBuf::from(path));
+        }
+        if let Some(timeout) = o.parsed("certs-timeout")? {
+            c.certs_timeout = timeout;
+        }
+        if let Some(doorbell) = o.switch("doorbell")? {
+            c.doorbell = doorbell;
+        }
+        Ok(c)
+    }
+}
+
+impl PayloadConfig {
+    /// Keys of `--payload attest,...`.
+    pub const ATTEST_KEYS: &[&str] = &["requests", "interval-ms"];
+
+    /// Parses `attest[,requests=N][,interval-ms=M]`.
+    pub fn parse(input: &str) -> Result<PayloadConfig, OptionError> {
+        let o = Options::parse(input, Self::ATTEST_KEYS, true)?;
+        match o.kind() {
+            Some("attest") => {}
+            other => {
+                return Err(OptionError::InvalidValue {
+                    key: "payload".to_owned(),
+                    value: other.unwrap_or_default().to_owned(),
+                    reason: "the payload kind must come first; known kinds: attest".to_owned(),
+                });
+            }
+        }
+        let PayloadConfig::Attest {
+            mut requests,
+            mut interval_ms,
+        } = PayloadConfig::default();
+        if let Some(n) = o.parsed("requests")? {
+            requests = n;
+        }
+        if let Some(ms) = o.parsed("interval-ms")? {
+            interval_ms = ms;
+        }
+        Ok(PayloadConfig::Attest {
+            requests,
+            interval_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_command_line() {
+        let c = VmConfig::from_options(&VmOptions {
+            cpus: Some("boot=2"),
+            memory: Some("size=128M"),
+            snp: Some("certs-file=/c.bin,certs-timeout=50,doorbell=on"),
+            payload: Some("attest,requests=5,interval-ms=10"),
+        })
+        .unwrap();
+        assert_eq!(c.cpus.boot, 2);
+        assert_eq!(c.memory.size, 128 << 20);
+        assert_eq!(c.snp.certs_file, Some(PathBuf::from("/c.bin")));
+        assert_eq!(c.snp.certs_timeout, 50);
+        assert!(c.snp.doorbell);
+        assert_eq!(
+            c.payload,
+            PayloadConfig::Attest {
+                requests: 5,
+                interval_ms: 10
+            }
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn absent_options_are_defaults() {
+        assert_eq!(
+            VmConfig::from_options(&VmOptions::default()).unwrap(),
+            VmConfig::default()
+        );
+        assert_eq!(
+            PayloadConfig::parse("attest").unwrap(),
+            PayloadConfig::Attest {
+                requests: 1,
+                interval_ms: 0
+            }
+        );
+        let snp = SnpConfig::parse("doorbell=on").unwrap();
+        assert_eq!(snp.certs_file, None);
+        assert_eq!(snp.certs_timeout, 100);
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let err = CpusConfig::parse("boot=300").unwrap_err();
+        assert!(err.to_string().contains("for boot"), "{err}");
+        let err = MemoryConfig::parse("size=1X").unwrap_err();
+        assert!(err.to_string().contains("for size"), "{err}");
+        let err = SnpConfig::parse("certs_file=/x").unwrap_err();
+        assert!(err.to_string().contains("certs-file"), "{err}");
+        let err = PayloadConfig::parse("linux").unwrap_err();
+        assert!(err.to_string().contains("known kinds: attest"), "{err}");
+        let err = PayloadConfig::parse("requests=3").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OptionError::MissingValue(_) | OptionError::InvalidValue { .. }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The `snp-remote` binary against the real server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use api_server::types::{PayloadConfig, VmState, VmmAction};
+use common::{Harness, write_file};
+use serde_json::Value;
+
+fn snp_remote(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_snp-remote"))
+        .arg("--api-socket")
+        .arg(socket)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(h: &Harness, args: &[&str]) -> Run {
+    let out = snp_remote(&h.socket, h.dir.path(), args);
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn ok(h: &Harness, args: &[&str]) -> String {
+    let r = run(h, args);
+    assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+    assert_eq!(r.stderr, "", "{args:?}");
+    r.stdout
+}
+
+#[test]
+fn ping_human_and_json() {
+    let h = Harness::start();
+    let out = ok(&h, &["ping"]);
+    assert!(out.starts_with("snp-vmm 0.1.0, pid "), "{out}");
+    assert!(out.contains("hypervisor: mock\n"), "{out}");
+    assert!(
+        out.contains("SNP certificate exits: not supported\n"),
+        "{out}"
+    );
+    let v: Value = serde_json::from_str(&ok(&h, &["ping", "--json"])).unwrap();
+    assert_eq!(v["hypervisor"], "mock");
+    let v: Value = serde_json::from_str(&ok(&h, &["--json", "ping"])).unwrap();
+    assert_eq!(v["pid"], std::process::id());
+}
+
+#[test]
+fn lifecycle_with_options() {
+    let h = Harness::start();
+    write_file(&h.path("c.bin"));
+    let out = ok(
+        &h,
+        &[
+            "create",
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=128M",
+            "--snp",
+            "certs-file=c.bin,certs-timeout=50,doorbell=on",
+            "--payload",
+            "attest,requests=3,interval-ms=10",
+        ],
+    );
+    assert_eq!(out, "");
+    assert_eq!(ok(&h, &["boot"]), "");
+    let info = ok(&h, &["info"]);
+    for line in [
+        "state: Running\n",
+        "vcpus: 2 (0: running, 1: running)\n",
+        "memory: 128 MiB\n",
+        "payload: attest, 3 requests, 10 ms apart\n",
+        "doorbell: on\n",
+        "certs-timeout: 50 ms\n",
+    ] {
+        assert!(info.contains(line), "{line:?} not in\n{info}");
+    }
+    // The relative certs-file was made absolute against the CLI's cwd.
+    let expected = h.path("c.bin");
+    assert!(
+        info.contains(&format!("certs-file: {}\n", expected.display())),
+        "{info}"
+    );
+    let s = h.vmm.state.lock().unwrap();
+    let (config, state) = s.vm.clone().unwrap();
+    assert_eq!(state, VmState::Running);
+    assert_eq!(config.memory.size, 128 << 20);
+    assert_eq!(
+        config.payload,
+        PayloadConfig::Attest {
+            requests: 3,
+            interval_ms: 10
+        }
+    );
+    assert_eq!(config.snp.certs_file, Some(expected));
+    drop(s);
+    assert_eq!(ok(&h, &["shutdown"]), "");
+    assert_eq!(ok(&h, &["delete"]), "");
+    assert_eq!(ok(&h, &["shutdown-vmm"]), "");
+    assert!(h.vmm.state.lock().unwrap().vmm_shutdown);
+}
+
+#[test]
+fn create_from_json_file() {
+    let h = Harness::start();
+    std::fs::write(
+        h.path("vm.json"),
+        r#"{"cpus": {"boot": 1}, "payload": {"kind": "attest", "requests": 9}}"#,
+    )
+    .unwrap();
+    ok(&h, &["create", "--config", "vm.json"]);
+    let v: Value = serde_json::from_str(&ok(&h, &["info", "--json"])).unwrap();
+    assert_eq!(
+        v["config"]["payload"],
+        serde_json::json!({"kind": "attest", "requests": 9, "interval_ms": 0})
+    );
+    assert_eq!(v["state"], "Created");
+
+    // A bad file is refused before anything is sent.
+    std::fs::write(h.path("bad.json"), r#"{"cpus": {"boot": 1, "max": 2}}"#).unwrap();
+    let r = run(&h, &["create", "--config", "bad.json"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .starts_with("snp-remote: Invalid VM configuration in bad.json: unknown field `max`"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn set_certs_clear_certs_certs_counters() {
+    let h = Harness::start();
+    h.boot();
+    write_file(&h.path("v1.bin"));
+    let out = ok(
+        &h,
+        &[
+            "set-certs",
+            "--certs-file",
+            "v1.bin",
+            "--certs-timeout",
+            "250",
+        ],
+    );
+    let abs = h.path("v1.bin");
+    assert!(
+        out.contains(&format!("certs-file: {}\n", abs.display())),
+        "{out}"
+    );
+    assert!(out.contains("certs-timeout: 250 ms\n"), "{out}");
+    assert!(out.contains("generation: 1\n"), "{out}");
+    {
+        let actions = h.vmm.actions.lock().unwrap();
+        let VmmAction::PutSnpCerts(update) = actions.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(update.certs_file, Some(Some(abs.clone())));
+        assert_eq!(update.certs_timeout, Some(250));
+    }
+
+    // Timeout only: the file is kept.
+    let v: Value =
+        serde_json::from_str(&ok(&h, &["--json", "set-certs", "--certs-timeout", "0"])).unwrap();
+    assert_eq!(v["certs_file"], abs.to_str().unwrap());
+    assert_eq!(v["certs_timeout"], 0);
+
+    let out = ok(&h, &["certs"]);
+    assert!(out.contains("generation: 2\n"), "{out}");
+    assert!(
+        out.contains("requests: 2 (delivered 1, need-pages 1, busy 0, failed 0)\n"),
+        "{out}"
+    );
+
+    let out = ok(&h, &["clear-certs"]);
+    assert!(
+        out.contains("certs-file: none (guests get an empty table)\n"),
+        "{out}"
+    );
+    let v: Value = serde_json::from_str(&ok(&h, &["certs", "--json"])).unwrap();
+    assert_eq!(v["certs_file"], Value::Null);
+
+    let out = ok(&h, &["counters"]);
+    assert!(out.starts_with("requests:         2\n"), "{out}");
+    assert!(out.contains("  size-query:     1\n"), "{out}");
+    assert!(
+        out.contains("lock wait (us):   count 1, p50 0, p90 0, p99 0, max 12\n"),
+        "{out}"
+    );
+    let v: Value = serde_json::from_str(&ok(&h, &["counters", "--json"])).unwrap();
+    assert_eq!(v["bytes_delivered"], 4096);
+}
+
+#[test]
+fn api_errors_exit_1_with_the_servers_message() {
+    let h = Harness::start();
+    let r = run(&h, &["info"]);
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""));
+    assert_eq!(r.stderr, "snp-remote: No VM has been created\n");
+    h.boot();
+    let r = run(&h, &["set-certs", "--certs-file", "/no/such/file"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "snp-remote: certs-file /no/such/file is missing or not a regular file\n"
+    );
+    let r = run(&h, &["set-certs", "--certs-timeout", "99999"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "snp-remote: Invalid vm.snp-certs body: certs_timeout must be at most 10000 ms, got 99999\n"
+    );
+    let r = run(&h, &["boot"]);
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (1, "snp-remote: The VM is Running, not Created\n")
+    );
+}
+
+#[test]
+fn usage_and_connection_errors_exit_2() {
+    let h = Harness::start();
+    // set-certs needs at least one option.
+    let r = run(&h, &["set-certs"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--certs-file"), "{}", r.stderr);
+    let r = run(&h, &["frobnicate"]);
+    assert_eq!(r.code, 2);
+    let r = run(&h, &["create", "--cpus", "boot=x"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .starts_with("snp-remote: Invalid value \"x\" for boot"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&h, &["create", "--config", "vm.json", "--cpus", "boot=1"]);
+    assert_eq!(r.code, 2);
+
+    let missing = h.path("nobody-here.sock");
+    let out = snp_remote(&missing, h.dir.path(), &["ping"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!(
+            "snp-remote: Cannot connect to API socket {}: ",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // --api-socket is required.
+    let out = Command::new(env!("CARGO_BIN_EXE_snp-remote"))
+        .arg("ping")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,195 @@
+//! A test double for the VMM and helpers to start the real server on a
+//! socket in a temporary directory.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api_server::types::{
+    ApiError, PingResponse, SnpCertsInfo, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
+    VmmAction, VmmApi, VmmData,
+};
+use api_server::{ApiClient, ApiServer};
+use snp_certs::config::CertsConfig;
+use snp_certs::serve::{OutcomeKind, Reason};
+
+/// A fake VMM: one VM with a lifecycle, a certs configuration that is
+/// replaced only if the new file exists, and fixed counters.
+#[derive(Default)]
+pub struct FakeVmm {
+    pub state: Mutex<FakeState>,
+    /// Every action received, in order.
+    pub actions: Mutex<Vec<VmmAction>>,
+    /// How long `vm.shutdown` takes.
+    pub slow_shutdown: Mutex<Duration>,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub vm: Option<(VmConfig, VmState)>,
+    pub certs: CertsConfig,
+    pub generation: u64,
+    pub vmm_shutdown: bool,
+}
+
+pub fn counters() -> VmCounters {
+    let mut c = VmCounters::default();
+    c.record(OutcomeKind::NeedPages, Reason::SizeQuery);
+    c.record(OutcomeKind::Delivered, Reason::Served);
+    c.bytes_delivered = 4096;
+    c.lock_wait_us.count = 1;
+    c.lock_wait_us.max = 12;
+    c.leases_released = 1;
+    c
+}
+
+impl FakeVmm {
+    fn certs_info(state: &FakeState) -> SnpCertsInfo {
+        SnpCertsInfo {
+            certs_file: state.certs.certs_file.clone(),
+            certs_timeout: state.certs.certs_timeout,
+            generation: state.generation,
+            warnings: Vec::new(),
+            stats: counters(),
+        }
+    }
+}
+
+impl VmmApi for FakeVmm {
+    fn handle(&self, action: VmmAction) -> Result<VmmData, ApiError> {
+        self.actions.lock().unwrap().push(action.clone());
+        let no_vm = || ApiError::not_found("No VM has been created");
+        if action == VmmAction::ShutdownVm {
+            std::thread::sleep(*self.slow_shutdown.lock().unwrap());
+        }
+        let mut s = self.state.lock().unwrap();
+        match action {
+            VmmAction::Ping => Ok(VmmData::Ping(PingResponse {
+                version: "0.1.0".into(),
+                pid: std::process::id(),
+                hypervisor: "mock".into(),
+                snp_req_certs_supported: false,
+            })),
+            VmmAction::ShutdownVmm => {
+                s.vmm_shutdown = true;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::CreateVm(config) => {
+                if s.vm.is_some() {
+                    return Err(ApiError::conflict("A VM already exists"));
+                }
+                s.certs = config.snp.certs_config();
+                s.vm = Some((*config, VmState::Created));
+                Ok(VmmData::Empty)
+            }
+            VmmAction::BootVm => match &mut s.vm {
+                None => Err(no_vm()),
+                Some((_, state @ VmState::Created)) => {
+                    *state = VmState::Running;
+                    Ok(VmmData::Empty)
+                }
+                Some((_, state)) => Err(ApiError::conflict(format!(
+                    "The VM is {state:?}, not Created"
+                ))),
+            },
+            VmmAction::VmInfo => {
+                let (config, state) = s.vm.clone().ok_or_else(no_vm)?;
+                let vcpus = (0..config.cpus.boot)
+                    .map(|id| VcpuInfo {
+                        id,
+                        state: "running".into(),
+                    })
+                    .collect();
+                Ok(VmmData::VmInfo(Box::new(VmInfo {
+                    config,
+                    state,
+                    vcpus,
+                    certs: Self::certs_info(&s),
+                })))
+            }
+            VmmAction::ShutdownVm => match &mut s.vm {
+                None => Err(no_vm()),
+                Some((_, state)) => {
+                    *state = VmState::Shutdown;
+                    Ok(VmmData::Empty)
+                }
+            },
+            VmmAction::DeleteVm => {
+                s.vm.take().ok_or_else(no_vm)?;
+                Ok(VmmData::Empty)
+            }
+            VmmAction::GetSnpCerts => {
+                s.vm.as_ref().ok_or_else(no_vm)?;
+                Ok(VmmData::SnpCerts(Box::new(Self::certs_info(&s))))
+            }
+            VmmAction::PutSnpCerts(update) => {
+                s.vm.as_ref().ok_or_else(no_vm)?;
+                let new = update.apply(&s.certs);
+                if let Some(path) = &new.certs_file {
+                    if !path.is_file() {
+                        return Err(ApiError::bad_request(format!(
+                            "certs-file {} is missing or not a regular file",
+                            path.display()
+                        )));
+                    }
+                }
+                s.certs = new;
+                s.generation += 1;
+                Ok(VmmData::SnpCerts(Box::new(Self::certs_info(&s))))
+            }
+            VmmAction::VmCounters => {
+                s.vm.as_ref().ok_or_else(no_vm)?;
+                Ok(VmmData::Counters(Box::new(counters())))
+            }
+        }
+    }
+}
+
+/// A running server with its fake VMM in a temporary directory.
+pub struct Harness {
+    /// Declared first so it is dropped (shut down) before the directory.
+    pub server: Option<ApiServer>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub vmm: Arc<FakeVmm>,
+}
+
+impl Harness {
+    pub fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let vmm = Arc::new(FakeVmm::default());
+        let server = ApiServer::start(&socket, vmm.clone()).unwrap();
+        Harness {
+            dir,
+            socket,
+            vmm,
+            server: Some(server),
+        }
+    }
+
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.socket)
+            .unwrap()
+            .with_timeout(Duration::from_secs(10))
+    }
+
+    /// Creates and boots a VM with defaults.
+    pub fn boot(&self) {
+        let client = self.client();
+        client.create_vm(&VmConfig::default()).unwrap();
+        client.boot_vm().unwrap();
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Writes a file to use as a certs file (the fake VMM checks only that it
+/// exists).
+pub fn write_file(path: &Path) {
+    std::fs::write(path, b"certs").unwrap();
+}

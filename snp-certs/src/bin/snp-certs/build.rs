@@ -1,0 +1,302 @@
+//! `snp-certs build` and `snp-certs import-dir`: make a new certs file from
+//! certificate files.
+//!
+//! Both read PEM or DER certificates, normalise them to DER, build the
+//! table (report signer first, then ASK/ASVK, ARK, CRL, other entries),
+//! validate it, check its chain, and write it to a file that must not
+//! exist yet (see `files.rs`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args};
+use snp_certs::CertKind;
+use snp_certs::table::{CertTable, TableBuilder};
+use snp_certs::x509::{DocumentKind, to_der};
+use uuid::Uuid;
+
+use crate::chain_report::{self, ChainTime};
+use crate::files::{read_input, write_new_file};
+
+/// Build a new certs file from certificate files (PEM or DER). The chain
+/// is verified (signatures, names, validity) before anything is written.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("ca").required(true).args(["ask", "asvk"])))]
+#[command(group(ArgGroup::new("signer").required(true).args(["vcek", "vlek"])))]
+pub struct BuildArgs {
+    /// AMD Root Key certificate.
+    #[arg(long, value_name = "FILE")]
+    ark: PathBuf,
+    /// AMD SEV Key certificate (for a VCEK chain).
+    #[arg(long, value_name = "FILE")]
+    ask: Option<PathBuf>,
+    /// AMD SEV VLEK Key certificate (for a VLEK chain; stored under the
+    /// ASK GUID).
+    #[arg(long, value_name = "FILE")]
+    asvk: Option<PathBuf>,
+    /// VCEK certificate.
+    #[arg(long, value_name = "FILE")]
+    vcek: Option<PathBuf>,
+    /// VLEK certificate.
+    #[arg(long, value_name = "FILE")]
+    vlek: Option<PathBuf>,
+    /// Certificate revocation list for the ASK/ASVK.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Any other entry, copied as is (repeatable).
+    #[arg(long, value_name = "GUID=FILE", value_parser = parse_other)]
+    other: Vec<(Uuid, PathBuf)>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Build a new certs file from a directory named like snphost's and
+/// snpguest's: ark.*, ask.* or asvk.*, vcek.* or vlek.*, crl.* (extensions
+/// .pem, .der, .cert, .crt, .crl), and GUID-named files for other entries.
+#[derive(Debug, Args)]
+pub struct ImportDirArgs {
+    /// The directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// Where to write and how strict to be.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// The new certs file. Must not exist: a live file is replaced with
+    /// `snp-certs update`.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Write the table even if its chain does not verify (loudly warned).
+    #[arg(long)]
+    allow_unverified: bool,
+    #[command(flatten)]
+    time: ChainTime,
+}
+
+fn parse_other(s: &str) -> Result<(Uuid, PathBuf), String> {
+    let (guid, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not GUID=FILE"))?;
+    let guid = Uuid::parse_str(guid).map_err(|e| format!("bad GUID {guid:?}: {e}"))?;
+    if guid.is_nil() {
+        return Err("the null GUID ends a table and cannot name an entry".to_owned());
+    }
+    let kind = CertKind::from_guid(&guid);
+    if kind != CertKind::Other && kind != CertKind::ExtraPlatformInfo {
+        return Err(format!(
+            "{guid} is the {kind} GUID: use --{} instead",
+            kind.name()
+        ));
+    }
+    Ok((guid, PathBuf::from(file)))
+}
+
+/// The certificate files of one table.
+#[derive(Debug, Default)]
+struct Inputs {
+    ark: Option<PathBuf>,
+    ask: Option<(PathBuf, &'static str)>,
+    signer: Option<(CertKind, PathBuf)>,
+    crl: Option<PathBuf>,
+    others: Vec<(Uuid, PathBuf)>,
+}
+
+/// Reads one certificate or CRL file and normalises it to DER.
+fn load(path: &Path, what: &str, kind: DocumentKind) -> Result<Vec<u8>> {
+    let data = read_input(path)?;
+    to_der(&data, kind).with_context(|| format!("{what} {}", path.display()))
+}
+
+impl Inputs {
+    /// Builds the table bytes.
+    fn table(&self) -> Result<Vec<u8>> {
+        let mut b = TableBuilder::new();
+        let cert = DocumentKind::Certificate;
+        if let Some((kind, path)) = &self.signer {
+            b.add(*kind, load(path, kind.name(), cert)?)?;
+        }
+        if let Some((path, name)) = &self.ask {
+            b.add(CertKind::Ask, load(path, name, cert)?)?;
+        }
+        if let Some(path) = &self.ark {
+            b.add(CertKind::Ark, load(path, "ark", cert)?)?;
+        }
+        if let Some(path) = &self.crl {
+            b.add(CertKind::Crl, load(path, "crl", DocumentKind::Crl)?)?;
+        }
+        for (guid, path) in &self.others {
+            b.add_guid(*guid, read_input(path)?)
+                .with_context(|| format!("entry {guid} from {}", path.display()))?;
+        }
+        Ok(b.build()?)
+    }
+}
+
+/// Validates, verifies and writes a new table. Exit code 1 (and nothing
+/// written) when the chain fails without `--allow-unverified`.
+fn finish(bytes: &[u8], out: &OutputArgs) -> Result<ExitCode> {
+    let table = CertTable::parse(bytes).context("the built table does not validate")?;
+    for w in table.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let report = out.time.verify(&table);
+    if !report.is_verified() {
+        if !out.allow_unverified {
+            for line in chain_report::lines(&report, false) {
+                eprintln!("{line}");
+            }
+            eprintln!(
+                "snp-certs: not writing {}: the chain does not verify \
+                 (--allow-unverified writes it anyway)",
+                out.output.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("{}", chain_report::unverified_warning(&report));
+    }
+    write_new_file(&out.output, bytes)?;
+    println!(
+        "wrote {}: {} bytes, {} entries, {}",
+        out.output.display(),
+        bytes.len(),
+        table.entries().len(),
+        chain_report::summary(&report)
+    );
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `build`.
+pub fn run_build(args: &BuildArgs) -> Result<ExitCode> {
+    let inputs = Inputs {
+        ark: Some(args.ark.clone()),
+        ask: match (&args.ask, &args.asvk) {
+            (Some(p), _) => Some((p.clone(), "ask")),
+            (None, Some(p)) => Some((p.clone(), "asvk")),
+            (None, None) => None,
+        },
+        signer: match (&args.vcek, &args.vlek) {
+            (Some(p), _) => Some((CertKind::Vcek, p.clone())),
+            (None, Some(p)) => Some((CertKind::Vlek, p.clone())),
+            (None, None) => None,
+        },
+        crl: args.crl.clone(),
+        others: args.other.clone(),
+    };
+    finish(&inputs.table()?, &args.output)
+}
+
+/// The role a file name gives, following snphost/snpguest naming.
+fn role_of(name: &str) -> Option<Role> {
+    let lower = name.to_ascii_lowercase();
+    let (stem, ext) = lower.rsplit_once('.')?;
+    if let Ok(guid) = Uuid::parse_str(stem) {
+        return Some(Role::Other(guid));
+    }
+    if !matches!(ext, "pem" | "der" | "cert" | "crt" | "crl") {
+        return None;
+    }
+    Some(match stem {
+        "ark" => Role::Ark,
+        "ask" => Role::Ask("ask"),
+        "asvk" => Role::Ask("asvk"),
+        "vcek" => Role::Signer(CertKind::Vcek),
+        "vlek" => Role::Signer(CertKind::Vlek),
+        "crl" => Role::Crl,
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Ark,
+    Ask(&'static str),
+    Signer(CertKind),
+    Crl,
+    Other(Uuid),
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, path: &Path, first: Option<&Path>) -> Result<()> {
+    if let Some(first) = first {
+        bail!(
+            "{} and {} both fill the same table entry; keep one",
+            first.display(),
+            path.display()
+        );
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Runs `import-dir`.
+pub fn run_import_dir(args: &ImportDirArgs) -> Result<ExitCode> {
+    let mut names: Vec<PathBuf> = fs::read_dir(&args.dir)
+        .with_context(|| format!("cannot read directory {}", args.dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot read directory {}", args.dir.display()))?;
+    names.sort();
+    let mut inputs = Inputs::default();
+    for path in names {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(role) = role_of(&name).filter(|_| path.is_file()) else {
+            eprintln!("note: ignoring {}", path.display());
+            continue;
+        };
+        match role {
+            Role::Ark => {
+                let first = inputs.ark.clone();
+                set_once(&mut inputs.ark, path.clone(), &path, first.as_deref())?;
+            }
+            Role::Ask(name) => {
+                let first = inputs.ask.as_ref().map(|(p, _)| p.clone());
+                set_once(
+                    &mut inputs.ask,
+                    (path.clone(), name),
+                    &path,
+                    first.as_deref(),
+                )?;
+            }
+            Role::Signer(kind) => {
+                let first = inputs.signer.as_ref().map(|(_, p)| p.clone());
+                set_once(
+                    &mut inputs.signer,
+                    (kind, path.clone()),
+                    &path,
+                    first.as_deref(),
+                )?;
+            }
+            Role::Crl => {
+                let first = inputs.crl.clone();
+                set_once(&mut inputs.crl, path.clone(), &path, first.as_deref())?;
+            }
+            Role::Other(guid) => {
+                let kind = CertKind::from_guid(&guid);
+                if kind != CertKind::Other && kind != CertKind::ExtraPlatformInfo {
+                    bail!(
+                        "{} is named by the {kind} GUID: name it {}.der",
+                        path.display(),
+                        kind.name()
+                    );
+                }
+                inputs.others.push((guid, path));
+            }
+        }
+    }
+    if inputs.ark.is_none() && inputs.ask.is_none() && inputs.signer.is_none() {
+        bail!(
+            "{} holds no ark.*, ask.*, asvk.*, vcek.* or vlek.* file",
+            args.dir.display()
+        );
+    }
+    finish(&inputs.table()?, &args.output)
+}

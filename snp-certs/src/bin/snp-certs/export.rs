@@ -1,0 +1,102 @@
+//! `snp-certs export`: write each entry of a certs file to its own file,
+//! named like `snpguest certificates` names them.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use snp_certs::table::CertTable;
+use snp_certs::x509::{DocumentKind, to_der, to_pem};
+use snp_certs::{CertKind, CertsReader};
+
+/// Write each entry of a certs file to DIR: ark.der, ask.der, vcek.der,
+/// vlek.der, crl.der (or .pem with --pem), other entries as GUID.bin.
+/// Certificates stored as PEM in the table are written as DER unless
+/// --pem is given. Reads the file under the shared lock; existing files in
+/// DIR are replaced.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The certs file.
+    file: PathBuf,
+    /// The directory to write to (created if missing).
+    dir: PathBuf,
+    /// Write certificates and the CRL as PEM instead of DER.
+    #[arg(long)]
+    pem: bool,
+    /// Maximum time in milliseconds to wait for the shared lock.
+    #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
+    timeout: u64,
+}
+
+/// File name and content for one entry.
+fn exported(kind: CertKind, guid: &uuid::Uuid, data: &[u8], pem: bool) -> (String, Vec<u8>) {
+    let document = match kind {
+        CertKind::Ark | CertKind::Ask | CertKind::Vcek | CertKind::Vlek => {
+            Some(DocumentKind::Certificate)
+        }
+        CertKind::Crl => Some(DocumentKind::Crl),
+        CertKind::ExtraPlatformInfo | CertKind::Other => None,
+    };
+    let stem = match document {
+        Some(_) => kind.name().to_owned(),
+        None => guid.to_string(),
+    };
+    let Some(document) = document else {
+        return (format!("{stem}.bin"), data.to_vec());
+    };
+    match to_der(data, document) {
+        Ok(der) if pem => match to_pem(&der, document) {
+            Ok(text) => (format!("{stem}.pem"), text.into_bytes()),
+            Err(_) => (format!("{stem}.der"), der),
+        },
+        Ok(der) => (format!("{stem}.der"), der),
+        Err(e) => {
+            eprintln!("warning: the {kind} entry is not a valid {document:?} ({e}); written as is");
+            (format!("{stem}.bin"), data.to_vec())
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// reader of the exported file never sees half of it.
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = fs::File::create(&temp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Runs `export`.
+pub fn run(args: &ExportArgs) -> Result<ExitCode> {
+    let mut reader = CertsReader::new();
+    let locked = reader
+        .lock_and_read(&args.file, Duration::from_millis(args.timeout))
+        .with_context(|| format!("cannot export {}", args.file.display()))?;
+    let table = CertTable::parse(locked.bytes).context("invalid table")?;
+    let files: Vec<(String, Vec<u8>)> = table
+        .entries()
+        .iter()
+        .map(|e| exported(e.kind, &e.guid, e.data, args.pem))
+        .collect();
+    drop(locked);
+    fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    for (name, bytes) in &files {
+        let path = args.dir.join(name);
+        write_replacing(&path, bytes)?;
+        println!("{} ({} bytes)", path.display(), bytes.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,80 @@
+//! `snp-certs verify`: check a certs file's chain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+use snp_certs::CertsReader;
+use snp_certs::chain::ChainReport;
+use snp_certs::table::{CertTable, TableWarning};
+
+use crate::chain_report::{self, ChainTime};
+
+/// Check the certificate chain in a certs file: ARK self-signed, ASK/ASVK
+/// signed by the ARK, VCEK/VLEK signed by the ASK/ASVK (real signature
+/// checks), names, validity, product line and CRL. Reads the file under
+/// the shared lock. Exit code 0 when the chain verifies, 1 when it does
+/// not, 2 when the file cannot be read or is not a valid table.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The certs file.
+    file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Maximum time in milliseconds to wait for the shared lock.
+    #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
+    timeout: u64,
+    #[command(flatten)]
+    time: ChainTime,
+}
+
+#[derive(Debug, Serialize)]
+struct VerifyReport {
+    file: PathBuf,
+    size: usize,
+    chain: ChainReport,
+    warnings: Vec<TableWarning>,
+}
+
+/// Runs `verify`.
+pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
+    let mut reader = CertsReader::new();
+    let locked = reader
+        .lock_and_read(&args.file, Duration::from_millis(args.timeout))
+        .with_context(|| format!("cannot verify {}", args.file.display()))?;
+    let table = CertTable::parse(locked.bytes).context("invalid table")?;
+    let report = VerifyReport {
+        file: args.file.clone(),
+        size: table.as_bytes().len(),
+        chain: args.time.verify(&table),
+        warnings: table.warnings(),
+    };
+    drop(locked);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}: {} bytes", report.file.display(), report.size);
+        for line in chain_report::lines(&report.chain, true) {
+            println!("{line}");
+        }
+        for w in &report.warnings {
+            println!("warning: {w}");
+        }
+    }
+    if let Some(first) = report.chain.problems.first() {
+        eprintln!(
+            "snp-certs: the chain in {} does not verify: {}",
+            args.file.display(),
+            first.message()
+        );
+    }
+    Ok(if report.chain.is_verified() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

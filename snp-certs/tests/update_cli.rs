@@ -1,0 +1,298 @@
+//! `snp-certs update` against readers in other processes.
+//!
+//! The reader is this test binary itself, started again with
+//! `SNP_CERTS_TEST_READER=path`: it reads the file under the shared lock
+//! in a tight loop (as a VMM does, through `CertsReader`), classifies each
+//! read as the old table, the new table or anything else, and reports the
+//! counts when its stdin is closed. `SNP_CERTS_TEST_SHARED_HOLDER=path`
+//! makes it hold one shared lock instead, until stdin closes.
+
+// Test helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use snp_certs::CertsReader;
+
+const READER_ENV: &str = "SNP_CERTS_TEST_READER";
+const HOLDER_ENV: &str = "SNP_CERTS_TEST_SHARED_HOLDER";
+
+/// The reader half: runs only in the child process.
+#[test]
+fn reader_child() {
+    let Ok(path) = std::env::var(READER_ENV) else {
+        return;
+    };
+    let path = Path::new(&path);
+    let a = fs::read(path.with_extension("a")).unwrap();
+    let b = fs::read(path.with_extension("b")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_reader = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        stop_reader.store(true, Ordering::Release);
+    });
+    let mut reader = CertsReader::new();
+    let (mut seen_a, mut seen_b, mut mixed, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    println!("reader-started");
+    std::io::stdout().flush().unwrap();
+    while !stop.load(Ordering::Acquire) {
+        match reader.lock_and_read(path, Duration::from_secs(10)) {
+            Ok(locked) if locked.bytes == a.as_slice() => seen_a += 1,
+            Ok(locked) if locked.bytes == b.as_slice() => seen_b += 1,
+            Ok(_) => mixed += 1,
+            Err(e) => {
+                eprintln!("reader error: {e}");
+                errors += 1;
+            }
+        }
+    }
+    println!("reader-counts {seen_a} {seen_b} {mixed} {errors}");
+}
+
+/// The shared-lock holder half: runs only in the child process.
+#[test]
+fn shared_holder_child() {
+    let Ok(path) = std::env::var(HOLDER_ENV) else {
+        return;
+    };
+    let mut reader = CertsReader::new();
+    let locked = reader
+        .lock_and_read(Path::new(&path), Duration::from_secs(10))
+        .unwrap();
+    println!("shared-held");
+    std::io::stdout().flush().unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(locked);
+}
+
+struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Helper {
+    fn start(env: &str, path: &Path, test: &str, ready: &str) -> Helper {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(env, path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        wait_for_line(&mut stdout, ready);
+        Helper {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Closes stdin; returns the line ending with `marker`, if asked.
+    fn finish(mut self, marker: Option<&str>) -> Option<String> {
+        drop(self.stdin.take());
+        let line = marker.map(|m| wait_for_line(&mut self.stdout, m));
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success(), "{rest}");
+        line
+    }
+}
+
+#[test]
+fn concurrent_readers_see_the_old_or_the_new_table_never_a_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    // Two real chains of different sizes and content.
+    let a = chain_table("milan");
+    let b = chain_table("turin");
+    assert_ne!(a.len(), b.len());
+    fs::write(path.with_extension("a"), &a).unwrap();
+    fs::write(path.with_extension("b"), &b).unwrap();
+    fs::write(&path, &a).unwrap();
+
+    let reader = Helper::start(READER_ENV, &path, "reader_child", "reader-started");
+    let rounds = 30;
+    for round in 0..rounds {
+        let from = path.with_extension(if round % 2 == 0 { "b" } else { "a" });
+        let out = snp_certs()
+            .args(["update", "--at", AT, "--timeout", "10000"])
+            .arg(&path)
+            .arg("--from")
+            .arg(&from)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "round {round}: {}", stderr(&out));
+        assert!(stdout(&out).contains("updated"), "{}", stdout(&out));
+    }
+    let line = reader.finish(Some("reader-counts")).unwrap();
+    let counts: Vec<u64> = line
+        .rsplit("reader-counts ")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [seen_a, seen_b, mixed, errors] = counts[..] else {
+        panic!("{line}");
+    };
+    assert_eq!((mixed, errors), (0, 0), "{line}");
+    assert!(seen_a > 0 && seen_b > 0, "{line}");
+    // The last update installed `a` (an even number of rounds).
+    assert_eq!(fs::read(&path).unwrap(), a);
+}
+
+#[test]
+fn update_waits_for_a_reader_and_times_out_with_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    fs::write(&path, chain_table("milan")).unwrap();
+    let new = dir.path().join("new.bin");
+    fs::write(&new, chain_table("turin")).unwrap();
+    let holder = Helper::start(HOLDER_ENV, &path, "shared_holder_child", "shared-held");
+    let start = Instant::now();
+    let out = snp_certs()
+        .args(["update", "--at", AT, "--timeout", "200"])
+        .arg(&path)
+        .arg("--from")
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert!(
+        stderr(&out).contains("nothing was written"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&path).unwrap(), chain_table("milan"));
+
+    // With a long timeout, the update goes through once the reader lets go.
+    let waiter = snp_certs()
+        .args(["update", "--at", AT, "--timeout", "20000"])
+        .arg(&path)
+        .arg("--from")
+        .arg(&new)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ino_path = path.clone();
+    // Wait until the writer is blocked on the lock, then release the reader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&ino_path).unwrap());
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writer never blocked");
+        std::thread::yield_now();
+    }
+    holder.finish(None);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(fs::read(&path).unwrap(), chain_table("turin"));
+}
+
+#[test]
+fn update_checks_the_new_table_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    fs::write(&path, chain_table("milan")).unwrap();
+    let new = dir.path().join("new.bin");
+    fs::write(&new, fake_table(7, 500)).unwrap();
+    let run = |extra: &[&str]| {
+        snp_certs()
+            .arg("update")
+            .arg(&path)
+            .arg("--from")
+            .arg(&new)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not installing"), "{}", stderr(&out));
+    assert_eq!(fs::read(&path).unwrap(), chain_table("milan"));
+    let out = run(&["--allow-unverified"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING"));
+    assert_eq!(fs::read(&path).unwrap(), fake_table(7, 500));
+
+    fs::write(&new, b"garbage").unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a valid certificate table"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A target that is not a table is refused unless --force.
+    fs::write(&new, chain_table("turin")).unwrap();
+    fs::write(&path, b"#!/bin/sh\n").unwrap();
+    let out = run(&["--at", AT]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("refusing to overwrite"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["--at", AT, "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_failed_write_restores_the_previous_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    let old = fake_table(1, 1000);
+    fs::write(&path, &old).unwrap();
+    let new = dir.path().join("new.bin");
+    fs::write(&new, fake_table(2, 200_000)).unwrap();
+    // A file size limit of 8 blocks (4 or 8 KiB, depending on the shell's
+    // block size): the 200 KB write fails with EFBIG half-way, the 1 KB
+    // restore fits. SIGXFSZ is ignored so the write returns an error.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 8; exec '{}' update '{}' --from '{}' --allow-unverified",
+        env!("CARGO_BIN_EXE_snp-certs"),
+        path.display(),
+        new.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("previous content was restored"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&path).unwrap(), old);
+    // Readers were never given the torn file, and can read now.
+    let out = snp_certs()
+        .args(["probe", "--timeout", "0"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}

@@ -1,0 +1,160 @@
+//! Shared helpers of the end-to-end tests: real binaries, real files, real
+//! locks held by a second process, and the event stream.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use snp_certs::{CertKind, TableBuilder};
+
+/// Whether `/dev/kvm` can be used; prints why a test skips when not.
+pub fn kvm_or_skip(test: &str) -> bool {
+    match fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped: {test}: /dev/kvm not available ({e})");
+            false
+        }
+    }
+}
+
+/// A valid three-entry table whose certificate bytes are all `fill`.
+pub fn table(fill: u8) -> Vec<u8> {
+    let mut b = TableBuilder::new();
+    for (kind, len) in [
+        (CertKind::Vcek, 1361),
+        (CertKind::Ask, 1677),
+        (CertKind::Ark, 1639),
+    ] {
+        let mut data = vec![fill; len];
+        data[0] = 0x30;
+        b.add(kind, data).unwrap();
+    }
+    b.build().unwrap()
+}
+
+/// Writes `bytes` to `path` via a temporary file renamed over it.
+pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, bytes).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// The `snp-vmm` binary.
+pub fn snp_vmm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_snp-vmm"))
+}
+
+/// A binary of another workspace package, built next to `snp-vmm`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_snp-vmm")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the workspace tests (scripts/test.sh) or `cargo build --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` until it returns `Some`, or panics after `secs` seconds.
+pub fn poll<T>(secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The JSON-lines event file of a `snp-vmm --event-monitor path=...`.
+pub struct Events(pub PathBuf);
+
+impl Events {
+    /// All events so far.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Events named `event`.
+    pub fn named(&self, event: &str) -> Vec<serde_json::Value> {
+        self.all()
+            .into_iter()
+            .filter(|e| e["event"] == event)
+            .collect()
+    }
+
+    /// Waits until at least `n` events named `event` exist.
+    pub fn wait_for(&self, event: &str, n: usize) -> Vec<serde_json::Value> {
+        poll(30, &format!("{n} '{event}' events"), || {
+            let found = self.named(event);
+            (found.len() >= n).then_some(found)
+        })
+    }
+}
+
+/// `snp-certs lock FILE -- sh -c ...` holding the exclusive lock until
+/// [`ManagementLock::release`]: the management tool as a second process.
+pub struct ManagementLock {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl ManagementLock {
+    /// Takes the lock (waiting at most 10 s) and returns once it is held.
+    pub fn take(file: &Path) -> ManagementLock {
+        let mut child = Command::new(workspace_bin("snp-certs"))
+            .arg("lock")
+            .arg(file)
+            .args([
+                "--timeout",
+                "10000",
+                "--",
+                "sh",
+                "-c",
+                "echo held; read line",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            "held",
+            "snp-certs lock did not start the command"
+        );
+        let stdin = child.stdin.take();
+        ManagementLock { child, stdin }
+    }
+
+    /// Lets the command finish, which releases the lock.
+    pub fn release(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"done\n");
+        }
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for ManagementLock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,226 @@
+//! End-to-end tests of `snp-vmm` under real KVM: the built-in attestation
+//! guest asks for certificates through the emulated doorbell and must get
+//! exactly the certs file's table, in step with a management tool that
+//! holds the exclusive lock. Skipped, with a message, without `/dev/kvm`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use snp_certs::lock::{self, LockKind};
+use support::{Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm, table};
+use vmm::guest::expected_report_for;
+
+#[test]
+fn guest_receives_exactly_the_file_after_a_size_query() {
+    if !kvm_or_skip("guest_receives_exactly_the_file_after_a_size_query") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    let bytes = table(0x11);
+    fs::write(&certs, &bytes).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    let out = snp_vmm()
+        .args([
+            "--hypervisor",
+            "kvm",
+            "--payload",
+            "attest,requests=3",
+            "--snp",
+        ])
+        .arg(format!("certs-file={},doorbell=on", certs.display()))
+        .arg("--event-monitor")
+        .arg(format!("path={}", events.0.display()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, len, checksum) = expected_report_for(&bytes).unwrap();
+    assert_eq!(
+        stdout.matches("matches what the VMM delivered").count(),
+        3,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("len={len} checksum={checksum:#010x}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(equal)"), "{stdout}");
+
+    // Each request: a size query answered ENOSPC with the exact page
+    // count, then the delivery, then the lease released.
+    let need = events.named("need-pages");
+    let delivered = events.named("delivered");
+    assert_eq!((need.len(), delivered.len()), (3, 3));
+    for e in &need {
+        assert_eq!(e["properties"]["npages"], 0);
+        assert_eq!(e["properties"]["ret"], 28);
+        assert_eq!(e["properties"]["reply_npages"], 2);
+    }
+    for e in &delivered {
+        assert_eq!(e["properties"]["bytes"], bytes.len());
+        assert_eq!(e["properties"]["source"], "doorbell");
+    }
+    assert_eq!(events.named("lease-released").len(), 3);
+    assert_eq!(events.named("report").len(), 3);
+    assert_eq!(events.named("shutdown")[0]["properties"]["leases_held"], 0);
+}
+
+#[test]
+fn busy_while_the_management_tool_holds_the_lock_then_served() {
+    if !kvm_or_skip("busy_while_the_management_tool_holds_the_lock_then_served") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    fs::write(&certs, table(0x22)).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    let mut vmm = snp_vmm()
+        .args([
+            "--hypervisor",
+            "kvm",
+            "--payload",
+            "attest,requests=2,interval-ms=300",
+            "--snp",
+        ])
+        .arg(format!(
+            "certs-file={},certs-timeout=20,doorbell=on",
+            certs.display()
+        ))
+        .arg("--event-monitor")
+        .arg(format!("path={}", events.0.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // After the first request, during the guest's pause, the tool locks.
+    events.wait_for("report", 1);
+    let tool = ManagementLock::take(&certs);
+    let busy = events.wait_for("busy", 1);
+    assert_eq!(busy[0]["properties"]["reason"], "lock-timeout");
+    assert!(busy[0]["properties"]["lock_wait_us"].as_u64().unwrap() >= 20_000);
+    tool.release();
+    let out = vmm.wait().unwrap();
+    let mut stdout = String::new();
+    BufReader::new(vmm.stdout.take().unwrap())
+        .lines()
+        .for_each(|l| stdout.push_str(&(l.unwrap() + "\n")));
+    assert!(out.success(), "{stdout}");
+    let reports = events.named("report");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[1]["properties"]["status"], "ok");
+    assert!(reports[1]["properties"]["busy_retries"].as_u64().unwrap() >= 1);
+    assert_eq!(reports[1]["properties"]["matches"], true);
+}
+
+#[test]
+fn a_file_renamed_over_mid_run_is_picked_up() {
+    if !kvm_or_skip("a_file_renamed_over_mid_run_is_picked_up") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    let old = table(0x33);
+    let new = table(0x44);
+    fs::write(&certs, &old).unwrap();
+    let mut vmm = snp_vmm()
+        .args([
+            "--hypervisor",
+            "kvm",
+            "--payload",
+            "attest,requests=30,interval-ms=10",
+            "--snp",
+        ])
+        .arg(format!("certs-file={},doorbell=on", certs.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, _, old_sum) = expected_report_for(&old).unwrap();
+    let (_, _, new_sum) = expected_report_for(&new).unwrap();
+    let mut lines = BufReader::new(vmm.stdout.take().unwrap()).lines();
+    let mut checksums = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(sum) = line.split("checksum=").nth(1) {
+            checksums.push(sum.split_whitespace().next().unwrap().to_owned());
+            if checksums.len() == 1 {
+                replace_by_rename(&certs, &new);
+            }
+        }
+        if line.starts_with("summary:") {
+            break;
+        }
+    }
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(vmm.wait().unwrap().success(), "{rest:?}");
+    assert_eq!(checksums.len(), 30);
+    assert_eq!(checksums[0], format!("{old_sum:#010x}"));
+    assert_eq!(checksums.last().unwrap(), &format!("{new_sum:#010x}"));
+    // Once switched, never back to the unlinked file.
+    let first_new = checksums
+        .iter()
+        .position(|c| *c == format!("{new_sum:#010x}"))
+        .unwrap();
+    assert!(
+        checksums[first_new..]
+            .iter()
+            .all(|c| *c == format!("{new_sum:#010x}"))
+    );
+    assert!(rest.iter().any(|l| l.contains("(equal)")), "{rest:?}");
+}
+
+#[test]
+fn leases_let_a_writer_in_right_after_each_request() {
+    if !kvm_or_skip("leases_let_a_writer_in_right_after_each_request") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    fs::write(&certs, table(0x55)).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    let mut vmm = snp_vmm()
+        .args([
+            "--hypervisor",
+            "kvm",
+            "--payload",
+            "attest,requests=200",
+            "--snp",
+        ])
+        .arg(format!(
+            "certs-file={},certs-timeout=1000,doorbell=on",
+            certs.display()
+        ))
+        .arg("--event-monitor")
+        .arg(format!("path={}", events.0.display()))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A writer in this process competes with the guest's requests: each
+    // exclusive lock must come within a short wait, never the guest's
+    // whole run.
+    let writer = fs::OpenOptions::new().write(true).open(&certs).unwrap();
+    let mut worst = Duration::ZERO;
+    for _ in 0..50 {
+        let waited = lock::lock(&writer, LockKind::Exclusive, Duration::from_secs(5)).unwrap();
+        worst = worst.max(waited);
+        lock::unlock(&writer).unwrap();
+    }
+    assert!(worst < Duration::from_secs(1), "writer waited {worst:?}");
+    assert!(vmm.wait().unwrap().success());
+    // Nothing leaked: every lease released, and the lock is free at once.
+    let delivered = events.named("delivered").len();
+    assert_eq!(events.named("lease-released").len(), delivered);
+    assert!(lock::try_lock(&writer, LockKind::Exclusive).unwrap());
+    for e in events.named("lease-released") {
+        assert!(e["properties"]["held_us"].as_u64().unwrap() < 1_000_000);
+    }
+}

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use snp_certs::lock::{self, LockKind};
-use support::{Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm, table};
+use support::{ChildGuard, Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm, table};
 use vmm::guest::expected_report_for;
 
 #[test]
@@ -85,23 +85,25 @@ fn busy_while_the_management_tool_holds_the_lock_then_served() {
     let certs = dir.path().join("certs.bin");
     fs::write(&certs, table(0x22)).unwrap();
     let events = Events(dir.path().join("events.jsonl"));
-    let mut vmm = snp_vmm()
-        .args([
-            "--hypervisor",
-            "kvm",
-            "--payload",
-            "attest,requests=2,interval-ms=300",
-            "--snp",
-        ])
-        .arg(format!(
-            "certs-file={},certs-timeout=20,doorbell=on",
-            certs.display()
-        ))
-        .arg("--event-monitor")
-        .arg(format!("path={}", events.0.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut vmm = ChildGuard(
+        snp_vmm()
+            .args([
+                "--hypervisor",
+                "kvm",
+                "--payload",
+                "attest,requests=2,interval-ms=300",
+                "--snp",
+            ])
+            .arg(format!(
+                "certs-file={},certs-timeout=20,doorbell=on",
+                certs.display()
+            ))
+            .arg("--event-monitor")
+            .arg(format!("path={}", events.0.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // After the first request, during the guest's pause, the tool locks.
     events.wait_for("report", 1);
     let tool = ManagementLock::take(&certs);
@@ -109,9 +111,9 @@ fn busy_while_the_management_tool_holds_the_lock_then_served() {
     assert_eq!(busy[0]["properties"]["reason"], "lock-timeout");
     assert!(busy[0]["properties"]["lock_wait_us"].as_u64().unwrap() >= 20_000);
     tool.release();
-    let out = vmm.wait().unwrap();
+    let out = vmm.wait_exit(60);
     let mut stdout = String::new();
-    BufReader::new(vmm.stdout.take().unwrap())
+    BufReader::new(vmm.0.stdout.take().unwrap())
         .lines()
         .for_each(|l| stdout.push_str(&(l.unwrap() + "\n")));
     assert!(out.success(), "{stdout}");
@@ -132,21 +134,23 @@ fn a_file_renamed_over_mid_run_is_picked_up() {
     let old = table(0x33);
     let new = table(0x44);
     fs::write(&certs, &old).unwrap();
-    let mut vmm = snp_vmm()
-        .args([
-            "--hypervisor",
-            "kvm",
-            "--payload",
-            "attest,requests=30,interval-ms=10",
-            "--snp",
-        ])
-        .arg(format!("certs-file={},doorbell=on", certs.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut vmm = ChildGuard(
+        snp_vmm()
+            .args([
+                "--hypervisor",
+                "kvm",
+                "--payload",
+                "attest,requests=30,interval-ms=10",
+                "--snp",
+            ])
+            .arg(format!("certs-file={},doorbell=on", certs.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (_, _, old_sum) = expected_report_for(&old).unwrap();
     let (_, _, new_sum) = expected_report_for(&new).unwrap();
-    let mut lines = BufReader::new(vmm.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(vmm.0.stdout.take().unwrap()).lines();
     let mut checksums = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -161,7 +165,7 @@ fn a_file_renamed_over_mid_run_is_picked_up() {
         }
     }
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
-    assert!(vmm.wait().unwrap().success(), "{rest:?}");
+    assert!(vmm.wait_exit(60).success(), "{rest:?}");
     assert_eq!(checksums.len(), 30);
     assert_eq!(checksums[0], format!("{old_sum:#010x}"));
     assert_eq!(checksums.last().unwrap(), &format!("{new_sum:#010x}"));
@@ -187,23 +191,25 @@ fn leases_let_a_writer_in_right_after_each_request() {
     let certs = dir.path().join("certs.bin");
     fs::write(&certs, table(0x55)).unwrap();
     let events = Events(dir.path().join("events.jsonl"));
-    let mut vmm = snp_vmm()
-        .args([
-            "--hypervisor",
-            "kvm",
-            "--payload",
-            "attest,requests=200",
-            "--snp",
-        ])
-        .arg(format!(
-            "certs-file={},certs-timeout=1000,doorbell=on",
-            certs.display()
-        ))
-        .arg("--event-monitor")
-        .arg(format!("path={}", events.0.display()))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vmm = ChildGuard(
+        snp_vmm()
+            .args([
+                "--hypervisor",
+                "kvm",
+                "--payload",
+                "attest,requests=200",
+                "--snp",
+            ])
+            .arg(format!(
+                "certs-file={},certs-timeout=1000,doorbell=on",
+                certs.display()
+            ))
+            .arg("--event-monitor")
+            .arg(format!("path={}", events.0.display()))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // A writer in this process competes with the guest's requests: each
     // exclusive lock must come within a short wait, never the guest's
     // whole run.
@@ -215,7 +221,7 @@ fn leases_let_a_writer_in_right_after_each_request() {
         lock::unlock(&writer).unwrap();
     }
     assert!(worst < Duration::from_secs(1), "writer waited {worst:?}");
-    assert!(vmm.wait().unwrap().success());
+    assert!(vmm.wait_exit(60).success());
     // Nothing leaked: every lease released, and the lock is free at once.
     let delivered = events.named("delivered").len();
     assert_eq!(events.named("lease-released").len(), delivered);

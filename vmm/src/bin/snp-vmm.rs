@@ -106,9 +106,12 @@ fn run_once(args: &Args, vmm: &Vmm) -> Result<ExitCode> {
     let config = args.vm_config()?;
     let certs_file = config.snp.certs_file.clone();
     let timeout = Duration::from_millis(config.snp.certs_timeout);
+    let hypervisor = match vmm.backend().name() {
+        "mock" => "mock (no real vCPUs: a Rust model of the attestation guest)",
+        other => other,
+    };
     println!(
-        "snp-vmm: hypervisor {}, {} vCPU(s), {} MiB, certs-file {}, certs-timeout {} ms",
-        vmm.backend().name(),
+        "snp-vmm: hypervisor {hypervisor}, {} vCPU(s), {} MiB, certs-file {}, certs-timeout {} ms",
         config.cpus.boot,
         config.memory.size >> 20,
         certs_file

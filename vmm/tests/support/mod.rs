@@ -158,3 +158,23 @@ impl Drop for ManagementLock {
         let _ = self.child.wait();
     }
 }
+
+/// A child process killed (and reaped) when dropped, so a failing test
+/// never leaves a VMM running.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Waits for the child to exit on its own, at most `secs` seconds.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        poll(secs, "the child to exit", || self.0.try_wait().unwrap())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

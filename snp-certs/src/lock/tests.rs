@@ -124,3 +124,17 @@ fn many_threads_time_out_independently() {
         }
     }
 }
+
+#[test]
+fn tiny_timeouts_never_hang() {
+    // A timer that fires before the blocking call starts must not leave the
+    // call blocked until the holder lets go (the holder never does here).
+    let (_tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let start = Instant::now();
+    for micros in (1..=400).map(|i| i % 40 + 1) {
+        let result = lock(&b, LockKind::Shared, Duration::from_micros(micros));
+        assert!(matches!(result, Err(LockError::Timeout { .. })));
+    }
+    assert!(start.elapsed() < Duration::from_secs(20));
+}

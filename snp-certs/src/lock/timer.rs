@@ -6,7 +6,15 @@
 //! and deleted when the thread exits. Arming returns a guard that disarms
 //! the timer when dropped. The signal's handler is a no-op installed
 //! without `SA_RESTART`: its only job is to make the blocked call return
-//! `EINTR`. The waiting thread unblocks the signal before arming, so a
+//! `EINTR`.
+//!
+//! A signal that fires after the timer is armed but *before* the thread
+//! enters the blocking call would be lost, and the call would then block
+//! until the lock holder lets go. To close that window the timer re-fires
+//! every [`RETRY_INTERVAL`] after its first expiry until it is disarmed, so
+//! such a wait overruns its deadline by at most that interval. In the usual
+//! case the first expiry interrupts the call and the timer is disarmed at
+//! once. The waiting thread unblocks the signal before arming, so a
 //! thread that inherited a blocked signal mask still times out.
 
 use std::cell::RefCell;
@@ -23,6 +31,10 @@ use std::time::Duration;
 pub fn lock_timer_signal() -> libc::c_int {
     libc::SIGRTMIN() + 1
 }
+
+/// How often the timer re-fires after its first expiry (see the module
+/// docs).
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(1);
 
 extern "C" fn on_lock_timer(_: libc::c_int) {}
 
@@ -63,6 +75,13 @@ fn unblock_signal() -> io::Result<()> {
     Ok(())
 }
 
+fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
+}
+
 /// The calling thread's timer.
 struct ThreadTimer(libc::timer_t);
 
@@ -84,17 +103,12 @@ impl ThreadTimer {
         }
     }
 
-    /// Fires once after `after`; `Duration::ZERO` disarms.
-    fn set(&self, after: Duration) -> io::Result<()> {
+    /// Fires after `after`, then every `interval` (zero: once);
+    /// `after == Duration::ZERO` disarms.
+    fn set(&self, after: Duration, interval: Duration) -> io::Result<()> {
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: after.subsec_nanos() as libc::c_long,
-            },
+            it_interval: timespec(interval),
+            it_value: timespec(after),
         };
         // SAFETY: `self.0` is a live timer owned by this thread; `spec` is
         // initialised and outlives the call.
@@ -133,7 +147,7 @@ impl ArmedTimer {
                 *slot = Some(ThreadTimer::create()?);
             }
             match slot.as_ref() {
-                Some(timer) => timer.set(after),
+                Some(timer) => timer.set(after, RETRY_INTERVAL),
                 None => Err(io::Error::other("thread timer missing")),
             }
         })?;
@@ -147,7 +161,7 @@ impl Drop for ArmedTimer {
             if let Some(timer) = cell.borrow().as_ref() {
                 // Disarming a live timer cannot fail; a failure would only
                 // mean a spurious EINTR later, which callers handle.
-                let _ = timer.set(Duration::ZERO);
+                let _ = timer.set(Duration::ZERO, Duration::ZERO);
             }
         });
     }

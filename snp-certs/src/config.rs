@@ -148,6 +148,27 @@ impl SharedCertsConfig {
         self.inner.generation.load(Ordering::Acquire)
     }
 
+    /// Changes only `certs_timeout` (range-checked), keeping the file: the
+    /// file is not read again, so this works while a management tool holds
+    /// the exclusive lock. Returns the previous configuration.
+    pub fn set_timeout(&self, certs_timeout: u64) -> Result<Arc<CertsConfig>, ConfigError> {
+        if certs_timeout > MAX_CERTS_TIMEOUT_MS {
+            return Err(ConfigError::TimeoutTooLarge(certs_timeout));
+        }
+        let mut guard = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let config = CertsConfig {
+            certs_file: guard.certs_file.clone(),
+            certs_timeout,
+        };
+        let previous = std::mem::replace(&mut *guard, Arc::new(config));
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(previous)
+    }
+
     /// Validates `config` and, if it is good, makes it current. Requests in
     /// flight finish with the configuration they started with. On error
     /// nothing changes. Returns the previous configuration and the new
@@ -165,5 +186,75 @@ impl SharedCertsConfig {
         let previous = std::mem::replace(&mut *guard, Arc::new(config));
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         Ok((previous, warnings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::guid::CertKind;
+    use crate::lock::{self, LockKind};
+    use crate::table::TableBuilder;
+
+    fn valid_file(dir: &Path) -> PathBuf {
+        let mut b = TableBuilder::new();
+        b.add(CertKind::Vcek, vec![0x30, 1, 2]).unwrap();
+        let path = dir.join("certs.bin");
+        fs::write(&path, b.build().unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn validate_checks_timeout_path_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = valid_file(dir.path());
+        assert!(CertsConfig::with_file(&path).validate().unwrap().is_empty());
+        assert!(CertsConfig::default().validate().unwrap().is_empty());
+        let too_long = CertsConfig {
+            certs_timeout: MAX_CERTS_TIMEOUT_MS + 1,
+            ..CertsConfig::default()
+        };
+        assert!(matches!(
+            too_long.validate(),
+            Err(ConfigError::TimeoutTooLarge(_))
+        ));
+        let relative = CertsConfig::with_file("certs.bin");
+        assert!(matches!(
+            relative.validate(),
+            Err(ConfigError::RelativePath(_))
+        ));
+        let missing = CertsConfig::with_file(dir.path().join("nope"));
+        assert!(matches!(missing.validate(), Err(ConfigError::File(_))));
+    }
+
+    #[test]
+    fn replace_is_all_or_nothing_and_counts_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = valid_file(dir.path());
+        let shared = SharedCertsConfig::new(CertsConfig::default());
+        let snapshot = shared.current();
+        shared.replace(CertsConfig::with_file(&path)).unwrap();
+        assert_eq!(shared.generation(), 1);
+        assert_eq!(snapshot.certs_file, None, "a snapshot keeps its config");
+        assert!(shared.replace(CertsConfig::with_file(dir.path())).is_err());
+        assert_eq!(shared.current().certs_file.as_deref(), Some(path.as_path()));
+        assert_eq!(shared.generation(), 1);
+    }
+
+    #[test]
+    fn set_timeout_does_not_touch_the_locked_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = valid_file(dir.path());
+        let shared = SharedCertsConfig::new(CertsConfig::with_file(&path));
+        let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+        let previous = shared.set_timeout(7).unwrap();
+        assert_eq!(previous.certs_timeout, DEFAULT_CERTS_TIMEOUT_MS);
+        assert_eq!(shared.current().certs_timeout, 7);
+        assert_eq!(shared.current().certs_file.as_deref(), Some(path.as_path()));
+        assert!(shared.set_timeout(MAX_CERTS_TIMEOUT_MS + 1).is_err());
+        assert_eq!(shared.generation(), 1);
     }
 }

@@ -8,12 +8,10 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use serde::Serialize;
-
 use crate::doorbell::{GuestReport, ReportStatus};
 
 /// What a correct guest reports for a delivered table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expected {
     /// Entries before the terminator.
     pub entries: u32,
@@ -34,25 +32,13 @@ impl From<(u32, u32, u32)> for Expected {
 }
 
 /// One guest report with its check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestRecord {
     /// The reporting vCPU.
     pub vcpu: u8,
-    /// Request number.
-    pub seq: u32,
-    /// Final `ret`.
-    pub ret: u32,
-    /// Pages requested.
-    pub npages: u32,
-    /// Busy answers before the final one.
-    pub busy_retries: u32,
-    /// Entries the guest counted.
-    pub entries: u32,
-    /// Length the guest measured.
-    pub table_len: u32,
-    /// Checksum the guest computed.
-    pub checksum: u32,
-    /// The guest's status.
+    /// What the guest reported.
+    pub report: GuestReport,
+    /// The guest's status, by name.
     pub status: String,
     /// What the VMM delivered last on this vCPU, if anything.
     pub expected: Option<Expected>,
@@ -93,13 +79,7 @@ impl AttestLog {
             });
         let record = AttestRecord {
             vcpu,
-            seq: report.seq,
-            ret: report.ret,
-            npages: report.npages,
-            busy_retries: report.busy_retries,
-            entries: report.entries,
-            table_len: report.table_len,
-            checksum: report.checksum,
+            report: *report,
             status: status_name(report.status).to_owned(),
             expected,
             matches,
@@ -123,6 +103,7 @@ impl AttestLog {
 impl AttestRecord {
     /// One log line, as `snp-vmm` prints it.
     pub fn line(&self) -> String {
+        let r = &self.report;
         let check = match (self.status.as_str(), self.matches) {
             ("ok", true) => "matches what the VMM delivered".to_owned(),
             ("ok", false) => match self.expected {
@@ -137,14 +118,14 @@ impl AttestRecord {
         format!(
             "vcpu {} request {}: {} ret={} npages={} busy-retries={} entries={} len={} checksum={:#010x} {}",
             self.vcpu,
-            self.seq,
+            r.seq,
             self.status,
-            self.ret,
-            self.npages,
-            self.busy_retries,
-            self.entries,
-            self.table_len,
-            self.checksum,
+            r.ret,
+            r.npages,
+            r.busy_retries,
+            r.entries,
+            r.table_len,
+            r.checksum,
             check
         )
         .trim_end()

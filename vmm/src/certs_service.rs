@@ -110,12 +110,28 @@ impl CertsService {
         self.stats.leases_held()
     }
 
-    /// Validates `config` and makes it current; on error nothing changes.
-    /// Returns the new file's warnings.
+    /// Validates `config` (the file is read under the shared lock) and
+    /// makes it current; on error nothing changes. Returns the new file's
+    /// warnings.
     pub fn replace(&self, config: CertsConfig) -> Result<Vec<String>, ConfigError> {
-        let (previous, warnings) = self.config.replace(config.clone())?;
+        let (previous, warnings) = self.config.replace(config)?;
         let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
         *self.warnings.lock().unwrap_or_else(PoisonError::into_inner) = warnings.clone();
+        self.changed(&previous);
+        Ok(warnings)
+    }
+
+    /// Changes only the timeout; the file is not read again (so this works
+    /// while a management tool holds the exclusive lock).
+    pub fn set_timeout(&self, certs_timeout: u64) -> Result<(), ConfigError> {
+        let previous = self.config.set_timeout(certs_timeout)?;
+        self.changed(&previous);
+        Ok(())
+    }
+
+    /// Logs and reports a configuration change.
+    fn changed(&self, previous: &CertsConfig) {
+        let config = self.config();
         log::info!(
             "certs configuration changed: certs-file {:?} -> {:?}, certs-timeout {} -> {} ms",
             previous.certs_file,
@@ -131,10 +147,9 @@ impl CertsService {
                 ("certs_timeout", json!(config.certs_timeout)),
                 ("previous_certs_file", json!(previous.certs_file)),
                 ("generation", json!(self.generation())),
-                ("warnings", json!(warnings)),
+                ("warnings", json!(self.warnings())),
             ],
         );
-        Ok(warnings)
     }
 
     /// Answers one request from vCPU `vcpu` with the configuration current

@@ -12,6 +12,9 @@ use api_server::types::{
 };
 use event_monitor::EventSender;
 use serde_json::json;
+use snp_certs::CertsFileError;
+use snp_certs::config::ConfigError;
+use snp_certs::lock::LockError;
 use snp_certs::serve::error_chain;
 
 use crate::backend::Backend;
@@ -36,6 +39,19 @@ fn vm_error(e: VmError) -> ApiError {
         | VmError::DoorbellNeeded
         | VmError::MemoryTooSmall(_) => ApiError::bad_request(error_chain(&e)),
         _ => ApiError::internal(error_chain(&e)),
+    }
+}
+
+/// A refused certs configuration: 409 while a management tool holds the
+/// file (try again), 400 for everything wrong with the input.
+fn config_error(e: ConfigError) -> ApiError {
+    let message = error_chain(&e);
+    match e {
+        ConfigError::File(CertsFileError::Lock {
+            source: LockError::Timeout { .. },
+            ..
+        }) => ApiError::conflict(format!("{message} (an update is in progress: retry)")),
+        _ => ApiError::bad_request(message),
     }
 }
 
@@ -110,11 +126,14 @@ impl Vmm {
 
     fn put_snp_certs(&self, update: SnpCertsUpdate) -> Result<VmmData, ApiError> {
         self.with_vm(|vm| {
-            let current = vm.certs().config();
-            let new = update.apply(&current);
-            vm.certs()
-                .replace(new)
-                .map_err(|e| ApiError::bad_request(error_chain(&e)))?;
+            let certs = vm.certs();
+            let result = match (&update.certs_file, update.certs_timeout) {
+                // A new (or the same, named again) file: validate it.
+                (Some(_), _) => certs.replace(update.apply(&certs.config())).map(drop),
+                (None, Some(timeout)) => certs.set_timeout(timeout),
+                (None, None) => Ok(()),
+            };
+            result.map_err(config_error)?;
             Ok(VmmData::SnpCerts(Box::new(vm.certs_info())))
         })
     }
@@ -123,6 +142,7 @@ impl Vmm {
     pub fn request_exit(&self) {
         if let Some(mut vm) = self.vm().take() {
             vm.shutdown();
+            self.events.event(VM_EVENT_SOURCE, "deleted", []);
         }
         *self
             .exit_requested

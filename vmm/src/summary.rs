@@ -62,7 +62,7 @@ pub fn summarize(
         .iter()
         .rev()
         .find(|r| r.status == "ok")
-        .map(|r| r.checksum);
+        .map(|r| r.report.checksum);
     let file = certs_file.and_then(|p| file_expectation(p, timeout));
     let r = &counters.requests;
     let w = &counters.lock_wait_us;

@@ -19,6 +19,7 @@
 //! The emulated doorbell goes through the very same steps, so the pipeline
 //! is exercised end to end on hosts without SNP.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,7 +251,8 @@ impl VcpuRunner {
             .attest
             .record(self.id, &report, self.last_delivered);
         if self.shared.print_reports {
-            println!("{}", record.line());
+            // Never let a closed or slow stdout stop the vCPU.
+            let _ = writeln!(std::io::stdout().lock(), "{}", record.line());
         }
         log::info!("{}", record.line());
         self.shared.events.event(
@@ -258,13 +260,13 @@ impl VcpuRunner {
             "report",
             [
                 ("vcpu", json!(self.id)),
-                ("seq", json!(record.seq)),
+                ("seq", json!(record.report.seq)),
                 ("status", json!(record.status)),
-                ("ret", json!(record.ret)),
-                ("entries", json!(record.entries)),
-                ("table_len", json!(record.table_len)),
-                ("checksum", json!(record.checksum)),
-                ("busy_retries", json!(record.busy_retries)),
+                ("ret", json!(record.report.ret)),
+                ("entries", json!(record.report.entries)),
+                ("table_len", json!(record.report.table_len)),
+                ("checksum", json!(record.report.checksum)),
+                ("busy_retries", json!(record.report.busy_retries)),
                 ("matches", json!(record.matches)),
             ],
         );

@@ -71,6 +71,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<()>>,
     ends: Arc<Ends>,
     booted: bool,
+    shut_down: bool,
     // Dropped last: vCPUs must go before the VM.
     _vm: Box<dyn hypervisor::Vm>,
 }
@@ -172,6 +173,7 @@ impl Vm {
             runners,
             threads: Vec::new(),
             booted: false,
+            shut_down: false,
             _vm: vm,
         })
     }
@@ -184,7 +186,16 @@ impl Vm {
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let end = runner.run();
+                    let end =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run()))
+                            .unwrap_or_else(|panic| {
+                                let why = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| (*s).to_owned())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                VcpuEnd::Failed(format!("vCPU thread panicked: {why}"))
+                            });
                     let mut all = ends.ends.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some(slot) = all.get_mut(id) {
                         *slot = Some(end);
@@ -232,8 +243,13 @@ impl Vm {
     }
 
     /// Stops every vCPU (kicking it out of the guest), joins the threads
-    /// and checks that no lease is left held.
+    /// and checks that no lease is left held. Does nothing for a VM never
+    /// booted or already shut down.
     pub fn shutdown(&mut self) {
+        if !self.booted || self.shut_down {
+            return;
+        }
+        self.shut_down = true;
         self.shared.stop.stop();
         for kicker in &self.kickers {
             // A vCPU whose thread already ended cannot be kicked; fine.
@@ -261,7 +277,7 @@ impl Vm {
     pub fn state(&self) -> VmState {
         if !self.booted {
             VmState::Created
-        } else if self.threads.is_empty() || self.all_ended() {
+        } else if self.shut_down || self.all_ended() {
             VmState::Shutdown
         } else {
             VmState::Running
@@ -330,8 +346,6 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.shutdown();
-        }
+        self.shutdown();
     }
 }

@@ -86,6 +86,22 @@ fn req(gpa: u64, npages: u64) -> VmExit {
     VmExit::SnpReqCerts(SnpCertsRequest { gpa, npages })
 }
 
+/// How many runs had immediate exit set.
+fn immediate_exit_runs(events: &[MockEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                MockEvent::Run {
+                    immediate_exit: true,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
 fn completions(log: &MockLog) -> Vec<SnpCertsCompletion> {
     log.snp_completions(0).into_iter().map(|(_, c)| c).collect()
 }
@@ -139,19 +155,7 @@ fn kvm_exit_size_query_then_delivery_with_lease_protocol() {
         ]
     );
     // The size answer took no lease, so no immediate-exit run followed it.
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| matches!(
-                e,
-                MockEvent::Run {
-                    immediate_exit: true,
-                    ..
-                }
-            ))
-            .count(),
-        1
-    );
+    assert_eq!(immediate_exit_runs(&events), 1);
     let stats = rig.certs.stats();
     assert_eq!((stats.leases_held, stats.leases_released), (0, 1));
     assert!(exclusive_free(&path));
@@ -336,16 +340,7 @@ fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
     assert_eq!(end, VcpuEnd::Halted);
     let events = rig.log.events();
     assert_eq!(
-        events
-            .iter()
-            .filter(|e| matches!(
-                e,
-                MockEvent::Run {
-                    immediate_exit: true,
-                    ..
-                }
-            ))
-            .count(),
+        immediate_exit_runs(&events),
         1,
         "one lease, one immediate-exit run"
     );

@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use snp_certs::lock::{self, LockKind};
-use support::{ChildGuard, Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm, table};
+use support::{
+    ChildGuard, Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm_attest, table,
+};
 use vmm::guest::expected_report_for;
 
 #[test]
@@ -26,17 +28,7 @@ fn guest_receives_exactly_the_file_after_a_size_query() {
     let bytes = table(0x11);
     fs::write(&certs, &bytes).unwrap();
     let events = Events(dir.path().join("events.jsonl"));
-    let out = snp_vmm()
-        .args([
-            "--hypervisor",
-            "kvm",
-            "--payload",
-            "attest,requests=3",
-            "--snp",
-        ])
-        .arg(format!("certs-file={},doorbell=on", certs.display()))
-        .arg("--event-monitor")
-        .arg(format!("path={}", events.0.display()))
+    let out = snp_vmm_attest(&certs, "", "requests=3", &events)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -86,23 +78,15 @@ fn busy_while_the_management_tool_holds_the_lock_then_served() {
     fs::write(&certs, table(0x22)).unwrap();
     let events = Events(dir.path().join("events.jsonl"));
     let mut vmm = ChildGuard(
-        snp_vmm()
-            .args([
-                "--hypervisor",
-                "kvm",
-                "--payload",
-                "attest,requests=2,interval-ms=300",
-                "--snp",
-            ])
-            .arg(format!(
-                "certs-file={},certs-timeout=20,doorbell=on",
-                certs.display()
-            ))
-            .arg("--event-monitor")
-            .arg(format!("path={}", events.0.display()))
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+        snp_vmm_attest(
+            &certs,
+            "certs-timeout=20",
+            "requests=2,interval-ms=300",
+            &events,
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap(),
     );
     // After the first request, during the guest's pause, the tool locks.
     events.wait_for("report", 1);
@@ -134,16 +118,9 @@ fn a_file_renamed_over_mid_run_is_picked_up() {
     let old = table(0x33);
     let new = table(0x44);
     fs::write(&certs, &old).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
     let mut vmm = ChildGuard(
-        snp_vmm()
-            .args([
-                "--hypervisor",
-                "kvm",
-                "--payload",
-                "attest,requests=30,interval-ms=10",
-                "--snp",
-            ])
-            .arg(format!("certs-file={},doorbell=on", certs.display()))
+        snp_vmm_attest(&certs, "", "requests=30,interval-ms=10", &events)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -192,20 +169,7 @@ fn leases_let_a_writer_in_right_after_each_request() {
     fs::write(&certs, table(0x55)).unwrap();
     let events = Events(dir.path().join("events.jsonl"));
     let mut vmm = ChildGuard(
-        snp_vmm()
-            .args([
-                "--hypervisor",
-                "kvm",
-                "--payload",
-                "attest,requests=200",
-                "--snp",
-            ])
-            .arg(format!(
-                "certs-file={},certs-timeout=1000,doorbell=on",
-                certs.display()
-            ))
-            .arg("--event-monitor")
-            .arg(format!("path={}", events.0.display()))
+        snp_vmm_attest(&certs, "certs-timeout=1000", "requests=200", &events)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

@@ -176,7 +176,10 @@ fn run(args: Args) -> Result<ExitCode> {
         "started",
         [("hypervisor", serde_json::json!(backend.name()))],
     );
-    let vmm = Arc::new(Vmm::new(backend, events.clone(), true));
+    // Reports go to stdout only when run from the command line; with an API
+    // they are in the event stream and the log.
+    let print_reports = args.api_socket.is_none();
+    let vmm = Arc::new(Vmm::new(backend, events.clone(), print_reports));
     let code = match &args.api_socket {
         Some(socket) => serve_api(&args, socket, Arc::clone(&vmm))?,
         None => {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,25 @@ pub fn replace_by_rename(path: &Path, bytes: &[u8]) {
 /// The `snp-vmm` binary.
 pub fn snp_vmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_snp-vmm"))
+}
+
+/// `snp-vmm --hypervisor kvm` running the attestation guest with `payload`
+/// options against `certs` (with `snp` extra options such as
+/// `certs-timeout=20`), writing events to `events.0`.
+pub fn snp_vmm_attest(certs: &Path, snp: &str, payload: &str, events: &Events) -> Command {
+    let mut cmd = snp_vmm();
+    let snp = if snp.is_empty() {
+        String::new()
+    } else {
+        format!(",{snp}")
+    };
+    cmd.args(["--hypervisor", "kvm", "--payload"])
+        .arg(format!("attest,{payload}"))
+        .arg("--snp")
+        .arg(format!("certs-file={},doorbell=on{snp}", certs.display()))
+        .arg("--event-monitor")
+        .arg(format!("path={}", events.0.display()));
+    cmd
 }
 
 /// A binary of another workspace package, built next to `snp-vmm`.

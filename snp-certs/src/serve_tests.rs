@@ -1,3 +1,5 @@
+#![allow(clippy::arithmetic_side_effects)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -214,10 +216,10 @@ fn overflowing_and_misaligned_requests_fail() {
     let mem = memory(&[(0, MIB)]);
     let mut reader = CertsReader::new();
     for (gpa, npages) in [
-        (u64::MAX & !0xfff, 2),
+        (!0xfff_u64, 2),
         (0, u64::MAX),
         (0x1000, 1 << 52),
-        (u64::MAX & !0xfff, u64::MAX),
+        (!0xfff_u64, u64::MAX),
     ] {
         let out = serve(&mut reader, &s.config, req(gpa, npages), &mem);
         assert_eq!(

@@ -1,23 +1,21 @@
 //! End-to-end tests of the `snp-certs` binary's `inspect` and `probe`
 //! commands against real files and real locks held by another process.
 //!
-//! The other process is this test binary itself, started again with
-//! `SNP_CERTS_TEST_HOLD_LOCK=path`: it takes an exclusive OFD lock on the
-//! file, prints `lock-held`, and holds the lock until its stdin is closed.
+//! The other process is the management tool itself: `snp-certs lock FILE
+//! -- sh -c 'echo held; read line'` holds the exclusive lock while the
+//! command waits for a line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::io::Read;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use snp_certs::CertKind;
-use snp_certs::lock::{self, LockKind};
 use snp_certs::table::TableBuilder;
-
-const HOLD_LOCK_ENV: &str = "SNP_CERTS_TEST_HOLD_LOCK";
 
 fn snp_certs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_snp-certs"))
@@ -52,70 +50,41 @@ fn json(output: &Output) -> serde_json::Value {
     })
 }
 
-/// The lock-holder half: runs only in the child process.
-#[test]
-fn lock_holder_child() {
-    let Ok(path) = std::env::var(HOLD_LOCK_ENV) else {
-        return;
-    };
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    lock::lock(&file, LockKind::Exclusive, Duration::from_secs(10)).unwrap();
-    println!("lock-held");
-    std::io::stdout().flush().unwrap();
-    // Hold the lock until the parent closes our stdin.
-    let mut line = String::new();
-    while std::io::stdin().read_line(&mut line).unwrap() > 0 {}
-}
-
-/// A child process holding the exclusive lock until `release`.
+/// `snp-certs lock FILE -- sh -c ...`: the management tool, as a second
+/// process, holding the exclusive lock until [`LockHolder::release`].
 struct LockHolder {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
 }
 
 impl LockHolder {
     fn start(path: &Path) -> LockHolder {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "lock_holder_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(HOLD_LOCK_ENV, path)
+        let mut child = snp_certs()
+            .arg("lock")
+            .arg(path)
+            .args(["--", "sh", "-c", "echo held; read line"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdin = child.stdin.take();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "lock holder died");
-            // The harness prints "test lock_holder_child ... " first.
-            if line.trim_end().ends_with("lock-held") {
-                break;
-            }
-        }
-        LockHolder {
-            child,
-            stdin,
-            stdout: out,
-        }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "held",
+            "the command runs only once the lock is held"
+        );
+        let stdin = child.stdin.take();
+        LockHolder { child, stdin }
     }
 
     fn release(mut self) {
-        drop(self.stdin.take());
-        // Read the harness's last lines so it does not die of EPIPE.
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        assert!(self.child.wait().unwrap().success(), "{rest}");
+        if let Some(mut stdin) = self.stdin.take() {
+            stdin.write_all(b"done\n").unwrap();
+        }
+        assert!(self.child.wait().unwrap().success());
     }
 }
 

@@ -147,6 +147,7 @@ fn concurrent_readers_see_the_old_or_the_new_table_never_a_mix() {
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
+    eprintln!("{line}");
     let [seen_a, seen_b, mixed, errors] = counts[..] else {
         panic!("{line}");
     };

@@ -9,7 +9,6 @@
 use der::asn1::BitString;
 use der::oid::db::rfc5912;
 use rsa::pkcs1::{DecodeRsaPublicKey, RsaPssParams, TrailerField};
-use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
 use sha2::{Digest, Sha384};
 use thiserror::Error;
@@ -53,11 +52,6 @@ pub fn rsa_key(spki: &SubjectPublicKeyInfoOwned) -> Result<RsaPublicKey, Signatu
         .as_bytes()
         .ok_or(SignatureError::IssuerKeyNotRsa)?;
     RsaPublicKey::from_pkcs1_der(bytes).map_err(|_| SignatureError::IssuerKeyNotRsa)
-}
-
-/// The modulus size of an RSA key, in bits.
-pub fn rsa_bits(key: &RsaPublicKey) -> usize {
-    key.n().bits()
 }
 
 /// Reads and checks RSASSA-PSS parameters; returns the salt length.

@@ -13,10 +13,11 @@ else
     echo "test: /dev/kvm is not usable: KVM tests will print that they skipped"
 fi
 
+# Doc tests first (nextest does not run them), so the last line printed is
+# the summary of the whole suite.
+cargo test --workspace --locked --doc
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
     cargo test --workspace --locked --no-fail-fast "$@"
 fi
-# nextest does not run doc tests.
-cargo test --workspace --locked --doc

@@ -225,23 +225,26 @@ pub fn open_regular(path: &Path) -> Result<File, CertsFileError> {
     Ok(file)
 }
 
-/// Whether `path` still names the file open as `file`.
-fn still_names(path: &Path, file: &File) -> io::Result<bool> {
+/// The size of the file open as `file` if `path` still names it, `None`
+/// if the path now names another file or nothing.
+fn still_names(path: &Path, file: &File) -> io::Result<Option<u64>> {
     let open = file.metadata()?;
     match std::fs::metadata(path) {
-        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Ok(named) if named.dev() == open.dev() && named.ino() == open.ino() => Ok(Some(open.len())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// Reads all of `file` from offset 0 into `buffer`, refusing more than
-/// [`MAX_TABLE_SIZE`] bytes.
-fn read_all(file: &File, buffer: &mut Vec<u8>) -> io::Result<Result<(), usize>> {
+/// [`MAX_TABLE_SIZE`] bytes. `size_hint` (from `fstat`) sizes the buffer;
+/// the read goes on to end of file whatever it says.
+fn read_all(file: &File, size_hint: u64, buffer: &mut Vec<u8>) -> io::Result<Result<(), usize>> {
     buffer.clear();
     // One byte more than the limit tells "too large" from "exactly at it".
     let cap = MAX_TABLE_SIZE + 1;
-    let hint = usize::try_from(file.metadata()?.len()).unwrap_or(cap);
+    let hint = usize::try_from(size_hint).unwrap_or(cap);
     buffer.resize(hint.clamp(4096, cap), 0);
     let mut filled = 0;
     loop {
@@ -304,7 +307,7 @@ impl CertsReader {
         let deadline = start + timeout;
         let mut lock_wait = Duration::ZERO;
         let mut reopened = 0;
-        let (file, acquired) = loop {
+        let (file, acquired, size) = loop {
             let file = self.file_for(path)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let waited = lock::lock(&file, LockKind::Shared, remaining).map_err(|source| {
@@ -322,8 +325,8 @@ impl CertsReader {
             lock_wait += waited;
             let acquired = Instant::now();
             match still_names(path, &file) {
-                Ok(true) => break (file, acquired),
-                Ok(false) => {
+                Ok(Some(size)) => break (file, acquired, size),
+                Ok(None) => {
                     drop(Lease { file, acquired });
                     self.open = None;
                     reopened += 1;
@@ -345,7 +348,7 @@ impl CertsReader {
             }
         };
         let lease = Lease { file, acquired };
-        match read_all(&lease.file, &mut self.buffer) {
+        match read_all(&lease.file, size, &mut self.buffer) {
             Ok(Ok(())) => {}
             Ok(Err(max)) => {
                 return Err(CertsFileError::TooLarge {

@@ -199,8 +199,16 @@ fn file_type_name(ft: std::fs::FileType) -> &'static str {
 
 /// Opens `path` read-only without blocking and checks it is a regular file.
 pub fn open_regular(path: &Path) -> Result<File, CertsFileError> {
+    open_certs(path, false)
+}
+
+/// Opens `path` (read-only, or read-write for a writer) without blocking,
+/// so a FIFO or device never hangs the caller, and checks it is a regular
+/// file.
+pub(crate) fn open_certs(path: &Path, writable: bool) -> Result<File, CertsFileError> {
     let file = OpenOptions::new()
         .read(true)
+        .write(writable)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|source| match source.kind() {
@@ -227,7 +235,7 @@ pub fn open_regular(path: &Path) -> Result<File, CertsFileError> {
 
 /// The size of the file open as `file` if `path` still names it, `None`
 /// if the path now names another file or nothing.
-fn still_names(path: &Path, file: &File) -> io::Result<Option<u64>> {
+pub(crate) fn still_names(path: &Path, file: &File) -> io::Result<Option<u64>> {
     let open = file.metadata()?;
     match std::fs::metadata(path) {
         Ok(named) if named.dev() == open.dev() && named.ino() == open.ino() => Ok(Some(open.len())),

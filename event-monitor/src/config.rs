@@ -18,35 +18,35 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The option value is empty.
-    #[error("empty event monitor option: expected path=FILE or fd=N")]
+    #[error("Empty event monitor option: expected path=FILE or fd=N")]
     Empty,
     /// An item is not of the form `key=value`.
     #[error(
-        "invalid event monitor option item {0:?}: expected key=value \
+        "Invalid event monitor option item {0:?}: expected key=value \
          (paths containing ',' are not supported)"
     )]
     MissingValue(String),
     /// A key other than `path`, `fd` or `capacity`.
-    #[error("unknown event monitor option {0:?}: expected path, fd or capacity")]
+    #[error("Unknown event monitor option {0:?}: expected path, fd or capacity")]
     UnknownKey(String),
     /// The same key given twice.
-    #[error("event monitor option {0:?} given more than once")]
+    #[error("Event monitor option {0:?} given more than once")]
     DuplicateKey(String),
     /// Both `path` and `fd` given.
-    #[error("event monitor takes either path=FILE or fd=N, not both")]
+    #[error("Event monitor takes either path=FILE or fd=N, not both")]
     BothTargets,
     /// Neither `path` nor `fd` given.
-    #[error("event monitor needs an output: path=FILE or fd=N")]
+    #[error("Event monitor needs an output: path=FILE or fd=N")]
     NoTarget,
     /// `path=` with nothing after it.
-    #[error("event monitor path is empty")]
+    #[error("Event monitor path is empty")]
     EmptyPath,
     /// `fd=` with something other than a non-negative 32-bit integer.
-    #[error("invalid event monitor fd {0:?}: expected a non-negative integer")]
+    #[error("Invalid event monitor fd {0:?}: expected a non-negative integer")]
     InvalidFd(String),
     /// `capacity=` with something other than an integer in `1..=MAX_CAPACITY`.
     #[error(
-        "invalid event monitor capacity {0:?}: expected an integer from 1 to {max}",
+        "Invalid event monitor capacity {0:?}: expected an integer from 1 to {max}",
         max = MAX_CAPACITY
     )]
     InvalidCapacity(String),
@@ -293,7 +293,7 @@ mod tests {
     fn errors_read_well() {
         assert_eq!(
             UnknownKey("file".into()).to_string(),
-            "unknown event monitor option \"file\": expected path, fd or capacity"
+            "Unknown event monitor option \"file\": expected path, fd or capacity"
         );
         assert!(
             InvalidCapacity("0".into())
@@ -338,10 +338,10 @@ mod tests {
             (r#"{"path": "/a", "fd": 3}"#, "not both"),
             (r#"{"capacity": 3}"#, "needs an output"),
             (r#"{}"#, "needs an output"),
-            (r#"{"fd": -2}"#, "invalid event monitor fd"),
+            (r#"{"fd": -2}"#, "Invalid event monitor fd"),
             (
                 r#"{"fd": 2, "capacity": 0}"#,
-                "invalid event monitor capacity",
+                "Invalid event monitor capacity",
             ),
             (r#"{"path": ""}"#, "path is empty"),
         ] {

@@ -29,7 +29,7 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The output file cannot be opened.
-    #[error("cannot open event monitor file {}: {source}", path.display())]
+    #[error("Cannot open event monitor file {}", path.display())]
     Open {
         /// The file.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The fd is not an open file descriptor. It was left alone.
-    #[error("event monitor fd {fd} is not an open file descriptor: {source}")]
+    #[error("Event monitor fd {fd} is not an open file descriptor")]
     BadFd {
         /// The descriptor.
         fd: RawFd,
@@ -45,13 +45,13 @@ pub enum Error {
         source: io::Error,
     },
     /// The fd is open for reading only. It was left alone.
-    #[error("event monitor fd {fd} is not open for writing")]
+    #[error("Event monitor fd {fd} is not open for writing")]
     NotWritable {
         /// The descriptor.
         fd: RawFd,
     },
     /// The writer thread cannot be started (the output has been closed).
-    #[error("cannot start the event monitor thread: {0}")]
+    #[error("Cannot start the event monitor thread")]
     Spawn(#[source] io::Error),
 }
 

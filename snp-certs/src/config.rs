@@ -34,10 +34,10 @@ pub const MAX_CERTS_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// `certs_timeout` is above [`MAX_CERTS_TIMEOUT_MS`].
-    #[error("certs-timeout {0} ms is above the maximum of {MAX_CERTS_TIMEOUT_MS} ms")]
+    #[error("Certs timeout {0} ms is above the maximum of {MAX_CERTS_TIMEOUT_MS} ms")]
     TimeoutTooLarge(u64),
     /// `certs_file` is a relative path.
-    #[error("certs-file {0} must be an absolute path")]
+    #[error("Certs file {0} must be an absolute path")]
     RelativePath(PathBuf),
     /// `certs_file` cannot be read as a valid table.
     #[error(transparent)]

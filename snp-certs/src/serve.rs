@@ -296,6 +296,8 @@ pub fn serve<M: GuestMemory + ?Sized>(
     }
 
     let Some(path) = &config.certs_file else {
+        // Do not keep a file open that is no longer served.
+        reader.close();
         let outcome = Outcome::new(OutcomeKind::Delivered, Reason::NoCertsFile, request);
         if npages == 0 {
             return outcome;

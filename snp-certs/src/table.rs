@@ -24,8 +24,8 @@
 //! [`CertTable::parse`] checks every entry and rejects, with its own
 //! [`TableError`], a table without terminator, an entry pointing into the
 //! header, an entry past the end of the table or whose `offset + length`
-//! overflows 32 bits, a zero-length entry, a GUID used twice and a table
-//! larger than [`MAX_TABLE_SIZE`]. It then reports, without rejecting,
+//! overflows 32 bits, a zero-length entry, a GUID used twice, more than
+//! [`MAX_ENTRIES`] entries and a table larger than [`MAX_TABLE_SIZE`]. It then reports, without rejecting,
 //! [`TableWarning`]s: a table too large for Linux guests
 //! ([`LINUX_GUEST_MAX_SIZE`]), PEM-encoded entries, GUIDs that look
 //! byte-swapped, and a table without report signer.
@@ -52,6 +52,11 @@ pub const LINUX_GUEST_MAX_SIZE: usize = 16 * 1024;
 /// chains are a few KiB; anything near this size is a mistake.
 pub const MAX_TABLE_SIZE: usize = 1024 * 1024;
 
+/// Most entries a table may have. Real tables have at most six (VCEK or
+/// VLEK, ASK, ARK, CRL, extra platform information); the cap keeps parsing,
+/// which runs on every guest request, cheap whatever the file holds.
+pub const MAX_ENTRIES: usize = 64;
+
 /// A table with no entries: just the terminator. This is what a guest
 /// receives when no certificate file is configured.
 pub const EMPTY_TABLE: [u8; ENTRY_SIZE] = [0; ENTRY_SIZE];
@@ -64,6 +69,12 @@ pub enum TableError {
     TooLarge {
         /// Size of the table.
         size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More than [`MAX_ENTRIES`] entries.
+    #[error("Table has more than {max} entries")]
+    TooManyEntries {
         /// The limit.
         max: usize,
     },
@@ -304,6 +315,9 @@ impl<'a> CertTable<'a> {
                 }
                 break;
             }
+            if index == MAX_ENTRIES {
+                return Err(TableError::TooManyEntries { max: MAX_ENTRIES });
+            }
             raw.push((guid, offset, length));
         }
         // The loop above stopped at a terminator that lies inside `bytes`,
@@ -447,6 +461,9 @@ impl TableBuilder {
         let kind = CertKind::from_guid(&guid);
         if guid.is_nil() {
             return Err(TableError::NullGuid { index });
+        }
+        if index == MAX_ENTRIES {
+            return Err(TableError::TooManyEntries { max: MAX_ENTRIES });
         }
         if let Some(first) = self.entries.iter().position(|(g, _)| *g == guid) {
             return Err(TableError::DuplicateGuid {

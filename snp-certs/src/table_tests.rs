@@ -328,3 +328,31 @@ fn parser_never_panics_on_garbage() {
         }
     }
 }
+
+#[test]
+fn too_many_entries_are_rejected() {
+    let mut b = TableBuilder::new();
+    for i in 0..MAX_ENTRIES {
+        b.add_guid(Uuid::from_u128(i as u128 + 1), der(1, 4))
+            .unwrap();
+    }
+    assert_eq!(
+        b.add_guid(Uuid::from_u128(1000), der(1, 4)).map(|_| ()),
+        Err(TableError::TooManyEntries { max: MAX_ENTRIES })
+    );
+    let full = b.build().unwrap();
+    assert_eq!(
+        CertTable::parse(&full).unwrap().entries().len(),
+        MAX_ENTRIES
+    );
+    // One more raw entry in front of the terminator.
+    let mut bytes = vec![0u8; (MAX_ENTRIES + 2) * ENTRY_SIZE + 8];
+    for i in 0..=MAX_ENTRIES {
+        let offset = ((MAX_ENTRIES + 2) * ENTRY_SIZE) as u32;
+        put_entry(&mut bytes, i, Uuid::from_u128(i as u128 + 1), offset, 8);
+    }
+    assert_eq!(
+        CertTable::parse(&bytes),
+        Err(TableError::TooManyEntries { max: MAX_ENTRIES })
+    );
+}

@@ -61,6 +61,8 @@ fn reached_lock(reason: Reason) -> bool {
 #[derive(Debug)]
 pub struct CertsService {
     config: SharedCertsConfig,
+    /// Serialises configuration changes (each is read, validate, swap).
+    updating: Mutex<()>,
     warnings: Mutex<Vec<String>>,
     stats: CertsStats,
     events: EventSender,
@@ -73,6 +75,7 @@ impl CertsService {
         let warnings = config.validate()?;
         Ok(CertsService {
             config: SharedCertsConfig::new(config),
+            updating: Mutex::new(()),
             warnings: Mutex::new(warnings.iter().map(ToString::to_string).collect()),
             stats: CertsStats::default(),
             events,
@@ -110,11 +113,16 @@ impl CertsService {
         self.stats.leases_held()
     }
 
-    /// Validates `config` (the file is read under the shared lock) and
-    /// makes it current; on error nothing changes. Returns the new file's
-    /// warnings.
-    pub fn replace(&self, config: CertsConfig) -> Result<Vec<String>, ConfigError> {
-        let (previous, warnings) = self.config.replace(config)?;
+    /// Makes `change(current)` the configuration after validating it (the
+    /// file is read under its shared lock); on error nothing changes.
+    /// Changes are serialised, so two at once cannot lose each other.
+    /// Returns the new file's warnings.
+    pub fn replace_with(
+        &self,
+        change: impl FnOnce(&CertsConfig) -> CertsConfig,
+    ) -> Result<Vec<String>, ConfigError> {
+        let _updating = self.updating.lock().unwrap_or_else(PoisonError::into_inner);
+        let (previous, warnings) = self.config.replace(change(&self.config()))?;
         let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
         *self.warnings.lock().unwrap_or_else(PoisonError::into_inner) = warnings.clone();
         self.changed(&previous);
@@ -124,6 +132,7 @@ impl CertsService {
     /// Changes only the timeout; the file is not read again (so this works
     /// while a management tool holds the exclusive lock).
     pub fn set_timeout(&self, certs_timeout: u64) -> Result<(), ConfigError> {
+        let _updating = self.updating.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = self.config.set_timeout(certs_timeout)?;
         self.changed(&previous);
         Ok(())

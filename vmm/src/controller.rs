@@ -5,7 +5,7 @@
 //! through the VM's [`crate::certs_service::CertsService`], which swaps the
 //! configuration atomically with respect to requests in flight.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use api_server::types::{
     ApiError, PingResponse, SnpCertsUpdate, VmConfig, VmState, VmmAction, VmmApi, VmmData,
@@ -38,20 +38,39 @@ fn vm_error(e: VmError) -> ApiError {
         | VmError::Certs(_)
         | VmError::DoorbellNeeded
         | VmError::MemoryTooSmall(_) => ApiError::bad_request(error_chain(&e)),
-        _ => ApiError::internal(error_chain(&e)),
+        VmError::Memory(_)
+        | VmError::GuestProgram(_)
+        | VmError::GuestLoad(_)
+        | VmError::Hypervisor(_)
+        | VmError::Thread(_) => ApiError::internal(error_chain(&e)),
     }
 }
 
-/// A refused certs configuration: 409 while a management tool holds the
-/// file (try again), 400 for everything wrong with the input.
+/// A refused certs configuration: 409 while a management tool holds or
+/// replaces the file (try again), 500 for host faults, 400 for everything
+/// wrong with the input.
 fn config_error(e: ConfigError) -> ApiError {
     let message = error_chain(&e);
     match e {
         ConfigError::File(CertsFileError::Lock {
             source: LockError::Timeout { .. },
             ..
-        }) => ApiError::conflict(format!("{message} (an update is in progress: retry)")),
-        _ => ApiError::bad_request(message),
+        })
+        | ConfigError::File(CertsFileError::KeepsChanging { .. }) => {
+            ApiError::conflict(format!("{message} (an update is in progress: retry)"))
+        }
+        ConfigError::File(CertsFileError::Lock { .. } | CertsFileError::Read { .. }) => {
+            ApiError::internal(message)
+        }
+        ConfigError::TimeoutTooLarge(_)
+        | ConfigError::RelativePath(_)
+        | ConfigError::File(
+            CertsFileError::Missing { .. }
+            | CertsFileError::Open { .. }
+            | CertsFileError::NotRegular { .. }
+            | CertsFileError::TooLarge { .. }
+            | CertsFileError::Invalid { .. },
+        ) => ApiError::bad_request(message),
     }
 }
 
@@ -124,18 +143,21 @@ impl Vmm {
         })
     }
 
+    /// Applies a certs update. The new file is validated (under its shared
+    /// lock, waiting at most the timeout) without holding the VMM's lock, so
+    /// other API calls go on meanwhile; the swap itself is atomic.
     fn put_snp_certs(&self, update: SnpCertsUpdate) -> Result<VmmData, ApiError> {
-        self.with_vm(|vm| {
-            let certs = vm.certs();
-            let result = match (&update.certs_file, update.certs_timeout) {
-                // A new (or the same, named again) file: validate it.
-                (Some(_), _) => certs.replace(update.apply(&certs.config())).map(drop),
-                (None, Some(timeout)) => certs.set_timeout(timeout),
-                (None, None) => Ok(()),
-            };
-            result.map_err(config_error)?;
-            Ok(VmmData::SnpCerts(Box::new(vm.certs_info())))
-        })
+        let certs = self.with_vm(|vm| Ok(Arc::clone(vm.certs())))?;
+        let result = match (&update.certs_file, update.certs_timeout) {
+            // A new (or the same, named again) file: validate it.
+            (Some(_), _) => certs
+                .replace_with(|current| update.apply(current))
+                .map(drop),
+            (None, Some(timeout)) => certs.set_timeout(timeout),
+            (None, None) => Ok(()),
+        };
+        result.map_err(config_error)?;
+        self.with_vm(|vm| Ok(VmmData::SnpCerts(Box::new(vm.certs_info()))))
     }
 
     /// Asks the process to exit (after `vmm.shutdown`).

@@ -29,6 +29,8 @@
 //!   milliseconds (its "sleep"); the VMM pauses the vCPU thread, and a VM
 //!   shutdown cuts the pause short.
 
+use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
 /// Port the guest rings with the GPA of its [`Mailbox`].
 pub const DOORBELL_PORT: u16 = 0x5e0;
 /// Port the attestation guest writes the GPA of a [`GuestReport`] to.
@@ -111,8 +113,6 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
         (hash ^ u32::from(b)).wrapping_mul(FNV_PRIME)
     })
 }
-
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Why a mailbox or report could not be accessed.
 #[derive(Debug, thiserror::Error)]

@@ -39,14 +39,17 @@ pub enum VmError {
     )]
     DoorbellNeeded,
     /// Memory is too small for the guest.
-    #[error("memory.size must be at least {0} bytes for the attest payload")]
+    #[error("Memory size must be at least {0} bytes for the attest payload")]
     MemoryTooSmall(u64),
     /// Guest memory could not be allocated.
     #[error("Cannot allocate guest memory")]
     Memory(#[source] vm_memory::mmap::FromRangesError),
-    /// The guest program could not be built or loaded.
-    #[error("Cannot load the guest program: {0}")]
-    Guest(String),
+    /// The guest program could not be built.
+    #[error("Cannot build the guest program")]
+    GuestProgram(#[source] guest::GuestError),
+    /// The guest program could not be copied into guest memory.
+    #[error("Cannot load the guest program")]
+    GuestLoad(#[source] vm_memory::GuestMemoryError),
     /// A hypervisor call failed.
     #[error("Hypervisor call failed")]
     Hypervisor(#[from] HypervisorError),
@@ -120,13 +123,13 @@ impl Vm {
                 .map_err(VmError::Memory)?,
         );
         let params = attest_params(&config);
-        let code = guest::program(&params).map_err(|e| VmError::Guest(e.to_string()))?;
+        let code = guest::program(&params).map_err(VmError::GuestProgram)?;
         memory
             .write_slice(&code, GuestAddress(guest::CODE_GPA))
-            .map_err(|e| VmError::Guest(e.to_string()))?;
+            .map_err(VmError::GuestLoad)?;
         memory
             .write_slice(&[0xf4], GuestAddress(HALT_STUB_GPA))
-            .map_err(|e| VmError::Guest(e.to_string()))?;
+            .map_err(VmError::GuestLoad)?;
 
         let hv = backend.hypervisor();
         let vm = hv.create_vm(VmType::Default)?;
@@ -178,12 +181,13 @@ impl Vm {
         })
     }
 
-    /// Starts one thread per vCPU.
+    /// Starts one thread per vCPU. If one cannot be started, the ones
+    /// already running are stopped and joined before the error returns.
     pub fn boot(&mut self) -> Result<(), VmError> {
-        for runner in self.runners.drain(..) {
-            let id = self.threads.len();
+        let runners: Vec<VcpuRunner> = self.runners.drain(..).collect();
+        for (id, runner) in runners.into_iter().enumerate() {
             let ends = Arc::clone(&self.ends);
-            let thread = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let end =
@@ -201,9 +205,15 @@ impl Vm {
                         *slot = Some(end);
                     }
                     ends.changed.notify_all();
-                })
-                .map_err(VmError::Thread)?;
-            self.threads.push(thread);
+                });
+            match spawned {
+                Ok(thread) => self.threads.push(thread),
+                Err(e) => {
+                    self.booted = true;
+                    self.shutdown();
+                    return Err(VmError::Thread(e));
+                }
+            }
         }
         self.booted = true;
         self.shared.events.event(

@@ -110,12 +110,17 @@ impl Vcpu for KvmVcpu {
         // `self.fd`, which outlives this function; the section is dropped
         // below, on this thread.
         let section = unsafe { RunSection::enter(immediate_exit) };
-        // Set after the section is registered: a kick that lands from here
-        // on is seen by the handler, an earlier one by the pending flag.
-        let want = self.kick.immediate_exit_for_run(self.immediate_exit);
+        // Write our own flag first, then look at the pending-kick flag. A
+        // kick sets that flag before it signals, so either we see it here,
+        // or its handler runs after our write and sets the byte itself: a
+        // kick is never overwritten by this store.
         // SAFETY: valid for writes (above). Volatile: the signal handler and
         // the kernel access the byte behind the compiler's back.
-        unsafe { immediate_exit.write_volatile(u8::from(want)) };
+        unsafe { immediate_exit.write_volatile(u8::from(self.immediate_exit)) };
+        if self.kick.immediate_exit_for_run(false) {
+            // SAFETY: as above.
+            unsafe { immediate_exit.write_volatile(1) };
+        }
 
         let result = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => Ok(Some(VmExit::IoOut {

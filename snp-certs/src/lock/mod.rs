@@ -135,15 +135,25 @@ pub fn lock(file: &File, kind: LockKind, timeout: Duration) -> Result<Duration, 
             waited: Duration::ZERO,
         });
     }
-    let deadline = start + timeout;
+    // A timeout too large to add is as good as none (years).
+    let deadline = start.checked_add(timeout);
     loop {
         let now = Instant::now();
-        if now >= deadline {
-            return Err(LockError::Timeout {
-                waited: now - start,
-            });
-        }
-        let armed = timer::ArmedTimer::arm(deadline - now).map_err(LockError::Timer)?;
+        let remaining = match deadline {
+            Some(deadline) if now >= deadline => {
+                // The holder may have let go as the timer fired: one last
+                // try, so that race does not cost the guest a retry.
+                if try_lock(file, kind).map_err(LockError::Fcntl)? {
+                    return Ok(start.elapsed());
+                }
+                return Err(LockError::Timeout {
+                    waited: now - start,
+                });
+            }
+            Some(deadline) => deadline - now,
+            None => timeout,
+        };
+        let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
         let result = setlk(file, kind.fcntl_type(), true);
         drop(armed);
         match result {

@@ -1,5 +1,6 @@
 use std::fs::OpenOptions;
-use std::sync::mpsc;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use super::*;
 
@@ -51,7 +52,7 @@ fn shared_blocks_exclusive() {
 
 #[test]
 fn wait_times_out_after_the_timeout() {
-    let (_tmp, a, b) = two_descriptions();
+    let (tmp, a, b) = two_descriptions();
     lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
     let timeout = Duration::from_millis(50);
     let start = Instant::now();
@@ -62,21 +63,57 @@ fn wait_times_out_after_the_timeout() {
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
-    // The timer is disarmed: a later blocking call is not interrupted.
-    unlock(&a).unwrap();
-    assert_eq!(lock(&b, LockKind::Shared, timeout).unwrap(), Duration::ZERO);
+    // The timer is disarmed: a later wait is not cut short by it.
+    let holder = std::thread::spawn(move || {
+        wait_for_blocked_waiter(tmp.path());
+        std::thread::sleep(Duration::from_millis(30));
+        unlock(&a).unwrap();
+        tmp
+    });
+    let waited = lock(&b, LockKind::Shared, Duration::from_secs(20)).unwrap();
+    assert!(waited >= Duration::from_millis(30), "waited {waited:?}");
+    drop(holder.join().unwrap());
+}
+
+#[test]
+fn huge_timeouts_do_not_overflow() {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let holder = std::thread::spawn(move || {
+        wait_for_blocked_waiter(tmp.path());
+        unlock(&a).unwrap();
+        tmp
+    });
+    assert!(lock(&b, LockKind::Shared, Duration::MAX).is_ok());
+    drop(holder.join().unwrap());
+}
+
+/// Polls `/proc/locks` until a waiter is blocked on `path`'s lock.
+fn wait_for_blocked_waiter(path: &Path) {
+    let needle = format!(":{} ", std::fs::metadata(path).unwrap().ino());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&needle))
+        {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("no waiter blocked on {}", path.display());
 }
 
 #[test]
 fn waiter_gets_the_lock_when_the_holder_unlocks() {
-    let (_tmp, a, b) = two_descriptions();
+    let (tmp, a, b) = two_descriptions();
     lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
-    let (tx, rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
-        tx.send(()).unwrap();
         lock(&b, LockKind::Shared, Duration::from_secs(20)).map(|w| (w, b))
     });
-    rx.recv().unwrap();
+    // Unlock only once the waiter really sleeps in F_OFD_SETLKW.
+    wait_for_blocked_waiter(tmp.path());
     unlock(&a).unwrap();
     let (waited, _b) = waiter.join().unwrap().unwrap();
     // It did not sit out the 20 s timeout.

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 /// The signal the lock timer sends: `SIGRTMIN() + 1`.
 ///
-/// A VMM embedding this crate must not use this signal for anything else
-/// on threads that serve certificate requests. (`SIGRTMIN()` itself is
+/// The handler is installed process-wide, so a VMM embedding this crate
+/// must not use this signal for anything else anywhere in the process. (`SIGRTMIN()` itself is
 /// commonly used to kick vCPU threads; a kick that lands during a lock
 /// wait only makes the wait re-check its deadline.)
 pub fn lock_timer_signal() -> libc::c_int {
@@ -137,7 +137,8 @@ thread_local! {
 pub(super) struct ArmedTimer(());
 
 impl ArmedTimer {
-    /// Arms this thread's timer to fire once after `after` (at least 1 ns).
+    /// Arms this thread's timer to fire after `after` (at least 1 ns), then
+    /// every [`RETRY_INTERVAL`] until the guard is dropped.
     pub(super) fn arm(after: Duration) -> io::Result<ArmedTimer> {
         unblock_signal()?;
         let after = after.max(Duration::from_nanos(1));

@@ -25,6 +25,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -112,7 +113,7 @@ impl CertsFileError {
     pub fn lock_wait(&self) -> Duration {
         match self {
             CertsFileError::Lock {
-                source: LockError::Timeout { waited },
+                source: LockError::Timeout { waited } | LockError::Cancelled { waited },
                 ..
             } => *waited,
             _ => Duration::ZERO,
@@ -179,6 +180,7 @@ struct OpenCerts {
 pub struct CertsReader {
     open: Option<OpenCerts>,
     buffer: Vec<u8>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 fn file_type_name(ft: std::fs::FileType) -> &'static str {
@@ -280,6 +282,16 @@ impl CertsReader {
         CertsReader::default()
     }
 
+    /// A reader whose lock waits end early once `cancel` is set and the
+    /// thread is signalled (see [`lock::lock_or_cancel`]): a VMM passes its
+    /// stop flag so a vCPU waiting for a busy file stops promptly.
+    pub fn with_cancel(cancel: Arc<AtomicBool>) -> CertsReader {
+        CertsReader {
+            cancel: Some(cancel),
+            ..CertsReader::default()
+        }
+    }
+
     /// Forgets the cached descriptor (e.g. after the VM's certs file was
     /// changed). Outstanding leases keep their own reference.
     pub fn close(&mut self) {
@@ -318,18 +330,21 @@ impl CertsReader {
         let (file, acquired, size) = loop {
             let file = self.file_for(path)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let waited = lock::lock(&file, LockKind::Shared, remaining).map_err(|source| {
-                self.open = None;
-                CertsFileError::Lock {
-                    path: path.to_owned(),
-                    source: match source {
-                        LockError::Timeout { waited } => LockError::Timeout {
-                            waited: lock_wait + waited,
+            let cancel = self.cancel.as_deref();
+            let waited = lock::lock_or_cancel(&file, LockKind::Shared, remaining, cancel).map_err(
+                |source| {
+                    self.open = None;
+                    CertsFileError::Lock {
+                        path: path.to_owned(),
+                        source: match source {
+                            LockError::Timeout { waited } => LockError::Timeout {
+                                waited: lock_wait + waited,
+                            },
+                            other => other,
                         },
-                        other => other,
-                    },
-                }
-            })?;
+                    }
+                },
+            )?;
             lock_wait += waited;
             let acquired = Instant::now();
             match still_names(path, &file) {

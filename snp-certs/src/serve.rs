@@ -11,7 +11,7 @@
 //! | delivered | 0 | unchanged | table written at `gpa` | the file was locked, valid and fits |
 //! | delivered (no file) | 0 | unchanged | 24 zero bytes if `npages > 0` | no certs file configured |
 //! | need pages | `ENOSPC` | `ceil(size / 4096)` | untouched | the buffer is too small (`npages = 0` asks for the size) |
-//! | busy | `EAGAIN` | unchanged | untouched | host-side trouble: lock timeout, file missing, unreadable or invalid |
+//! | busy | `EAGAIN` | unchanged | untouched | host-side trouble: lock timeout, file missing, unreadable or invalid; a wait cut short because the VM is stopping |
 //! | failed | `EIO` | unchanged | untouched | the guest's own permanent fault: misaligned `gpa`, overflowing buffer, buffer outside guest RAM |
 //!
 //! `EIO` makes a Linux guest disable its VMPCK key for good, so it is kept
@@ -120,6 +120,8 @@ pub enum Reason {
     BufferTooSmall,
     /// Another process held the exclusive lock past the timeout.
     LockTimeout,
+    /// The lock wait was cancelled: the VM is stopping.
+    LockCancelled,
     /// The lock call failed.
     LockFailed,
     /// The certs file does not exist.
@@ -151,6 +153,7 @@ impl Reason {
             Reason::SizeQuery => "size-query",
             Reason::BufferTooSmall => "buffer-too-small",
             Reason::LockTimeout => "lock-timeout",
+            Reason::LockCancelled => "lock-cancelled",
             Reason::LockFailed => "lock-failed",
             Reason::FileMissing => "file-missing",
             Reason::FileNotRegular => "file-not-regular",
@@ -173,6 +176,10 @@ impl Reason {
                 source: LockError::Timeout { .. },
                 ..
             } => Reason::LockTimeout,
+            CertsFileError::Lock {
+                source: LockError::Cancelled { .. },
+                ..
+            } => Reason::LockCancelled,
             CertsFileError::Lock { .. } => Reason::LockFailed,
             CertsFileError::KeepsChanging { .. } => Reason::FileKeepsChanging,
             CertsFileError::TooLarge { .. } => Reason::FileTooLarge,

@@ -1,14 +1,14 @@
 //! A stop flag that vCPU threads check and can sleep on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Set once to stop a VM's vCPUs; pauses wait on it so a stop cuts them
 /// short.
 #[derive(Debug, Default)]
 pub struct StopSignal {
-    stopped: AtomicBool,
+    stopped: Arc<AtomicBool>,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -17,6 +17,12 @@ impl StopSignal {
     /// Whether a stop was requested.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// The flag itself, for code that checks it on its own (a lock wait
+    /// interrupted by the stop kick).
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stopped)
     }
 
     /// Requests the stop and wakes every pause.

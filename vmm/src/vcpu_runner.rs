@@ -81,8 +81,8 @@ impl VcpuRunner {
         VcpuRunner {
             id,
             vcpu,
+            reader: CertsReader::with_cancel(shared.stop.flag()),
             shared,
-            reader: CertsReader::new(),
             last_delivered: None,
         }
     }

@@ -973,3 +973,45 @@ fn a_closed_stdout_does_not_stop_the_guest() {
     let info = vmm.remote_json(&["info"]);
     assert_eq!(info["vcpus"][0]["state"], "running", "{info}");
 }
+
+#[test]
+fn shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
+    // The kick that stops a vCPU must also end its lock wait: on KVM the
+    // vCPU thread sleeps in F_OFD_SETLKW (the mock's kick sends no signal).
+    if !support::kvm_or_skip("shutdown_is_prompt_while_a_vcpu_waits_for_the_lock") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = certs_file(dir.path(), "a.bin", 0x51);
+    let vmm = ApiVmm::start(
+        dir.path(),
+        "kvm",
+        &looping_guest(&a, ",certs-timeout=10000"),
+    );
+    vmm.events.wait_named_from(0, "report", 2);
+    let tool = ManagementLock::take(&a);
+    // Wait until the vCPU is blocked on the lock the tool holds.
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        format!(":{} ", fs::metadata(&a).unwrap().ino())
+    };
+    support::poll(20, "a blocked lock waiter", || {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&ino))
+            .then_some(())
+    });
+    let start = Instant::now();
+    let run = vmm.remote(&["shutdown"]);
+    let took = start.elapsed();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?} (certs-timeout is 10 s)"
+    );
+    let busy = vmm.events.wait_named_from(0, "busy", 1);
+    assert_eq!(props(busy.last().unwrap())["reason"], "lock-cancelled");
+    assert_eq!(vmm.remote_json(&["counters"])["leases_held"], 0);
+    tool.release();
+}

@@ -184,6 +184,13 @@ impl KvmVm {
 
 impl Vm for KvmVm {
     fn map_memory(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
+        // Kept first, so that even a partly failed map (some slots
+        // registered) never leaves KVM pointing at a freed mapping.
+        self.shared
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&memory));
         let mut state = self.shared.state();
         for region in memory.iter() {
             let gpa = region.start_addr().0;
@@ -197,19 +204,13 @@ impl Vm for KvmVm {
                 userspace_addr: region.as_ptr() as u64,
             };
             // SAFETY: the region is a live host mapping of `size` bytes. The
-            // `Arc` holding it is stored below in `VmShared`, which outlives
+            // `Arc` holding it was stored above in `VmShared`, which outlives
             // the VM fd and every vCPU fd (vCPUs hold the `Arc<VmShared>`),
             // so the kernel never sees the mapping go away under the guest.
             unsafe { self.shared.fd.set_user_memory_region(mem_region) }
                 .map_err(|source| HypervisorError::MapMemory { gpa, size, source })?;
             state.next_slot += 1;
         }
-        drop(state);
-        self.shared
-            .memory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(memory);
         Ok(())
     }
 

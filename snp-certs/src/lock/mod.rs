@@ -35,6 +35,7 @@ mod timer;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -71,6 +72,13 @@ pub enum LockError {
     /// The lock call itself failed.
     #[error("Lock call failed")]
     Fcntl(#[source] io::Error),
+    /// The caller's cancel flag was set while waiting (e.g. the VM is
+    /// stopping); the wait ended at the next signal to the thread.
+    #[error("Lock wait cancelled after {}", fmt_wait(*.waited))]
+    Cancelled {
+        /// How long this call waited.
+        waited: Duration,
+    },
     /// The per-thread timeout timer could not be set up.
     #[error("Cannot arm the lock timeout timer")]
     Timer(#[source] io::Error),
@@ -126,6 +134,19 @@ pub fn try_lock(file: &File, kind: LockKind) -> io::Result<bool> {
 /// Taking a lock the same open file description already holds converts
 /// it (shared to exclusive or back) and succeeds at once.
 pub fn lock(file: &File, kind: LockKind, timeout: Duration) -> Result<Duration, LockError> {
+    lock_or_cancel(file, kind, timeout, None)
+}
+
+/// [`lock`], but a wait also ends, with [`LockError::Cancelled`], when
+/// `cancel` is set and the thread receives any signal (a VMM sets its stop
+/// flag, then kicks the vCPU thread with a signal whose handler has no
+/// `SA_RESTART`).
+pub fn lock_or_cancel(
+    file: &File,
+    kind: LockKind,
+    timeout: Duration,
+    cancel: Option<&AtomicBool>,
+) -> Result<Duration, LockError> {
     if try_lock(file, kind).map_err(LockError::Fcntl)? {
         return Ok(Duration::ZERO);
     }
@@ -159,7 +180,13 @@ pub fn lock(file: &File, kind: LockKind, timeout: Duration) -> Result<Duration, 
         match result {
             Ok(()) => return Ok(start.elapsed()),
             // Our timer, or any other signal: re-check the deadline.
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+                    return Err(LockError::Cancelled {
+                        waited: start.elapsed(),
+                    });
+                }
+            }
             Err(e) => return Err(LockError::Fcntl(e)),
         }
     }

@@ -175,3 +175,33 @@ fn tiny_timeouts_never_hang() {
     }
     assert!(start.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_set_cancel_flag_ends_the_wait_at_the_next_signal() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        // SAFETY: pthread_self has no preconditions.
+        tx.send(unsafe { libc::pthread_self() }).unwrap();
+        lock_or_cancel(&b, LockKind::Shared, Duration::from_secs(30), Some(&flag))
+    });
+    let thread = rx.recv().unwrap();
+    wait_for_blocked_waiter(tmp.path());
+    cancel.store(true, Ordering::Release);
+    // The kick: any signal whose handler has no SA_RESTART.
+    // SAFETY: the thread is alive until joined below.
+    assert_eq!(
+        unsafe { libc::pthread_kill(thread, lock_timer_signal()) },
+        0
+    );
+    let result = waiter.join().unwrap();
+    assert!(
+        matches!(result, Err(LockError::Cancelled { waited }) if waited < Duration::from_secs(20))
+    );
+}

@@ -195,11 +195,10 @@ fn a_set_cancel_flag_ends_the_wait_at_the_next_signal() {
     wait_for_blocked_waiter(tmp.path());
     cancel.store(true, Ordering::Release);
     // The kick: any signal whose handler has no SA_RESTART.
-    // SAFETY: the thread is alive until joined below.
-    assert_eq!(
-        unsafe { libc::pthread_kill(thread, lock_timer_signal()) },
-        0
-    );
+    // SAFETY: the thread is alive until joined below, and the signal's
+    // handler (installed by the lock code) does nothing.
+    let sent = unsafe { libc::pthread_kill(thread, lock_timer_signal()) };
+    assert_eq!(sent, 0);
     let result = waiter.join().unwrap();
     assert!(
         matches!(result, Err(LockError::Cancelled { waited }) if waited < Duration::from_secs(20))

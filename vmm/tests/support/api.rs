@@ -390,3 +390,32 @@ pub fn looping_guest(certs: &Path, snp_extra: &str) -> Vec<String> {
         "attest,requests=100000,interval-ms=5".into(),
     ]
 }
+
+/// The longest any one wait may take.
+pub const DEADLINE: u64 = DEADLINE_SECS;
+
+/// The checksum a guest reports for `table`.
+pub fn checksum(table: &[u8]) -> u64 {
+    u64::from(vmm::guest::expected_report_for(table).unwrap().2)
+}
+
+/// Writes `table(fill)` to `dir/name`; returns the path and the bytes.
+pub fn certs_file(dir: &Path, name: &str, fill: u8) -> (PathBuf, Vec<u8>) {
+    let path = dir.join(name);
+    let bytes = super::table(fill);
+    fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+pub fn props(e: &Value) -> &Value {
+    &e["properties"]
+}
+
+pub fn str_of(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Index of the first event matching `f`.
+pub fn position(all: &[Value], f: impl Fn(&Value) -> bool) -> Option<usize> {
+    all.iter().position(f)
+}

@@ -181,6 +181,7 @@ pub struct CertsReader {
     open: Option<OpenCerts>,
     buffer: Vec<u8>,
     cancel: Option<Arc<AtomicBool>>,
+    last_lock_wait: Duration,
 }
 
 fn file_type_name(ft: std::fs::FileType) -> &'static str {
@@ -292,6 +293,13 @@ impl CertsReader {
         }
     }
 
+    /// How long the last [`CertsReader::lock_and_read`] waited for the
+    /// lock, also when it then failed (a file found invalid under the lock
+    /// still cost that wait).
+    pub fn last_lock_wait(&self) -> Duration {
+        self.last_lock_wait
+    }
+
     /// Forgets the cached descriptor (e.g. after the VM's certs file was
     /// changed). Outstanding leases keep their own reference.
     pub fn close(&mut self) {
@@ -327,6 +335,7 @@ impl CertsReader {
         let deadline = start + timeout;
         let mut lock_wait = Duration::ZERO;
         let mut reopened = 0;
+        self.last_lock_wait = Duration::ZERO;
         let (file, acquired, size) = loop {
             let file = self.file_for(path)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -346,6 +355,7 @@ impl CertsReader {
                 },
             )?;
             lock_wait += waited;
+            self.last_lock_wait = lock_wait;
             let acquired = Instant::now();
             match still_names(path, &file) {
                 Ok(Some(size)) => break (file, acquired, size),

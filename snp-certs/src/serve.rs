@@ -317,7 +317,7 @@ pub fn serve<M: GuestMemory + ?Sized>(
         Err(error) => {
             return Outcome {
                 detail: Some(error_chain(&error)),
-                lock_wait: error.lock_wait(),
+                lock_wait: error.lock_wait().max(reader.last_lock_wait()),
                 ..Outcome::new(OutcomeKind::Busy, Reason::of(&error), request)
             };
         }

@@ -334,3 +334,33 @@ fn random_requests_never_write_outside_the_table() {
         }
     }
 }
+
+#[test]
+fn an_invalid_file_found_after_a_wait_reports_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs");
+    fs::write(&path, [7u8; 100]).unwrap();
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    // Hold the lock for a while; the request waits for some of it.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(60));
+        lock::unlock(&writer).unwrap();
+    });
+    let config = CertsConfig {
+        certs_timeout: 5000,
+        ..CertsConfig::with_file(&path)
+    };
+    let mem = memory(&[(0, MIB)]);
+    let out = serve(&mut CertsReader::new(), &config, req(0, 1), &mem);
+    releaser.join().unwrap();
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Busy, Reason::FileInvalid)
+    );
+    assert!(
+        out.lock_wait >= Duration::from_millis(20),
+        "{:?}",
+        out.lock_wait
+    );
+}

@@ -43,18 +43,27 @@ impl RequestSource {
     }
 }
 
-/// Whether a request with this reason got as far as the lock.
+/// Whether a request with this reason tried the lock (so its wait, even
+/// zero, belongs in the lock-wait statistics).
 fn reached_lock(reason: Reason) -> bool {
-    !matches!(
-        reason,
+    match reason {
+        Reason::Served
+        | Reason::SizeQuery
+        | Reason::BufferTooSmall
+        | Reason::LockTimeout
+        | Reason::LockCancelled
+        | Reason::FileTooLarge
+        | Reason::FileInvalid
+        | Reason::FileKeepsChanging
+        | Reason::OutsideGuestRam => true,
         Reason::NoCertsFile
-            | Reason::GpaMisaligned
-            | Reason::BufferOverflows
-            | Reason::FileMissing
-            | Reason::FileNotRegular
-            | Reason::FileUnreadable
-            | Reason::LockFailed
-    )
+        | Reason::GpaMisaligned
+        | Reason::BufferOverflows
+        | Reason::FileMissing
+        | Reason::FileNotRegular
+        | Reason::FileUnreadable
+        | Reason::LockFailed => false,
+    }
 }
 
 /// The certificate service of one VM.

@@ -434,3 +434,29 @@ fn shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
     assert_eq!(vmm.remote_json(&["counters"])["leases_held"], 0);
     tool.release();
 }
+
+/// SIGTERM stops `snp-vmm` the way `vmm.shutdown` does: the VM is shut down
+/// with no lease left, the socket is removed and the event stream is
+/// complete.
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let hv = hypervisor_for("sigterm_shuts_down_cleanly");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = certs_file(dir.path(), "a.bin", 0x71);
+    let mut vmm = ApiVmm::start(dir.path(), hv, &looping_guest(&a, ""));
+    vmm.events.wait_named_from(0, "report", 2);
+    let pid = libc::pid_t::try_from(vmm.child.0.id()).unwrap();
+    // SAFETY: signalling our own child, which is still running.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = vmm.child.wait_exit(DEADLINE);
+    assert!(status.success(), "snp-vmm exited with {status}");
+    assert!(!vmm.socket.exists(), "the socket file was left behind");
+    let shutdown = vmm.events.named("shutdown");
+    assert_eq!(shutdown.len(), 1);
+    assert_eq!(props(&shutdown[0])["leases_held"], 0);
+    assert_eq!(
+        vmm.events.named("stopped").len(),
+        1,
+        "event stream closed cleanly"
+    );
+}

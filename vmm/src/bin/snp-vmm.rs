@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +18,8 @@ use api_server::server::ApiServer;
 use api_server::types::{VmConfig, VmOptions};
 use clap::Parser;
 use event_monitor::{EventMonitor, EventMonitorConfig, EventSender};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use vmm::backend::{Backend, BackendChoice};
 use vmm::controller::Vmm;
 use vmm::summary::summarize;
@@ -102,7 +105,7 @@ fn open_backend(choice: BackendChoice) -> Result<Backend> {
 }
 
 /// Boots from the command line, waits for the guest, prints the summary.
-fn run_once(args: &Args, vmm: &Vmm) -> Result<ExitCode> {
+fn run_once(args: &Args, vmm: &Vmm, interrupted: &AtomicBool) -> Result<ExitCode> {
     let config = args.vm_config()?;
     let certs_file = config.snp.certs_file.clone();
     let timeout = Duration::from_millis(config.snp.certs_timeout);
@@ -124,7 +127,13 @@ fn run_once(args: &Args, vmm: &Vmm) -> Result<ExitCode> {
     vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
     let summary = vmm
         .with_vm(|vm| {
-            while !vm.wait_for_end(Duration::from_secs(3600)) {}
+            // Until the guest is done, or SIGINT/SIGTERM asks to stop.
+            while !vm.wait_for_end(Duration::from_millis(200)) {
+                if interrupted.load(Ordering::Acquire) {
+                    eprintln!("snp-vmm: interrupted: stopping the VM");
+                    break;
+                }
+            }
             vm.shutdown();
             Ok(summarize(
                 &vm.attest().records(),
@@ -154,6 +163,20 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
         Arc::clone(&vmm) as Arc<dyn api_server::types::VmmApi>,
     )
     .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
+    // SIGINT/SIGTERM: shut down as `vmm.shutdown` would (VM stopped, leases
+    // released, socket removed, events flushed).
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM]).context("cannot install the signal handler")?;
+    let on_signal = Arc::clone(&vmm);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                log::warn!("interrupted: shutting down");
+                on_signal.request_exit();
+            }
+        })
+        .context("cannot start the signal thread")?;
     log::info!("API on {}", socket.display());
     vmm.wait_for_exit_request();
     server.shutdown();
@@ -186,7 +209,12 @@ fn run(args: Args) -> Result<ExitCode> {
             if !args.has_vm_options() {
                 bail!("nothing to do: give VM options (--snp, --payload, ...) or --api-socket");
             }
-            run_once(&args, &vmm)?
+            let interrupted = Arc::new(AtomicBool::new(false));
+            for signal in [SIGINT, SIGTERM] {
+                signal_hook::flag::register(signal, Arc::clone(&interrupted))
+                    .context("cannot install the signal handler")?;
+            }
+            run_once(&args, &vmm, &interrupted)?
         }
     };
     events.event("vmm", "stopped", []);

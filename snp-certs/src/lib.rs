@@ -33,6 +33,9 @@ pub mod table;
 pub mod update;
 pub mod x509;
 
+#[cfg(test)]
+mod test_fixtures;
+
 pub use config::{CertsConfig, SharedCertsConfig};
 pub use file::{CertsFileError, CertsReader, Lease, LockedCerts};
 pub use guid::CertKind;

@@ -6,30 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::table::TableBuilder;
 
-macro_rules! fixture {
-    ($path:literal) => {
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/",
-            $path
-        ))
-        .as_slice()
-    };
-}
-
-const MILAN_ARK: &[u8] = fixture!("amd/milan/ark.pem");
-const MILAN_ASK: &[u8] = fixture!("amd/milan/ask.pem");
-const MILAN_VCEK: &[u8] = fixture!("amd/milan/vcek.der");
-const GENOA_ARK: &[u8] = fixture!("amd/genoa/ark.pem");
-const GENOA_ASK: &[u8] = fixture!("amd/genoa/ask.pem");
-const TURIN_ARK: &[u8] = fixture!("amd/turin/ark.pem");
-const TURIN_ASK: &[u8] = fixture!("amd/turin/ask.pem");
-const TURIN_VCEK: &[u8] = fixture!("amd/turin/vcek.der");
-const SYN_ARK: &[u8] = fixture!("synthetic/ark.pem");
-const SYN_ASVK: &[u8] = fixture!("synthetic/asvk.pem");
-const SYN_VLEK: &[u8] = fixture!("synthetic/vlek.der");
-const SYN_CRL: &[u8] = fixture!("synthetic/crl.der");
-const SYN_CRL_REVOKING: &[u8] = fixture!("synthetic/crl-revokes-asvk.der");
+use crate::test_fixtures::*;
 
 /// 2027-06-01T00:00:00Z: every fixture is valid then.
 fn mid_2027() -> SystemTime {

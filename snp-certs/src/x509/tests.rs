@@ -2,23 +2,7 @@
 
 use super::*;
 
-macro_rules! fixture {
-    ($path:literal) => {
-        include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/",
-            $path
-        ))
-        .as_slice()
-    };
-}
-
-const MILAN_ARK: &[u8] = fixture!("amd/milan/ark.pem");
-const MILAN_ASK: &[u8] = fixture!("amd/milan/ask.pem");
-const MILAN_VCEK: &[u8] = fixture!("amd/milan/vcek.der");
-const TURIN_VCEK: &[u8] = fixture!("amd/turin/vcek.der");
-const SYN_VLEK: &[u8] = fixture!("synthetic/vlek.der");
-const SYN_CRL: &[u8] = fixture!("synthetic/crl.der");
+use crate::test_fixtures::*;
 
 fn cert(data: &[u8]) -> CertInfo {
     match describe(data).unwrap() {

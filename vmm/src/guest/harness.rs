@@ -113,37 +113,33 @@ pub struct Transcript {
 }
 
 impl Transcript {
+    /// What `pick` finds in the events, in order.
+    fn picked<T>(&self, pick: impl Fn(&GuestEvent) -> Option<T>) -> Vec<T> {
+        self.events.iter().filter_map(pick).collect()
+    }
+
     /// The reports, in order.
     pub fn reports(&self) -> Vec<GuestReport> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                GuestEvent::Report(r) => Some(*r),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| match e {
+            GuestEvent::Report(r) => Some(*r),
+            _ => None,
+        })
     }
 
     /// The mailboxes rung, in order.
     pub fn rings(&self) -> Vec<Mailbox> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                GuestEvent::Ring(m) => Some(*m),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| match e {
+            GuestEvent::Ring(m) => Some(*m),
+            _ => None,
+        })
     }
 
     /// The pauses asked for, in order.
     pub fn delays(&self) -> Vec<u32> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                GuestEvent::Delay(ms) => Some(*ms),
-                _ => None,
-            })
-            .collect()
+        self.picked(|e| match e {
+            GuestEvent::Delay(ms) => Some(*ms),
+            _ => None,
+        })
     }
 }
 

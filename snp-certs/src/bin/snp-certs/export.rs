@@ -5,13 +5,13 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use snp_certs::table::CertTable;
+use snp_certs::CertKind;
 use snp_certs::x509::{DocumentKind, to_der, to_pem};
-use snp_certs::{CertKind, CertsReader};
+
+use crate::files;
 
 /// Write each entry of a certs file to DIR: ark.der, ask.der, vcek.der,
 /// vlek.der, crl.der (or .pem with --pem), other entries as GUID.bin.
@@ -80,17 +80,14 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Runs `export`.
 pub fn run(args: &ExportArgs) -> Result<ExitCode> {
-    let mut reader = CertsReader::new();
-    let locked = reader
-        .lock_and_read(&args.file, Duration::from_millis(args.timeout))
-        .with_context(|| format!("cannot export {}", args.file.display()))?;
-    let table = CertTable::parse(locked.bytes).context("invalid table")?;
-    let files: Vec<(String, Vec<u8>)> = table
-        .entries()
-        .iter()
-        .map(|e| exported(e.kind, &e.guid, e.data, args.pem))
-        .collect();
-    drop(locked);
+    let files: Vec<(String, Vec<u8>)> =
+        files::with_locked_table(&args.file, args.timeout, "export", |table| {
+            table
+                .entries()
+                .iter()
+                .map(|e| exported(e.kind, &e.guid, e.data, args.pem))
+                .collect()
+        })?;
     fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     for (name, bytes) in &files {

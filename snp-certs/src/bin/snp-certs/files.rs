@@ -1,4 +1,7 @@
-//! Reading input files and writing new output files.
+//! Reading input files and certs files, and writing new output files.
+//!
+//! A certs file is read under its shared lock, like a VMM reads it, so a
+//! tool never looks at a half-updated table.
 //!
 //! Inputs (certificates, new tables) are plain files read whole, with a
 //! size cap so a wrong path (a device, a huge log) fails fast. A new certs
@@ -15,10 +18,28 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use snp_certs::table::MAX_TABLE_SIZE;
+use snp_certs::CertsReader;
+use snp_certs::table::{CertTable, MAX_TABLE_SIZE};
 
 /// Largest input file read (a certificate, CRL or table): 1 MiB.
 const MAX_INPUT: u64 = MAX_TABLE_SIZE as u64;
+
+/// Reads the certs file `path` under its shared lock (waiting at most
+/// `timeout_ms`), and runs `use_table` on it while the lock is held.
+/// `action` names the command in errors ("cannot inspect FILE").
+pub fn with_locked_table<T>(
+    path: &Path,
+    timeout_ms: u64,
+    action: &str,
+    use_table: impl FnOnce(&CertTable<'_>) -> T,
+) -> Result<T> {
+    let mut reader = CertsReader::new();
+    let locked = reader
+        .lock_and_read(path, std::time::Duration::from_millis(timeout_ms))
+        .with_context(|| format!("cannot {action} {}", path.display()))?;
+    let table = CertTable::parse(locked.bytes).context("invalid table")?;
+    Ok(use_table(&table))
+}
 
 /// Reads a whole input file of at most 1 MiB.
 pub fn read_input(path: &Path) -> Result<Vec<u8>> {

@@ -4,15 +4,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
+use snp_certs::CertKind;
 use snp_certs::chain::ChainReport;
 use snp_certs::table::{CertTable, Encoding, TableWarning};
 use snp_certs::x509::{self, EntryInfo};
-use snp_certs::{CertKind, CertsReader};
 
 use crate::chain_report::{self, ChainTime};
+use crate::files;
 
 /// Show the entries of a certs file: GUIDs, names, offsets, lengths,
 /// encodings; for certificates their subject, issuer, validity, serial,
@@ -196,13 +197,9 @@ fn print_x509(e: &EntryReport) {
 
 /// Runs `inspect`. Exit code 0 for a valid table (warnings or not).
 pub fn run(args: &InspectArgs) -> Result<ExitCode> {
-    let mut reader = CertsReader::new();
-    let locked = reader
-        .lock_and_read(&args.file, std::time::Duration::from_millis(args.timeout))
-        .with_context(|| format!("cannot inspect {}", args.file.display()))?;
-    let table = CertTable::parse(locked.bytes).context("invalid table")?;
-    let r = report(args.file.clone(), &table, &args.time);
-    drop(locked);
+    let r = files::with_locked_table(&args.file, args.timeout, "inspect", |table| {
+        report(args.file.clone(), table, &args.time)
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -2,16 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
-use snp_certs::CertsReader;
 use snp_certs::chain::ChainReport;
-use snp_certs::table::{CertTable, TableWarning};
+use snp_certs::table::TableWarning;
 
 use crate::chain_report::{self, ChainTime};
+use crate::files;
 
 /// Check the certificate chain in a certs file: ARK self-signed, ASK/ASVK
 /// signed by the ARK, VCEK/VLEK signed by the ASK/ASVK (real signature
@@ -42,18 +41,13 @@ struct VerifyReport {
 
 /// Runs `verify`.
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
-    let mut reader = CertsReader::new();
-    let locked = reader
-        .lock_and_read(&args.file, Duration::from_millis(args.timeout))
-        .with_context(|| format!("cannot verify {}", args.file.display()))?;
-    let table = CertTable::parse(locked.bytes).context("invalid table")?;
-    let report = VerifyReport {
-        file: args.file.clone(),
-        size: table.as_bytes().len(),
-        chain: args.time.verify(&table),
-        warnings: table.warnings(),
-    };
-    drop(locked);
+    let report =
+        files::with_locked_table(&args.file, args.timeout, "verify", |table| VerifyReport {
+            file: args.file.clone(),
+            size: table.as_bytes().len(),
+            chain: args.time.verify(table),
+            warnings: table.warnings(),
+        })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -288,16 +288,15 @@ fn missing_directory_is_a_clear_error() {
     assert!(matches!(err, ServerError::Bind { .. }), "{err:?}");
 }
 
-#[test]
-fn a_slow_vmm_call_does_not_stall_other_requests() {
-    let h = Harness::start();
-    h.boot();
-    *h.vmm.slow_shutdown.lock().unwrap() = Duration::from_millis(1500);
-    let slow = {
-        let c = h.client();
-        std::thread::spawn(move || c.shutdown_vm())
-    };
-    // Let the slow call reach the VMM.
+/// Starts a `vm.shutdown` that the VMM takes `delay` to answer, and
+/// returns once the call has reached the VMM.
+fn slow_shutdown_in_flight(
+    h: &Harness,
+    delay: Duration,
+) -> std::thread::JoinHandle<Result<(), api_server::client::ClientError>> {
+    *h.vmm.slow_shutdown.lock().unwrap() = delay;
+    let c = h.client();
+    let slow = std::thread::spawn(move || c.shutdown_vm());
     while !h
         .vmm
         .actions
@@ -307,6 +306,14 @@ fn a_slow_vmm_call_does_not_stall_other_requests() {
     {
         std::thread::sleep(Duration::from_millis(5));
     }
+    slow
+}
+
+#[test]
+fn a_slow_vmm_call_does_not_stall_other_requests() {
+    let h = Harness::start();
+    h.boot();
+    let slow = slow_shutdown_in_flight(&h, Duration::from_millis(1500));
     let start = Instant::now();
     h.client().ping().unwrap();
     assert!(
@@ -321,20 +328,7 @@ fn a_slow_vmm_call_does_not_stall_other_requests() {
 fn shutdown_lets_a_request_in_flight_finish() {
     let mut h = Harness::start();
     h.boot();
-    *h.vmm.slow_shutdown.lock().unwrap() = Duration::from_millis(300);
-    let slow = {
-        let c = h.client();
-        std::thread::spawn(move || c.shutdown_vm())
-    };
-    while !h
-        .vmm
-        .actions
-        .lock()
-        .unwrap()
-        .contains(&VmmAction::ShutdownVm)
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let slow = slow_shutdown_in_flight(&h, Duration::from_millis(300));
     h.server.take().unwrap().shutdown();
     slow.join().unwrap().unwrap();
     assert!(!h.socket.exists());

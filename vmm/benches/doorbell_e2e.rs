@@ -68,7 +68,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_server::types::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
-use common::{by_mode, env_usize, f, print_context, print_table, ratio, summarize};
+use common::{Summary, by_mode, env_usize, f, print_context, print_table, ratio, summarize};
 use event_monitor::EventSender;
 use hypervisor::kvm::KvmHypervisor;
 use hypervisor::{GuestMemoryMmap, Vcpu, Vm as _, VmExit, VmType};
@@ -363,6 +363,16 @@ fn main() {
         exits / 4
     );
     let per_s = |ns: f64| f(1e9 / ns, 0);
+    // A row: name, median / best / worst in µs, and the median as a rate.
+    let timing_row = |name: &str, t: &Summary, digits: usize| -> Vec<String> {
+        vec![
+            name.into(),
+            f(t.median / 1e3, digits),
+            f(t.min / 1e3, digits),
+            f(t.max / 1e3, digits),
+            per_s(t.median),
+        ]
+    };
     print_table(
         &[
             "operation",
@@ -372,27 +382,9 @@ fn main() {
             "per second (median)",
         ],
         &[
-            vec![
-                "I/O exit round trip (OUT/IN loop)".into(),
-                f(exit.median / 1e3, 2),
-                f(exit.min / 1e3, 2),
-                f(exit.max / 1e3, 2),
-                per_s(exit.median),
-            ],
-            vec![
-                "KVM_RUN with immediate_exit (EINTR)".into(),
-                f(ie.median / 1e3, 2),
-                f(ie.min / 1e3, 2),
-                f(ie.max / 1e3, 2),
-                per_s(ie.median),
-            ],
-            vec![
-                "16-bit guest loop iteration (dec ecx; jnz)".into(),
-                f(guest_loop.median / 1e3, 3),
-                f(guest_loop.min / 1e3, 3),
-                f(guest_loop.max / 1e3, 3),
-                per_s(guest_loop.median),
-            ],
+            timing_row("I/O exit round trip (OUT/IN loop)", &exit, 2),
+            timing_row("KVM_RUN with immediate_exit (EINTR)", &ie, 2),
+            timing_row("16-bit guest loop iteration (dec ecx; jnz)", &guest_loop, 3),
             vec![
                 "floor per guest request (3 exits + 1 EINTR run)".into(),
                 f(floor_request / 1e3, 2),
@@ -422,27 +414,9 @@ fn main() {
             "requests/s (median)",
         ],
         &[
-            vec![
-                "certs file (4,772 bytes, 3 entries)".into(),
-                f(e2e.median / 1e3, 1),
-                f(e2e.min / 1e3, 1),
-                f(e2e.max / 1e3, 1),
-                per_s(e2e.median),
-            ],
-            vec![
-                "same guest, stub host (canned answers)".into(),
-                f(stubbed.median / 1e3, 1),
-                f(stubbed.min / 1e3, 1),
-                f(stubbed.max / 1e3, 1),
-                per_s(stubbed.median),
-            ],
-            vec![
-                "no certs file (empty table, no lease)".into(),
-                f(empty.median / 1e3, 1),
-                f(empty.min / 1e3, 1),
-                f(empty.max / 1e3, 1),
-                per_s(empty.median),
-            ],
+            timing_row("certs file (4,772 bytes, 3 entries)", &e2e, 1),
+            timing_row("same guest, stub host (canned answers)", &stubbed, 1),
+            timing_row("no certs file (empty table, no lease)", &empty, 1),
         ],
     );
     println!();
@@ -457,13 +431,7 @@ fn main() {
             "worst run",
             "requests/s (median)",
         ],
-        &[vec![
-            "mock vCPU, guest modelled in Rust".into(),
-            f(on_mock.median / 1e3, 1),
-            f(on_mock.min / 1e3, 1),
-            f(on_mock.max / 1e3, 1),
-            per_s(on_mock.median),
-        ]],
+        &[timing_row("mock vCPU, guest modelled in Rust", &on_mock, 1)],
     );
 
     println!();

@@ -66,7 +66,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Jitter, by_mode, env_usize, f, mono_ns, print_context, print_table, ratio, summarize,
+    Jitter, Summary, by_mode, env_usize, f, mono_ns, print_context, print_table, ratio, summarize,
     thread_cpu_ns, thread_voluntary_switches,
 };
 use snp_certs::lock::{self, LockKind};
@@ -409,33 +409,18 @@ fn main() {
     );
     println!();
     println!("## Ratios (medians; p99 in brackets)");
+    let ratio_row = |name: &str, a: &Summary, b: &Summary| -> Vec<String> {
+        vec![
+            name.into(),
+            format!("{} [{}]", ratio(a.median / b.median), ratio(a.p99 / b.p99)),
+        ]
+    };
     print_table(
         &["ratio", "value"],
         &[
-            vec![
-                "ours / floor".into(),
-                format!(
-                    "{} [{}]",
-                    ratio(s_ours.median / s_floor.median),
-                    ratio(s_ours.p99 / s_floor.p99)
-                ),
-            ],
-            vec![
-                "QEMU v1 returns / ours".into(),
-                format!(
-                    "{} [{}]",
-                    ratio(s_qemu_ret.median / s_ours.median),
-                    ratio(s_qemu_ret.p99 / s_ours.p99)
-                ),
-            ],
-            vec![
-                "QEMU v1 lock taken / ours".into(),
-                format!(
-                    "{} [{}]",
-                    ratio(s_qemu_taken.median / s_ours.median),
-                    ratio(s_qemu_taken.p99 / s_ours.p99)
-                ),
-            ],
+            ratio_row("ours / floor", &s_ours, &s_floor),
+            ratio_row("QEMU v1 returns / ours", &s_qemu_ret, &s_ours),
+            ratio_row("QEMU v1 lock taken / ours", &s_qemu_taken, &s_ours),
         ],
     );
 

@@ -5,6 +5,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use option_parser::{OptionError, Options};
 use serde::{Deserialize, Serialize};
 
 /// Queue capacity (in events) used when none is configured.
@@ -20,18 +21,10 @@ pub enum ConfigError {
     /// The option value is empty.
     #[error("Empty event monitor option: expected path=FILE or fd=N")]
     Empty,
-    /// An item is not of the form `key=value`.
-    #[error(
-        "Invalid event monitor option item {0:?}: expected key=value \
-         (paths containing ',' are not supported)"
-    )]
-    MissingValue(String),
-    /// A key other than `path`, `fd` or `capacity`.
-    #[error("Unknown event monitor option {0:?}: expected path, fd or capacity")]
-    UnknownKey(String),
-    /// The same key given twice.
-    #[error("Event monitor option {0:?} given more than once")]
-    DuplicateKey(String),
+    /// The option string is malformed: an item without `=`, an unknown or
+    /// repeated key, an unclosed quote.
+    #[error("Invalid event monitor option")]
+    Syntax(#[from] OptionError),
     /// Both `path` and `fd` given.
     #[error("Event monitor takes either path=FILE or fd=N, not both")]
     BothTargets,
@@ -129,47 +122,48 @@ pub(crate) fn validate_capacity(capacity: usize) -> Result<(), ConfigError> {
 impl FromStr for EventMonitorConfig {
     type Err = ConfigError;
 
+    /// Parses `path=FILE|fd=N[,capacity=N]` with the workspace's one
+    /// option parser, so a path holding a comma is quoted as everywhere
+    /// else: `path="/var/log/a,b.jsonl"`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         if s.is_empty() {
             return Err(ConfigError::Empty);
         }
-        let mut raw = RawConfig::default();
-        for item in s.split(',') {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| ConfigError::MissingValue(item.to_owned()))?;
-            match key {
-                "path" => set_once(&mut raw.path, key, PathBuf::from(value))?,
-                "fd" => {
-                    let fd = value
-                        .parse()
-                        .map_err(|_| ConfigError::InvalidFd(value.to_owned()))?;
-                    set_once(&mut raw.fd, key, fd)?;
-                }
-                "capacity" => {
-                    let capacity = value
-                        .parse()
-                        .map_err(|_| ConfigError::InvalidCapacity(value.to_owned()))?;
-                    set_once(&mut raw.capacity, key, capacity)?;
-                }
-                _ => return Err(ConfigError::UnknownKey(key.to_owned())),
-            }
+        let options = Options::parse(s, KEYS, false)?;
+        let fd = options
+            .get("fd")
+            .map(|v| v.parse().map_err(|_| ConfigError::InvalidFd(v.to_owned())))
+            .transpose()?;
+        let capacity = options
+            .get("capacity")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ConfigError::InvalidCapacity(v.to_owned()))
+            })
+            .transpose()?;
+        RawConfig {
+            path: options.get("path").map(PathBuf::from),
+            fd,
+            capacity,
         }
-        raw.try_into()
+        .try_into()
     }
 }
 
-fn set_once<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), ConfigError> {
-    if slot.replace(value).is_some() {
-        return Err(ConfigError::DuplicateKey(key.to_owned()));
-    }
-    Ok(())
-}
+/// The keys of `--event-monitor`.
+const KEYS: &[&str] = &["path", "fd", "capacity"];
 
 impl fmt::Display for EventMonitorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {
-            EventTarget::Path(path) => write!(f, "path={}", path.display())?,
+            EventTarget::Path(path) => {
+                let path = path.display().to_string();
+                if path.contains(',') {
+                    write!(f, "path=\"{path}\"")?;
+                } else {
+                    write!(f, "path={path}")?;
+                }
+            }
             EventTarget::Fd(fd) => write!(f, "fd={fd}")?,
         }
         if self.capacity != DEFAULT_CAPACITY {
@@ -243,6 +237,10 @@ mod tests {
             parse("path=rel/ev=1.jsonl"),
             Ok(EventMonitorConfig::path("rel/ev=1.jsonl"))
         );
+        assert_eq!(
+            parse("path=\"/var/log/a,b.jsonl\""),
+            Ok(EventMonitorConfig::path("/var/log/a,b.jsonl"))
+        );
         assert_eq!(parse("fd=3"), Ok(EventMonitorConfig::fd(3)));
         assert_eq!(parse("fd=0"), Ok(EventMonitorConfig::fd(0)));
         assert_eq!(
@@ -260,16 +258,22 @@ mod tests {
     fn rejects_each_invalid_form() {
         let cases: &[(&str, ConfigError)] = &[
             ("", Empty),
-            ("path", MissingValue("path".into())),
-            ("path=/a,b", MissingValue("b".into())),
-            ("path=/a,", MissingValue(String::new())),
-            ("file=/a", UnknownKey("file".into())),
-            ("Path=/a", UnknownKey("Path".into())),
-            ("path=/a,path=/b", DuplicateKey("path".into())),
-            ("fd=3,fd=4", DuplicateKey("fd".into())),
+            ("path", Syntax(OptionError::MissingValue("path".into()))),
+            ("path=/a,b", Syntax(OptionError::MissingValue("b".into()))),
+            ("path=/a,", Syntax(OptionError::EmptyItem("path=/a,".into()))),
+            ("path=\"/a", Syntax(OptionError::UnterminatedQuote("path=\"/a".into()))),
+            (
+                "file=/a",
+                Syntax(OptionError::UnknownKey {
+                    key: "file".into(),
+                    known: "path, fd, capacity".into(),
+                }),
+            ),
+            ("path=/a,path=/b", Syntax(OptionError::DuplicateKey("path".into()))),
+            ("fd=3,fd=4", Syntax(OptionError::DuplicateKey("fd".into()))),
             (
                 "fd=3,capacity=1,capacity=2",
-                DuplicateKey("capacity".into()),
+                Syntax(OptionError::DuplicateKey("capacity".into())),
             ),
             ("path=/a,fd=3", BothTargets),
             ("capacity=8", NoTarget),
@@ -291,9 +295,11 @@ mod tests {
 
     #[test]
     fn errors_read_well() {
+        let err = parse("file=/a").unwrap_err();
+        assert_eq!(err.to_string(), "Invalid event monitor option");
         assert_eq!(
-            UnknownKey("file".into()).to_string(),
-            "Unknown event monitor option \"file\": expected path, fd or capacity"
+            std::error::Error::source(&err).map(ToString::to_string),
+            Some("Unknown option \"file\", expected one of: path, fd, capacity".to_owned())
         );
         assert!(
             InvalidCapacity("0".into())
@@ -309,6 +315,7 @@ mod tests {
             "fd=7",
             "fd=7,capacity=10",
             "path=a b,capacity=1",
+            "path=\"/a,b\"",
         ] {
             let config = parse(input).unwrap();
             assert_eq!(config.to_string(), input);

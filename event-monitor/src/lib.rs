@@ -57,6 +57,7 @@
 //! ```
 
 mod config;
+mod counters;
 mod monitor;
 mod writer;
 

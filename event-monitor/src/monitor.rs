@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::config::{ConfigError, EventMonitorConfig, EventTarget, validate_capacity};
+use crate::counters::Shared;
 use crate::writer::{Msg, Output, Writer};
 use crate::{Event, Properties};
 
@@ -57,29 +58,6 @@ pub enum Error {
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// State shared by the senders, the monitor and the writer thread.
-pub(crate) struct Shared {
-    start: Instant,
-    /// Set when shutdown begins; later events are dropped.
-    pub(crate) closing: AtomicBool,
-    /// Events accepted by the output.
-    pub(crate) written: AtomicU64,
-    /// Events dropped because the queue was full or the writer gone.
-    pub(crate) dropped_full: AtomicU64,
-    /// Events dropped because writing them failed.
-    pub(crate) dropped_io: AtomicU64,
-}
-
-impl Shared {
-    fn dropped(&self) -> u64 {
-        self.dropped_full.load(Ordering::Relaxed) + self.dropped_io.load(Ordering::Relaxed)
-    }
-
-    fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
-    }
-}
 
 struct Inner {
     tx: SyncSender<Msg>,

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
 use crate::Event;
-use crate::monitor::Shared;
+use crate::counters::Shared;
 
 /// A batch is written once it holds this many bytes, even if more events wait.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;

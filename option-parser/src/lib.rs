@@ -1,8 +1,9 @@
 //! Cloud Hypervisor-style option strings: `key=value,key=value`.
 //!
-//! The VMM's command line (`--snp certs-file=/p,certs-timeout=50`) and
-//! `snp-remote create` share this parser, so both accept exactly the same
-//! syntax:
+//! Every `key=value` option of the workspace goes through this one parser
+//! (`snp-vmm --snp`, `--platform`, `--payload`, `--api-socket`,
+//! `--event-monitor`, and `snp-remote create`), so all of them accept
+//! exactly the same syntax:
 //!
 //! * items are separated by commas; each is `key=value`;
 //! * the first item may be a bare word without `=`, the option's kind

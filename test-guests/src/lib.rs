@@ -1,0 +1,1 @@
+//! Built-in test guests (being moved here from the vmm crate).

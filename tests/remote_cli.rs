@@ -2,12 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../api-server/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use api_server::types::{PayloadConfig, VmState, VmmAction};
+use vmm_api::{PayloadConfig, VmState, VmmAction};
 use common::{Harness, write_file};
 use serde_json::Value;
 
@@ -102,10 +103,12 @@ fn lifecycle_with_options() {
     assert_eq!(config.memory.size, 128 << 20);
     assert_eq!(
         config.payload,
-        PayloadConfig::Attest {
+        Some(PayloadConfig::Attest {
             requests: 3,
-            interval_ms: 10
-        }
+            interval_ms: 10,
+            retry_ms: 10,
+            max_busy_retries: 100,
+        })
     );
     assert_eq!(config.snp.certs_file, Some(expected));
     drop(s);

@@ -10,7 +10,7 @@
 //! its Rust twin). `SNP_E2E_HYPERVISOR=kvm|mock` forces a backend.
 //!
 //! A guest report's `checksum` is the FNV-1a of the table the guest
-//! received, so `vmm::guest::expected_report_for(table)` tells which file
+//! received, so `test_guests::attest::expected_report_for(table)` tells which file
 //! a request was served from.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -16,14 +16,17 @@ use hypervisor::{
 use snp_certs::lock::{self, LockKind};
 use snp_certs::{CertKind, CertsConfig, TableBuilder};
 use vm_memory::{Bytes, GuestAddress};
-use vmm::attest::AttestLog;
 use vmm::certs_service::CertsService;
-use vmm::doorbell::{DELAY_PORT, DOORBELL_PORT, Mailbox};
+use vmm::doorbell::{DOORBELL_PORT, Mailbox};
+use vmm::pio::PioBus;
 use vmm::exit_dispatch::VcpuEnd;
 use vmm::stop::StopSignal;
 use vmm::vcpu_runner::{VcpuRunner, VcpuShared};
 
 const MIB: usize = 1 << 20;
+
+/// A port no device is attached to.
+const UNCLAIMED_PORT: u16 = 0x5e8;
 
 fn table() -> Vec<u8> {
     let mut b = TableBuilder::new();
@@ -60,15 +63,15 @@ fn run_with(config: CertsConfig, guest: impl MockGuest + 'static) -> (Rig, VcpuE
     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
     let vm = hv.create_vm(VmType::Default).unwrap();
     vm.map_memory(Arc::clone(&memory)).unwrap();
-    let certs = Arc::new(CertsService::new(config, EventSender::disabled()).unwrap());
+    let active = config.validate(Duration::ZERO).unwrap();
+    let certs = Arc::new(CertsService::new(active, EventSender::disabled()));
     let shared = VcpuShared {
         memory: Arc::clone(&memory),
         certs: Arc::clone(&certs),
         stop: Arc::new(StopSignal::default()),
-        attest: Arc::new(AttestLog::default()),
-        events: EventSender::disabled(),
+        bus: Arc::new(PioBus::new()),
+        observer: None,
         doorbell: true,
-        print_reports: false,
     };
     let end = VcpuRunner::new(0, vm.create_vcpu(0).unwrap(), shared).run();
     (Rig { log, memory, certs }, end)
@@ -329,7 +332,7 @@ fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
                     let m = Mailbox::read(mem, 0x3000).unwrap();
                     assert_eq!((m.ret, m.npages), (0, 2));
                     VmExit::IoOut {
-                        port: DELAY_PORT,
+                        port: UNCLAIMED_PORT,
                         data: 1u32.to_le_bytes().to_vec(),
                     }
                 }

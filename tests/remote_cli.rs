@@ -130,7 +130,8 @@ fn create_from_json_file() {
     let v: Value = serde_json::from_str(&ok(&h, &["info", "--json"])).unwrap();
     assert_eq!(
         v["config"]["payload"],
-        serde_json::json!({"kind": "attest", "requests": 9, "interval_ms": 0})
+        serde_json::json!({"kind": "attest", "requests": 9, "interval_ms": 0,
+                           "retry_ms": 10, "max_busy_retries": 100})
     );
     assert_eq!(v["state"], "Created");
 
@@ -226,7 +227,7 @@ fn api_errors_exit_1_with_the_servers_message() {
     assert_eq!(r.code, 1);
     assert_eq!(
         r.stderr,
-        "snp-remote: Invalid vm.snp-certs body: certs_timeout must be at most 10000 ms, got 99999\n"
+        "snp-remote: Invalid vm.snp-certs body: Certs timeout 99999 ms is above the maximum of 1000 ms (the vCPU waits with interrupts disabled)\n"
     );
     let r = run(&h, &["boot"]);
     assert_eq!(

@@ -14,7 +14,7 @@ use hypervisor::{
     GuestMemoryMmap, Hypervisor, SnpCertsCompletion, SnpCertsRequest, VmExit, VmType,
 };
 use snp_certs::lock::{self, LockKind};
-use snp_certs::{CertKind, CertsConfig, TableBuilder};
+use snp_certs::{CertKind, CertsConfig, OnError, TableBuilder};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::certs_service::CertsService;
 use vmm::doorbell::{DOORBELL_PORT, Mailbox};
@@ -258,27 +258,44 @@ fn busy_while_another_holder_has_the_lock_then_served() {
     assert!(stats.lock_wait_us.max >= 20_000);
 }
 
+/// A file that disappears is a persistent fault: the guest gets the empty
+/// table at once (ret 0, 24 zero bytes), counted as a fallback; with
+/// `on_error = busy` it is told busy instead.
 #[test]
-fn busy_when_the_file_disappears() {
-    let (_dir, path) = certs_dir(&table());
-    let gone = path.clone();
-    let mut step = 0;
-    let (rig, _) = run_with(
-        CertsConfig::with_file(&path),
-        move |_: &MockCompletion, _: &GuestMemoryMmap| {
+fn a_missing_file_gets_the_empty_table_or_busy_as_configured() {
+    for (on_error, ret) in [(OnError::Empty, 0), (OnError::Busy, 11)] {
+        let (_dir, path) = certs_dir(&table());
+        let gone = path.clone();
+        let mut step = 0;
+        let config = CertsConfig {
+            on_error,
+            ..CertsConfig::with_file(&path)
+        };
+        let (rig, _) = run_with(config, move |_: &MockCompletion, mem: &GuestMemoryMmap| {
             step += 1;
             if step == 1 {
                 fs::remove_file(&gone).unwrap();
+                mem.write_slice(&[0xee; 64], GuestAddress(0x10000)).unwrap();
                 return req(0x10000, 2);
             }
             VmExit::Hlt
-        },
-    );
-    assert_eq!(
-        completions(&rig.log),
-        [SnpCertsCompletion { ret: 11, npages: 2 }]
-    );
-    assert_eq!(rig.certs.stats().reasons["file-missing"], 1);
+        });
+        assert_eq!(
+            completions(&rig.log),
+            [SnpCertsCompletion { ret, npages: 2 }]
+        );
+        let stats = rig.certs.stats();
+        assert_eq!(stats.reasons["file-missing"], 1);
+        assert_eq!(stats.fallbacks["file-missing"], 1);
+        let mut got = [0u8; 32];
+        rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+        if on_error == OnError::Empty {
+            assert_eq!(&got[..24], &[0; 24], "the empty table");
+            assert_eq!(&got[24..], &[0xee; 8], "nothing more");
+        } else {
+            assert_eq!(got, [0xee; 32], "busy writes nothing");
+        }
+    }
 }
 
 #[test]

@@ -49,12 +49,12 @@ else
 fi
 
 build_start=$SECONDS
-cargo bench -p vmm --locked --no-run
+cargo bench -p snp-certs-vmm --locked --no-run
 echo "bench.sh: build took $((SECONDS - build_start)) s"
 
 for bench in "${benches[@]}"; do
     echo
     start=$SECONDS
-    cargo bench -p vmm --locked --bench "$bench"
+    cargo bench -p snp-certs-vmm --locked --bench "$bench"
     echo "bench.sh: $bench took $((SECONDS - start)) s"
 done

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# The main job: boot the built-in attestation guest under KVM (or the mock
-# backend where /dev/kvm is missing) and serve it the example certificate
-# table in docs/examples/, then print what the guest received.
+# The main job: boot the built-in attestation guest under KVM and serve it
+# the example certificate table in docs/examples/, then print what the
+# guest received. Where /dev/kvm is not usable it says so and asks snp-vmm
+# for the mock backend explicitly (a Rust model of the guest, no real
+# vCPUs); snp-vmm itself never falls back on its own.
 # Extra arguments go to snp-vmm (e.g. --payload attest,requests=20 -v).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
-cargo build --release --locked -p vmm --bin snp-vmm
+cargo build --release --locked --bin snp-vmm
+hypervisor=kvm
+if ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
+    echo "demo: /dev/kvm is not usable here: running on the mock backend (--hypervisor mock)" >&2
+    hypervisor=mock
+fi
 exec target/release/snp-vmm \
+    --hypervisor "$hypervisor" \
     --snp certs-file=docs/examples/certs.bin,doorbell=on \
     --payload attest,requests=5,interval-ms=10 \
     "$@"

@@ -29,4 +29,4 @@ else
 fi
 
 echo "run_snp_host_tests: SNP host found; running the hardware tests"
-SNP_HOST_TESTS=1 cargo test --locked -p hypervisor --test snp_host -- --test-threads=1 --nocapture
+cargo nextest run --locked -p hypervisor --test snp_host --profile snp-host --ignore-default-filter -E "test(/^snp_host_/)" --test-threads=1

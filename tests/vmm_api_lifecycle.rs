@@ -398,12 +398,10 @@ fn a_closed_stdout_does_not_stop_the_guest() {
 }
 
 #[test]
-fn shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
+fn kvm_shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
     // The kick that stops a vCPU must also end its lock wait: on KVM the
     // vCPU thread sleeps in F_OFD_SETLKW (the mock's kick sends no signal).
-    if !support::kvm_or_skip("shutdown_is_prompt_while_a_vcpu_waits_for_the_lock") {
-        return;
-    }
+    support::require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let (a, _) = certs_file(dir.path(), "a.bin", 0x51);
     let vmm = ApiVmm::start(dir.path(), "kvm", &looping_guest(&a, ",certs-timeout=1000"));

@@ -14,15 +14,13 @@ use std::time::Duration;
 
 use snp_certs::lock::{self, LockKind};
 use support::{
-    ChildGuard, Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm_attest, table,
+    ChildGuard, Events, ManagementLock, require_kvm, replace_by_rename, snp_vmm_attest, table,
 };
 use test_guests::attest::expected_report_for;
 
 #[test]
-fn guest_receives_exactly_the_file_after_a_size_query() {
-    if !kvm_or_skip("guest_receives_exactly_the_file_after_a_size_query") {
-        return;
-    }
+fn kvm_guest_receives_exactly_the_file_after_a_size_query() {
+    require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs.bin");
     let bytes = table(0x11);
@@ -69,10 +67,8 @@ fn guest_receives_exactly_the_file_after_a_size_query() {
 }
 
 #[test]
-fn busy_while_the_management_tool_holds_the_lock_then_served() {
-    if !kvm_or_skip("busy_while_the_management_tool_holds_the_lock_then_served") {
-        return;
-    }
+fn kvm_busy_while_the_management_tool_holds_the_lock_then_served() {
+    require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs.bin");
     fs::write(&certs, table(0x22)).unwrap();
@@ -109,10 +105,8 @@ fn busy_while_the_management_tool_holds_the_lock_then_served() {
 }
 
 #[test]
-fn a_file_renamed_over_mid_run_is_picked_up() {
-    if !kvm_or_skip("a_file_renamed_over_mid_run_is_picked_up") {
-        return;
-    }
+fn kvm_a_file_renamed_over_mid_run_is_picked_up() {
+    require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs.bin");
     let old = table(0x33);
@@ -160,10 +154,8 @@ fn a_file_renamed_over_mid_run_is_picked_up() {
 }
 
 #[test]
-fn leases_let_a_writer_in_right_after_each_request() {
-    if !kvm_or_skip("leases_let_a_writer_in_right_after_each_request") {
-        return;
-    }
+fn kvm_leases_let_a_writer_in_right_after_each_request() {
+    require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs.bin");
     fs::write(&certs, table(0x55)).unwrap();

@@ -1,0 +1,155 @@
+//! The host cache of verified KDS documents.
+//!
+//! # Layout
+//!
+//! ```text
+//! {cache}/
+//!   vcek/{product}/cert_chain.pem      ASK then ARK, PEM, as KDS serves it
+//!   vcek/{product}/crl.der             the ARK's CRL, DER
+//!   vcek/{product}/{hwid}/{tcb}.der    one VCEK, DER; {tcb} = bl3-tee0-snp8-ucode115[-fmcN]
+//!   vlek/{product}/cert_chain.pem      ASVK then ARK
+//!   vlek/{product}/crl.der
+//!   pacing/{host}                      next request time (see crate::pacing)
+//! ```
+//!
+//! `{product}` is `milan`, `genoa` or `turin`, `{hwid}` lower-case hex.
+//! VCEKs never change for a given chip and TCB and are kept for good;
+//! chains are kept until their certificates expire (they are checked on
+//! every use); a CRL is used until its `nextUpdate` and then fetched
+//! again.
+//!
+//! # Writers and readers
+//!
+//! Only documents that passed verification are stored. Each is written to
+//! a temporary file in the same directory, synced, and renamed over its
+//! name, so a reader in another process sees the old file or the new one,
+//! never a part. This is a private cache, not a certs file that VMMs lock:
+//! rename is right here. Readers need no lock; what they read is verified
+//! again before use, and an entry that fails is treated as missing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::KdsError;
+use crate::identity::{PlatformId, Product};
+use crate::url::Family;
+
+/// The default cache directory.
+pub const DEFAULT_DIR: &str = "/var/cache/snp-certs/kds";
+
+/// Largest cache file read.
+const MAX_FILE: u64 = 1024 * 1024;
+
+/// A cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// The cache in `dir` (created when first written).
+    pub fn new(dir: &Path) -> Cache {
+        Cache {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn product_dir(&self, product: Product, family: Family) -> PathBuf {
+        self.dir.join(family.name()).join(product.name())
+    }
+
+    /// Where a product's chain is kept.
+    pub fn chain_path(&self, product: Product, family: Family) -> PathBuf {
+        self.product_dir(product, family).join("cert_chain.pem")
+    }
+
+    /// Where a product's CRL is kept.
+    pub fn crl_path(&self, product: Product, family: Family) -> PathBuf {
+        self.product_dir(product, family).join("crl.der")
+    }
+
+    /// Where a VCEK is kept.
+    pub fn vcek_path(&self, id: &PlatformId) -> PathBuf {
+        self.product_dir(id.product, Family::Vcek)
+            .join(id.hwid.to_hex())
+            .join(format!("{}.der", id.tcb.cache_key()))
+    }
+
+    /// Reads an entry; `None` if there is none.
+    pub fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, KdsError> {
+        let error = |source| KdsError::Cache {
+            path: path.to_owned(),
+            source,
+        };
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(error(e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE).read_to_end(&mut bytes).map_err(error)?;
+        Ok(Some(bytes))
+    }
+
+    /// Stores an entry atomically (temporary file, sync, rename).
+    pub fn store(&self, path: &Path, bytes: &[u8]) -> Result<(), KdsError> {
+        let error = |source| KdsError::Cache {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .ok_or_else(|| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(error)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (temp, mut file) = temp_file(dir, &name).map_err(error)?;
+        let written = file
+            .write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::rename(&temp, path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(error(e));
+        }
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Creates a new temporary file next to the entry `name`, mode 0644.
+fn temp_file(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    let pid = std::process::id();
+    for _ in 0..100 {
+        let path = dir.join(format!(".{name}.{pid}.{:08x}.tmp", fastrand::u32(..)));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temporary file name",
+    ))
+}

@@ -153,3 +153,52 @@ fn temp_file(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
         "no free temporary file name",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn readers_see_whole_entries_while_a_writer_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(dir.path()));
+        let path = dir.path().join("vcek/milan/cert_chain.pem");
+        let (a, b) = (vec![b'a'; 64 * 1024], vec![b'b'; 48 * 1024]);
+        cache.store(&path, &a).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (cache, path, stop) = (Arc::clone(&cache), path.clone(), Arc::clone(&stop));
+                let (a, b) = (a.clone(), b.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u32;
+                    while !stop.load(Ordering::Acquire) || reads == 0 {
+                        let got = cache.read(&path).unwrap().unwrap();
+                        assert!(got == a || got == b, "torn read of {} bytes", got.len());
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 0..200 {
+            cache
+                .store(&path, if i % 2 == 0 { &b } else { &a })
+                .unwrap();
+        }
+        stop.store(true, Ordering::Release);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        // No temporary files left behind.
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["cert_chain.pem"]);
+        assert_eq!(cache.read(&dir.path().join("none")).unwrap(), None);
+    }
+}

@@ -98,38 +98,46 @@ impl Cache {
         Ok(Some(bytes))
     }
 
-    /// Stores an entry atomically (temporary file, sync, rename).
+    /// Stores an entry atomically (see [`write_atomic`]).
     pub fn store(&self, path: &Path, bytes: &[u8]) -> Result<(), KdsError> {
-        let error = |source| KdsError::Cache {
+        write_atomic(path, bytes).map_err(|source| KdsError::Cache {
             path: path.to_owned(),
             source,
-        };
-        let dir = path
-            .parent()
-            .ok_or_else(|| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(error)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let (temp, mut file) = temp_file(dir, &name).map_err(error)?;
-        let written = file
-            .write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .and_then(|()| fs::rename(&temp, path));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(error(e));
-        }
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        })
     }
+}
+
+/// Writes `bytes` to `path` atomically: to a temporary file in the same
+/// directory (created if missing, mode 0755), synced, then renamed over
+/// `path`; the directory is synced too. Readers see the old file or the
+/// new one. Only for private files: never for a live certs file, which
+/// VMMs lock (see `snp_certs::update`).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (temp, mut file) = temp_file(dir, &name)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&temp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(e);
+    }
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Creates a new temporary file next to the entry `name`, mode 0644.

@@ -76,16 +76,19 @@ fn canonical(target: &str) -> String {
     }
 }
 
-/// The fixtures directory of `snp-certs`.
+/// The fixtures directory of `snp-certs`, found from the test package's
+/// directory upwards (the workspace root or a member).
 pub fn fixtures() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in ["snp-certs/tests/fixtures", "../snp-certs/tests/fixtures"] {
-        let dir = root.join(candidate);
-        if dir.is_dir() {
-            return dir;
-        }
-    }
-    panic!("snp-certs/tests/fixtures not found from {}", root.display());
+    root.ancestors()
+        .map(|dir| dir.join("snp-certs/tests/fixtures"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "snp-certs/tests/fixtures not found above {}",
+                root.display()
+            )
+        })
 }
 
 /// A fixture's bytes.

@@ -2,7 +2,7 @@
 //! fake KDS (shared with `snp-kds/tests`), the fixtures' identities, and
 //! running the binary against them.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../../snp-kds/tests/support/fake_kds.rs"]
 pub mod fake_kds;

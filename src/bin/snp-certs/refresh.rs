@@ -141,10 +141,12 @@ fn chain_only(
             let mut b = TableBuilder::new();
             b.add(CertKind::Ask, ask.data.to_vec())?;
             b.add(CertKind::Ark, ark.data.to_vec())?;
+            let mut what = "its ASK and ARK";
             if let Some(crl) = old.get(CertKind::Crl) {
                 b.add(CertKind::Crl, crl.data.to_vec())?;
+                what = "its ASK, ARK and CRL";
             }
-            return Ok((b.build()?, "its ASK, ARK and CRL as they were".to_owned()));
+            return Ok((b.build()?, format!("{what} as they were")));
         }
     }
     if let Some(product) = product {
@@ -180,13 +182,14 @@ fn degrade(
         .with_context(|| format!("cannot update {}", args.file.display()))?;
     let bar = "!".repeat(72);
     let target = id.map_or_else(|| "the new TCB".to_owned(), ToString::to_string);
+    let tcb = id.map_or_else(|| "TCB".to_owned(), |id| id.tcb.to_string());
     let file = args.file.display();
     eprintln!(
         "{bar}\nWARNING: no VCEK for {target}:\n  {why}\n\
          {file} now holds {what}, WITHOUT a VCEK, rather than a VCEK that\n\
          does not match the TCB the firmware signs reports with. Guests get\n\
          their reports without a VCEK until this is fixed. Run the same\n\
-         `snp-certs refresh {file} --tcb …` (without the command) once KDS\n\
+         `snp-certs refresh {file} --tcb {tcb}` (without the command) once KDS\n\
          answers, or `--prefetch` ahead of the next update.\n{bar}"
     );
     eprintln!("{}", describe(&report));
@@ -196,7 +199,7 @@ fn degrade(
 /// Runs `refresh --prefetch`.
 fn prefetch(args: &RefreshArgs) -> Result<ExitCode> {
     let old = if args.file.exists() {
-        with_locked_table(&args.file, args.timeout, "read", |t| table_vcek(t))?
+        with_locked_table(&args.file, args.timeout, "read", table_vcek)?
     } else {
         None
     };

@@ -104,7 +104,15 @@ fn refresh_rewrites_in_place_and_a_reader_never_sees_a_mix() {
     // The command holds the lock a while, as a firmware commit would.
     let out = run(snp_certs("refresh", &kds, &dir.path().join("cache"))
         .arg(&path)
-        .args(["--product", "milan", "--hwid", &hwid, "--tcb", &tcb, "--no-crl"])
+        .args([
+            "--product",
+            "milan",
+            "--hwid",
+            &hwid,
+            "--tcb",
+            &tcb,
+            "--no-crl",
+        ])
         .args(["--", "sh", "-c", "sleep 0.3"]));
     assert!(out.status.success());
     assert!(stdout(&out).contains("updated"), "{}", stdout(&out));
@@ -210,9 +218,12 @@ fn prefetch_warms_the_cache_for_a_later_offline_refresh() {
     let (path, ino) = certs_file(dir.path(), &milan_table(true));
     let (_, tcb) = milan();
     // Chip and product come from the file's VCEK.
-    let out = run(snp_certs("refresh", &kds, &cache)
-        .arg(&path)
-        .args(["--prefetch", "--tcb", &tcb, "--no-crl"]));
+    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
+        "--prefetch",
+        "--tcb",
+        &tcb,
+        "--no-crl",
+    ]));
     assert!(out.status.success());
     assert!(stdout(&out).contains("KDS requests: 2"), "{}", stdout(&out));
     assert_eq!(fs::read(&path).unwrap(), milan_table(true));

@@ -6,10 +6,10 @@
 //! # Method
 //!
 //! **End to end**: a VM built by the library exactly as `snp-vmm` builds
-//! it (`vmm::vm::Vm::create` with an `api_server::types::VmConfig`: 1
+//! it (`vmm::vm::Vm::create` with an `vmm_api::VmConfig`: 1
 //! vCPU, 1 MiB, doorbell on, certs file `docs/examples/certs.bin` copied
 //! under Cargo's target directory, events disabled) runs the built-in
-//! attestation guest (`vmm::guest::program`) with `requests = N`,
+//! attestation guest (`test_guests::attest::program`) with `requests = N`,
 //! `interval_ms = 0`. The time from `Vm::boot` to every vCPU having ended
 //! (the guest halts after its last report) is divided by N; nothing is
 //! subtracted. Each guest request is:
@@ -67,18 +67,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api_server::types::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
+use vmm_api::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
 use common::{Summary, by_mode, env_usize, f, print_context, print_table, ratio, summarize};
 use event_monitor::EventSender;
 use hypervisor::kvm::KvmHypervisor;
 use hypervisor::{GuestMemoryMmap, Vcpu, Vm as _, VmExit, VmType};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::backend::{Backend, BackendChoice};
-use vmm::guest::{self, AttestParams};
+use test_guests::TestGuests;
+use test_guests::attest::{self, AttestParams};
 use vmm::vm::Vm;
 
 /// The example table, 3 entries, 4,772 bytes.
-const TABLE: &[u8] = include_bytes!("../../docs/examples/certs.bin");
+const TABLE: &[u8] = include_bytes!("../docs/examples/certs.bin");
 
 /// The reference figure for these machines: I/O exits per second.
 const REFERENCE_EXITS_PER_S: f64 = 115_000.0;
@@ -181,22 +182,23 @@ fn guest_loop_floor(kvm: &KvmHypervisor, outs: usize, exit_ns: f64) -> f64 {
 /// for *this guest's* requests. Returns seconds from the first run to
 /// the halt.
 fn stub_host(kvm: &KvmHypervisor, requests: u32) -> f64 {
-    use vmm::doorbell::{DOORBELL_PORT, Mailbox, REPORT_PORT, ReportStatus};
+    use test_guests::report::{REPORT_PORT, ReportStatus, read_report};
+    use vmm::doorbell::{DOORBELL_PORT, Mailbox};
     let params = AttestParams {
         requests,
         interval_ms: 0,
         ..AttestParams::default()
     };
-    let code = guest::program(&params).unwrap();
+    let code = attest::program(&params).unwrap();
     let memory =
         Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
     memory
-        .write_slice(&code, GuestAddress(guest::CODE_GPA))
+        .write_slice(&code, GuestAddress(attest::CODE_GPA))
         .unwrap();
     let vm = kvm.create_kvm_vm(VmType::Default).unwrap();
     vm.map_memory(Arc::clone(&memory)).unwrap();
     let mut vcpu = vm.create_kvm_vcpu(0).unwrap();
-    vcpu.setup_real_mode(guest::CODE_GPA).unwrap();
+    vcpu.setup_real_mode(attest::CODE_GPA).unwrap();
     let pages = (TABLE.len() as u64).div_ceil(4096);
     let mut reports = 0u32;
     let start = Instant::now();
@@ -219,7 +221,7 @@ fn stub_host(kvm: &KvmHypervisor, requests: u32) -> f64 {
             }
             VmExit::IoOut { port, data } if port == REPORT_PORT => {
                 let at = u64::from(u32::from_le_bytes(data[..4].try_into().unwrap()));
-                let report = guest::read_report(&*memory, at).unwrap();
+                let report = read_report(&*memory, at).unwrap();
                 assert_eq!(report.status, ReportStatus::Ok as u32, "{report:?}");
                 reports += 1;
             }
@@ -242,13 +244,17 @@ fn end_to_end(backend: &Backend, certs_file: Option<&Path>, requests: u32) -> f6
             certs_file: certs_file.map(Path::to_path_buf),
             certs_timeout: 100,
             doorbell: true,
+            ..SnpConfig::default()
         },
-        payload: PayloadConfig::Attest {
+        payload: Some(PayloadConfig::Attest {
             requests,
             interval_ms: 0,
-        },
+            retry_ms: 10,
+            max_busy_retries: 100,
+        }),
     };
-    let mut vm = Vm::create(backend, config, EventSender::disabled(), false)
+    let guests = TestGuests::new(false);
+    let mut vm = Vm::create(backend, config, EventSender::disabled(), &guests)
         .unwrap_or_else(|e| panic!("cannot create the VM: {e:#?}"));
     let start = Instant::now();
     vm.boot().unwrap();
@@ -256,7 +262,7 @@ fn end_to_end(backend: &Backend, certs_file: Option<&Path>, requests: u32) -> f6
     let elapsed = start.elapsed().as_secs_f64();
     vm.shutdown();
     assert!(ended, "the guest did not halt within 300 s");
-    let records = vm.attest().records();
+    let records = guests.last_log().map(|l| l.records()).unwrap_or_default();
     assert_eq!(records.len(), requests as usize, "reports missing");
     let bad = records
         .iter()
@@ -284,7 +290,7 @@ fn main() {
         Err(e) => {
             println!(
                 "doorbell_e2e: skipped: /dev/kvm is not usable ({})",
-                snp_certs::serve::error_chain(&e)
+                vmm_api::error_chain(&e)
             );
             return;
         }
@@ -296,7 +302,7 @@ fn main() {
             return;
         }
     };
-    let program = guest::program(&AttestParams {
+    let program = attest::program(&AttestParams {
         requests,
         interval_ms: 0,
         ..AttestParams::default()

@@ -334,7 +334,7 @@ fn main() {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let path = dir.path().join("certs.bin");
-    std::fs::write(&path, include_bytes!("../../docs/examples/certs.bin")).unwrap();
+    std::fs::write(&path, include_bytes!("../docs/examples/certs.bin")).unwrap();
     let kept = File::open(&path).unwrap();
     let mut writer = Writer::spawn(&path);
     println!(

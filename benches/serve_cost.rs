@@ -64,7 +64,7 @@ use snp_certs::{CertTable, CertsConfig, CertsReader, serve};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// The example table, 3 entries, 4,772 bytes.
-const TABLE: &[u8] = include_bytes!("../../docs/examples/certs.bin");
+const TABLE: &[u8] = include_bytes!("../docs/examples/certs.bin");
 /// Guest buffer address and size (the table needs 2 pages).
 const BUFFER_GPA: u64 = 0x8000;
 const BUFFER_PAGES: u64 = 2;
@@ -262,6 +262,7 @@ fn main() {
         .expect("buffer inside guest memory");
     let buf_sz = (BUFFER_PAGES * 4096) as usize;
     let config = CertsConfig::with_file(&path);
+    let budget = snp_certs::BusyBudget::new();
     let mut reader = CertsReader::new();
     let kept_fd = open_raw(&cpath);
     let mut buf = vec![0u8; READ_BUF];
@@ -275,11 +276,11 @@ fn main() {
         npages: 0,
     };
     // Check each path once, untimed.
-    let outcome = serve(&mut reader, &config, deliver, &memory);
+    let outcome = serve(&mut reader, &config, &budget, deliver, &memory);
     assert_eq!(outcome.kind, OutcomeKind::Delivered, "{:?}", outcome.detail);
     assert_eq!(outcome.bytes, TABLE.len());
     drop(outcome);
-    let outcome = serve(&mut reader, &config, size_query, &memory);
+    let outcome = serve(&mut reader, &config, &budget, size_query, &memory);
     assert_eq!(outcome.kind, OutcomeKind::NeedPages);
     assert_eq!(floor_open(&cpath, &mut buf), TABLE.len());
     // SAFETY: `guest_buf` is the host address of the 2-page buffer inside
@@ -292,13 +293,13 @@ fn main() {
     let mut run = |row: Row| -> f64 {
         match row {
             Row::OursDeliver => time_per_op(iters, || {
-                let outcome = serve(&mut reader, &config, deliver, &memory);
+                let outcome = serve(&mut reader, &config, &budget, deliver, &memory);
                 debug_assert_eq!(outcome.kind, OutcomeKind::Delivered);
                 // Dropping the outcome drops the lease: the unlock.
                 drop(black_box(outcome));
             }),
             Row::OursSizeQuery => time_per_op(iters, || {
-                let outcome = serve(&mut reader, &config, size_query, &memory);
+                let outcome = serve(&mut reader, &config, &budget, size_query, &memory);
                 drop(black_box(outcome));
             }),
             Row::Validate => time_per_op(iters, || {

@@ -9,6 +9,7 @@
 // Test helpers outside #[test] functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "certs_support/mod.rs"]
 mod common;
 
 use std::fs;

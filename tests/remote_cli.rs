@@ -2,12 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../api-server/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use api_server::types::{PayloadConfig, VmState, VmmAction};
+use vmm_api::{PayloadConfig, VmState, VmmAction};
 use common::{Harness, write_file};
 use serde_json::Value;
 
@@ -102,10 +103,12 @@ fn lifecycle_with_options() {
     assert_eq!(config.memory.size, 128 << 20);
     assert_eq!(
         config.payload,
-        PayloadConfig::Attest {
+        Some(PayloadConfig::Attest {
             requests: 3,
-            interval_ms: 10
-        }
+            interval_ms: 10,
+            retry_ms: 10,
+            max_busy_retries: 100,
+        })
     );
     assert_eq!(config.snp.certs_file, Some(expected));
     drop(s);
@@ -127,7 +130,8 @@ fn create_from_json_file() {
     let v: Value = serde_json::from_str(&ok(&h, &["info", "--json"])).unwrap();
     assert_eq!(
         v["config"]["payload"],
-        serde_json::json!({"kind": "attest", "requests": 9, "interval_ms": 0})
+        serde_json::json!({"kind": "attest", "requests": 9, "interval_ms": 0,
+                           "retry_ms": 10, "max_busy_retries": 100})
     );
     assert_eq!(v["state"], "Created");
 
@@ -223,7 +227,7 @@ fn api_errors_exit_1_with_the_servers_message() {
     assert_eq!(r.code, 1);
     assert_eq!(
         r.stderr,
-        "snp-remote: Invalid vm.snp-certs body: certs_timeout must be at most 10000 ms, got 99999\n"
+        "snp-remote: Invalid vm.snp-certs body: Certs timeout 99999 ms is above the maximum of 1000 ms (the vCPU waits with interrupts disabled)\n"
     );
     let r = run(&h, &["boot"]);
     assert_eq!(

@@ -10,7 +10,7 @@
 //! its Rust twin). `SNP_E2E_HYPERVISOR=kvm|mock` forces a backend.
 //!
 //! A guest report's `checksum` is the FNV-1a of the table the guest
-//! received, so `vmm::guest::expected_report_for(table)` tells which file
+//! received, so `test_guests::attest::expected_report_for(table)` tells which file
 //! a request was served from.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -72,6 +72,7 @@ fn certs_file_changes_while_the_guest_runs_reach_later_requests() {
     assert_eq!(
         props(&changed[0]),
         &json!({"certs_file": b, "certs_timeout": 100, "previous_certs_file": a,
+                "busy_budget": 30000, "on_error": "empty", "allow_large": false,
                 "generation": 1, "warnings": []})
     );
     reports_with(sums[1], acked_b);
@@ -107,6 +108,7 @@ fn certs_file_changes_while_the_guest_runs_reach_later_requests() {
     assert_eq!(
         props(&changed[1]),
         &json!({"certs_file": c, "certs_timeout": 100, "previous_certs_file": b,
+                "busy_budget": 30000, "on_error": "empty", "allow_large": false,
                 "generation": 2, "warnings": []})
     );
     reports_with(sums[2], acked_c);
@@ -325,7 +327,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             endpoint: "vm.snp-certs",
             body: put(r#"{"certs_timeout": 5, "surprise": 1}"#),
             status: 400,
-            message: "surprise: unknown field `surprise`, expected `certs_file` or `certs_timeout`"
+            message: "surprise: unknown field `surprise`, expected one of `certs_file`, `certs_timeout`, `busy_budget`, `on_error`, `allow_large`"
                 .into(),
         },
         Refusal {
@@ -410,15 +412,15 @@ fn bad_inputs_are_refused_and_change_nothing() {
             endpoint: "vm.snp-certs",
             body: put(r#"{"certs_file": "a.bin"}"#),
             status: 400,
-            message: "certs_file must be an absolute path, got \"a.bin\"".into(),
+            message: "Certs file a.bin must be an absolute path".into(),
         },
         Refusal {
             what: "timeout above the maximum",
             method: "PUT",
             endpoint: "vm.snp-certs",
-            body: put(r#"{"certs_timeout": 10001}"#),
+            body: put(r#"{"certs_timeout": 1001}"#),
             status: 400,
-            message: "certs_timeout must be at most 10000 ms, got 10001".into(),
+            message: "Certs timeout 1001 ms is above the maximum of 1000 ms".into(),
         },
         Refusal {
             what: "oversized body",
@@ -526,7 +528,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
     );
     let run = vmm.remote(&["set-certs", "--certs-timeout", "10001"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("at most 10000 ms"), "{run:?}");
+    assert!(run.stderr.contains("above the maximum of 1000 ms"), "{run:?}");
     let run = vmm.remote(&["set-certs"]);
     assert_eq!(run.code, 2, "set-certs needs an option: {run:?}");
     if curl_available() {

@@ -237,8 +237,11 @@ fn lifecycle_through_snp_remote() {
     assert_eq!(
         info["config"],
         json!({"cpus": {"boot": 2}, "memory": {"size": 64 << 20},
-               "snp": {"certs_file": a, "certs_timeout": 100, "doorbell": true},
-               "payload": {"kind": "attest", "requests": 100000, "interval_ms": 5}})
+               "snp": {"certs_file": a, "certs_timeout": 100, "busy_budget": 30000,
+                       "on_error": "empty", "allow_large": false, "startup_wait": 30000,
+                       "doorbell": true},
+               "payload": {"kind": "attest", "requests": 100000, "interval_ms": 5,
+                           "retry_ms": 10, "max_busy_retries": 100}})
     );
 
     let run = vmm.remote(&["boot"]);
@@ -326,7 +329,8 @@ fn lifecycle_through_snp_remote() {
     let created = vmm.events.named("created");
     assert_eq!(
         props(&created[0]),
-        &json!({"vcpus": 2, "memory": 64 << 20, "hypervisor": hv, "certs_file": a})
+        &json!({"vcpus": 2, "memory": 64 << 20, "hypervisor": hv, "certs_file": a,
+                "payload": "attest"})
     );
     assert_eq!(props(&vmm.events.named("booted")[0])["vcpus"], 2);
     assert_eq!(props(&vmm.events.named("shutdown")[0])["leases_held"], 0);
@@ -405,7 +409,7 @@ fn shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
     let vmm = ApiVmm::start(
         dir.path(),
         "kvm",
-        &looping_guest(&a, ",certs-timeout=10000"),
+        &looping_guest(&a, ",certs-timeout=1000"),
     );
     vmm.events.wait_named_from(0, "report", 2);
     let tool = ManagementLock::take(&a);

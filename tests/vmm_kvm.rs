@@ -16,7 +16,7 @@ use snp_certs::lock::{self, LockKind};
 use support::{
     ChildGuard, Events, ManagementLock, kvm_or_skip, replace_by_rename, snp_vmm_attest, table,
 };
-use vmm::guest::expected_report_for;
+use test_guests::attest::expected_report_for;
 
 #[test]
 fn guest_receives_exactly_the_file_after_a_size_query() {

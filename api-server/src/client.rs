@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::net::UnixStream;
 
 use crate::routes::{API_ROOT, Method};
-use crate::types::{
+use vmm_api::{
     ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmCounters, VmInfo,
 };
 

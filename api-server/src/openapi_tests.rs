@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::routes::{Method, ROUTES, Success};
-use crate::types::{
+use vmm_api::{
     ErrorBody, LockWaitSummary, OutcomeCounts, PayloadConfig, PingResponse, SnpCertsInfo,
     SnpCertsUpdate, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
 };
@@ -143,6 +143,9 @@ fn schemas_match_the_rust_types() {
     let full_update = SnpCertsUpdate {
         certs_file: Some(Some("/c".into())),
         certs_timeout: Some(1),
+        busy_budget: Some(1),
+        on_error: Some(snp_certs::OnError::Busy),
+        allow_large: Some(true),
     };
     let info = VmInfo {
         config: VmConfig::default(),
@@ -178,7 +181,7 @@ fn schemas_match_the_rust_types() {
         ),
         (
             "AttestPayload",
-            serde_json::to_value(PayloadConfig::default()).unwrap(),
+            serde_json::to_value(PayloadConfig::attest()).unwrap(),
         ),
         ("PingResponse", serde_json::to_value(&ping).unwrap()),
         ("VmInfo", serde_json::to_value(&info).unwrap()),
@@ -260,9 +263,13 @@ fn defaults_match() {
         ("snp", "SnpConfig"),
         ("payload", "AttestPayload"),
     ] {
+        let defaults = match section {
+            "payload" => serde_json::to_value(PayloadConfig::attest()).unwrap(),
+            _ => config[section].clone(),
+        };
         for (field, property) in schemas[schema]["properties"].as_object().unwrap() {
             if let Some(default) = property.get("default") {
-                assert_eq!(&config[section][field], default, "{schema}.{field}");
+                assert_eq!(&defaults[field], default, "{schema}.{field}");
             }
         }
     }

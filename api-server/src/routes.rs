@@ -6,9 +6,9 @@
 //! from it, and a test checks `openapi.yaml` against it.
 
 use serde::de::DeserializeOwned;
-use snp_certs::config::MAX_CERTS_TIMEOUT_MS;
 
-use crate::types::{ApiError, ApiErrorKind, SnpCertsUpdate, VmConfig, VmmAction};
+use snp_certs::CertsConfig;
+use vmm_api::{ApiError, ApiErrorKind, SnpCertsUpdate, VmConfig, VmmAction, error_chain};
 
 /// Prefix of every endpoint path.
 pub const API_ROOT: &str = "/api/v1/";
@@ -244,29 +244,29 @@ fn json<T: DeserializeOwned>(route: &Route, body: &[u8]) -> Result<T, ApiError> 
 
 fn parse_create(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
     let config: VmConfig = json(route, body)?;
-    config
-        .validate()
-        .map_err(|e| ApiError::bad_request(format!("Invalid {} body: {e}", route.endpoint)))?;
+    config.validate().map_err(|e| {
+        ApiError::bad_request(format!(
+            "Invalid {} body: {}",
+            route.endpoint,
+            error_chain(&e)
+        ))
+    })?;
     Ok(VmmAction::CreateVm(Box::new(config)))
 }
 
 fn parse_put_certs(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
     let update: SnpCertsUpdate = json(route, body)?;
-    let prefix = format!("Invalid {} body", route.endpoint);
-    if let Some(Some(path)) = &update.certs_file {
-        if !path.is_absolute() {
-            return Err(ApiError::bad_request(format!(
-                "{prefix}: certs_file must be an absolute path, got {path:?}"
-            )));
-        }
-    }
-    if let Some(ms) = update.certs_timeout {
-        if ms > MAX_CERTS_TIMEOUT_MS {
-            return Err(ApiError::bad_request(format!(
-                "{prefix}: certs_timeout must be at most {MAX_CERTS_TIMEOUT_MS} ms, got {ms}"
-            )));
-        }
-    }
+    // snp-certs's rules, on a configuration holding just the values given.
+    update
+        .apply(&CertsConfig::default())
+        .check()
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "Invalid {} body: {}",
+                route.endpoint,
+                error_chain(&e)
+            ))
+        })?;
     Ok(VmmAction::PutSnpCerts(update))
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::*;
-use crate::types::PayloadConfig;
+use vmm_api::PayloadConfig;
 
 fn parse(method: &str, endpoint: &str, body: &str) -> Result<VmmAction, ApiError> {
     parse_request(method, &format!("{API_ROOT}{endpoint}"), body.as_bytes())
@@ -60,10 +60,12 @@ fn create_vm() {
     assert!(config.snp.doorbell);
     assert_eq!(
         config.payload,
-        PayloadConfig::Attest {
+        Some(PayloadConfig::Attest {
             requests: 3,
-            interval_ms: 7
-        }
+            interval_ms: 7,
+            retry_ms: 10,
+            max_busy_retries: 100,
+        })
     );
     assert_eq!(
         parse("PUT", "vm.create", "{}").unwrap(),
@@ -92,11 +94,11 @@ fn create_vm_refusals_name_the_field() {
         ),
         (
             r#"{"snp":{"certs_file":"rel"}}"#,
-            "Invalid vm.create body: snp.certs_file must be an absolute path",
+            "Invalid vm.create body: snp: Certs file rel must be an absolute path",
         ),
         (
-            r#"{"snp":{"certs_timeout":10001}}"#,
-            "Invalid vm.create body: snp.certs_timeout must be at most",
+            r#"{"snp":{"certs_timeout":1001}}"#,
+            "Invalid vm.create body: snp: Certs timeout 1001 ms is above the maximum",
         ),
         (
             r#"{"snp":{"certs-file":"/x"}}"#,
@@ -144,14 +146,15 @@ fn put_snp_certs_absent_null_value() {
         update(r#"{"certs_file":"/n","certs_timeout":0}"#),
         SnpCertsUpdate {
             certs_file: Some(Some("/n".into())),
-            certs_timeout: Some(0)
+            certs_timeout: Some(0),
+            ..SnpCertsUpdate::default()
         }
     );
     assert_eq!(
-        update(r#"{"certs_timeout":10000}"#),
+        update(r#"{"certs_timeout":1000}"#),
         SnpCertsUpdate {
-            certs_file: None,
-            certs_timeout: Some(10_000)
+            certs_timeout: Some(1_000),
+            ..SnpCertsUpdate::default()
         }
     );
 }
@@ -205,11 +208,19 @@ fn put_snp_certs_refusals() {
         ),
         (
             r#"{"certs_file":"rel/c.bin"}"#,
-            "Invalid vm.snp-certs body: certs_file must be an absolute path",
+            "Invalid vm.snp-certs body: Certs file rel/c.bin must be an absolute path",
         ),
         (
-            r#"{"certs_timeout":10001}"#,
-            "Invalid vm.snp-certs body: certs_timeout must be at most 10000 ms, got 10001",
+            r#"{"certs_timeout":1001}"#,
+            "Invalid vm.snp-certs body: Certs timeout 1001 ms is above the maximum of 1000 ms",
+        ),
+        (
+            r#"{"busy_budget":50001}"#,
+            "Invalid vm.snp-certs body: Busy budget 50001 ms is above the maximum of 50000 ms",
+        ),
+        (
+            r#"{"on_error":"eio"}"#,
+            "Invalid vm.snp-certs body: on_error: unknown variant `eio`",
         ),
         ("", "PUT vm.snp-certs needs a JSON body"),
     ];

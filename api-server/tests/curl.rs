@@ -118,7 +118,7 @@ fn every_error_class() {
         ),
         (
             r#"{"certs_file": "/x", "surprise": true}"#,
-            "Invalid vm.snp-certs body: surprise: unknown field `surprise`, expected `certs_file` or `certs_timeout` at line 1 column 31",
+            "Invalid vm.snp-certs body: surprise: unknown field `surprise`, expected one of `certs_file`, `certs_timeout`, `busy_budget`, `on_error`, `allow_large` at line 1 column 31",
         ),
         (
             r#"{"certs_timeout": "fast"}"#,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use api_server::client::ClientError;
 use api_server::routes::{MAX_BODY_SIZE, Method};
 use api_server::server::ServerError;
-use api_server::types::{SnpCertsUpdate, VmConfig, VmState, VmmAction};
+use vmm_api::{SnpCertsUpdate, VmConfig, VmState, VmmAction};
 use api_server::{ApiClient, ApiServer};
 use common::{FakeVmm, Harness, write_file};
 use serde_json::{Value, json};
@@ -130,12 +130,12 @@ fn refusals_leave_the_configuration_alone() {
         (
             br#"{"certs_timeout":20000}"#,
             400,
-            "Invalid vm.snp-certs body: certs_timeout must be at most 10000 ms",
+            "Invalid vm.snp-certs body: Certs timeout 20000 ms is above the maximum of 1000 ms",
         ),
         (
             br#"{"certs_file":"relative.bin"}"#,
             400,
-            "Invalid vm.snp-certs body: certs_file must be an absolute path",
+            "Invalid vm.snp-certs body: Certs file relative.bin must be an absolute path",
         ),
         (b"", 400, "PUT vm.snp-certs needs a JSON body"),
     ];

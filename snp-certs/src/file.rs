@@ -109,6 +109,18 @@ pub enum CertsFileError {
 }
 
 impl CertsFileError {
+    /// Whether another process kept the lock past the timeout (an update
+    /// in progress, as opposed to a missing or broken file).
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(
+            self,
+            CertsFileError::Lock {
+                source: LockError::Timeout { .. },
+                ..
+            }
+        )
+    }
+
     /// How long the lock was waited for before this error, if at all.
     pub fn lock_wait(&self) -> Duration {
         match self {
@@ -182,6 +194,7 @@ pub struct CertsReader {
     buffer: Vec<u8>,
     cancel: Option<Arc<AtomicBool>>,
     last_lock_wait: Duration,
+    last_lock_tried: bool,
 }
 
 fn file_type_name(ft: std::fs::FileType) -> &'static str {
@@ -300,6 +313,12 @@ impl CertsReader {
         self.last_lock_wait
     }
 
+    /// Whether the last [`CertsReader::lock_and_read`] got as far as
+    /// asking for the lock (a missing or unopenable file does not).
+    pub fn last_lock_tried(&self) -> bool {
+        self.last_lock_tried
+    }
+
     /// Forgets the cached descriptor (e.g. after the VM's certs file was
     /// changed). Outstanding leases keep their own reference.
     pub fn close(&mut self) {
@@ -336,8 +355,10 @@ impl CertsReader {
         let mut lock_wait = Duration::ZERO;
         let mut reopened = 0;
         self.last_lock_wait = Duration::ZERO;
+        self.last_lock_tried = false;
         let (file, acquired, size) = loop {
             let file = self.file_for(path)?;
+            self.last_lock_tried = true;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let cancel = self.cancel.as_deref();
             let waited = lock::lock_or_cancel(&file, LockKind::Shared, remaining, cancel).map_err(

@@ -15,14 +15,17 @@
 //! * [`guid`]: the well-known certificate GUIDs.
 //! * [`lock`]: whole-file OFD locks with a bounded, non-polling wait.
 //! * [`file`]: opening, locking, re-checking and reading a certs file.
-//! * [`config`]: a VM's certs configuration, swappable at run time.
-//! * [`serve`]: one guest request, start to finish.
+//! * [`config`]: a VM's certs configuration and every rule it obeys,
+//!   swappable at run time.
+//! * [`budget`]: how long a guest may be told busy.
+//! * [`serve`]: one guest request, start to finish, and the answer policy.
 //! * [`x509`]: certificates and CRLs in tables: PEM/DER, descriptions,
 //!   signature checks.
 //! * [`chain`]: checking the AMD endorsement chain a table carries.
 //! * [`update`]: the writer half of the lock protocol: rewriting a live
 //!   certs file in place under the exclusive lock.
 
+pub mod budget;
 pub mod chain;
 pub mod config;
 pub mod file;
@@ -36,7 +39,8 @@ pub mod x509;
 #[cfg(test)]
 mod test_fixtures;
 
-pub use config::{CertsConfig, SharedCertsConfig};
+pub use budget::BusyBudget;
+pub use config::{ActiveCerts, CertsConfig, OnError, SharedCertsConfig};
 pub use file::{CertsFileError, CertsReader, Lease, LockedCerts};
 pub use guid::CertKind;
 pub use serve::{CertsRequest, Outcome, OutcomeKind, Reason, serve};

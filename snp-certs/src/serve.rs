@@ -1,22 +1,35 @@
-//! Serving one guest certificate request.
+//! Serving one guest certificate request: the answer policy.
 //!
 //! A guest asks for certificates with a buffer address `gpa` (4 KiB
 //! aligned) and its size in pages, `npages`; both come verbatim from the
 //! guest and are untrusted. [`serve`] answers with an [`Outcome`] whose
 //! [`ret`](Outcome::ret) and [`npages`](Outcome::npages) are exactly what
-//! the VMM writes back into `KVM_EXIT_SNP_REQ_CERTS`:
+//! the VMM writes back into `KVM_EXIT_SNP_REQ_CERTS`.
+//!
+//! What a Linux guest does with each answer decides the policy:
+//!
+//! | `ret` | what a Linux guest does |
+//! | --- | --- |
+//! | 0 | sends the report request to firmware and reads the table from its buffer |
+//! | `ENOSPC` | learns the size from `npages`; a 16 KiB configfs-tsm caller cannot grow its buffer and fails |
+//! | `EAGAIN` | sleeps 2 s and asks again; **after 60 s it gives up and disables its VMPCK key for good** |
+//! | `EIO` | disables its VMPCK key for good |
+//!
+//! So the answers are:
 //!
 //! | outcome | `ret` | `npages` | guest memory | when |
 //! | --- | --- | --- | --- | --- |
 //! | delivered | 0 | unchanged | table written at `gpa` | the file was locked, valid and fits |
 //! | delivered (no file) | 0 | unchanged | 24 zero bytes if `npages > 0` | no certs file configured |
 //! | need pages | `ENOSPC` | `ceil(size / 4096)` | untouched | the buffer is too small (`npages = 0` asks for the size) |
-//! | busy | `EAGAIN` | unchanged | untouched | host-side trouble: lock timeout, file missing, unreadable or invalid; a wait cut short because the VM is stopping |
-//! | failed | `EIO` | unchanged | untouched | the guest's own permanent fault: misaligned `gpa`, overflowing buffer, buffer outside guest RAM |
+//! | busy | `EAGAIN` | unchanged | untouched | transient trouble (a writer holds the lock, the file keeps being replaced) while the VM's [busy budget](crate::budget) lasts; a wait cut short because the VM is stopping |
+//! | fallback | 0 (`EAGAIN` with `on_error = busy`) | unchanged | as with no file | persistent trouble (file missing, not regular, unreadable, invalid, too large, over 16 KiB) at once; transient trouble once the busy budget is spent |
+//! | failed | `EIO` | unchanged | untouched | the guest's own permanent fault: misaligned `gpa`, overflowing buffer, the bytes to write not all in guest RAM |
 //!
-//! `EIO` makes a Linux guest disable its VMPCK key for good, so it is kept
-//! for faults the guest made and cannot recover from; everything an
-//! operator can fix is `EAGAIN`, which the guest retries.
+//! `EIO` is kept for faults the guest made and cannot recover from. A
+//! buffer whose end lies past guest RAM is the guest's fault only if the
+//! bytes to be written do not fit: the VMM writes just the table, so a
+//! buffer that is too long but whose first bytes hold the table is served.
 //!
 //! A delivered outcome from a certs file carries the [`Lease`]: keep it
 //! until KVM has sent the guest's report request to firmware, then drop it.
@@ -30,22 +43,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::config::CertsConfig;
+use crate::budget::BusyBudget;
+use crate::config::{CertsConfig, OnError};
 use crate::file::{CertsFileError, CertsReader, Lease};
 use crate::lock::LockError;
-use crate::table::EMPTY_TABLE;
+use crate::table::{EMPTY_TABLE, LINUX_GUEST_MAX_SIZE};
 
 /// Size of a guest page as counted by `npages`.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// `ret` for success.
-pub const RET_OK: u64 = 0;
-/// `ret` when the buffer is too small.
-pub const RET_ENOSPC: u64 = libc::ENOSPC as u64;
-/// `ret` when the host is busy: the guest retries.
-pub const RET_EAGAIN: u64 = libc::EAGAIN as u64;
-/// `ret` for a permanent guest fault: the guest gives up attestation.
-pub const RET_EIO: u64 = libc::EIO as u64;
 
 /// A guest's certificate request, verbatim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,14 +85,16 @@ impl OutcomeKind {
         OutcomeKind::Failed,
     ];
 
-    /// The `ret` value for this kind.
+    /// The `ret` value for this kind, as `KVM_EXIT_SNP_REQ_CERTS` takes
+    /// it: 0, `ENOSPC`, `EAGAIN` or `EIO`.
     pub fn ret(self) -> u64 {
-        match self {
-            OutcomeKind::Delivered => RET_OK,
-            OutcomeKind::NeedPages => RET_ENOSPC,
-            OutcomeKind::Busy => RET_EAGAIN,
-            OutcomeKind::Failed => RET_EIO,
-        }
+        let errno = match self {
+            OutcomeKind::Delivered => 0,
+            OutcomeKind::NeedPages => libc::ENOSPC,
+            OutcomeKind::Busy => libc::EAGAIN,
+            OutcomeKind::Failed => libc::EIO,
+        };
+        errno.unsigned_abs().into()
     }
 
     /// Kebab-case name, as in JSON and events.
@@ -134,6 +142,9 @@ pub enum Reason {
     FileTooLarge,
     /// The certs file is not a valid table.
     FileInvalid,
+    /// The table is larger than the 16 KiB a Linux guest can receive (and
+    /// `allow_large` is off).
+    ExceedsGuestLimit,
     /// The certs file kept being replaced while being locked.
     FileKeepsChanging,
     /// `gpa` is not 4 KiB aligned.
@@ -160,6 +171,7 @@ impl Reason {
             Reason::FileUnreadable => "file-unreadable",
             Reason::FileTooLarge => "file-too-large",
             Reason::FileInvalid => "file-invalid",
+            Reason::ExceedsGuestLimit => "exceeds-guest-limit",
             Reason::FileKeepsChanging => "file-keeps-changing",
             Reason::GpaMisaligned => "gpa-misaligned",
             Reason::BufferOverflows => "buffer-overflows",
@@ -188,6 +200,64 @@ impl Reason {
     }
 }
 
+/// How long a host-side fault is expected to last, which decides between
+/// busy and the fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Clears by itself soon (a writer holding the lock): busy while the
+    /// budget lasts.
+    Transient,
+    /// Lasts until an operator acts: the fallback at once.
+    Persistent,
+    /// The VM is stopping: busy, which nobody will see.
+    Cancelled,
+}
+
+impl Reason {
+    /// All reasons, for counters and documentation.
+    pub const ALL: [Reason; 17] = [
+        Reason::Served,
+        Reason::NoCertsFile,
+        Reason::SizeQuery,
+        Reason::BufferTooSmall,
+        Reason::LockTimeout,
+        Reason::LockCancelled,
+        Reason::LockFailed,
+        Reason::FileMissing,
+        Reason::FileNotRegular,
+        Reason::FileUnreadable,
+        Reason::FileTooLarge,
+        Reason::FileInvalid,
+        Reason::ExceedsGuestLimit,
+        Reason::FileKeepsChanging,
+        Reason::GpaMisaligned,
+        Reason::BufferOverflows,
+        Reason::OutsideGuestRam,
+    ];
+
+    /// For host-side faults, how long they last; `None` for the others.
+    pub fn fault(self) -> Option<Fault> {
+        match self {
+            Reason::LockTimeout | Reason::FileKeepsChanging => Some(Fault::Transient),
+            Reason::LockCancelled => Some(Fault::Cancelled),
+            Reason::LockFailed
+            | Reason::FileMissing
+            | Reason::FileNotRegular
+            | Reason::FileUnreadable
+            | Reason::FileTooLarge
+            | Reason::FileInvalid
+            | Reason::ExceedsGuestLimit => Some(Fault::Persistent),
+            Reason::Served
+            | Reason::NoCertsFile
+            | Reason::SizeQuery
+            | Reason::BufferTooSmall
+            | Reason::GpaMisaligned
+            | Reason::BufferOverflows
+            | Reason::OutsideGuestRam => None,
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -211,12 +281,20 @@ pub struct Outcome {
     pub bytes: usize,
     /// Time spent waiting for the shared lock.
     pub lock_wait: Duration,
+    /// Whether the request got as far as taking the lock (so its wait,
+    /// even zero, belongs in lock-wait statistics).
+    pub lock_tried: bool,
+    /// Whether this is the fallback answer for a host-side fault
+    /// ([`Outcome::reason`] says which).
+    pub fallback: bool,
     /// The shared lock, held on a delivery from a certs file.
     pub lease: Option<Lease>,
 }
 
 impl Outcome {
-    fn new(kind: OutcomeKind, reason: Reason, request: CertsRequest) -> Outcome {
+    /// An answer of `kind` for `request`: nothing written, no lock wait,
+    /// no lease, the guest's own `npages`.
+    pub fn new(kind: OutcomeKind, reason: Reason, request: CertsRequest) -> Outcome {
         Outcome {
             kind,
             reason,
@@ -224,6 +302,8 @@ impl Outcome {
             npages: request.npages,
             bytes: 0,
             lock_wait: Duration::ZERO,
+            lock_tried: false,
+            fallback: false,
             lease: None,
         }
     }
@@ -234,8 +314,8 @@ impl Outcome {
     }
 }
 
-/// Formats an error with its chain of sources, for [`Outcome::detail`].
-pub fn error_chain(error: &dyn Error) -> String {
+/// An error with its chain of sources, for [`Outcome::detail`].
+fn detail(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -270,14 +350,42 @@ fn write_guest<M: GuestMemory + ?Sized>(
     outcome
 }
 
-/// Answers one guest request. See the module docs for the outcomes.
+/// The answer when no table is served: 24 zero bytes (if the guest
+/// offered a buffer), `ret` 0.
+fn empty_table<M: GuestMemory + ?Sized>(
+    memory: &M,
+    request: CertsRequest,
+    outcome: Outcome,
+) -> Outcome {
+    if request.npages == 0 {
+        return outcome;
+    }
+    write_guest(memory, request.gpa, &EMPTY_TABLE, outcome)
+}
+
+/// Answers one request. See the module docs for the outcomes.
 ///
 /// `reader` is the calling vCPU's reader (it keeps the file open between
 /// requests); `config` is the snapshot of the VM's configuration the
-/// request started with.
+/// request started with; `budget` is the VM's busy budget.
 pub fn serve<M: GuestMemory + ?Sized>(
     reader: &mut CertsReader,
     config: &CertsConfig,
+    budget: &BusyBudget,
+    request: CertsRequest,
+    memory: &M,
+) -> Outcome {
+    let outcome = answer(reader, config, budget, request, memory);
+    if outcome.kind != OutcomeKind::Busy {
+        budget.end_streak();
+    }
+    outcome
+}
+
+fn answer<M: GuestMemory + ?Sized>(
+    reader: &mut CertsReader,
+    config: &CertsConfig,
+    budget: &BusyBudget,
     request: CertsRequest,
     memory: &M,
 ) -> Outcome {
@@ -306,23 +414,35 @@ pub fn serve<M: GuestMemory + ?Sized>(
         // Do not keep a file open that is no longer served.
         reader.close();
         let outcome = Outcome::new(OutcomeKind::Delivered, Reason::NoCertsFile, request);
-        if npages == 0 {
-            return outcome;
-        }
-        return write_guest(memory, gpa, &EMPTY_TABLE, outcome);
+        return empty_table(memory, request, outcome);
     };
 
     let locked = match reader.lock_and_read(path, config.timeout()) {
         Ok(locked) => locked,
         Err(error) => {
-            return Outcome {
-                detail: Some(error_chain(&error)),
-                lock_wait: error.lock_wait().max(reader.last_lock_wait()),
+            let lock_wait = error.lock_wait().max(reader.last_lock_wait());
+            let host_fault = Outcome {
+                detail: Some(detail(&error)),
+                lock_wait,
+                lock_tried: reader.last_lock_tried(),
                 ..Outcome::new(OutcomeKind::Busy, Reason::of(&error), request)
             };
+            return host_trouble(config, budget, request, memory, host_fault);
         }
     };
     let size = locked.bytes.len();
+    if size > LINUX_GUEST_MAX_SIZE && !config.allow_large {
+        let too_large = Outcome {
+            detail: Some(format!(
+                "the table is {size} bytes; Linux guests cannot receive more than {LINUX_GUEST_MAX_SIZE}"
+            )),
+            lock_wait: locked.lock_wait,
+            lock_tried: true,
+            ..Outcome::new(OutcomeKind::Busy, Reason::ExceedsGuestLimit, request)
+        };
+        drop(locked);
+        return host_trouble(config, budget, request, memory, too_large);
+    }
     let needed = (size as u64).div_ceil(PAGE_SIZE);
     if npages < needed {
         let reason = if npages == 0 {
@@ -335,15 +455,51 @@ pub fn serve<M: GuestMemory + ?Sized>(
             npages: needed,
             bytes: size,
             lock_wait: locked.lock_wait,
+            lock_tried: true,
             ..Outcome::new(OutcomeKind::NeedPages, reason, request)
         };
     }
     let outcome = Outcome {
         lock_wait: locked.lock_wait,
+        lock_tried: true,
         lease: Some(locked.lease),
         ..Outcome::new(OutcomeKind::Delivered, Reason::Served, request)
     };
     write_guest(memory, gpa, locked.bytes, outcome)
+}
+
+/// Busy or the fallback for a host-side fault (`outcome` is the busy
+/// answer with its reason): see the module docs.
+fn host_trouble<M: GuestMemory + ?Sized>(
+    config: &CertsConfig,
+    budget: &BusyBudget,
+    request: CertsRequest,
+    memory: &M,
+    outcome: Outcome,
+) -> Outcome {
+    let busy = match outcome.reason.fault() {
+        Some(Fault::Cancelled) => true,
+        Some(Fault::Transient) => budget.try_busy(config.budget()),
+        Some(Fault::Persistent) | None => false,
+    };
+    if busy {
+        return outcome;
+    }
+    let outcome = Outcome {
+        fallback: true,
+        ..outcome
+    };
+    match config.on_error {
+        OnError::Busy => outcome,
+        OnError::Empty => empty_table(
+            memory,
+            request,
+            Outcome {
+                kind: OutcomeKind::Delivered,
+                ..outcome
+            },
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use vm_memory::{GuestMemoryMmap, GuestUsize};
 use super::*;
 use crate::guid::CertKind;
 use crate::lock::{self, LockKind};
-use crate::table::TableBuilder;
+use crate::table::{EMPTY_TABLE, LINUX_GUEST_MAX_SIZE, TableBuilder};
 
 const MIB: GuestUsize = 1 << 20;
 
@@ -74,7 +74,7 @@ fn can_lock_exclusive(path: &Path) -> bool {
 fn delivers_the_file_and_holds_the_lock_until_the_lease_drops() {
     let s = setup(5000);
     let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &s.config, req(0x4000, 2), &mem);
+    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(0x4000, 2), &mem);
     assert_eq!(
         (out.kind, out.reason, out.ret()),
         (OutcomeKind::Delivered, Reason::Served, 0)
@@ -95,22 +95,22 @@ fn page_math_is_exact() {
         let s = setup(size);
         let mem = memory(&[(0, MIB)]);
         let mut reader = CertsReader::new();
-        let out = serve(&mut reader, &s.config, req(0, 0), &mem);
+        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(0, 0), &mem);
         assert_eq!(out.kind, OutcomeKind::NeedPages, "size {size}");
         assert_eq!(out.reason, Reason::SizeQuery);
         assert_eq!(
             (out.ret(), out.npages, out.bytes),
-            (RET_ENOSPC, pages, size)
+            (OutcomeKind::NeedPages.ret(), pages, size)
         );
         assert!(out.lease.is_none());
         assert!(can_lock_exclusive(&s.path), "no lease on a size answer");
-        let small = serve(&mut reader, &s.config, req(0, pages - 1), &mem);
+        let small = serve(&mut reader, &s.config, &BusyBudget::new(), req(0, pages - 1), &mem);
         if pages > 1 {
             assert_eq!(small.reason, Reason::BufferTooSmall);
             assert_eq!(small.npages, pages);
         }
         drop(small);
-        let out = serve(&mut reader, &s.config, req(0, pages), &mem);
+        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(0, pages), &mem);
         assert_eq!(out.kind, OutcomeKind::Delivered, "size {size}");
         assert_eq!(read(&mem, 0, size), s.bytes);
     }
@@ -120,7 +120,7 @@ fn page_math_is_exact() {
 fn size_query_writes_nothing() {
     let s = setup(3000);
     let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &s.config, req(0x1000, 0), &mem);
+    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(0x1000, 0), &mem);
     assert_eq!(out.kind, OutcomeKind::NeedPages);
     assert_eq!(read(&mem, 0x1000, 4096), vec![0xee; 4096]);
 }
@@ -129,7 +129,7 @@ fn size_query_writes_nothing() {
 fn no_certs_file_gives_an_empty_table() {
     let mem = memory(&[(0, MIB)]);
     let config = CertsConfig::default();
-    let out = serve(&mut CertsReader::new(), &config, req(0x2000, 0), &mem);
+    let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0x2000, 0), &mem);
     assert_eq!(
         (out.kind, out.reason, out.ret(), out.bytes),
         (OutcomeKind::Delivered, Reason::NoCertsFile, 0, 0)
@@ -139,7 +139,7 @@ fn no_certs_file_gives_an_empty_table() {
         vec![0xee; 24],
         "npages 0: nothing written"
     );
-    let out = serve(&mut CertsReader::new(), &config, req(0x2000, 1), &mem);
+    let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0x2000, 1), &mem);
     assert_eq!((out.kind, out.bytes), (OutcomeKind::Delivered, 24));
     assert!(out.lease.is_none());
     assert_eq!(read(&mem, 0x2000, 24), vec![0; 24]);
@@ -151,7 +151,7 @@ fn buffer_at_the_very_end_of_ram_is_served() {
     let s = setup(6000);
     let mem = memory(&[(0, MIB)]);
     let gpa = MIB - 2 * 4096;
-    let out = serve(&mut CertsReader::new(), &s.config, req(gpa, 2), &mem);
+    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(gpa, 2), &mem);
     assert_eq!(out.kind, OutcomeKind::Delivered);
     assert_eq!(read(&mem, gpa, 6000), s.bytes);
 }
@@ -161,10 +161,10 @@ fn buffer_running_past_the_end_of_ram_fails() {
     let s = setup(6000);
     let mem = memory(&[(0, MIB)]);
     let gpa = MIB - 4096;
-    let out = serve(&mut CertsReader::new(), &s.config, req(gpa, 2), &mem);
+    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(gpa, 2), &mem);
     assert_eq!(
         (out.kind, out.reason, out.ret()),
-        (OutcomeKind::Failed, Reason::OutsideGuestRam, RET_EIO)
+        (OutcomeKind::Failed, Reason::OutsideGuestRam, OutcomeKind::Failed.ret())
     );
     assert!(out.lease.is_none());
     assert!(can_lock_exclusive(&s.path), "no lease on failure");
@@ -180,7 +180,7 @@ fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
         (192 * 1024, 64 * 1024),
     ]);
     let mut reader = CertsReader::new();
-    let out = serve(&mut reader, &s.config, req(60 * 1024, 2), &mem);
+    let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(60 * 1024, 2), &mem);
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::OutsideGuestRam)
@@ -188,7 +188,7 @@ fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
     assert_eq!(read(&mem, 60 * 1024, 4096), vec![0xee; 4096]);
     drop(out);
     // Two regions that touch are one range for the guest.
-    let out = serve(&mut reader, &s.config, req(188 * 1024, 2), &mem);
+    let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(188 * 1024, 2), &mem);
     assert_eq!(out.kind, OutcomeKind::Delivered);
     assert_eq!(read(&mem, 188 * 1024, 6000), s.bytes);
 }
@@ -197,13 +197,13 @@ fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
 fn buffer_beyond_ram_fails() {
     let s = setup(100);
     let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &s.config, req(1 << 30, 1), &mem);
+    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(1 << 30, 1), &mem);
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::OutsideGuestRam)
     );
     let empty = CertsConfig::default();
-    let out = serve(&mut CertsReader::new(), &empty, req(1 << 30, 1), &mem);
+    let out = serve(&mut CertsReader::new(), &empty, &BusyBudget::new(), req(1 << 30, 1), &mem);
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::OutsideGuestRam)
@@ -221,15 +221,15 @@ fn overflowing_and_misaligned_requests_fail() {
         (0x1000, 1 << 52),
         (!0xfff_u64, u64::MAX),
     ] {
-        let out = serve(&mut reader, &s.config, req(gpa, npages), &mem);
+        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(gpa, npages), &mem);
         assert_eq!(
             (out.kind, out.reason, out.ret()),
-            (OutcomeKind::Failed, Reason::BufferOverflows, RET_EIO),
+            (OutcomeKind::Failed, Reason::BufferOverflows, OutcomeKind::Failed.ret()),
             "{gpa:#x} {npages}"
         );
         assert_eq!(out.npages, npages);
     }
-    let out = serve(&mut reader, &s.config, req(0x1001, 1), &mem);
+    let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(0x1001, 1), &mem);
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::GpaMisaligned)
@@ -237,31 +237,128 @@ fn overflowing_and_misaligned_requests_fail() {
 }
 
 #[test]
-fn host_side_trouble_is_busy() {
+fn persistent_faults_get_the_empty_table_at_once() {
     let mem = memory(&[(0, MIB)]);
     let dir = tempfile::tempdir().unwrap();
-    let mut reader = CertsReader::new();
-    let cases = [
-        (dir.path().join("missing"), Reason::FileMissing),
-        (dir.path().to_owned(), Reason::FileNotRegular),
-    ];
-    for (path, reason) in cases {
-        let out = serve(&mut reader, &CertsConfig::with_file(path), req(0, 4), &mem);
-        assert_eq!(
-            (out.kind, out.reason, out.ret()),
-            (OutcomeKind::Busy, reason, RET_EAGAIN)
-        );
-        assert!(out.detail.is_some());
-    }
     let bad = dir.path().join("bad");
     fs::write(&bad, [1u8; 100]).unwrap();
-    let out = serve(&mut reader, &CertsConfig::with_file(&bad), req(0, 4), &mem);
+    let big = dir.path().join("big");
+    fs::write(&big, table_of_size(LINUX_GUEST_MAX_SIZE + 1)).unwrap();
+    let mut reader = CertsReader::new();
+    let cases = [
+        (dir.path().join("missing"), Reason::FileMissing, false),
+        (dir.path().to_owned(), Reason::FileNotRegular, false),
+        (bad, Reason::FileInvalid, true),
+        (big, Reason::ExceedsGuestLimit, true),
+    ];
+    for (path, reason, tried) in cases {
+        let budget = BusyBudget::new();
+        let config = CertsConfig::with_file(&path);
+        mem.write_slice(&[0xee; 4096], GuestAddress(0)).unwrap();
+        let out = serve(&mut reader, &config, &budget, req(0, 4), &mem);
+        assert_eq!(
+            (out.kind, out.reason, out.ret(), out.fallback),
+            (OutcomeKind::Delivered, reason, 0, true),
+            "{path:?}"
+        );
+        assert_eq!(out.lock_tried, tried, "{reason}");
+        assert!(out.lease.is_none());
+        assert!(out.detail.is_some());
+        assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
+        assert_eq!(read(&mem, 24, 8), [0xee; 8], "only the empty table is written");
+        // The size query gets ret 0 and nothing written, as with no file.
+        let out = serve(&mut reader, &config, &budget, req(0x8000, 0), &mem);
+        assert_eq!((out.kind, out.npages, out.fallback), (OutcomeKind::Delivered, 0, true));
+        // With on_error = busy the old answer stays.
+        let busy = CertsConfig {
+            on_error: OnError::Busy,
+            ..config.clone()
+        };
+        let out = serve(&mut reader, &busy, &budget, req(0, 4), &mem);
+        assert_eq!(
+            (out.kind, out.reason, out.fallback),
+            (OutcomeKind::Busy, reason, true)
+        );
+    }
+    // Allowed large tables are served.
+    let big = dir.path().join("big");
+    let allowed = CertsConfig {
+        allow_large: true,
+        ..CertsConfig::with_file(&big)
+    };
+    let out = serve(&mut reader, &allowed, &BusyBudget::new(), req(0, 8), &mem);
+    assert_eq!((out.kind, out.reason), (OutcomeKind::Delivered, Reason::Served));
+}
+
+#[test]
+fn a_held_lock_is_busy_until_the_budget_is_spent_then_the_fallback() {
+    let s = setup(100);
+    let mem = memory(&[(0, MIB)]);
+    let writer = fs::OpenOptions::new().write(true).open(&s.path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let budget = BusyBudget::new();
+    let config = CertsConfig {
+        certs_timeout: 0,
+        busy_budget: 40,
+        ..s.config.clone()
+    };
+    let mut reader = CertsReader::new();
+    let first = serve(&mut reader, &config, &budget, req(0, 1), &mem);
     assert_eq!(
-        (out.kind, out.reason),
-        (OutcomeKind::Busy, Reason::FileInvalid)
+        (first.kind, first.reason, first.fallback, first.lock_tried),
+        (OutcomeKind::Busy, Reason::LockTimeout, false, true)
     );
-    assert!(out.detail.unwrap().contains("terminator"));
-    assert_eq!(read(&mem, 0, 4096), vec![0xee; 4096]);
+    // Busy until the streak is older than the budget; then the fallback.
+    let mut busy = 1;
+    let out = loop {
+        let out = serve(&mut reader, &config, &budget, req(0, 1), &mem);
+        if out.kind != OutcomeKind::Busy {
+            break out;
+        }
+        busy += 1;
+    };
+    assert!(budget.streak() == Duration::ZERO, "the fallback ends the streak");
+    assert_eq!(
+        (out.kind, out.reason, out.fallback, out.ret()),
+        (OutcomeKind::Delivered, Reason::LockTimeout, true, 0)
+    );
+    assert!(busy >= 1);
+    assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
+    // The next request may wait for the writer again.
+    let again = serve(&mut reader, &config, &budget, req(0, 1), &mem);
+    assert_eq!((again.kind, again.fallback), (OutcomeKind::Busy, false));
+    // A zero budget never answers busy.
+    let never = CertsConfig {
+        busy_budget: 0,
+        ..config.clone()
+    };
+    let out = serve(&mut reader, &never, &BusyBudget::new(), req(0, 1), &mem);
+    assert_eq!((out.kind, out.fallback), (OutcomeKind::Delivered, true));
+    lock::unlock(&writer).unwrap();
+    let out = serve(&mut reader, &config, &budget, req(0, 1), &mem);
+    assert_eq!((out.kind, out.reason), (OutcomeKind::Delivered, Reason::Served));
+}
+
+#[test]
+fn a_served_answer_ends_the_busy_streak() {
+    let s = setup(100);
+    let mem = memory(&[(0, MIB)]);
+    let writer = fs::OpenOptions::new().write(true).open(&s.path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let budget = BusyBudget::new();
+    let config = CertsConfig {
+        certs_timeout: 0,
+        ..s.config.clone()
+    };
+    let mut reader = CertsReader::new();
+    assert_eq!(serve(&mut reader, &config, &budget, req(0, 1), &mem).kind, OutcomeKind::Busy);
+    assert!(budget.streak() > Duration::ZERO || budget.try_busy(Duration::from_secs(1)));
+    lock::unlock(&writer).unwrap();
+    assert_eq!(
+        serve(&mut reader, &config, &budget, req(0, 1), &mem).kind,
+        OutcomeKind::Delivered
+    );
+    assert_eq!(budget.streak(), Duration::ZERO);
 }
 
 #[test]
@@ -274,7 +371,7 @@ fn lock_timeout_is_busy_with_the_wait() {
         certs_timeout: 20,
         ..s.config.clone()
     };
-    let out = serve(&mut CertsReader::new(), &config, req(0, 1), &mem);
+    let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0, 1), &mem);
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Busy, Reason::LockTimeout)
@@ -284,13 +381,13 @@ fn lock_timeout_is_busy_with_the_wait() {
         certs_timeout: 0,
         ..s.config.clone()
     };
-    let out = serve(&mut CertsReader::new(), &zero, req(0, 1), &mem);
+    let out = serve(&mut CertsReader::new(), &zero, &BusyBudget::new(), req(0, 1), &mem);
     assert_eq!(
         (out.reason, out.lock_wait),
         (Reason::LockTimeout, Duration::ZERO)
     );
     lock::unlock(&writer).unwrap();
-    let out = serve(&mut CertsReader::new(), &zero, req(0, 1), &mem);
+    let out = serve(&mut CertsReader::new(), &zero, &BusyBudget::new(), req(0, 1), &mem);
     assert_eq!(out.kind, OutcomeKind::Delivered);
 }
 
@@ -320,7 +417,7 @@ fn random_requests_never_write_outside_the_table() {
             .iter()
             .flat_map(|&(a, l)| read(&mem, a, l))
             .collect();
-        let out = serve(&mut reader, &s.config, req(gpa, npages), &mem);
+        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(gpa, npages), &mem);
         let after: Vec<u8> = [(0u64, 64 * 1024usize), (128 * 1024, 64 * 1024)]
             .iter()
             .flat_map(|&(a, l)| read(&mem, a, l))
@@ -335,6 +432,23 @@ fn random_requests_never_write_outside_the_table() {
     }
 }
 
+/// Waits (with a deadline) until `/proc/locks` shows a process blocked
+/// on a lock of `path`'s inode.
+fn wait_for_blocked_waiter(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(path).unwrap().ino();
+    let needle = format!(":{ino} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.contains(&needle))
+    {
+        assert!(std::time::Instant::now() < deadline, "no waiter appeared");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn an_invalid_file_found_after_a_wait_reports_the_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -342,25 +456,20 @@ fn an_invalid_file_found_after_a_wait_reports_the_wait() {
     fs::write(&path, [7u8; 100]).unwrap();
     let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
     lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
-    // Hold the lock for a while; the request waits for some of it.
-    let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(60));
-        lock::unlock(&writer).unwrap();
-    });
     let config = CertsConfig {
-        certs_timeout: 5000,
+        certs_timeout: 1000,
+        on_error: OnError::Busy,
         ..CertsConfig::with_file(&path)
     };
-    let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &config, req(0, 1), &mem);
-    releaser.join().unwrap();
-    assert_eq!(
-        (out.kind, out.reason),
-        (OutcomeKind::Busy, Reason::FileInvalid)
-    );
-    assert!(
-        out.lock_wait >= Duration::from_millis(20),
-        "{:?}",
-        out.lock_wait
-    );
+    let request = std::thread::spawn(move || {
+        let mem = memory(&[(0, MIB)]);
+        let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0, 1), &mem);
+        (out.kind, out.reason, out.lock_wait, out.lock_tried)
+    });
+    // Unlock only once the request is seen blocked on the lock.
+    wait_for_blocked_waiter(&path);
+    lock::unlock(&writer).unwrap();
+    let (kind, reason, lock_wait, tried) = request.join().unwrap();
+    assert_eq!((kind, reason, tried), (OutcomeKind::Busy, Reason::FileInvalid, true));
+    assert!(lock_wait > Duration::ZERO, "{lock_wait:?}");
 }

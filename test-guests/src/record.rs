@@ -1,14 +1,16 @@
-//! What the built-in attestation guest reported, checked against what the
-//! VMM delivered.
+//! What the attestation guest reported, checked against what the VMM
+//! delivered.
 //!
-//! When a vCPU delivers a table it notes what a correct guest must report
-//! for it (entries, trimmed length, FNV-1a checksum). When the guest then
-//! reports, the two are compared and the result is logged per request and
-//! kept for the summary.
+//! After a vCPU delivered a table and released its lease, the payload's
+//! observer ([`crate::devices`]) reads back what was written and notes
+//! what a correct guest must report for it (entries, trimmed length,
+//! FNV-1a checksum). When the guest then reports, the two are compared and
+//! the result is logged per request and kept for the summary.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use crate::doorbell::{GuestReport, ReportStatus};
+use crate::report::{GuestReport, ReportStatus};
 
 /// What a correct guest reports for a delivered table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +59,31 @@ fn status_name(status: u32) -> &'static str {
     }
 }
 
-/// All reports of one VM.
+/// All reports of one VM, and what each vCPU was delivered last.
 #[derive(Debug, Default)]
 pub struct AttestLog {
     records: Mutex<Vec<AttestRecord>>,
+    delivered: Mutex<HashMap<u8, Expected>>,
 }
 
 impl AttestLog {
+    /// Notes what vCPU `vcpu` was just delivered.
+    pub fn delivered(&self, vcpu: u8, expected: Expected) {
+        self.delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(vcpu, expected);
+    }
+
+    /// What vCPU `vcpu` was delivered last.
+    pub fn last_delivered(&self, vcpu: u8) -> Option<Expected> {
+        self.delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&vcpu)
+            .copied()
+    }
+
     /// Records and logs one report. Returns the record.
     pub fn record(
         &self,

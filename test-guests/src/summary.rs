@@ -1,13 +1,17 @@
 //! The end-of-run summary `snp-vmm` prints for the attestation guest.
+//!
+//! The certs file is read once more at the end to compare its checksum
+//! with the guest's; the caller chooses how long that read may wait (not
+//! at all after an interrupt).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use api_server::types::VmCounters;
 use snp_certs::CertsReader;
+use vmm_api::VmCounters;
 
-use crate::attest::{AttestRecord, Expected};
-use crate::guest;
+use crate::attest;
+use crate::record::{AttestRecord, Expected};
 
 /// What the run amounted to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +48,7 @@ impl Summary {
 fn file_expectation(path: &Path, timeout: std::time::Duration) -> Option<Expected> {
     let mut reader = CertsReader::new();
     let locked = reader.lock_and_read(path, timeout).ok()?;
-    guest::expected_report_for(locked.bytes)
+    attest::expected_report_for(locked.bytes)
         .ok()
         .map(Expected::from)
 }
@@ -82,6 +86,19 @@ pub fn summarize(
         r.failed,
         counters.bytes_delivered
     );
+    let fallbacks: u64 = counters.fallbacks.values().sum();
+    if fallbacks > 0 {
+        let reasons: Vec<String> = counters
+            .fallbacks
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        let _ = writeln!(
+            text,
+            "  fallback answers (busy could not help): {fallbacks} ({})",
+            reasons.join(", ")
+        );
+    }
     let _ = writeln!(
         text,
         "  lock wait (us): p50 {} p90 {} p99 {} max {} over {} requests; leases released {}, still held {}",

@@ -22,7 +22,7 @@ pub fn snp_certs() -> Command {
 
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("snp-certs/tests/fixtures")
         .join(rel)
 }
 

@@ -396,7 +396,7 @@ pub const DEADLINE: u64 = DEADLINE_SECS;
 
 /// The checksum a guest reports for `table`.
 pub fn checksum(table: &[u8]) -> u64 {
-    u64::from(vmm::guest::expected_report_for(table).unwrap().2)
+    u64::from(test_guests::attest::expected_report_for(table).unwrap().2)
 }
 
 /// Writes `table(fill)` to `dir/name`; returns the path and the bytes.

@@ -74,15 +74,15 @@ pub fn snp_vmm_attest(certs: &Path, snp: &str, payload: &str, events: &Events) -
     cmd
 }
 
-/// A binary of another workspace package, built next to `snp-vmm`.
+/// The path of one of this package's binaries (`snp-vmm`, `snp-remote`,
+/// `snp-certs`), which Cargo builds before the tests.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_snp-vmm")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run the workspace tests (scripts/test.sh) or `cargo build --workspace`",
-        path.display()
-    );
-    path
+    PathBuf::from(match name {
+        "snp-vmm" => env!("CARGO_BIN_EXE_snp-vmm"),
+        "snp-remote" => env!("CARGO_BIN_EXE_snp-remote"),
+        "snp-certs" => env!("CARGO_BIN_EXE_snp-certs"),
+        other => panic!("no binary {other} in this package"),
+    })
 }
 
 /// Polls `cond` until it returns `Some`, or panics after `secs` seconds.

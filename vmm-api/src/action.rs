@@ -128,6 +128,19 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// An error with its chain of sources on one line (`outer: inner: root`),
+/// as API messages and logs show it.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
 /// The VMM side of the API. The server calls [`VmmApi::handle`] once per
 /// request on a blocking thread pool, never on its accept loop; calls may
 /// come from several threads at once.

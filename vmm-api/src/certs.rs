@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use snp_certs::config::CertsConfig;
+use snp_certs::config::{CertsConfig, OnError};
 use snp_certs::serve::{OutcomeKind, Reason};
 
 /// `GET vm.snp-certs`, the answer to `PUT vm.snp-certs`, and the `certs`
@@ -17,6 +17,12 @@ pub struct SnpCertsInfo {
     pub certs_file: Option<PathBuf>,
     /// Maximum wait for the shared lock, in milliseconds.
     pub certs_timeout: u64,
+    /// Longest busy streak before the fallback, in milliseconds.
+    pub busy_budget: u64,
+    /// The fallback answer.
+    pub on_error: OnError,
+    /// Whether tables above 16 KiB are accepted.
+    pub allow_large: bool,
     /// How many times the configuration was replaced since the VM was
     /// created.
     pub generation: u64,
@@ -36,7 +42,8 @@ pub struct SnpCertsInfo {
 /// | `"certs_file": null` | `Some(None)`: serve an empty table |
 /// | no `certs_file` key | `None`: keep the current file |
 ///
-/// `certs_timeout` absent keeps the current timeout; `null` is refused.
+/// `certs_timeout`, `busy_budget`, `on_error` and `allow_large` absent
+/// keep their current values; `null` is refused for them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnpCertsUpdate {
@@ -54,6 +61,27 @@ pub struct SnpCertsUpdate {
         skip_serializing_if = "Option::is_none"
     )]
     pub certs_timeout: Option<u64>,
+    /// `None`: keep; `Some(ms)`: the new busy budget.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub busy_budget: Option<u64>,
+    /// `None`: keep; `Some(answer)`: the new fallback answer.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_error: Option<OnError>,
+    /// `None`: keep; `Some(allowed)`: accept tables above 16 KiB or not.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_large: Option<bool>,
 }
 
 /// Deserialises a field that is present: with `#[serde(default)]` an absent
@@ -73,7 +101,7 @@ impl SnpCertsUpdate {
     pub fn set_file(path: impl Into<PathBuf>) -> SnpCertsUpdate {
         SnpCertsUpdate {
             certs_file: Some(Some(path.into())),
-            certs_timeout: None,
+            ..SnpCertsUpdate::default()
         }
     }
 
@@ -81,13 +109,19 @@ impl SnpCertsUpdate {
     pub fn clear_file() -> SnpCertsUpdate {
         SnpCertsUpdate {
             certs_file: Some(None),
-            certs_timeout: None,
+            ..SnpCertsUpdate::default()
         }
     }
 
     /// Whether the update changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.certs_file.is_none() && self.certs_timeout.is_none()
+        *self == SnpCertsUpdate::default()
+    }
+
+    /// Whether the update must read the certs file again: it names a file,
+    /// or it turns `allow_large` off (the current table may be too large).
+    pub fn rereads_file(&self) -> bool {
+        matches!(self.certs_file, Some(Some(_))) || self.allow_large == Some(false)
     }
 
     /// The configuration after applying this update to `current`. Not
@@ -99,6 +133,9 @@ impl SnpCertsUpdate {
                 None => current.certs_file.clone(),
             },
             certs_timeout: self.certs_timeout.unwrap_or(current.certs_timeout),
+            busy_budget: self.busy_budget.unwrap_or(current.busy_budget),
+            on_error: self.on_error.unwrap_or(current.on_error),
+            allow_large: self.allow_large.unwrap_or(current.allow_large),
         }
     }
 }
@@ -113,6 +150,9 @@ pub struct VmCounters {
     /// Requests by reason, keyed by the kebab-case
     /// [`Reason`] name (`served`, `lock-timeout`, ...).
     pub reasons: BTreeMap<String, u64>,
+    /// Fallback answers (busy could not help, or the busy budget was
+    /// spent), keyed by the reason of the fault.
+    pub fallbacks: BTreeMap<String, u64>,
     /// Bytes written into guest buffers.
     pub bytes_delivered: u64,
     /// Time requests waited for the shared lock, in microseconds.
@@ -124,9 +164,6 @@ pub struct VmCounters {
     /// Events the event monitor dropped because its consumer was slow.
     pub events_dropped: u64,
 }
-
-/// Another name for [`VmCounters`], as `stats` of [`SnpCertsInfo`].
-pub type CertsStats = VmCounters;
 
 impl VmCounters {
     /// Counts one request with `kind` and `reason`.
@@ -219,10 +256,20 @@ mod tests {
         assert_eq!(
             update(json!({"certs_timeout": 5})).unwrap(),
             SnpCertsUpdate {
-                certs_file: None,
-                certs_timeout: Some(5)
+                certs_timeout: Some(5),
+                ..SnpCertsUpdate::default()
             }
         );
+        assert_eq!(
+            update(json!({"busy_budget": 500, "on_error": "busy", "allow_large": true})).unwrap(),
+            SnpCertsUpdate {
+                busy_budget: Some(500),
+                on_error: Some(OnError::Busy),
+                allow_large: Some(true),
+                ..SnpCertsUpdate::default()
+            }
+        );
+        assert!(update(json!({"on_error": null})).is_err());
     }
 
     #[test]
@@ -262,8 +309,8 @@ mod tests {
     #[test]
     fn apply_keeps_clears_and_switches() {
         let current = CertsConfig {
-            certs_file: Some("/old".into()),
             certs_timeout: 7,
+            ..CertsConfig::with_file("/old")
         };
         assert_eq!(SnpCertsUpdate::default().apply(&current), current);
         assert!(SnpCertsUpdate::default().is_empty());
@@ -271,18 +318,30 @@ mod tests {
             SnpCertsUpdate::clear_file().apply(&current).certs_file,
             None
         );
-        let new = SnpCertsUpdate {
+        let change = SnpCertsUpdate {
             certs_file: Some(Some("/new".into())),
             certs_timeout: Some(0),
-        }
-        .apply(&current);
+            busy_budget: Some(1),
+            on_error: Some(OnError::Busy),
+            allow_large: Some(true),
+        };
+        assert!(change.rereads_file());
         assert_eq!(
-            new,
+            change.apply(&current),
             CertsConfig {
                 certs_file: Some("/new".into()),
-                certs_timeout: 0
+                certs_timeout: 0,
+                busy_budget: 1,
+                on_error: OnError::Busy,
+                allow_large: true,
             }
         );
+        assert!(!SnpCertsUpdate::clear_file().rereads_file());
+        let disallow = SnpCertsUpdate {
+            allow_large: Some(false),
+            ..SnpCertsUpdate::default()
+        };
+        assert!(disallow.rereads_file());
     }
 
     #[test]

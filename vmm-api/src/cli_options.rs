@@ -1,7 +1,7 @@
 //! Cloud Hypervisor-style command-line options for [`VmConfig`]:
 //! `--cpus boot=N`, `--memory size=64M`,
-//! `--snp certs-file=P,certs-timeout=MS,doorbell=on` and
-//! `--payload attest,requests=N,interval-ms=M`.
+//! `--snp certs-file=P,certs-timeout=MS,busy-budget=MS,on-error=empty,allow-large=on,startup-wait=MS,doorbell=on`
+//! and `--payload attest,requests=N,interval-ms=M,retry-ms=M,max-busy-retries=N`.
 //!
 //! Shared by the VMM's command line and `snp-remote create`, so both read
 //! the same strings the same way. Keys are kebab-case; the JSON fields are
@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use super::config::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
-use super::option_parser::{OptionError, Options};
+use option_parser::{OptionError, Options};
 
 /// The four option strings, each optional (absent: defaults).
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,11 +46,7 @@ impl VmConfig {
                 .map(SnpConfig::parse)
                 .transpose()?
                 .unwrap_or_default(),
-            payload: options
-                .payload
-                .map(PayloadConfig::parse)
-                .transpose()?
-                .unwrap_or_default(),
+            payload: options.payload.map(PayloadConfig::parse).transpose()?,
         })
     }
 }
@@ -87,9 +83,17 @@ impl MemoryConfig {
 
 impl SnpConfig {
     /// Keys of `--snp`.
-    pub const KEYS: &[&str] = &["certs-file", "certs-timeout", "doorbell"];
+    pub const KEYS: &[&str] = &[
+        "certs-file",
+        "certs-timeout",
+        "busy-budget",
+        "on-error",
+        "allow-large",
+        "startup-wait",
+        "doorbell",
+    ];
 
-    /// Parses `certs-file=P,certs-timeout=MS,doorbell=on`.
+    /// Parses `certs-file=P,certs-timeout=MS,...`.
     pub fn parse(input: &str) -> Result<SnpConfig, OptionError> {
         let o = Options::parse(input, Self::KEYS, false)?;
         let mut c = SnpConfig::default();
@@ -98,6 +102,18 @@ impl SnpConfig {
         }
         if let Some(timeout) = o.parsed("certs-timeout")? {
             c.certs_timeout = timeout;
+        }
+        if let Some(budget) = o.parsed("busy-budget")? {
+            c.busy_budget = budget;
+        }
+        if let Some(on_error) = o.parsed("on-error")? {
+            c.on_error = on_error;
+        }
+        if let Some(allow) = o.switch("allow-large")? {
+            c.allow_large = allow;
+        }
+        if let Some(wait) = o.parsed("startup-wait")? {
+            c.startup_wait = wait;
         }
         if let Some(doorbell) = o.switch("doorbell")? {
             c.doorbell = doorbell;
@@ -108,34 +124,47 @@ impl SnpConfig {
 
 impl PayloadConfig {
     /// Keys of `--payload attest,...`.
-    pub const ATTEST_KEYS: &[&str] = &["requests", "interval-ms"];
+    pub const ATTEST_KEYS: &[&str] = &["requests", "interval-ms", "retry-ms", "max-busy-retries"];
 
-    /// Parses `attest[,requests=N][,interval-ms=M]`.
+    /// Parses `attest[,requests=N][,interval-ms=M][,retry-ms=M][,max-busy-retries=N]`.
     pub fn parse(input: &str) -> Result<PayloadConfig, OptionError> {
-        let o = Options::parse(input, Self::ATTEST_KEYS, true)?;
+        let kind_first = || OptionError::InvalidValue {
+            key: "payload".to_owned(),
+            value: input.to_owned(),
+            reason: "the payload kind comes first, as in attest,requests=3; known kinds: attest"
+                .to_owned(),
+        };
+        let o = Options::parse(input, Self::ATTEST_KEYS, true).map_err(|e| match e {
+            OptionError::UnknownKey { key, .. } if key == "kind" => kind_first(),
+            other => other,
+        })?;
         match o.kind() {
             Some("attest") => {}
-            other => {
-                return Err(OptionError::InvalidValue {
-                    key: "payload".to_owned(),
-                    value: other.unwrap_or_default().to_owned(),
-                    reason: "the payload kind must come first; known kinds: attest".to_owned(),
-                });
-            }
+            _ => return Err(kind_first()),
         }
         let PayloadConfig::Attest {
             mut requests,
             mut interval_ms,
-        } = PayloadConfig::default();
+            mut retry_ms,
+            mut max_busy_retries,
+        } = PayloadConfig::attest();
         if let Some(n) = o.parsed("requests")? {
             requests = n;
         }
         if let Some(ms) = o.parsed("interval-ms")? {
             interval_ms = ms;
         }
+        if let Some(ms) = o.parsed("retry-ms")? {
+            retry_ms = ms;
+        }
+        if let Some(n) = o.parsed("max-busy-retries")? {
+            max_busy_retries = n;
+        }
         Ok(PayloadConfig::Attest {
             requests,
             interval_ms,
+            retry_ms,
+            max_busy_retries,
         })
     }
 }
@@ -149,7 +178,7 @@ mod tests {
         let c = VmConfig::from_options(&VmOptions {
             cpus: Some("boot=2"),
             memory: Some("size=128M"),
-            snp: Some("certs-file=/c.bin,certs-timeout=50,doorbell=on"),
+            snp: Some("certs-file=/c.bin,certs-timeout=50,busy-budget=500,on-error=busy,allow-large=on,startup-wait=10,doorbell=on"),
             payload: Some("attest,requests=5,interval-ms=10"),
         })
         .unwrap();
@@ -157,13 +186,19 @@ mod tests {
         assert_eq!(c.memory.size, 128 << 20);
         assert_eq!(c.snp.certs_file, Some(PathBuf::from("/c.bin")));
         assert_eq!(c.snp.certs_timeout, 50);
+        assert_eq!(c.snp.busy_budget, 500);
+        assert_eq!(c.snp.on_error, snp_certs::OnError::Busy);
+        assert!(c.snp.allow_large);
+        assert_eq!(c.snp.startup_wait, 10);
         assert!(c.snp.doorbell);
         assert_eq!(
             c.payload,
-            PayloadConfig::Attest {
+            Some(PayloadConfig::Attest {
                 requests: 5,
-                interval_ms: 10
-            }
+                interval_ms: 10,
+                retry_ms: 10,
+                max_busy_retries: 100,
+            })
         );
         c.validate().unwrap();
     }
@@ -174,13 +209,7 @@ mod tests {
             VmConfig::from_options(&VmOptions::default()).unwrap(),
             VmConfig::default()
         );
-        assert_eq!(
-            PayloadConfig::parse("attest").unwrap(),
-            PayloadConfig::Attest {
-                requests: 1,
-                interval_ms: 0
-            }
-        );
+        assert_eq!(PayloadConfig::parse("attest").unwrap(), PayloadConfig::attest());
         let snp = SnpConfig::parse("doorbell=on").unwrap();
         assert_eq!(snp.certs_file, None);
         assert_eq!(snp.certs_timeout, 100);
@@ -196,6 +225,10 @@ mod tests {
         assert!(err.to_string().contains("certs-file"), "{err}");
         let err = PayloadConfig::parse("linux").unwrap_err();
         assert!(err.to_string().contains("known kinds: attest"), "{err}");
+        let err = PayloadConfig::parse("kind=attest").unwrap_err();
+        assert!(err.to_string().contains("the payload kind comes first"), "{err}");
+        let err = SnpConfig::parse("on-error=eio").unwrap_err();
+        assert!(err.to_string().contains("expected empty or busy"), "{err}");
         let err = PayloadConfig::parse("requests=3").unwrap_err();
         assert!(
             matches!(

@@ -5,20 +5,24 @@
 //! {
 //!   "cpus": {"boot": 1},
 //!   "memory": {"size": 67108864},
-//!   "snp": {"certs_file": "/var/lib/snp/certs.bin", "certs_timeout": 100, "doorbell": true},
+//!   "snp": {"certs_file": "/var/lib/snp/certs.bin", "certs_timeout": 100,
+//!           "busy_budget": 30000, "on_error": "empty", "allow_large": false,
+//!           "startup_wait": 30000, "doorbell": true},
 //!   "payload": {"kind": "attest", "requests": 10, "interval_ms": 100}
 //! }
 //! ```
 //!
 //! Every section and every field has a default, so `{}` is a valid
-//! configuration; unknown fields are refused. [`VmConfig::validate`] does
-//! the structural checks; whether the certs file holds a valid table is
-//! checked by the VMM with [`snp_certs::config::CertsConfig::validate`].
+//! configuration (a VM with no payload: its vCPUs stay idle); unknown
+//! fields are refused. [`VmConfig::validate`] does the structural checks,
+//! the certs rules among them through snp-certs's
+//! [`CertsConfig::check`]; whether the certs file holds a valid table is
+//! checked by the VMM with [`CertsConfig::validate`].
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use snp_certs::config::{CertsConfig, DEFAULT_CERTS_TIMEOUT_MS, MAX_CERTS_TIMEOUT_MS};
+use snp_certs::config::{CertsConfig, DEFAULT_BUSY_BUDGET_MS, DEFAULT_CERTS_TIMEOUT_MS, OnError};
 use thiserror::Error;
 
 /// Most vCPUs a configuration may ask for; the VMM may refuse fewer if KVM
@@ -32,6 +36,11 @@ pub const MIN_MEMORY_SIZE: u64 = 1 << 20;
 pub const MAX_MEMORY_SIZE: u64 = 4 << 30;
 /// Guest memory must be a multiple of this: 4 KiB.
 pub const MEMORY_ALIGN: u64 = 4 << 10;
+/// Default `snp.startup_wait`: how long creating a VM waits for a
+/// management tool that holds the certs file's exclusive lock, 30 s.
+pub const DEFAULT_STARTUP_WAIT_MS: u64 = 30_000;
+/// Largest `snp.startup_wait`: 5 minutes.
+pub const MAX_STARTUP_WAIT_MS: u64 = 300_000;
 
 /// A whole VM configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,9 +55,9 @@ pub struct VmConfig {
     /// SNP certificate serving.
     #[serde(default)]
     pub snp: SnpConfig,
-    /// What the guest runs.
+    /// What the guest runs; none: the vCPUs stay idle.
     #[serde(default)]
-    pub payload: PayloadConfig,
+    pub payload: Option<PayloadConfig>,
 }
 
 /// vCPU configuration (`--cpus boot=N`).
@@ -94,7 +103,10 @@ impl Default for MemoryConfig {
     }
 }
 
-/// SNP certificate serving (`--snp certs-file=P,certs-timeout=MS,doorbell=on`).
+/// SNP certificate serving
+/// (`--snp certs-file=P,certs-timeout=MS,busy-budget=MS,on-error=empty,doorbell=on`).
+/// The certs settings are snp-certs's [`CertsConfig`], flattened; see
+/// there for their meaning and rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnpConfig {
@@ -102,9 +114,25 @@ pub struct SnpConfig {
     #[serde(default)]
     pub certs_file: Option<PathBuf>,
     /// Maximum time in milliseconds to wait for the shared lock, at most
-    /// [`MAX_CERTS_TIMEOUT_MS`]. Default [`DEFAULT_CERTS_TIMEOUT_MS`].
+    /// [`snp_certs::config::MAX_CERTS_TIMEOUT_MS`]. Default [`DEFAULT_CERTS_TIMEOUT_MS`].
     #[serde(default = "default_certs_timeout")]
     pub certs_timeout: u64,
+    /// Longest time in milliseconds the guest is answered busy in a row,
+    /// at most [`snp_certs::config::MAX_BUSY_BUDGET_MS`]. Default [`DEFAULT_BUSY_BUDGET_MS`].
+    #[serde(default = "default_busy_budget")]
+    pub busy_budget: u64,
+    /// The fallback answer when busy cannot help: `empty` (default) or
+    /// `busy`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Accept tables larger than the 16 KiB a Linux guest can receive.
+    #[serde(default)]
+    pub allow_large: bool,
+    /// How long creating the VM waits for the certs file's shared lock
+    /// (a management tool may be updating it), in milliseconds, at most
+    /// [`MAX_STARTUP_WAIT_MS`]. Default [`DEFAULT_STARTUP_WAIT_MS`].
+    #[serde(default = "default_startup_wait")]
+    pub startup_wait: u64,
     /// Answer the emulated guest-request doorbell, for hosts without SNP.
     /// A development and test feature. Default false.
     #[serde(default)]
@@ -115,11 +143,23 @@ fn default_certs_timeout() -> u64 {
     DEFAULT_CERTS_TIMEOUT_MS
 }
 
+fn default_busy_budget() -> u64 {
+    DEFAULT_BUSY_BUDGET_MS
+}
+
+fn default_startup_wait() -> u64 {
+    DEFAULT_STARTUP_WAIT_MS
+}
+
 impl Default for SnpConfig {
     fn default() -> SnpConfig {
         SnpConfig {
             certs_file: None,
             certs_timeout: default_certs_timeout(),
+            busy_budget: default_busy_budget(),
+            on_error: OnError::Empty,
+            allow_large: false,
+            startup_wait: default_startup_wait(),
             doorbell: false,
         }
     }
@@ -131,6 +171,9 @@ impl SnpConfig {
         CertsConfig {
             certs_file: self.certs_file.clone(),
             certs_timeout: self.certs_timeout,
+            busy_budget: self.busy_budget,
+            on_error: self.on_error,
+            allow_large: self.allow_large,
         }
     }
 }
@@ -150,25 +193,44 @@ pub enum PayloadConfig {
         /// Pause between requests in milliseconds. Default 0.
         #[serde(default)]
         interval_ms: u32,
+        /// Pause before retrying a busy answer, in milliseconds (a Linux
+        /// guest waits 2000). Default 10.
+        #[serde(default = "default_retry_ms")]
+        retry_ms: u32,
+        /// Busy answers retried per request before giving up (a Linux
+        /// guest gives up after 60 s, 30 retries). Default 100.
+        #[serde(default = "default_max_busy_retries")]
+        max_busy_retries: u32,
     },
+}
+
+fn default_retry_ms() -> u32 {
+    10
+}
+
+fn default_max_busy_retries() -> u32 {
+    100
 }
 
 fn default_requests() -> u32 {
     1
 }
 
-impl Default for PayloadConfig {
-    fn default() -> PayloadConfig {
+impl PayloadConfig {
+    /// The attestation guest with every parameter at its default.
+    pub fn attest() -> PayloadConfig {
         PayloadConfig::Attest {
             requests: default_requests(),
             interval_ms: 0,
+            retry_ms: default_retry_ms(),
+            max_busy_retries: default_max_busy_retries(),
         }
     }
 }
 
 /// A structurally invalid configuration. Messages name the field as in
 /// JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Error)]
 pub enum ConfigError {
     /// `cpus.boot` out of range.
     #[error("cpus.boot must be between 1 and {MAX_BOOT_CPUS}, got {0}")]
@@ -179,20 +241,20 @@ pub enum ConfigError {
     /// `memory.size` not a multiple of 4 KiB.
     #[error("memory.size must be a multiple of 4 KiB, got {0} bytes")]
     MemoryAlign(u64),
-    /// `snp.certs_file` is relative.
-    #[error("snp.certs_file must be an absolute path, got {0:?}")]
-    RelativeCertsFile(PathBuf),
-    /// `snp.certs_timeout` too large.
-    #[error("snp.certs_timeout must be at most {MAX_CERTS_TIMEOUT_MS} ms, got {0}")]
-    CertsTimeout(u64),
+    /// A certs setting breaks snp-certs's rules.
+    #[error("snp")]
+    Certs(#[source] snp_certs::config::ConfigError),
+    /// `snp.startup_wait` too large.
+    #[error("snp.startup_wait must be at most {MAX_STARTUP_WAIT_MS} ms, got {0}")]
+    StartupWait(u64),
     /// `payload.requests` is 0.
     #[error("payload.requests must be at least 1")]
     NoRequests,
 }
 
 impl VmConfig {
-    /// Structural checks: ranges, alignment and an absolute certs path. Does
-    /// not open the certs file.
+    /// Structural checks: ranges, alignment and snp-certs's rules for the
+    /// certs settings. Does not open the certs file.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let boot = self.cpus.boot;
         if !(1..=MAX_BOOT_CPUS).contains(&boot) {
@@ -205,25 +267,26 @@ impl VmConfig {
         if size % MEMORY_ALIGN != 0 {
             return Err(ConfigError::MemoryAlign(size));
         }
-        if let Some(path) = &self.snp.certs_file {
-            if !path.is_absolute() {
-                return Err(ConfigError::RelativeCertsFile(path.clone()));
-            }
-        }
-        if self.snp.certs_timeout > MAX_CERTS_TIMEOUT_MS {
-            return Err(ConfigError::CertsTimeout(self.snp.certs_timeout));
+        self.snp
+            .certs_config()
+            .check()
+            .map_err(ConfigError::Certs)?;
+        if self.snp.startup_wait > MAX_STARTUP_WAIT_MS {
+            return Err(ConfigError::StartupWait(self.snp.startup_wait));
         }
         match self.payload {
-            PayloadConfig::Attest { requests: 0, .. } => Err(ConfigError::NoRequests),
-            PayloadConfig::Attest { .. } => Ok(()),
+            Some(PayloadConfig::Attest { requests: 0, .. }) => Err(ConfigError::NoRequests),
+            _ => Ok(()),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+    use snp_certs::config::{MAX_BUSY_BUDGET_MS, MAX_CERTS_TIMEOUT_MS};
+
+    use super::*;
 
     #[test]
     fn empty_object_is_the_default() {
@@ -232,14 +295,11 @@ mod tests {
         assert_eq!(c.cpus.boot, 1);
         assert_eq!(c.memory.size, 64 << 20);
         assert_eq!(c.snp.certs_timeout, 100);
-        assert!(!c.snp.doorbell);
-        assert_eq!(
-            c.payload,
-            PayloadConfig::Attest {
-                requests: 1,
-                interval_ms: 0
-            }
-        );
+        assert_eq!(c.snp.busy_budget, 30_000);
+        assert_eq!(c.snp.on_error, OnError::Empty);
+        assert_eq!(c.snp.startup_wait, 30_000);
+        assert!(!c.snp.doorbell && !c.snp.allow_large);
+        assert_eq!(c.payload, None);
         c.validate().unwrap();
     }
 
@@ -248,8 +308,11 @@ mod tests {
         let v = json!({
             "cpus": {"boot": 2},
             "memory": {"size": 134217728u64},
-            "snp": {"certs_file": "/c.bin", "certs_timeout": 50, "doorbell": true},
-            "payload": {"kind": "attest", "requests": 7, "interval_ms": 20}
+            "snp": {"certs_file": "/c.bin", "certs_timeout": 50, "busy_budget": 500,
+                    "on_error": "busy", "allow_large": true, "startup_wait": 10,
+                    "doorbell": true},
+            "payload": {"kind": "attest", "requests": 7, "interval_ms": 20,
+                        "retry_ms": 5, "max_busy_retries": 30}
         });
         let c: VmConfig = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(serde_json::to_value(&c).unwrap(), v);
@@ -257,7 +320,10 @@ mod tests {
             c.snp.certs_config(),
             CertsConfig {
                 certs_file: Some("/c.bin".into()),
-                certs_timeout: 50
+                certs_timeout: 50,
+                busy_budget: 500,
+                on_error: OnError::Busy,
+                allow_large: true,
             }
         );
     }
@@ -269,6 +335,7 @@ mod tests {
             json!({"cpus": {"boot": 1, "max": 2}}),
             json!({"memory": {"size": 4096, "shared": true}}),
             json!({"snp": {"certs-file": "/x"}}),
+            json!({"snp": {"on_error": "eio"}}),
             json!({"payload": {"kind": "attest", "count": 1}}),
         ] {
             assert!(
@@ -285,43 +352,46 @@ mod tests {
         let check = |f: &dyn Fn(&mut VmConfig)| {
             let mut c = VmConfig::default();
             f(&mut c);
-            c.validate()
+            c.validate().map_err(|e| e.to_string())
         };
-        assert_eq!(check(&|c| c.cpus.boot = 0), Err(ConfigError::BootCpus(0)));
-        assert_eq!(check(&|c| c.cpus.boot = 9), Err(ConfigError::BootCpus(9)));
+        let certs_error = |f: &dyn Fn(&mut VmConfig)| {
+            let mut c = VmConfig::default();
+            f(&mut c);
+            match c.validate() {
+                Err(ConfigError::Certs(e)) => e.to_string(),
+                other => panic!("not a certs error: {other:?}"),
+            }
+        };
+        assert!(check(&|c| c.cpus.boot = 0).unwrap_err().contains("cpus.boot"));
+        assert!(check(&|c| c.cpus.boot = 9).is_err());
         assert_eq!(check(&|c| c.cpus.boot = 8), Ok(()));
         assert_eq!(check(&|c| c.memory.size = 1 << 20), Ok(()));
         assert_eq!(check(&|c| c.memory.size = 4 << 30), Ok(()));
-        assert_eq!(
-            check(&|c| c.memory.size = (1 << 20) - 4096),
-            Err(ConfigError::MemorySize((1 << 20) - 4096))
+        assert!(check(&|c| c.memory.size = (1 << 20) - 4096).is_err());
+        assert!(check(&|c| c.memory.size = (4 << 30) + 4096).is_err());
+        assert!(
+            check(&|c| c.memory.size = (2 << 20) + 1)
+                .unwrap_err()
+                .contains("multiple of 4 KiB")
+        );
+        assert!(certs_error(&|c| c.snp.certs_file = Some("certs.bin".into())).contains("absolute"));
+        assert_eq!(check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS), Ok(()));
+        assert!(certs_error(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1).contains("timeout"));
+        assert_eq!(check(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS), Ok(()));
+        assert!(certs_error(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS + 1).contains("Busy budget"));
+        assert!(
+            check(&|c| c.snp.startup_wait = MAX_STARTUP_WAIT_MS + 1)
+                .unwrap_err()
+                .contains("startup_wait")
         );
         assert_eq!(
-            check(&|c| c.memory.size = (4 << 30) + 4096),
-            Err(ConfigError::MemorySize((4 << 30) + 4096))
-        );
-        assert_eq!(
-            check(&|c| c.memory.size = (2 << 20) + 1),
-            Err(ConfigError::MemoryAlign((2 << 20) + 1))
-        );
-        assert_eq!(
-            check(&|c| c.snp.certs_file = Some("certs.bin".into())),
-            Err(ConfigError::RelativeCertsFile("certs.bin".into()))
-        );
-        assert_eq!(
-            check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS),
-            Ok(())
-        );
-        assert_eq!(
-            check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1),
-            Err(ConfigError::CertsTimeout(MAX_CERTS_TIMEOUT_MS + 1))
-        );
-        assert_eq!(
-            check(&|c| c.payload = PayloadConfig::Attest {
+            check(&|c| c.payload = Some(PayloadConfig::Attest {
                 requests: 0,
-                interval_ms: 0
-            }),
-            Err(ConfigError::NoRequests)
+                interval_ms: 0,
+                retry_ms: 1,
+                max_busy_retries: 1,
+            })),
+            Err("payload.requests must be at least 1".to_owned())
         );
     }
 }

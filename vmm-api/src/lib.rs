@@ -1,19 +1,27 @@
-//! The wire types, shared by the server, the client and the VMM, so they
-//! can never drift. All are plain serde data; request types refuse unknown
-//! fields.
+//! The VMM's wire and configuration types, shared by the VMM, the API
+//! server and `snp-remote`, so they can never drift.
+//!
+//! Plain serde data and no HTTP: the `vmm` crate implements [`VmmApi`],
+//! the `api-server` crate serves it over HTTP, and both read these types.
+//! Request types refuse unknown fields.
+//!
+//! * [`config`]: the VM configuration (`PUT vm.create`, and what the
+//!   command line builds), with [`cli_options`] reading it from Cloud
+//!   Hypervisor-style option strings.
+//! * [`certs`]: the certs configuration and counters as the API shows
+//!   them, and the run-time update (`PUT vm.snp-certs`).
+//! * [`vm`]: `vmm.ping` and `vm.info`.
+//! * [`action`]: what the API asks of the VMM ([`VmmAction`]), what it
+//!   answers ([`VmmData`], [`ApiError`]), and the [`VmmApi`] trait.
 
 pub mod action;
 pub mod certs;
 pub mod cli_options;
 pub mod config;
-pub mod option_parser;
 pub mod vm;
 
-pub use action::{ApiError, ApiErrorKind, ErrorBody, VmmAction, VmmApi, VmmData};
-pub use certs::{
-    CertsStats, LockWaitSummary, OutcomeCounts, SnpCertsInfo, SnpCertsUpdate, VmCounters,
-};
+pub use action::{ApiError, ApiErrorKind, ErrorBody, VmmAction, VmmApi, VmmData, error_chain};
+pub use certs::{LockWaitSummary, OutcomeCounts, SnpCertsInfo, SnpCertsUpdate, VmCounters};
 pub use cli_options::VmOptions;
 pub use config::{ConfigError, CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
-pub use option_parser::{OptionError, Options, SizeError, parse_size};
 pub use vm::{PingResponse, VcpuInfo, VmInfo, VmState};

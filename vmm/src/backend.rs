@@ -1,14 +1,13 @@
 //! Choosing the hypervisor backend: real KVM, or the mock where `/dev/kvm`
-//! is missing.
+//! is missing (only when asked for, with `auto`).
 
 use std::fmt;
 use std::str::FromStr;
 
 use hypervisor::kvm::KvmHypervisor;
-use hypervisor::mock::{MockHypervisor, ScriptedGuest};
-use hypervisor::{Hypervisor, HypervisorError, VmExit};
-
-use crate::guest::{AttestParams, MockAttestGuest};
+use hypervisor::mock::{MockGuest, MockHypervisor};
+use hypervisor::{Hypervisor, HypervisorError};
+use vmm_api::error_chain;
 
 /// Which backend the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +72,7 @@ impl Backend {
                 Ok(kvm) => Ok((Backend::Kvm(kvm), None)),
                 Err(e @ HypervisorError::KvmUnavailable { .. }) => Ok((
                     Backend::Mock(MockHypervisor::new().with_snp(false)),
-                    Some(snp_certs::serve::error_chain(&e)),
+                    Some(error_chain(&e)),
                 )),
                 Err(e) => Err(e),
             },
@@ -93,16 +92,11 @@ impl Backend {
         self.hypervisor().name()
     }
 
-    /// On the mock, installs the guest program of vCPU `id`: the
-    /// attestation guest's Rust twin on vCPU 0, a halt elsewhere. On KVM
-    /// the real program is loaded into guest memory instead, so this does
-    /// nothing.
-    pub fn install_mock_guest(&self, id: u8, params: Option<AttestParams>) {
+    /// On the mock, makes `guest` drive vCPU `id` of the next VM. On KVM
+    /// the real program in guest memory runs instead, so this does nothing.
+    pub fn set_mock_guest(&self, id: u8, guest: Box<dyn MockGuest>) {
         if let Backend::Mock(mock) = self {
-            match params {
-                Some(params) => mock.set_guest(id, MockAttestGuest::new(params)),
-                None => mock.set_guest(id, ScriptedGuest::new([VmExit::Hlt])),
-            }
+            mock.set_boxed_guest(id, guest);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One VM's certificate service: its configuration, counters and events.
+//! One VM's certificate service: its configuration, busy budget, counters
+//! and events.
 //!
 //! Every vCPU answers certificate requests through the same
 //! [`CertsService`], whatever the request's source (the real
@@ -6,21 +7,21 @@
 //! snapshot of the VM's configuration per request, so a configuration
 //! change made through the API is atomic with respect to requests in
 //! flight: a request finishes with the configuration it started with, and
-//! every later one uses the new configuration.
+//! every later one uses the new configuration. Changes are validated
+//! without holding anything a request or another API call needs.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_monitor::EventSender;
 use serde_json::{Value, json};
 use snp_certs::config::ConfigError;
-use snp_certs::serve::{CertsRequest, Outcome, Reason};
-use snp_certs::{CertsConfig, CertsReader, SharedCertsConfig};
+use snp_certs::serve::{CertsRequest, Outcome};
+use snp_certs::{ActiveCerts, BusyBudget, CertsConfig, CertsReader, SharedCertsConfig};
 use vm_memory::GuestMemory;
+use vmm_api::VmCounters;
 
-use api_server::types::VmCounters;
-
-use crate::stats::CertsStats;
+use crate::stats::RequestStats;
 
 /// Event source name of certificate events.
 pub const EVENT_SOURCE: &str = "snp-certs";
@@ -43,70 +44,34 @@ impl RequestSource {
     }
 }
 
-/// Whether a request with this reason tried the lock (so its wait, even
-/// zero, belongs in the lock-wait statistics).
-fn reached_lock(reason: Reason) -> bool {
-    match reason {
-        Reason::Served
-        | Reason::SizeQuery
-        | Reason::BufferTooSmall
-        | Reason::LockTimeout
-        | Reason::LockCancelled
-        | Reason::FileTooLarge
-        | Reason::FileInvalid
-        | Reason::FileKeepsChanging
-        | Reason::OutsideGuestRam => true,
-        Reason::NoCertsFile
-        | Reason::GpaMisaligned
-        | Reason::BufferOverflows
-        | Reason::FileMissing
-        | Reason::FileNotRegular
-        | Reason::FileUnreadable
-        | Reason::LockFailed => false,
-    }
-}
-
 /// The certificate service of one VM.
 #[derive(Debug)]
 pub struct CertsService {
     config: SharedCertsConfig,
-    /// Serialises configuration changes (each is read, validate, swap).
-    updating: Mutex<()>,
-    warnings: Mutex<Vec<String>>,
-    stats: CertsStats,
+    budget: BusyBudget,
+    stats: RequestStats,
     events: EventSender,
 }
 
 impl CertsService {
-    /// A service for `config`, validated first (the file must be a valid
-    /// table now, not only when a guest asks).
-    pub fn new(config: CertsConfig, events: EventSender) -> Result<CertsService, ConfigError> {
-        let warnings = config.validate()?;
-        Ok(CertsService {
-            config: SharedCertsConfig::new(config),
-            updating: Mutex::new(()),
-            warnings: Mutex::new(warnings.iter().map(ToString::to_string).collect()),
-            stats: CertsStats::default(),
+    /// A service starting with `active`, a configuration already validated.
+    pub fn new(active: ActiveCerts, events: EventSender) -> CertsService {
+        CertsService {
+            config: SharedCertsConfig::new(active),
+            budget: BusyBudget::new(),
+            stats: RequestStats::default(),
             events,
-        })
+        }
     }
 
-    /// The current configuration.
-    pub fn config(&self) -> Arc<CertsConfig> {
+    /// The current configuration with its file's warnings.
+    pub fn active(&self) -> Arc<ActiveCerts> {
         self.config.current()
     }
 
     /// How many times the configuration was replaced.
     pub fn generation(&self) -> u64 {
         self.config.generation()
-    }
-
-    /// Warnings about the current certs file.
-    pub fn warnings(&self) -> Vec<String> {
-        self.warnings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// Counters so far, with the event monitor's drop count.
@@ -122,50 +87,46 @@ impl CertsService {
         self.stats.leases_held()
     }
 
-    /// Makes `change(current)` the configuration after validating it (the
-    /// file is read under its shared lock); on error nothing changes.
-    /// Changes are serialised, so two at once cannot lose each other.
-    /// Returns the new file's warnings.
-    pub fn replace_with(
+    /// Makes `change(current)` the configuration; `rereads_file` says
+    /// whether the change needs the file read and validated again (see
+    /// [`SharedCertsConfig::update`]). On error nothing changes.
+    pub fn update(
         &self,
-        change: impl FnOnce(&CertsConfig) -> CertsConfig,
-    ) -> Result<Vec<String>, ConfigError> {
-        let _updating = self.updating.lock().unwrap_or_else(PoisonError::into_inner);
-        let (previous, warnings) = self.config.replace(change(&self.config()))?;
-        let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-        *self.warnings.lock().unwrap_or_else(PoisonError::into_inner) = warnings.clone();
-        self.changed(&previous);
-        Ok(warnings)
-    }
-
-    /// Changes only the timeout; the file is not read again (so this works
-    /// while a management tool holds the exclusive lock).
-    pub fn set_timeout(&self, certs_timeout: u64) -> Result<(), ConfigError> {
-        let _updating = self.updating.lock().unwrap_or_else(PoisonError::into_inner);
-        let previous = self.config.set_timeout(certs_timeout)?;
-        self.changed(&previous);
-        Ok(())
+        rereads_file: bool,
+        change: impl Fn(&CertsConfig) -> CertsConfig,
+    ) -> Result<Arc<ActiveCerts>, ConfigError> {
+        let (previous, now) = self.config.update(rereads_file, change)?;
+        self.changed(&previous, &now);
+        Ok(now)
     }
 
     /// Logs and reports a configuration change.
-    fn changed(&self, previous: &CertsConfig) {
-        let config = self.config();
+    fn changed(&self, previous: &ActiveCerts, now: &ActiveCerts) {
+        let (old, new) = (&previous.config, &now.config);
         log::info!(
-            "certs configuration changed: certs-file {:?} -> {:?}, certs-timeout {} -> {} ms",
-            previous.certs_file,
-            config.certs_file,
-            previous.certs_timeout,
-            config.certs_timeout
+            "certs configuration changed: certs-file {:?} -> {:?}, certs-timeout {} -> {} ms, busy-budget {} -> {} ms, on-error {} -> {}",
+            old.certs_file,
+            new.certs_file,
+            old.certs_timeout,
+            new.certs_timeout,
+            old.busy_budget,
+            new.busy_budget,
+            old.on_error.as_str(),
+            new.on_error.as_str()
         );
+        let warnings: Vec<String> = now.warnings.iter().map(ToString::to_string).collect();
         self.events.event(
             EVENT_SOURCE,
             "config-changed",
             [
-                ("certs_file", json!(config.certs_file)),
-                ("certs_timeout", json!(config.certs_timeout)),
-                ("previous_certs_file", json!(previous.certs_file)),
+                ("certs_file", json!(new.certs_file)),
+                ("certs_timeout", json!(new.certs_timeout)),
+                ("busy_budget", json!(new.busy_budget)),
+                ("on_error", json!(new.on_error)),
+                ("allow_large", json!(new.allow_large)),
+                ("previous_certs_file", json!(old.certs_file)),
                 ("generation", json!(self.generation())),
-                ("warnings", json!(self.warnings())),
+                ("warnings", json!(warnings)),
             ],
         );
     }
@@ -180,29 +141,32 @@ impl CertsService {
         request: CertsRequest,
         memory: &M,
     ) -> Outcome {
-        let config = self.config.current();
-        let outcome = snp_certs::serve(reader, &config, request, memory);
-        let reached = config.certs_file.is_some() && reached_lock(outcome.reason);
-        self.stats.record(
-            outcome.kind,
-            outcome.reason,
-            outcome.bytes,
-            outcome.lock_wait,
-            reached,
-            outcome.lease.is_some(),
-        );
-        if let Some(detail) = &outcome.detail {
-            log::warn!(
+        let active = self.config.current();
+        let config = &active.config;
+        let outcome = snp_certs::serve(reader, config, &self.budget, request, memory);
+        self.stats.record(&outcome);
+        let what = if outcome.fallback {
+            "fallback"
+        } else {
+            outcome.kind.as_str()
+        };
+        match &outcome.detail {
+            Some(detail) if outcome.fallback => log::warn!(
+                "vcpu {vcpu}: certificate request answered with the fallback ({}, ret {}): {} ({detail})",
+                config.on_error.as_str(),
+                outcome.ret(),
+                outcome.reason
+            ),
+            Some(detail) => log::warn!(
                 "vcpu {vcpu}: certificate request {}: {} ({detail})",
                 outcome.kind,
                 outcome.reason
-            );
-        } else {
-            log::debug!(
+            ),
+            None => log::debug!(
                 "vcpu {vcpu}: certificate request {}: {}",
                 outcome.kind,
                 outcome.reason
-            );
+            ),
         }
         let mut props: Vec<(&str, Value)> = vec![
             ("vcpu", json!(vcpu)),
@@ -216,11 +180,17 @@ impl CertsService {
             ("lock_wait_us", json!(outcome.lock_wait.as_micros() as u64)),
             ("certs_file", json!(config.certs_file)),
         ];
+        if outcome.fallback {
+            props.push(("on_error", json!(config.on_error)));
+            props.push((
+                "busy_streak_ms",
+                json!(self.budget.streak().as_millis() as u64),
+            ));
+        }
         if let Some(detail) = &outcome.detail {
             props.push(("detail", json!(detail)));
         }
-        self.events
-            .event(EVENT_SOURCE, outcome.kind.as_str(), props);
+        self.events.event(EVENT_SOURCE, what, props);
         outcome
     }
 

@@ -7,42 +7,49 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use api_server::types::{
-    ApiError, PingResponse, SnpCertsUpdate, VmConfig, VmState, VmmAction, VmmApi, VmmData,
-};
 use event_monitor::EventSender;
 use serde_json::json;
 use snp_certs::CertsFileError;
 use snp_certs::config::ConfigError;
 use snp_certs::lock::LockError;
-use snp_certs::serve::error_chain;
+use vmm_api::{
+    ApiError, PingResponse, SnpCertsUpdate, VmConfig, VmState, VmmAction, VmmApi, VmmData,
+    error_chain,
+};
 
 use crate::backend::Backend;
-use crate::vm::{VM_EVENT_SOURCE, Vm, VmError};
+use crate::payload::PayloadFactory;
+use crate::vm::{VM_EVENT_SOURCE, Vm, VmError, certs_info};
 
-/// The VMM: a backend and at most one VM.
-#[derive(Debug)]
+/// The VMM: a backend, the payloads it can run, and at most one VM.
 pub struct Vmm {
     backend: Backend,
     snp_req_certs_supported: bool,
     events: EventSender,
-    print_reports: bool,
+    payloads: Arc<dyn PayloadFactory>,
     vm: Mutex<Option<Vm>>,
     exit_requested: Mutex<bool>,
     exit_wake: Condvar,
 }
 
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
 fn vm_error(e: VmError) -> ApiError {
     match e {
+        VmError::Certs(certs) => config_error(certs),
         VmError::Config(_)
-        | VmError::Certs(_)
-        | VmError::DoorbellNeeded
-        | VmError::MemoryTooSmall(_) => ApiError::bad_request(error_chain(&e)),
-        VmError::Memory(_)
-        | VmError::GuestProgram(_)
-        | VmError::GuestLoad(_)
-        | VmError::Hypervisor(_)
-        | VmError::Thread(_) => ApiError::internal(error_chain(&e)),
+        | VmError::Payload(_)
+        | VmError::DoorbellNeeded(_)
+        | VmError::MemoryTooSmall { .. } => ApiError::bad_request(error_chain(&e)),
+        VmError::Memory(_) | VmError::Hypervisor(_) | VmError::Thread(_) => {
+            ApiError::internal(error_chain(&e))
+        }
     }
 }
 
@@ -63,6 +70,8 @@ fn config_error(e: ConfigError) -> ApiError {
             ApiError::internal(message)
         }
         ConfigError::TimeoutTooLarge(_)
+        | ConfigError::BudgetTooLarge(_)
+        | ConfigError::TooLargeForGuests { .. }
         | ConfigError::RelativePath(_)
         | ConfigError::File(
             CertsFileError::Missing { .. }
@@ -79,8 +88,8 @@ fn no_vm() -> ApiError {
 }
 
 impl Vmm {
-    /// A VMM on `backend`.
-    pub fn new(backend: Backend, events: EventSender, print_reports: bool) -> Vmm {
+    /// A VMM on `backend` that runs the payloads `payloads` builds.
+    pub fn new(backend: Backend, events: EventSender, payloads: Arc<dyn PayloadFactory>) -> Vmm {
         let snp_req_certs_supported = backend
             .hypervisor()
             .snp_req_certs_supported()
@@ -89,7 +98,7 @@ impl Vmm {
             backend,
             snp_req_certs_supported,
             events,
-            print_reports,
+            payloads,
             vm: Mutex::new(None),
             exit_requested: Mutex::new(false),
             exit_wake: Condvar::new(),
@@ -126,7 +135,7 @@ impl Vmm {
             &self.backend,
             config,
             self.events.clone(),
-            self.print_reports,
+            self.payloads.as_ref(),
         )
         .map_err(vm_error)?;
         *slot = Some(vm);
@@ -148,16 +157,12 @@ impl Vmm {
     /// other API calls go on meanwhile; the swap itself is atomic.
     fn put_snp_certs(&self, update: SnpCertsUpdate) -> Result<VmmData, ApiError> {
         let certs = self.with_vm(|vm| Ok(Arc::clone(vm.certs())))?;
-        let result = match (&update.certs_file, update.certs_timeout) {
-            // A new (or the same, named again) file: validate it.
-            (Some(_), _) => certs
-                .replace_with(|current| update.apply(current))
-                .map(drop),
-            (None, Some(timeout)) => certs.set_timeout(timeout),
-            (None, None) => Ok(()),
-        };
-        result.map_err(config_error)?;
-        self.with_vm(|vm| Ok(VmmData::SnpCerts(Box::new(vm.certs_info()))))
+        if !update.is_empty() {
+            certs
+                .update(update.rereads_file(), |current| update.apply(current))
+                .map_err(config_error)?;
+        }
+        Ok(VmmData::SnpCerts(Box::new(certs_info(&certs))))
     }
 
     /// Asks the process to exit (after `vmm.shutdown`).

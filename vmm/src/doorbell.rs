@@ -10,10 +10,7 @@
 //!
 //! # Protocol
 //!
-//! All ports take 32-bit `OUT`s (`out dx, eax`); the value is a
-//! guest-physical address or a number, little endian.
-//!
-//! * [`DOORBELL_PORT`]: the guest writes the GPA of a [`Mailbox`] (8-byte
+//! * [`DOORBELL_PORT`] takes a 32-bit `OUT` (`out dx, eax`): the guest writes the GPA of a [`Mailbox`] (8-byte
 //!   aligned, below 4 GiB). The mailbox has the layout of
 //!   `struct kvm_exit_snp_req_certs`: `gpa`, `npages`, `ret`, three
 //!   little-endian `u64`s. The VMM reads `gpa` and `npages`, answers the
@@ -22,21 +19,15 @@
 //!   pages needed), `EAGAIN` (11) or `EIO` (5), exactly as KVM would pass
 //!   them to an SNP guest. A mailbox the VMM cannot read or write is
 //!   ignored (logged); the guest then sees its own values unchanged.
-//! * [`REPORT_PORT`]: the built-in attestation guest writes the GPA of a
-//!   [`GuestReport`] after each request, so the VMM can log what the guest
-//!   saw.
-//! * [`DELAY_PORT`]: the guest asks to be paused for the given number of
-//!   milliseconds (its "sleep"); the VMM pauses the vCPU thread, and a VM
-//!   shutdown cuts the pause short.
+//!
+//! Every other port belongs to the VM's port-I/O bus ([`crate::pio`]),
+//! where a payload attaches its own devices (the test guests' report and
+//! delay ports, for instance).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 /// Port the guest rings with the GPA of its [`Mailbox`].
 pub const DOORBELL_PORT: u16 = 0x5e0;
-/// Port the attestation guest writes the GPA of a [`GuestReport`] to.
-pub const REPORT_PORT: u16 = 0x5e4;
-/// Port the guest writes a pause in milliseconds to.
-pub const DELAY_PORT: u16 = 0x5e8;
 
 /// Size of a [`Mailbox`] in guest memory.
 pub const MAILBOX_SIZE: usize = 24;
@@ -58,63 +49,7 @@ pub struct Mailbox {
     pub ret: u64,
 }
 
-/// Size of a [`GuestReport`] in guest memory.
-pub const REPORT_SIZE: usize = 32;
-
-/// What the attestation guest reports after each request: eight
-/// little-endian `u32`s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GuestReport {
-    /// Request number, from 1.
-    pub seq: u32,
-    /// The final `ret` the guest got for this request.
-    pub ret: u32,
-    /// The `npages` it asked with in the end.
-    pub npages: u32,
-    /// How many times it was told busy and retried.
-    pub busy_retries: u32,
-    /// Entries in the table it received (before the terminator).
-    pub entries: u32,
-    /// Length of the table it received: the largest `offset + length` of
-    /// its entries, or 24 for an empty table (as Linux's configfs-tsm
-    /// trims the blob).
-    pub table_len: u32,
-    /// FNV-1a 32-bit hash of the first `table_len` bytes.
-    pub checksum: u32,
-    /// [`ReportStatus`] as a number.
-    pub status: u32,
-}
-
-/// How one request of the attestation guest ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum ReportStatus {
-    /// Certificates received and checked.
-    Ok = 0,
-    /// Still busy after the guest's retry budget.
-    GaveUpBusy = 1,
-    /// The table needs more pages than the guest's buffer has.
-    TooBig = 2,
-    /// `ret` was EIO or another error.
-    Failed = 3,
-    /// The table it received is malformed (no terminator in the buffer, or
-    /// an entry beyond it).
-    BadTable = 4,
-}
-
-/// FNV-1a 32-bit offset basis.
-pub const FNV_OFFSET: u32 = 0x811c_9dc5;
-/// FNV-1a 32-bit prime.
-pub const FNV_PRIME: u32 = 0x0100_0193;
-
-/// FNV-1a 32-bit hash, as the attestation guest computes it.
-pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(FNV_OFFSET, |hash, &b| {
-        (hash ^ u32::from(b)).wrapping_mul(FNV_PRIME)
-    })
-}
-
-/// Why a mailbox or report could not be accessed.
+/// Why a mailbox could not be accessed.
 #[derive(Debug, thiserror::Error)]
 pub enum DoorbellError {
     /// The structure is not inside guest RAM.
@@ -184,13 +119,6 @@ mod tests {
     use vm_memory::GuestMemoryMmap;
 
     use super::*;
-
-    #[test]
-    fn fnv_matches_reference_vectors() {
-        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
-        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
-        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
-    }
 
     #[test]
     fn mailbox_round_trip_and_bounds() {

@@ -1,8 +1,12 @@
 //! What a vCPU does with each exit: a pure function, tested on its own.
+//!
+//! The vCPU loop knows three kinds of guest request: the SNP certificate
+//! exit, the emulated doorbell (when the VM has it on), and everything
+//! else on the port-I/O bus.
 
 use hypervisor::{SnpCertsRequest, VmExit};
 
-use crate::doorbell::{DELAY_PORT, DOORBELL_PORT, REPORT_PORT};
+use crate::doorbell::DOORBELL_PORT;
 
 /// Why a vCPU stopped running for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,23 +31,21 @@ pub enum ExitAction {
         /// GPA of the mailbox.
         mailbox: u64,
     },
-    /// The attestation guest reports at this address.
-    GuestReport {
-        /// GPA of the report.
-        gpa: u64,
+    /// An `OUT` for the port-I/O bus.
+    PioWrite {
+        /// The port.
+        port: u16,
+        /// The bytes written.
+        data: Vec<u8>,
     },
-    /// The guest asks to pause this long.
-    Pause {
-        /// Milliseconds.
-        ms: u32,
-    },
-    /// An `IN` from a port with no device: answer all ones, as an empty
-    /// bus does.
-    AnswerIoIn {
+    /// An `IN` for the port-I/O bus; complete it with the bus's answer.
+    PioRead {
+        /// The port.
+        port: u16,
         /// Bytes to answer.
         size: u8,
     },
-    /// Nothing to do (a cut-short run, or an ignored write).
+    /// Nothing to do (a cut-short run).
     Continue,
     /// An exit that is not ours to act on; logged and skipped.
     Ignore(String),
@@ -51,38 +53,31 @@ pub enum ExitAction {
     End(VcpuEnd),
 }
 
-fn u32_of(data: &[u8]) -> Option<u32> {
-    Some(u32::from_le_bytes(data.try_into().ok()?))
-}
-
-/// Maps an exit to its action. Doorbell ports only count when `doorbell`
-/// is enabled for this VM.
+/// Maps an exit to its action. The doorbell port only counts when
+/// `doorbell` is enabled for this VM; otherwise it is a bus port like any
+/// other (with no device on it).
 pub fn dispatch(exit: &VmExit, doorbell: bool) -> ExitAction {
     match exit {
         VmExit::SnpReqCerts(request) => ExitAction::ServeCerts(*request),
-        VmExit::IoOut { port, data } if doorbell => {
-            let Some(value) = u32_of(data) else {
-                if matches!(*port, DOORBELL_PORT | REPORT_PORT | DELAY_PORT) {
-                    return ExitAction::Ignore(format!(
-                        "{}-byte write to doorbell port {port:#x} (needs 4)",
-                        data.len()
-                    ));
-                }
-                return ExitAction::Continue;
-            };
-            match *port {
-                DOORBELL_PORT => ExitAction::RingDoorbell {
-                    mailbox: u64::from(value),
+        VmExit::IoOut { port, data } if doorbell && *port == DOORBELL_PORT => {
+            match <[u8; 4]>::try_from(data.as_slice()) {
+                Ok(value) => ExitAction::RingDoorbell {
+                    mailbox: u64::from(u32::from_le_bytes(value)),
                 },
-                REPORT_PORT => ExitAction::GuestReport {
-                    gpa: u64::from(value),
-                },
-                DELAY_PORT => ExitAction::Pause { ms: value },
-                _ => ExitAction::Continue,
+                Err(_) => ExitAction::Ignore(format!(
+                    "{}-byte write to the doorbell port {port:#x} (needs 4)",
+                    data.len()
+                )),
             }
         }
-        VmExit::IoOut { .. } => ExitAction::Continue,
-        VmExit::IoIn { size, .. } => ExitAction::AnswerIoIn { size: *size },
+        VmExit::IoOut { port, data } => ExitAction::PioWrite {
+            port: *port,
+            data: data.clone(),
+        },
+        VmExit::IoIn { port, size } => ExitAction::PioRead {
+            port: *port,
+            size: *size,
+        },
         VmExit::Interrupted => ExitAction::Continue,
         VmExit::Hlt => ExitAction::End(VcpuEnd::Halted),
         VmExit::Shutdown => ExitAction::End(VcpuEnd::GuestShutdown),
@@ -116,57 +111,44 @@ mod tests {
     }
 
     #[test]
-    fn doorbell_ports_map_to_their_actions_only_when_enabled() {
+    fn the_doorbell_rings_only_when_enabled() {
         assert_eq!(
             dispatch(&out(DOORBELL_PORT, 0x3000), true),
             ExitAction::RingDoorbell { mailbox: 0x3000 }
         );
         assert_eq!(
-            dispatch(&out(REPORT_PORT, 0x3100), true),
-            ExitAction::GuestReport { gpa: 0x3100 }
-        );
-        assert_eq!(
-            dispatch(&out(DELAY_PORT, 7), true),
-            ExitAction::Pause { ms: 7 }
-        );
-        assert_eq!(
             dispatch(&out(DOORBELL_PORT, 0x3000), false),
-            ExitAction::Continue
+            ExitAction::PioWrite {
+                port: DOORBELL_PORT,
+                data: 0x3000u32.to_le_bytes().to_vec()
+            }
         );
-        assert_eq!(dispatch(&out(0x80, 1), true), ExitAction::Continue);
-    }
-
-    #[test]
-    fn short_writes_to_doorbell_ports_are_ignored() {
-        let exit = VmExit::IoOut {
+        let short = VmExit::IoOut {
             port: DOORBELL_PORT,
             data: vec![1],
         };
-        assert!(matches!(dispatch(&exit, true), ExitAction::Ignore(_)));
-        let exit = VmExit::IoOut {
-            port: 0x80,
-            data: vec![1],
-        };
-        assert_eq!(dispatch(&exit, true), ExitAction::Continue);
+        assert!(matches!(dispatch(&short, true), ExitAction::Ignore(_)));
+    }
+
+    #[test]
+    fn other_ports_go_to_the_bus() {
+        assert_eq!(
+            dispatch(&out(0x5e4, 7), true),
+            ExitAction::PioWrite {
+                port: 0x5e4,
+                data: vec![7, 0, 0, 0]
+            }
+        );
+        assert_eq!(
+            dispatch(&VmExit::IoIn { port: 0x60, size: 2 }, true),
+            ExitAction::PioRead { port: 0x60, size: 2 }
+        );
     }
 
     #[test]
     fn other_exits() {
-        assert_eq!(
-            dispatch(
-                &VmExit::IoIn {
-                    port: 0x60,
-                    size: 2
-                },
-                true
-            ),
-            ExitAction::AnswerIoIn { size: 2 }
-        );
         assert_eq!(dispatch(&VmExit::Interrupted, false), ExitAction::Continue);
-        assert_eq!(
-            dispatch(&VmExit::Hlt, false),
-            ExitAction::End(VcpuEnd::Halted)
-        );
+        assert_eq!(dispatch(&VmExit::Hlt, false), ExitAction::End(VcpuEnd::Halted));
         assert_eq!(
             dispatch(&VmExit::Shutdown, false),
             ExitAction::End(VcpuEnd::GuestShutdown)

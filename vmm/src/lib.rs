@@ -1,24 +1,38 @@
 //! A small KVM VMM that answers SEV-SNP certificate requests.
 //!
-//! * [`backend`]: KVM, or the mock where `/dev/kvm` is missing.
-//! * [`vm`]: one VM: memory, vCPU threads, lifecycle.
+//! The request path, from the guest's exit to the lease's release:
+//!
+//! ```text
+//! KVM_EXIT_SNP_REQ_CERTS ─┐            (or the emulated doorbell's OUT)
+//!                         ▼
+//!   exit_dispatch::dispatch ──► VcpuRunner::answer_* ──► CertsService::serve
+//!        (pure)                                       └─► snp_certs::serve (lock, read, copy)
+//!   complete the exit (ret, npages) ◄── Outcome { lease }
+//!   immediate_exit = 1, KVM_RUN ──► EINTR ──► drop the lease ──► observer ──► run the guest
+//! ```
+//!
+//! * [`backend`]: KVM, or the mock when asked for.
+//! * [`vm`]: one VM: memory, payload, vCPU threads, lifecycle.
 //! * [`vcpu_runner`]: the vCPU loop and the lease / immediate-exit protocol.
 //! * [`exit_dispatch`]: what each exit means, as a pure function.
-//! * [`certs_service`]: a VM's certs configuration, counters and events.
-//! * [`controller`]: the VMM's side of the REST API.
+//! * [`certs_service`]: a VM's certs configuration, busy budget, counters
+//!   and events.
 //! * [`doorbell`]: the emulated guest-request doorbell for hosts without SNP.
-//! * [`guest`]: the built-in attestation test guest.
-//! * [`attest`] and [`summary`]: checking what that guest reports.
+//! * [`pio`]: the port-I/O bus payloads attach their devices to.
+//! * [`payload`]: what a payload (a guest program) provides.
+//! * [`controller`]: the VMM's side of the REST API.
+//!
+//! The VMM knows no HTTP (it implements [`vmm_api::VmmApi`]) and no guest
+//! program (payloads come from a [`payload::PayloadFactory`]).
 
-pub mod attest;
 pub mod backend;
 pub mod certs_service;
 pub mod controller;
 pub mod doorbell;
 pub mod exit_dispatch;
-pub mod guest;
+pub mod payload;
+pub mod pio;
 pub mod stats;
 pub mod stop;
-pub mod summary;
 pub mod vcpu_runner;
 pub mod vm;

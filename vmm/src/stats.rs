@@ -10,17 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use api_server::types::{LockWaitSummary, OutcomeCounts, VmCounters};
-use snp_certs::{OutcomeKind, Reason};
+use vmm_api::{LockWaitSummary, OutcomeCounts, VmCounters};
+use snp_certs::{Outcome, OutcomeKind, Reason};
 
 /// How many recent lock waits the percentiles are computed over.
 pub const LOCK_WAIT_WINDOW: usize = 4096;
 
 /// Live counters of one VM's certificate requests.
 #[derive(Debug, Default)]
-pub struct CertsStats {
+pub struct RequestStats {
     outcomes: [AtomicU64; 4],
     reasons: Mutex<HashMap<Reason, u64>>,
+    fallbacks: Mutex<HashMap<Reason, u64>>,
     bytes_delivered: AtomicU64,
     lock_waits: AtomicU64,
     recent_waits_us: Mutex<VecDeque<u64>>,
@@ -42,18 +43,19 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-impl CertsStats {
-    /// Counts one answered request. `waited_for_lock` is whether the
-    /// request got as far as the lock (so its wait, even zero, counts).
-    pub fn record(
-        &self,
-        kind: OutcomeKind,
-        reason: Reason,
-        bytes: usize,
-        lock_wait: Duration,
-        waited_for_lock: bool,
-        lease: bool,
-    ) {
+impl RequestStats {
+    /// Counts one answered request.
+    pub fn record(&self, outcome: &Outcome) {
+        let Outcome {
+            kind,
+            reason,
+            bytes,
+            lock_wait,
+            lock_tried,
+            fallback,
+            ..
+        } = *outcome;
+        let lease = outcome.lease.is_some();
         self.outcomes[index(kind)].fetch_add(1, Ordering::Relaxed);
         *self
             .reasons
@@ -61,11 +63,19 @@ impl CertsStats {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(reason)
             .or_default() += 1;
+        if fallback {
+            *self
+                .fallbacks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(reason)
+                .or_default() += 1;
+        }
         if kind == OutcomeKind::Delivered {
             self.bytes_delivered
                 .fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        if waited_for_lock {
+        if lock_tried {
             let us = micros(lock_wait);
             self.lock_waits.fetch_add(1, Ordering::Relaxed);
             self.lock_wait_max_us.fetch_max(us, Ordering::Relaxed);
@@ -79,8 +89,13 @@ impl CertsStats {
             recent.push_back(us);
         }
         if lease {
-            self.leases_held.fetch_add(1, Ordering::AcqRel);
+            self.lease_taken();
         }
+    }
+
+    /// Counts one lease taken.
+    pub fn lease_taken(&self) {
+        self.leases_held.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Counts one released lease.
@@ -107,13 +122,15 @@ impl CertsStats {
             busy: count(OutcomeKind::Busy),
             failed: count(OutcomeKind::Failed),
         };
-        let reasons = self
-            .reasons
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(r, n)| (r.as_str().to_owned(), *n))
-            .collect();
+        let by_name = |map: &Mutex<HashMap<Reason, u64>>| {
+            map.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(r, n)| (r.as_str().to_owned(), *n))
+                .collect()
+        };
+        let reasons = by_name(&self.reasons);
+        let fallbacks = by_name(&self.fallbacks);
         let mut waits: Vec<u64> = self
             .recent_waits_us
             .lock()
@@ -125,6 +142,7 @@ impl CertsStats {
         VmCounters {
             requests,
             reasons,
+            fallbacks,
             bytes_delivered: self.bytes_delivered.load(Ordering::Relaxed),
             lock_wait_us: LockWaitSummary {
                 count: self.lock_waits.load(Ordering::Relaxed),
@@ -153,57 +171,47 @@ fn percentile(sorted: &[u64], p: usize) -> u64 {
 mod tests {
     use super::*;
 
+    fn outcome(kind: OutcomeKind, reason: Reason, bytes: usize, wait_ms: u64) -> Outcome {
+        let mut o = Outcome::new(kind, reason, snp_certs::CertsRequest { gpa: 0, npages: 1 });
+        o.bytes = bytes;
+        o.lock_wait = Duration::from_millis(wait_ms);
+        o.lock_tried = reason != Reason::NoCertsFile;
+        o
+    }
+
     #[test]
-    fn counts_outcomes_reasons_bytes_and_leases() {
-        let s = CertsStats::default();
-        let ms = Duration::from_millis;
-        s.record(
-            OutcomeKind::Delivered,
-            Reason::Served,
-            100,
-            ms(1),
-            true,
-            true,
-        );
-        s.record(
-            OutcomeKind::Delivered,
-            Reason::NoCertsFile,
-            24,
-            ms(0),
-            false,
-            false,
-        );
-        s.record(
-            OutcomeKind::Busy,
-            Reason::LockTimeout,
-            0,
-            ms(100),
-            true,
-            false,
-        );
-        s.record(
-            OutcomeKind::NeedPages,
-            Reason::SizeQuery,
-            5000,
-            ms(0),
-            true,
-            false,
-        );
-        assert_eq!(s.leases_held(), 1);
+    fn counts_outcomes_reasons_fallbacks_bytes_and_waits() {
+        let s = RequestStats::default();
+        s.record(&outcome(OutcomeKind::Delivered, Reason::Served, 100, 1));
+        s.record(&outcome(OutcomeKind::Delivered, Reason::NoCertsFile, 24, 0));
+        s.record(&outcome(OutcomeKind::Busy, Reason::LockTimeout, 0, 100));
+        s.record(&outcome(OutcomeKind::NeedPages, Reason::SizeQuery, 5000, 0));
+        let mut fallback = outcome(OutcomeKind::Delivered, Reason::FileMissing, 24, 0);
+        fallback.fallback = true;
+        fallback.lock_tried = false;
+        s.record(&fallback);
+        let snap = s.snapshot();
+        assert_eq!(snap.requests.delivered, 3);
+        assert_eq!(snap.requests.busy, 1);
+        assert_eq!(snap.requests.failed, 0);
+        assert_eq!(snap.requests.total(), 5);
+        assert_eq!(snap.reasons["lock-timeout"], 1);
+        assert_eq!(snap.reasons["no-certs-file"], 1);
+        assert_eq!(snap.fallbacks.len(), 1);
+        assert_eq!(snap.fallbacks["file-missing"], 1);
+        assert_eq!(snap.bytes_delivered, 148);
+        assert_eq!(snap.lock_wait_us.count, 3);
+        assert_eq!(snap.lock_wait_us.max, 100_000);
+    }
+
+    #[test]
+    fn leases_never_go_below_zero() {
+        let s = RequestStats::default();
+        s.lease_taken();
         s.lease_released();
         s.lease_released();
         let snap = s.snapshot();
-        assert_eq!(snap.requests.delivered, 2);
-        assert_eq!(snap.requests.busy, 1);
-        assert_eq!(snap.requests.failed, 0);
-        assert_eq!(snap.requests.total(), 4);
-        assert_eq!(snap.reasons["lock-timeout"], 1);
-        assert_eq!(snap.reasons["no-certs-file"], 1);
-        assert_eq!(snap.bytes_delivered, 124);
-        assert_eq!(snap.lock_wait_us.count, 3);
-        assert_eq!(snap.lock_wait_us.max, 100_000);
-        assert_eq!(snap.leases_held, 0, "never negative");
-        assert_eq!(snap.leases_released, 2);
+        assert_eq!((snap.leases_held, snap.leases_released), (0, 2));
     }
 
     #[test]
@@ -218,29 +226,14 @@ mod tests {
 
     #[test]
     fn window_keeps_only_recent_waits() {
-        let s = CertsStats::default();
+        let s = RequestStats::default();
         for _ in 0..LOCK_WAIT_WINDOW {
-            s.record(
-                OutcomeKind::Busy,
-                Reason::LockTimeout,
-                0,
-                Duration::from_secs(1),
-                true,
-                false,
-            );
+            s.record(&outcome(OutcomeKind::Busy, Reason::LockTimeout, 0, 1000));
         }
         for _ in 0..LOCK_WAIT_WINDOW {
-            s.record(
-                OutcomeKind::Delivered,
-                Reason::Served,
-                1,
-                Duration::ZERO,
-                true,
-                false,
-            );
+            s.record(&outcome(OutcomeKind::Delivered, Reason::Served, 1, 0));
         }
-        let snap = s.snapshot();
-        let w = snap.lock_wait_us;
+        let w = s.snapshot().lock_wait_us;
         assert_eq!((w.p50, w.p90, w.p99), (0, 0, 0));
         assert_eq!(w.max, 1_000_000);
     }

@@ -32,6 +32,15 @@ impl StopSignal {
         self.wake.notify_all();
     }
 
+    /// Waits until a stop is requested.
+    pub fn wait(&self) {
+        let guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self
+            .wake
+            .wait_while(guard, |()| !self.is_stopped())
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
     /// Sleeps for `duration` unless a stop comes first. Returns whether
     /// the VM is stopping.
     pub fn pause(&self, duration: Duration) -> bool {

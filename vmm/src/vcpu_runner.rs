@@ -16,27 +16,25 @@
 //! 3. drops the lease, whatever that run returned,
 //! 4. clears `immediate_exit` and carries on.
 //!
-//! The emulated doorbell goes through the very same steps, so the pipeline
-//! is exercised end to end on hosts without SNP.
+//! Nothing else happens between writing the answer and dropping the lease:
+//! the payload's [`RequestObserver`] hears of the request only after
+//! step 3. The emulated doorbell goes through the very same steps, so the
+//! pipeline is exercised end to end on hosts without SNP.
 
-use std::io::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
 
-use event_monitor::EventSender;
 use hypervisor::{
     GuestMemoryMmap, HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VmExit,
 };
-use serde_json::json;
-use snp_certs::serve::{CertsRequest, Outcome, OutcomeKind, error_chain};
+use snp_certs::serve::{CertsRequest, Outcome};
 use snp_certs::{CertsReader, Lease};
-use vm_memory::{Bytes, GuestAddress};
+use vmm_api::error_chain;
 
-use crate::attest::{AttestLog, Expected};
 use crate::certs_service::{CertsService, RequestSource};
 use crate::doorbell::Mailbox;
 use crate::exit_dispatch::{ExitAction, VcpuEnd, dispatch};
-use crate::guest;
+use crate::payload::{Answered, RequestObserver};
+use crate::pio::PioBus;
 use crate::stop::StopSignal;
 
 /// Why answering an exit failed.
@@ -48,7 +46,7 @@ pub enum RunnerError {
 }
 
 /// What a runner shares with its VM.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VcpuShared {
     /// Guest RAM.
     pub memory: Arc<GuestMemoryMmap>,
@@ -56,14 +54,21 @@ pub struct VcpuShared {
     pub certs: Arc<CertsService>,
     /// The VM's stop signal.
     pub stop: Arc<StopSignal>,
-    /// Reports of the attestation guest.
-    pub attest: Arc<AttestLog>,
-    /// Event stream.
-    pub events: EventSender,
+    /// The VM's port-I/O devices.
+    pub bus: Arc<PioBus>,
+    /// Told of each certificate request after its lease is released.
+    pub observer: Option<Arc<dyn RequestObserver>>,
     /// Whether the emulated doorbell is enabled.
     pub doorbell: bool,
-    /// Whether to print each guest report on stdout.
-    pub print_reports: bool,
+}
+
+impl std::fmt::Debug for VcpuShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuShared")
+            .field("doorbell", &self.doorbell)
+            .field("bus", &self.bus)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One vCPU and its per-vCPU state, run on its own thread.
@@ -72,7 +77,6 @@ pub struct VcpuRunner {
     vcpu: Box<dyn Vcpu>,
     shared: VcpuShared,
     reader: CertsReader,
-    last_delivered: Option<Expected>,
 }
 
 impl VcpuRunner {
@@ -83,7 +87,6 @@ impl VcpuRunner {
             vcpu,
             reader: CertsReader::with_cancel(shared.stop.flag()),
             shared,
-            last_delivered: None,
         }
     }
 
@@ -102,6 +105,12 @@ impl VcpuRunner {
         end
     }
 
+    /// An idle vCPU: runs no guest code, waits for the VM to stop.
+    pub fn idle(self) -> VcpuEnd {
+        self.shared.stop.wait();
+        VcpuEnd::Stopped
+    }
+
     fn run_loop(&mut self) -> VcpuEnd {
         // An exit the lease run returned, to handle before running again.
         let mut pending: Option<VmExit> = None;
@@ -116,21 +125,20 @@ impl VcpuRunner {
             let handled = match dispatch(&exit, self.shared.doorbell) {
                 ExitAction::ServeCerts(request) => self.answer_kvm(request),
                 ExitAction::RingDoorbell { mailbox } => self.answer_doorbell(mailbox),
-                ExitAction::GuestReport { gpa } => {
-                    self.take_report(gpa);
-                    Ok(None)
-                }
-                ExitAction::Pause { ms } => {
-                    if self.shared.stop.pause(Duration::from_millis(u64::from(ms))) {
-                        return VcpuEnd::Stopped;
+                ExitAction::PioWrite { port, data } => {
+                    if !self.shared.bus.write(self.id, port, &data) {
+                        log::debug!("vcpu {}: OUT to port {port:#x} with no device", self.id);
                     }
                     Ok(None)
                 }
-                ExitAction::AnswerIoIn { size } => self
-                    .vcpu
-                    .complete_io_in(&vec![0xff; usize::from(size)])
-                    .map(|()| None)
-                    .map_err(RunnerError::from),
+                ExitAction::PioRead { port, size } => {
+                    let mut data = vec![0; usize::from(size)];
+                    self.shared.bus.read(self.id, port, &mut data);
+                    self.vcpu
+                        .complete_io_in(&data)
+                        .map(|()| None)
+                        .map_err(RunnerError::from)
+                }
                 ExitAction::Continue => Ok(None),
                 ExitAction::Ignore(why) => {
                     log::warn!("vcpu {}: ignored: {why}", self.id);
@@ -147,42 +155,28 @@ impl VcpuRunner {
 
     /// The one handler every request source goes through.
     fn serve(&mut self, request: CertsRequest, source: RequestSource) -> Outcome {
-        let outcome = self.shared.certs.serve(
+        self.shared.certs.serve(
             self.id,
             source,
             &mut self.reader,
             request,
             &*self.shared.memory,
-        );
-        if outcome.kind == OutcomeKind::Delivered && outcome.bytes > 0 {
-            self.last_delivered = self.delivered_bytes(request.gpa, outcome.bytes);
-        }
-        outcome
-    }
-
-    /// What a correct guest must report for the bytes just written.
-    fn delivered_bytes(&self, gpa: u64, len: usize) -> Option<Expected> {
-        let mut bytes = vec![0; len];
-        self.shared
-            .memory
-            .read_slice(&mut bytes, GuestAddress(gpa))
-            .ok()?;
-        guest::expected_report_for(&bytes).ok().map(Expected::from)
+        )
     }
 
     fn answer_kvm(&mut self, request: SnpCertsRequest) -> Result<Option<VmExit>, RunnerError> {
-        let outcome = self.serve(
-            CertsRequest {
-                gpa: request.gpa,
-                npages: request.npages,
-            },
-            RequestSource::Kvm,
-        );
+        let request = CertsRequest {
+            gpa: request.gpa,
+            npages: request.npages,
+        };
+        let mut outcome = self.serve(request, RequestSource::Kvm);
         let completed = self.vcpu.complete_snp_req_certs(SnpCertsCompletion {
             ret: outcome.ret(),
             npages: outcome.npages,
         });
-        self.finish(outcome.lease, completed.map_err(RunnerError::from))
+        let next = self.finish(outcome.lease.take(), completed.map_err(RunnerError::from));
+        self.observe(request, &outcome);
+        next
     }
 
     fn answer_doorbell(&mut self, mailbox_gpa: u64) -> Result<Option<VmExit>, RunnerError> {
@@ -193,13 +187,11 @@ impl VcpuRunner {
                 return Ok(None);
             }
         };
-        let outcome = self.serve(
-            CertsRequest {
-                gpa: mailbox.gpa,
-                npages: mailbox.npages,
-            },
-            RequestSource::Doorbell,
-        );
+        let request = CertsRequest {
+            gpa: mailbox.gpa,
+            npages: mailbox.npages,
+        };
+        let mut outcome = self.serve(request, RequestSource::Doorbell);
         if let Err(e) = Mailbox::write_answer(
             &*self.shared.memory,
             mailbox_gpa,
@@ -208,7 +200,22 @@ impl VcpuRunner {
         ) {
             log::warn!("vcpu {}: doorbell answer lost: {e}", self.id);
         }
-        self.finish(outcome.lease, Ok(()))
+        let next = self.finish(outcome.lease.take(), Ok(()));
+        self.observe(request, &outcome);
+        next
+    }
+
+    /// Tells the payload's observer, after the lease is gone.
+    fn observe(&self, request: CertsRequest, outcome: &Outcome) {
+        if let Some(observer) = &self.shared.observer {
+            observer.answered(&Answered {
+                vcpu: self.id,
+                request,
+                kind: outcome.kind,
+                reason: outcome.reason,
+                bytes: outcome.bytes,
+            });
+        }
     }
 
     /// Steps 1 to 4 of the lease protocol (see the module docs). Returns
@@ -245,40 +252,5 @@ impl VcpuRunner {
     fn release(&self, lease: Lease) {
         let held = lease.release();
         self.shared.certs.lease_released(self.id, held);
-    }
-
-    fn take_report(&mut self, gpa: u64) {
-        let report = match guest::read_report(&*self.shared.memory, gpa) {
-            Ok(report) => report,
-            Err(e) => {
-                log::warn!("vcpu {}: unreadable guest report: {e}", self.id);
-                return;
-            }
-        };
-        let record = self
-            .shared
-            .attest
-            .record(self.id, &report, self.last_delivered);
-        if self.shared.print_reports {
-            // A closed stdout must not stop the vCPU (a full pipe still
-            // blocks it: reports go to stdout only in command-line runs).
-            let _ = writeln!(std::io::stdout().lock(), "{}", record.line());
-        }
-        log::info!("{}", record.line());
-        self.shared.events.event(
-            "attest-guest",
-            "report",
-            [
-                ("vcpu", json!(self.id)),
-                ("seq", json!(record.report.seq)),
-                ("status", json!(record.status)),
-                ("ret", json!(record.report.ret)),
-                ("entries", json!(record.report.entries)),
-                ("table_len", json!(record.report.table_len)),
-                ("checksum", json!(record.report.checksum)),
-                ("busy_retries", json!(record.report.busy_retries)),
-                ("matches", json!(record.matches)),
-            ],
-        );
     }
 }

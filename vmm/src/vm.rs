@@ -4,22 +4,30 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use api_server::types::{PayloadConfig, SnpCertsInfo, VcpuInfo, VmConfig, VmInfo, VmState};
+use std::time::Instant;
+
 use event_monitor::EventSender;
 use hypervisor::{GuestMemoryMmap, HypervisorError, VcpuKicker, VmType};
 use serde_json::json;
-use vm_memory::{Bytes, GuestAddress};
+use snp_certs::ActiveCerts;
+use vm_memory::GuestAddress;
+use vmm_api::{SnpCertsInfo, VcpuInfo, VmConfig, VmInfo, VmState};
 
-use crate::attest::AttestLog;
 use crate::backend::Backend;
 use crate::certs_service::CertsService;
 use crate::exit_dispatch::VcpuEnd;
-use crate::guest::{self, AttestParams};
+use crate::payload::{DeviceContext, Payload, PayloadError, PayloadFactory, VcpuStart};
+use crate::pio::PioBus;
 use crate::stop::StopSignal;
 use crate::vcpu_runner::{VcpuRunner, VcpuShared};
 
-/// Where vCPUs other than 0 start: a single `hlt` (0xf4).
-const HALT_STUB_GPA: u64 = 0x500;
+/// How long a shutdown keeps kicking vCPUs that have not stopped yet
+/// before it gives up on them (and logs it).
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often a shutdown kicks a vCPU that has not stopped yet: a kick
+/// that landed just before the vCPU entered a blocking call is repeated.
+const REKICK_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Event source name of VM lifecycle events.
 pub const VM_EVENT_SOURCE: &str = "vm";
@@ -29,27 +37,29 @@ pub const VM_EVENT_SOURCE: &str = "vm";
 pub enum VmError {
     /// The configuration is structurally invalid.
     #[error("Invalid VM configuration")]
-    Config(#[from] api_server::types::ConfigError),
+    Config(#[from] vmm_api::ConfigError),
     /// The certs configuration was refused.
     #[error("Invalid certs configuration")]
     Certs(#[from] snp_certs::config::ConfigError),
-    /// The attestation guest needs the doorbell on this host.
+    /// The payload could not be built, loaded or attached.
+    #[error("Payload refused")]
+    Payload(#[from] PayloadError),
+    /// The payload needs the doorbell on this host.
     #[error(
-        "The attest payload needs snp doorbell=on: this VM has no other way to ask for certificates"
+        "The {0} payload needs snp doorbell=on: this VM has no other way to ask for certificates"
     )]
-    DoorbellNeeded,
-    /// Memory is too small for the guest.
-    #[error("Memory size must be at least {0} bytes for the attest payload")]
-    MemoryTooSmall(u64),
+    DoorbellNeeded(&'static str),
+    /// Memory is too small for the payload.
+    #[error("Memory size must be at least {size} bytes for the {payload} payload")]
+    MemoryTooSmall {
+        /// The payload.
+        payload: &'static str,
+        /// The least size.
+        size: u64,
+    },
     /// Guest memory could not be allocated.
     #[error("Cannot allocate guest memory")]
     Memory(#[source] vm_memory::mmap::FromRangesError),
-    /// The guest program could not be built.
-    #[error("Cannot build the guest program")]
-    GuestProgram(#[source] guest::GuestError),
-    /// The guest program could not be copied into guest memory.
-    #[error("Cannot load the guest program")]
-    GuestLoad(#[source] vm_memory::GuestMemoryError),
     /// A hypervisor call failed.
     #[error("Hypervisor call failed")]
     Hypervisor(#[from] HypervisorError),
@@ -69,12 +79,14 @@ struct Ends {
 pub struct Vm {
     config: VmConfig,
     shared: VcpuShared,
-    runners: Vec<VcpuRunner>,
+    events: EventSender,
+    runners: Vec<(VcpuRunner, VcpuStart)>,
     kickers: Vec<VcpuKicker>,
     threads: Vec<JoinHandle<()>>,
     ends: Arc<Ends>,
     booted: bool,
     shut_down: bool,
+    _payload: Option<Box<dyn Payload>>,
     // Dropped last: vCPUs must go before the VM.
     _vm: Box<dyn hypervisor::Vm>,
 }
@@ -85,75 +97,77 @@ impl std::fmt::Debug for Vm {
     }
 }
 
-fn attest_params(config: &VmConfig) -> AttestParams {
-    match &config.payload {
-        PayloadConfig::Attest {
-            requests,
-            interval_ms,
-        } => AttestParams {
-            requests: *requests,
-            interval_ms: *interval_ms,
-            ..AttestParams::default()
-        },
-    }
-}
-
 impl Vm {
-    /// Creates a VM from `config`: validates it (the certs file included),
-    /// maps memory, loads the guest, creates vCPUs. Nothing runs yet.
+    /// Creates a VM from `config`: validates it (the certs file included,
+    /// waiting up to `snp.startup_wait` for a management tool that holds
+    /// its lock), builds and loads the payload, maps memory, creates
+    /// vCPUs. Nothing runs yet.
     pub fn create(
         backend: &Backend,
         config: VmConfig,
         events: EventSender,
-        print_reports: bool,
+        payloads: &dyn PayloadFactory,
     ) -> Result<Vm, VmError> {
         config.validate()?;
-        if !config.snp.doorbell {
-            return Err(VmError::DoorbellNeeded);
+        let payload = config
+            .payload
+            .as_ref()
+            .map(|p| payloads.build(p))
+            .transpose()?;
+        if let Some(payload) = &payload {
+            if payload.needs_doorbell() && !config.snp.doorbell {
+                return Err(VmError::DoorbellNeeded(payload.name()));
+            }
+            if config.memory.size < payload.min_memory() {
+                return Err(VmError::MemoryTooSmall {
+                    payload: payload.name(),
+                    size: payload.min_memory(),
+                });
+            }
         }
-        if config.memory.size < guest::MIN_MEMORY {
-            return Err(VmError::MemoryTooSmall(guest::MIN_MEMORY));
-        }
-        let certs = Arc::new(CertsService::new(
-            config.snp.certs_config(),
-            events.clone(),
-        )?);
+        let active = validate_certs(&config)?;
+        let certs = Arc::new(CertsService::new(active, events.clone()));
+        let size = usize::try_from(config.memory.size).unwrap_or(usize::MAX);
         let memory = Arc::new(
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), config.memory.size as usize)])
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)])
                 .map_err(VmError::Memory)?,
         );
-        let params = attest_params(&config);
-        let code = guest::program(&params).map_err(VmError::GuestProgram)?;
-        memory
-            .write_slice(&code, GuestAddress(guest::CODE_GPA))
-            .map_err(VmError::GuestLoad)?;
-        memory
-            .write_slice(&[0xf4], GuestAddress(HALT_STUB_GPA))
-            .map_err(VmError::GuestLoad)?;
+        if let Some(payload) = &payload {
+            payload.load(&memory)?;
+        }
 
         let hv = backend.hypervisor();
         let vm = hv.create_vm(VmType::Default)?;
         vm.map_memory(Arc::clone(&memory))?;
+        let stop = Arc::new(StopSignal::default());
+        let mut bus = PioBus::new();
+        if let Some(payload) = &payload {
+            let ctx = DeviceContext {
+                memory: Arc::clone(&memory),
+                stop: Arc::clone(&stop),
+                events: events.clone(),
+            };
+            payload.attach(&ctx, &mut bus)?;
+        }
         let shared = VcpuShared {
             memory,
             certs,
-            stop: Arc::new(StopSignal::default()),
-            attest: Arc::new(AttestLog::default()),
-            events: events.clone(),
+            stop,
+            bus: Arc::new(bus),
+            observer: payload.as_ref().and_then(|p| p.observer()),
             doorbell: config.snp.doorbell,
-            print_reports,
         };
         let mut runners = Vec::new();
         for id in 0..config.cpus.boot {
-            let first = id == 0;
-            backend.install_mock_guest(id, first.then_some(params));
+            if let Some(guest) = payload.as_ref().and_then(|p| p.mock_guest(id)) {
+                backend.set_mock_guest(id, guest);
+            }
             let mut vcpu = vm.create_vcpu(id)?;
-            vcpu.setup_real_mode(if first {
-                guest::CODE_GPA
-            } else {
-                HALT_STUB_GPA
-            })?;
-            runners.push(VcpuRunner::new(id, vcpu, shared.clone()));
+            let start = match &payload {
+                Some(payload) => payload.setup_vcpu(id, vcpu.as_mut())?,
+                None => VcpuStart::Idle,
+            };
+            runners.push((VcpuRunner::new(id, vcpu, shared.clone()), start));
         }
         events.event(
             VM_EVENT_SOURCE,
@@ -162,6 +176,7 @@ impl Vm {
                 ("vcpus", json!(config.cpus.boot)),
                 ("memory", json!(config.memory.size)),
                 ("hypervisor", json!(backend.name())),
+                ("payload", json!(payload.as_ref().map(|p| p.name()))),
                 ("certs_file", json!(config.snp.certs_file)),
             ],
         );
@@ -170,13 +185,15 @@ impl Vm {
                 ends: Mutex::new(vec![None; runners.len()]),
                 changed: Condvar::new(),
             }),
-            kickers: runners.iter().map(VcpuRunner::kicker).collect(),
+            kickers: runners.iter().map(|(r, _)| r.kicker()).collect(),
             config,
             shared,
+            events,
             runners,
             threads: Vec::new(),
             booted: false,
             shut_down: false,
+            _payload: payload,
             _vm: vm,
         })
     }
@@ -184,14 +201,16 @@ impl Vm {
     /// Starts one thread per vCPU. If one cannot be started, the ones
     /// already running are stopped and joined before the error returns.
     pub fn boot(&mut self) -> Result<(), VmError> {
-        let runners: Vec<VcpuRunner> = self.runners.drain(..).collect();
-        for (id, runner) in runners.into_iter().enumerate() {
+        let runners: Vec<(VcpuRunner, VcpuStart)> = self.runners.drain(..).collect();
+        for (id, (runner, start)) in runners.into_iter().enumerate() {
             let ends = Arc::clone(&self.ends);
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let end =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run()))
+                    let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match start {
+                        VcpuStart::Run => runner.run(),
+                        VcpuStart::Idle => runner.idle(),
+                    }))
                             .unwrap_or_else(|panic| {
                                 let why = panic
                                     .downcast_ref::<&str>()
@@ -216,7 +235,7 @@ impl Vm {
             }
         }
         self.booted = true;
-        self.shared.events.event(
+        self.events.event(
             VM_EVENT_SOURCE,
             "booted",
             [("vcpus", json!(self.threads.len()))],
@@ -261,10 +280,18 @@ impl Vm {
         }
         self.shut_down = true;
         self.shared.stop.stop();
-        for kicker in &self.kickers {
-            // A vCPU whose thread already ended cannot be kicked; fine.
-            if let Err(e) = kicker.kick() {
-                log::debug!("kick: {e}");
+        // Kick until every vCPU has ended: a kick that lands after a vCPU
+        // checked the stop flag but before it entered KVM_RUN or a lock
+        // wait would otherwise be lost and the vCPU sit out its timeout.
+        let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+        loop {
+            self.kick_running();
+            if self.wait_for_end(REKICK_INTERVAL) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                log::error!("vCPUs still running {SHUTDOWN_DEADLINE:?} after the stop");
+                break;
             }
         }
         for thread in self.threads.drain(..) {
@@ -276,11 +303,29 @@ impl Vm {
         if leases != 0 {
             log::error!("{leases} certificate leases still held after shutdown");
         }
-        self.shared.events.event(
+        self.events.event(
             VM_EVENT_SOURCE,
             "shutdown",
             [("leases_held", json!(leases))],
         );
+    }
+
+    /// Kicks every vCPU that has not ended.
+    fn kick_running(&self) {
+        let ends = self
+            .ends
+            .ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for (kicker, end) in self.kickers.iter().zip(ends) {
+            if end.is_none() {
+                // A vCPU whose thread just ended cannot be kicked; fine.
+                if let Err(e) = kicker.kick() {
+                    log::debug!("kick: {e}");
+                }
+            }
+        }
     }
 
     /// Lifecycle state.
@@ -299,11 +344,6 @@ impl Vm {
         &self.shared.certs
     }
 
-    /// The attestation guest's reports.
-    pub fn attest(&self) -> &Arc<AttestLog> {
-        &self.shared.attest
-    }
-
     /// The configuration the VM was created with.
     pub fn config(&self) -> &VmConfig {
         &self.config
@@ -311,15 +351,7 @@ impl Vm {
 
     /// The certs configuration and statistics as the API shows them.
     pub fn certs_info(&self) -> SnpCertsInfo {
-        let certs = &self.shared.certs;
-        let config = certs.config();
-        SnpCertsInfo {
-            certs_file: config.certs_file.clone(),
-            certs_timeout: config.certs_timeout,
-            generation: certs.generation(),
-            warnings: certs.warnings(),
-            stats: certs.stats(),
-        }
+        certs_info(&self.shared.certs)
     }
 
     /// What `GET vm.info` shows.
@@ -351,6 +383,53 @@ impl Vm {
             vcpus,
             certs: self.certs_info(),
         }
+    }
+}
+
+/// The certs configuration and statistics of `certs` as the API shows them.
+pub fn certs_info(certs: &CertsService) -> SnpCertsInfo {
+    let active = certs.active();
+    let config = &active.config;
+    SnpCertsInfo {
+        certs_file: config.certs_file.clone(),
+        certs_timeout: config.certs_timeout,
+        busy_budget: config.busy_budget,
+        on_error: config.on_error,
+        allow_large: config.allow_large,
+        generation: certs.generation(),
+        warnings: active.warnings.iter().map(ToString::to_string).collect(),
+        stats: certs.stats(),
+    }
+}
+
+/// Validates the certs part of `config` for a new VM. A management tool
+/// may hold the file's exclusive lock for an update: then this waits for
+/// it, up to `snp.startup_wait`, saying once who holds it.
+fn validate_certs(config: &VmConfig) -> Result<ActiveCerts, VmError> {
+    let certs = config.snp.certs_config();
+    let wait = Duration::from_millis(config.snp.startup_wait);
+    match certs.clone().validate(Duration::ZERO) {
+        Err(snp_certs::config::ConfigError::File(e)) if e.is_lock_timeout() && !wait.is_zero() => {
+            let path = certs.certs_file.clone().unwrap_or_default();
+            let holders = snp_certs::lock::holders(&path).unwrap_or_default();
+            let who = if holders.is_empty() {
+                "another process".to_owned()
+            } else {
+                holders
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            log::warn!(
+                "waiting up to {} ms for {} to release the exclusive lock on {} (an update in progress)",
+                config.snp.startup_wait,
+                who,
+                path.display()
+            );
+            Ok(certs.validate(wait)?)
+        }
+        other => Ok(other?),
     }
 }
 

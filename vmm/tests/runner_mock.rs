@@ -14,16 +14,19 @@ use hypervisor::{
     GuestMemoryMmap, Hypervisor, SnpCertsCompletion, SnpCertsRequest, VmExit, VmType,
 };
 use snp_certs::lock::{self, LockKind};
-use snp_certs::{CertKind, CertsConfig, TableBuilder};
+use snp_certs::{CertKind, CertsConfig, OnError, TableBuilder};
 use vm_memory::{Bytes, GuestAddress};
-use vmm::attest::AttestLog;
 use vmm::certs_service::CertsService;
-use vmm::doorbell::{DELAY_PORT, DOORBELL_PORT, Mailbox};
+use vmm::doorbell::{DOORBELL_PORT, Mailbox};
+use vmm::pio::PioBus;
 use vmm::exit_dispatch::VcpuEnd;
 use vmm::stop::StopSignal;
 use vmm::vcpu_runner::{VcpuRunner, VcpuShared};
 
 const MIB: usize = 1 << 20;
+
+/// A port no device is attached to.
+const UNCLAIMED_PORT: u16 = 0x5e8;
 
 fn table() -> Vec<u8> {
     let mut b = TableBuilder::new();
@@ -60,15 +63,15 @@ fn run_with(config: CertsConfig, guest: impl MockGuest + 'static) -> (Rig, VcpuE
     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
     let vm = hv.create_vm(VmType::Default).unwrap();
     vm.map_memory(Arc::clone(&memory)).unwrap();
-    let certs = Arc::new(CertsService::new(config, EventSender::disabled()).unwrap());
+    let active = config.validate(Duration::ZERO).unwrap();
+    let certs = Arc::new(CertsService::new(active, EventSender::disabled()));
     let shared = VcpuShared {
         memory: Arc::clone(&memory),
         certs: Arc::clone(&certs),
         stop: Arc::new(StopSignal::default()),
-        attest: Arc::new(AttestLog::default()),
-        events: EventSender::disabled(),
+        bus: Arc::new(PioBus::new()),
+        observer: None,
         doorbell: true,
-        print_reports: false,
     };
     let end = VcpuRunner::new(0, vm.create_vcpu(0).unwrap(), shared).run();
     (Rig { log, memory, certs }, end)
@@ -255,27 +258,44 @@ fn busy_while_another_holder_has_the_lock_then_served() {
     assert!(stats.lock_wait_us.max >= 20_000);
 }
 
+/// A file that disappears is a persistent fault: the guest gets the empty
+/// table at once (ret 0, 24 zero bytes), counted as a fallback; with
+/// `on_error = busy` it is told busy instead.
 #[test]
-fn busy_when_the_file_disappears() {
-    let (_dir, path) = certs_dir(&table());
-    let gone = path.clone();
-    let mut step = 0;
-    let (rig, _) = run_with(
-        CertsConfig::with_file(&path),
-        move |_: &MockCompletion, _: &GuestMemoryMmap| {
+fn a_missing_file_gets_the_empty_table_or_busy_as_configured() {
+    for (on_error, ret) in [(OnError::Empty, 0), (OnError::Busy, 11)] {
+        let (_dir, path) = certs_dir(&table());
+        let gone = path.clone();
+        let mut step = 0;
+        let config = CertsConfig {
+            on_error,
+            ..CertsConfig::with_file(&path)
+        };
+        let (rig, _) = run_with(config, move |_: &MockCompletion, mem: &GuestMemoryMmap| {
             step += 1;
             if step == 1 {
                 fs::remove_file(&gone).unwrap();
+                mem.write_slice(&[0xee; 64], GuestAddress(0x10000)).unwrap();
                 return req(0x10000, 2);
             }
             VmExit::Hlt
-        },
-    );
-    assert_eq!(
-        completions(&rig.log),
-        [SnpCertsCompletion { ret: 11, npages: 2 }]
-    );
-    assert_eq!(rig.certs.stats().reasons["file-missing"], 1);
+        });
+        assert_eq!(
+            completions(&rig.log),
+            [SnpCertsCompletion { ret, npages: 2 }]
+        );
+        let stats = rig.certs.stats();
+        assert_eq!(stats.reasons["file-missing"], 1);
+        assert_eq!(stats.fallbacks["file-missing"], 1);
+        let mut got = [0u8; 32];
+        rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+        if on_error == OnError::Empty {
+            assert_eq!(&got[..24], &[0; 24], "the empty table");
+            assert_eq!(&got[24..], &[0xee; 8], "nothing more");
+        } else {
+            assert_eq!(got, [0xee; 32], "busy writes nothing");
+        }
+    }
 }
 
 #[test]
@@ -329,7 +349,7 @@ fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
                     let m = Mailbox::read(mem, 0x3000).unwrap();
                     assert_eq!((m.ret, m.npages), (0, 2));
                     VmExit::IoOut {
-                        port: DELAY_PORT,
+                        port: UNCLAIMED_PORT,
                         data: 1u32.to_le_bytes().to_vec(),
                     }
                 }

@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::routes::{self, MAX_BODY_SIZE};
-use crate::types::{ApiError, ApiErrorKind, ErrorBody, VmmApi, VmmData};
+use vmm_api::{ApiError, ApiErrorKind, ErrorBody, VmmApi, VmmData};
 
 /// How long a client may take to send its body.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +142,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::types::{PingResponse, VmmAction};
+    use vmm_api::{PingResponse, VmmAction};
 
     /// Records actions; answers ping, fails boot with 409, and panics on
     /// vm.delete.

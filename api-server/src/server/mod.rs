@@ -28,7 +28,7 @@ use thiserror::Error;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
-use crate::types::VmmApi;
+use vmm_api::VmmApi;
 
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

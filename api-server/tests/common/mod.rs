@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::types::{
+use vmm_api::{
     ApiError, PingResponse, SnpCertsInfo, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
     VmmAction, VmmApi, VmmData,
 };
@@ -50,6 +50,9 @@ impl FakeVmm {
         SnpCertsInfo {
             certs_file: state.certs.certs_file.clone(),
             certs_timeout: state.certs.certs_timeout,
+            busy_budget: state.certs.busy_budget,
+            on_error: state.certs.on_error,
+            allow_large: state.certs.allow_large,
             generation: state.generation,
             warnings: Vec::new(),
             stats: counters(),

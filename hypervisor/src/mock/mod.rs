@@ -1,4 +1,4 @@
-//! A mock backend for tests and fuzzing without KVM.
+//! A mock backend for tests and for hosts without KVM (when asked for).
 //!
 //! [`MockHypervisor`] hands out VMs whose vCPUs get their exits from a
 //! [`MockGuest`]: either a fixed script ([`ScriptedGuest`], built with
@@ -224,7 +224,12 @@ impl MockHypervisor {
     /// taken by the next [`Vm::create_vcpu`] with that number; a vCPU with
     /// no guest gets an empty script.
     pub fn set_guest(&self, id: u8, guest: impl MockGuest + 'static) {
-        lock(&self.guests).insert(id, Box::new(guest));
+        self.set_boxed_guest(id, Box::new(guest));
+    }
+
+    /// [`Self::set_guest`] for a guest already boxed.
+    pub fn set_boxed_guest(&self, id: u8, guest: Box<dyn MockGuest>) {
+        lock(&self.guests).insert(id, guest);
     }
 
     /// The shared event log.

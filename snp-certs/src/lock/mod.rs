@@ -30,6 +30,7 @@
 //! `F_OFD_SETLKW` fail with `EINTR`. A timeout of zero means a single
 //! non-blocking try.
 
+mod holders;
 mod timer;
 
 use std::fs::File;
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+pub use holders::{Holder, holders};
 pub use timer::lock_timer_signal;
 
 /// Which lock to take.
@@ -151,6 +153,12 @@ pub fn lock_or_cancel(
         return Ok(Duration::ZERO);
     }
     let start = Instant::now();
+    // Never start waiting once the caller is stopping.
+    if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+        return Err(LockError::Cancelled {
+            waited: Duration::ZERO,
+        });
+    }
     if timeout.is_zero() {
         return Err(LockError::Timeout {
             waited: Duration::ZERO,

@@ -12,6 +12,8 @@ use snp_certs::chain::ChainReport;
 use snp_certs::table::{CertTable, Encoding, TableWarning};
 use snp_certs::x509::{self, EntryInfo};
 
+use vmm_api::error_chain;
+
 use crate::chain_report::{self, ChainTime};
 use crate::files;
 
@@ -70,17 +72,6 @@ fn describe(kind: CertKind, data: &[u8]) -> (Option<EntryInfo>, Option<String>) 
         Err(_) if matches!(kind, CertKind::Other | CertKind::ExtraPlatformInfo) => (None, None),
         Err(e) => (None, Some(error_chain(&e))),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Builds the report for a table.

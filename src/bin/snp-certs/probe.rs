@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use snp_certs::serve::{self, CertsRequest, OutcomeKind, PAGE_SIZE, Reason};
-use snp_certs::{CertsConfig, CertsReader};
+use snp_certs::{BusyBudget, CertsConfig, CertsReader, OnError};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Largest scratch buffer `probe` allocates, in pages (1 MiB).
@@ -55,8 +55,11 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
     let file = std::path::absolute(&args.file)
         .with_context(|| format!("cannot resolve {}", args.file.display()))?;
     let config = CertsConfig {
-        certs_file: Some(file),
         certs_timeout: args.timeout,
+        // A probe shows what the file itself gives: no fallback hides it.
+        busy_budget: snp_certs::config::MAX_BUSY_BUDGET_MS,
+        on_error: OnError::Busy,
+        ..CertsConfig::with_file(file)
     };
     let pages = args.npages.max(1);
     let memory =
@@ -66,7 +69,13 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
         gpa: 0,
         npages: args.npages,
     };
-    let outcome = serve::serve(&mut CertsReader::new(), &config, request, &memory);
+    let outcome = serve::serve(
+        &mut CertsReader::new(),
+        &config,
+        &BusyBudget::new(),
+        request,
+        &memory,
+    );
     let report = ProbeReport {
         outcome: outcome.kind,
         reason: outcome.reason,

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use api_server::client::{ApiClient, ApiResponse, ClientError};
 use api_server::routes::Method;
-use api_server::types::{SnpCertsUpdate, VmConfig, VmOptions};
+use snp_certs::OnError;
+use vmm_api::{SnpCertsUpdate, VmConfig, VmOptions};
 use clap::{Args, Parser, Subcommand};
 
 /// Drive a running snp-vmm through its API socket.
@@ -89,6 +90,24 @@ struct SetCertsArgs {
     /// The new maximum wait for the shared lock, in milliseconds.
     #[arg(long, value_name = "MS")]
     certs_timeout: Option<u64>,
+    /// The new busy budget: the longest time in milliseconds the guest is
+    /// told busy in a row before the fallback answer.
+    #[arg(long, value_name = "MS")]
+    busy_budget: Option<u64>,
+    /// The new fallback answer: empty (the empty table, ret 0) or busy.
+    #[arg(long, value_name = "ANSWER")]
+    on_error: Option<OnError>,
+    /// Accept (on) or refuse (off) tables above 16 KiB.
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    allow_large: Option<bool>,
+}
+
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 /// How a run failed, and so its exit status.
@@ -180,6 +199,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     .transpose()?
                     .map(Some),
                 certs_timeout: args.certs_timeout,
+                busy_budget: args.busy_budget,
+                on_error: args.on_error,
+                allow_large: args.allow_large,
             };
             (
                 "vm.snp-certs",

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use api_server::types::{PayloadConfig, PingResponse, SnpCertsInfo, VmCounters, VmInfo};
+use vmm_api::{PayloadConfig, PingResponse, SnpCertsInfo, VmCounters, VmInfo};
 
 /// `ping`.
 pub fn ping(p: &PingResponse) -> String {
@@ -48,14 +48,18 @@ pub fn info(i: &VmInfo) -> String {
     let _ = writeln!(s, "vcpus: {} ({})", c.cpus.boot, vcpus.join(", "));
     let _ = writeln!(s, "memory: {}", size(c.memory.size));
     match c.payload {
-        PayloadConfig::Attest {
+        Some(PayloadConfig::Attest {
             requests,
             interval_ms,
-        } => {
+            ..
+        }) => {
             let _ = writeln!(
                 s,
                 "payload: attest, {requests} requests, {interval_ms} ms apart"
             );
+        }
+        None => {
+            let _ = writeln!(s, "payload: none (idle vCPUs)");
         }
     }
     let doorbell = if c.snp.doorbell { "on" } else { "off" };
@@ -69,6 +73,9 @@ pub fn certs(c: &SnpCertsInfo) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "certs-file: {}", certs_file(c.certs_file.as_deref()));
     let _ = writeln!(s, "certs-timeout: {} ms", c.certs_timeout);
+    let _ = writeln!(s, "busy-budget: {} ms", c.busy_budget);
+    let _ = writeln!(s, "on-error: {}", c.on_error.as_str());
+    let _ = writeln!(s, "allow-large: {}", if c.allow_large { "on" } else { "off" });
     let _ = writeln!(s, "generation: {}", c.generation);
     for w in &c.warnings {
         let _ = writeln!(s, "warning: {w}");
@@ -103,6 +110,12 @@ pub fn counters(c: &VmCounters) -> String {
     if !c.reasons.is_empty() {
         let _ = writeln!(s, "reasons:");
         for (reason, n) in &c.reasons {
+            let _ = writeln!(s, "  {:<15} {n}", format!("{reason}:"));
+        }
+    }
+    if !c.fallbacks.is_empty() {
+        let _ = writeln!(s, "fallbacks:");
+        for (reason, n) in &c.fallbacks {
             let _ = writeln!(s, "  {:<15} {n}", format!("{reason}:"));
         }
     }

@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use api_server::server::ApiServer;
-use api_server::types::{VmConfig, VmOptions};
 use clap::Parser;
 use event_monitor::{EventMonitor, EventMonitorConfig, EventSender};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use test_guests::TestGuests;
+use test_guests::summary::summarize;
 use vmm::backend::{Backend, BackendChoice};
 use vmm::controller::Vmm;
-use vmm::summary::summarize;
+use vmm_api::{VmConfig, VmOptions};
 
 /// Run a VM that answers SEV-SNP certificate requests from a certs file.
 #[derive(Debug, Parser)]
@@ -37,17 +38,19 @@ struct Args {
     /// Guest memory: size=64M.
     #[arg(long, value_name = "size=SIZE")]
     memory: Option<String>,
-    /// Certificate serving: certs-file=PATH,certs-timeout=MS,doorbell=on.
+    /// Certificate serving: certs-file=PATH,certs-timeout=MS,busy-budget=MS,
+    /// on-error=empty|busy,allow-large=on,startup-wait=MS,doorbell=on.
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Guest payload: attest,requests=N,interval-ms=MS.
+    /// Guest payload: attest,requests=N,interval-ms=MS,retry-ms=MS,max-busy-retries=N.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
     /// JSON-lines event stream: path=FILE or fd=N.
     #[arg(long, value_name = "path=FILE|fd=N")]
     event_monitor: Option<EventMonitorConfig>,
-    /// Hypervisor backend: auto (KVM, else the mock), kvm or mock.
-    #[arg(long, default_value_t = BackendChoice::Auto)]
+    /// Hypervisor backend: kvm, mock (no real vCPUs: a Rust model of the
+    /// guest), or auto (KVM, else the mock, said loudly).
+    #[arg(long, default_value_t = BackendChoice::Kvm)]
     hypervisor: BackendChoice,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -94,7 +97,9 @@ fn init_logging(verbose: u8) {
 }
 
 fn open_backend(choice: BackendChoice) -> Result<Backend> {
-    let (backend, fallback) = Backend::open(choice).context("cannot open the hypervisor")?;
+    let (backend, fallback) = Backend::open(choice).context(
+        "cannot open the hypervisor (--hypervisor mock runs without KVM, on a Rust model of the guest)",
+    )?;
     if let Some(why) = fallback {
         eprintln!("snp-vmm: /dev/kvm is not usable ({why})");
         eprintln!(
@@ -105,7 +110,12 @@ fn open_backend(choice: BackendChoice) -> Result<Backend> {
 }
 
 /// Boots from the command line, waits for the guest, prints the summary.
-fn run_once(args: &Args, vmm: &Vmm, interrupted: &AtomicBool) -> Result<ExitCode> {
+fn run_once(
+    args: &Args,
+    vmm: &Vmm,
+    guests: &TestGuests,
+    interrupted: &AtomicBool,
+) -> Result<ExitCode> {
     let config = args.vm_config()?;
     let certs_file = config.snp.certs_file.clone();
     let timeout = Duration::from_millis(config.snp.certs_timeout);
@@ -128,18 +138,23 @@ fn run_once(args: &Args, vmm: &Vmm, interrupted: &AtomicBool) -> Result<ExitCode
     let summary = vmm
         .with_vm(|vm| {
             // Until the guest is done, or SIGINT/SIGTERM asks to stop.
+            let mut wait = timeout;
             while !vm.wait_for_end(Duration::from_millis(200)) {
                 if interrupted.load(Ordering::Acquire) {
                     eprintln!("snp-vmm: interrupted: stopping the VM");
+                    // No more lock waits: the summary reads the file
+                    // only if it is free right now.
+                    wait = Duration::ZERO;
                     break;
                 }
             }
             vm.shutdown();
+            let records = guests.last_log().map(|l| l.records()).unwrap_or_default();
             Ok(summarize(
-                &vm.attest().records(),
+                &records,
                 &vm.certs().stats(),
                 certs_file.as_deref(),
-                timeout,
+                wait,
             ))
         })
         .map_err(|e| anyhow::anyhow!(e.message))?;
@@ -153,16 +168,19 @@ fn run_once(args: &Args, vmm: &Vmm, interrupted: &AtomicBool) -> Result<ExitCode
 
 /// Serves the API until `vmm.shutdown`.
 fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
-    if args.has_vm_options() {
-        vmm.create_vm(args.vm_config()?)
+    // The socket first: a socket in use ends the run before any VM exists.
+    let config = if args.has_vm_options() {
+        Some(args.vm_config()?)
+    } else {
+        None
+    };
+    let server = ApiServer::start(socket, Arc::clone(&vmm) as Arc<dyn vmm_api::VmmApi>)
+        .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
+    if let Some(config) = config {
+        vmm.create_vm(config)
             .map_err(|e| anyhow::anyhow!(e.message))?;
         vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
     }
-    let server = ApiServer::start(
-        socket,
-        Arc::clone(&vmm) as Arc<dyn api_server::types::VmmApi>,
-    )
-    .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
     // SIGINT/SIGTERM: shut down as `vmm.shutdown` would (VM stopped, leases
     // released, socket removed, events flushed).
     let mut signals =
@@ -201,8 +219,12 @@ fn run(args: Args) -> Result<ExitCode> {
     );
     // Reports go to stdout only when run from the command line; with an API
     // they are in the event stream and the log.
-    let print_reports = args.api_socket.is_none();
-    let vmm = Arc::new(Vmm::new(backend, events.clone(), print_reports));
+    let guests = Arc::new(TestGuests::new(args.api_socket.is_none()));
+    let vmm = Arc::new(Vmm::new(
+        backend,
+        events.clone(),
+        Arc::clone(&guests) as Arc<dyn vmm::payload::PayloadFactory>,
+    ));
     let code = match &args.api_socket {
         Some(socket) => serve_api(&args, socket, Arc::clone(&vmm))?,
         None => {
@@ -214,7 +236,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 signal_hook::flag::register(signal, Arc::clone(&interrupted))
                     .context("cannot install the signal handler")?;
             }
-            run_once(&args, &vmm, &interrupted)?
+            run_once(&args, &vmm, &guests, &interrupted)?
         }
     };
     events.event("vmm", "stopped", []);

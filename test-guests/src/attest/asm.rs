@@ -26,10 +26,9 @@ use super::layout::{
     REPORT_GPA, RET_UNANSWERED,
 };
 use super::{AttestParams, GuestError};
-use crate::doorbell::{
-    DELAY_PORT, DOORBELL_PORT, FNV_OFFSET, FNV_PRIME, MAILBOX_GPA as MB_GPA, MAILBOX_NPAGES,
-    MAILBOX_RET, REPORT_PORT, ReportStatus,
-};
+use vmm::doorbell::{DOORBELL_PORT, MAILBOX_GPA as MB_GPA, MAILBOX_NPAGES, MAILBOX_RET};
+
+use crate::report::{DELAY_PORT, FNV_OFFSET, FNV_PRIME, REPORT_PORT, ReportStatus};
 
 /// Report fields, as indexes of its eight `u32`s.
 const SEQ: u32 = 0;

@@ -14,8 +14,9 @@ use hypervisor::{Hypervisor, Vcpu, Vm, VmExit, VmType};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use super::layout::{CODE_GPA, MIN_MEMORY, PAGE_SIZE};
-use super::{AttestParams, GuestError, MockAttestGuest, program, read_report};
-use crate::doorbell::{DELAY_PORT, DOORBELL_PORT, GuestReport, Mailbox, REPORT_PORT};
+use super::{AttestParams, GuestError, MockAttestGuest, program};
+use crate::report::{DELAY_PORT, GuestReport, REPORT_PORT, read_report};
+use vmm::doorbell::{DOORBELL_PORT, Mailbox};
 
 /// How the scripted VMM answers one ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +251,15 @@ where
                 apply(memory, gpa, &mailbox, answer(&mailbox))?;
             }
             DELAY_PORT => events.push(GuestEvent::Delay(value)),
-            REPORT_PORT => events.push(GuestEvent::Report(read_report(memory, u64::from(value))?)),
+            REPORT_PORT => {
+                let gpa = u64::from(value);
+                let report = read_report(memory, gpa).map_err(|source| GuestError::Memory {
+                    what: "report",
+                    gpa,
+                    source,
+                })?;
+                events.push(GuestEvent::Report(report));
+            }
             other => {
                 return Err(GuestError::UnexpectedExit(format!(
                     "OUT to port {other:#x}"

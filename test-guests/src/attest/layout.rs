@@ -44,20 +44,20 @@ pub const MIN_MEMORY: u64 = BUFFER_GPA + BUFFER_SIZE;
 
 /// Before each request with `npages > 0` the guest fills its whole buffer
 /// with this byte, so a VMM that answers 0 without writing a table is seen
-/// (no terminator: [`crate::doorbell::ReportStatus::BadTable`]).
+/// (no terminator: [`crate::report::ReportStatus::BadTable`]).
 pub const BUFFER_FILL: u8 = 0xff;
 
 /// The guest writes this `ret` into the mailbox before ringing. A VMM that
 /// ignores the mailbox leaves it there, and the guest reports
-/// [`crate::doorbell::ReportStatus::Failed`] with `ret` 0xffff_ffff.
+/// [`crate::report::ReportStatus::Failed`] with `ret` 0xffff_ffff.
 pub const RET_UNANSWERED: u64 = u64::MAX;
 
 // The layout must hold together; checked at compile time.
 const _: () = {
     assert!(CODE_GPA + CODE_MAX_SIZE as u64 <= MAILBOX_GPA);
     assert!(MAILBOX_GPA % 8 == 0);
-    assert!(MAILBOX_GPA + crate::doorbell::MAILBOX_SIZE as u64 <= REPORT_GPA);
-    assert!(REPORT_GPA + crate::doorbell::REPORT_SIZE as u64 <= BUFFER_GPA);
+    assert!(MAILBOX_GPA + vmm::doorbell::MAILBOX_SIZE as u64 <= REPORT_GPA);
+    assert!(REPORT_GPA + crate::report::REPORT_SIZE as u64 <= BUFFER_GPA);
     assert!(BUFFER_GPA % PAGE_SIZE == 0);
     assert!(MIN_MEMORY <= 0x1_0000);
 };

@@ -8,8 +8,9 @@ use super::layout::{
     BUFFER_FILL, BUFFER_GPA, BUFFER_SIZE, MAILBOX_GPA, REPORT_GPA, RET_UNANSWERED,
 };
 use super::logic::{AttestMachine, AttestParams, Step};
-use super::{GuestError, write_report};
-use crate::doorbell::{DELAY_PORT, DOORBELL_PORT, Mailbox, REPORT_PORT};
+use super::GuestError;
+use crate::report::{DELAY_PORT, REPORT_PORT, write_report};
+use vmm::doorbell::{DOORBELL_PORT, Mailbox};
 
 /// What the guest's previous exit was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +94,11 @@ impl MockAttestGuest {
                 (DELAY_PORT, ms)
             }
             Step::Report(report) => {
-                write_report(memory, REPORT_GPA, &report)?;
+                write_report(memory, REPORT_GPA, &report).map_err(|source| GuestError::Memory {
+                    what: "report",
+                    gpa: REPORT_GPA,
+                    source,
+                })?;
                 self.last = Last::Continue;
                 (REPORT_PORT, REPORT_GPA as u32)
             }

@@ -1,7 +1,8 @@
-//! The built-in attestation test guest.
+//! The attestation test guest: real-mode code that asks through the
+//! emulated doorbell.
 //!
 //! A tiny guest that fetches its SEV-SNP certificates the way a Linux SNP
-//! guest does, through the emulated doorbell ([`crate::doorbell`]), checks
+//! guest does, through the emulated doorbell ([`vmm::doorbell`]), checks
 //! what it received and reports it. It comes in two independent
 //! implementations that must behave identically:
 //!
@@ -17,7 +18,7 @@
 //! For each of [`AttestParams::requests`] requests (`seq` from 1):
 //!
 //! 1. Ask for the size: mailbox `{gpa: BUFFER_GPA, npages: 0}`, ring
-//!    [`DOORBELL_PORT`](crate::doorbell::DOORBELL_PORT). Before every ring
+//!    [`DOORBELL_PORT`](vmm::doorbell::DOORBELL_PORT). Before every ring
 //!    the guest sets the mailbox `ret` to [`RET_UNANSWERED`], and before
 //!    every ring with `npages > 0` it fills its whole buffer with
 //!    [`BUFFER_FILL`], so silence from the VMM cannot pass for an answer.
@@ -30,7 +31,7 @@
 //!    * `EAGAIN` (busy): after [`AttestParams::max_busy_retries`] retries
 //!      in this request, `GaveUpBusy`; else count a retry, pause
 //!      [`AttestParams::retry_ms`] through
-//!      [`DELAY_PORT`](crate::doorbell::DELAY_PORT) (nothing for 0) and
+//!      [`DELAY_PORT`](crate::report::DELAY_PORT) (nothing for 0) and
 //!      ring again with the same count. This holds for the size query too.
 //!    * `0` to the size query: no certificate file is configured; ring
 //!      again with one page to receive the 24-byte empty table.
@@ -41,11 +42,11 @@
 //!      (`BadTable` if an entry ends beyond the buffer), and hash the
 //!      first `table_len` bytes with FNV-1a 32. Status `Ok`.
 //!    * `EIO` or anything else: `Failed`.
-//! 3. Write the [`GuestReport`] at
+//! 3. Write the [`GuestReport`](crate::report::GuestReport) at
 //!    [`REPORT_GPA`] (`entries`, `table_len`, `checksum` are 0 unless the
 //!    status is `Ok`; `npages` is the count last offered, but see
 //!    `TooBig`) and write its GPA to
-//!    [`REPORT_PORT`](crate::doorbell::REPORT_PORT).
+//!    [`REPORT_PORT`](crate::report::REPORT_PORT).
 //! 4. Unless it was the last request, pause [`AttestParams::interval_ms`]
 //!    (nothing for 0).
 //!
@@ -71,7 +72,7 @@ mod mock;
 
 use hypervisor::HypervisorError;
 use snp_certs::{CertTable, TableError};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+use vm_memory::GuestMemoryError;
 
 pub use asm::program;
 pub use layout::{
@@ -81,7 +82,9 @@ pub use layout::{
 pub use logic::{AttestMachine, AttestParams, Step, check_table};
 pub use mock::MockAttestGuest;
 
-use crate::doorbell::{DoorbellError, GuestReport, REPORT_SIZE, fnv1a32};
+use vmm::doorbell::DoorbellError;
+
+use crate::report::fnv1a32;
 
 /// Errors of the attestation guest and its tools.
 #[derive(Debug, thiserror::Error)]
@@ -126,61 +129,6 @@ pub enum GuestError {
     /// The guest did not halt in time.
     #[error("Attestation guest did not halt within {0} exits")]
     TooManyExits(usize),
-}
-
-/// Reads the [`GuestReport`] at `gpa`: eight little-endian `u32`s.
-pub fn read_report<M: GuestMemory + ?Sized>(
-    memory: &M,
-    gpa: u64,
-) -> Result<GuestReport, GuestError> {
-    let mut bytes = [0u8; REPORT_SIZE];
-    memory
-        .read_slice(&mut bytes, GuestAddress(gpa))
-        .map_err(|source| GuestError::Memory {
-            what: "report",
-            gpa,
-            source,
-        })?;
-    let mut words = bytes
-        .chunks_exact(4)
-        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
-    let mut next = || words.next().unwrap_or_default();
-    Ok(GuestReport {
-        seq: next(),
-        ret: next(),
-        npages: next(),
-        busy_retries: next(),
-        entries: next(),
-        table_len: next(),
-        checksum: next(),
-        status: next(),
-    })
-}
-
-/// Writes `report` at `gpa`, as the guest does.
-pub(crate) fn write_report<M: GuestMemory + ?Sized>(
-    memory: &M,
-    gpa: u64,
-    report: &GuestReport,
-) -> Result<(), GuestError> {
-    let words = [
-        report.seq,
-        report.ret,
-        report.npages,
-        report.busy_retries,
-        report.entries,
-        report.table_len,
-        report.checksum,
-        report.status,
-    ];
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    memory
-        .write_slice(&bytes, GuestAddress(gpa))
-        .map_err(|source| GuestError::Memory {
-            what: "report",
-            gpa,
-            source,
-        })
 }
 
 /// What a correct guest reports for a certificate file holding

@@ -4,7 +4,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::harness::{Answer, GuestEvent, Transcript, run_mock, scripted};
 use super::*;
-use crate::doorbell::{GuestReport, Mailbox, ReportStatus, fnv1a32};
+use crate::report::{GuestReport, ReportStatus, fnv1a32};
+use vmm::doorbell::Mailbox;
 
 const ENOSPC: u32 = libc::ENOSPC as u32;
 const EAGAIN: u32 = libc::EAGAIN as u32;
@@ -138,27 +139,6 @@ fn check_table_agrees_with_the_parser_and_bounds_everything() {
         check_table(&short).map(|(entries, len, _)| (entries, len)),
         Some((1, 48))
     );
-}
-
-#[test]
-fn report_round_trips_through_memory() {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-    let r = GuestReport {
-        seq: 1,
-        ret: 2,
-        npages: 3,
-        busy_retries: 4,
-        entries: 5,
-        table_len: 6,
-        checksum: 0xdead_beef,
-        status: 7,
-    };
-    write_report(&mem, 0x100, &r).unwrap();
-    assert_eq!(read_report(&mem, 0x100).unwrap(), r);
-    assert!(matches!(
-        read_report(&mem, 0x1000 - 16),
-        Err(GuestError::Memory { what: "report", .. })
-    ));
 }
 
 #[test]

@@ -1,0 +1,152 @@
+use std::fs;
+
+use super::*;
+use crate::guid::CertKind;
+use crate::lock::{self, LockKind};
+use crate::table::TableBuilder;
+
+fn table_file(dir: &Path, name: &str, cert_len: usize) -> PathBuf {
+    let mut b = TableBuilder::new();
+    let mut data = vec![7; cert_len];
+    data[0] = 0x30;
+    b.add(CertKind::Vcek, data).unwrap();
+    let path = dir.join(name);
+    fs::write(&path, b.build().unwrap()).unwrap();
+    path
+}
+
+fn valid_file(dir: &Path) -> PathBuf {
+    table_file(dir, "certs.bin", 3)
+}
+
+#[test]
+fn check_enforces_every_structural_rule() {
+    CertsConfig::default().check().unwrap();
+    let at_limits = CertsConfig {
+        certs_timeout: MAX_CERTS_TIMEOUT_MS,
+        busy_budget: MAX_BUSY_BUDGET_MS,
+        ..CertsConfig::default()
+    };
+    at_limits.check().unwrap();
+    let timeout = CertsConfig {
+        certs_timeout: MAX_CERTS_TIMEOUT_MS + 1,
+        ..CertsConfig::default()
+    };
+    assert!(matches!(timeout.check(), Err(ConfigError::TimeoutTooLarge(_))));
+    let budget = CertsConfig {
+        busy_budget: MAX_BUSY_BUDGET_MS + 1,
+        ..CertsConfig::default()
+    };
+    assert!(matches!(budget.check(), Err(ConfigError::BudgetTooLarge(_))));
+    let relative = CertsConfig::with_file("certs.bin");
+    assert!(matches!(relative.check(), Err(ConfigError::RelativePath(_))));
+}
+
+#[test]
+fn validate_reads_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path());
+    let active = CertsConfig::with_file(&path)
+        .validate(Duration::ZERO)
+        .unwrap();
+    assert!(active.warnings.is_empty());
+    let missing = CertsConfig::with_file(dir.path().join("nope"));
+    assert!(matches!(
+        missing.validate(Duration::ZERO),
+        Err(ConfigError::File(CertsFileError::Missing { .. }))
+    ));
+}
+
+#[test]
+fn tables_above_16_kib_need_allow_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = table_file(dir.path(), "big.bin", 17 * 1024);
+    let err = CertsConfig::with_file(&path)
+        .validate(Duration::ZERO)
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::TooLargeForGuests { size, .. } if size > 17 * 1024));
+    assert!(err.to_string().contains("Linux guests cannot receive"), "{err}");
+    let allowed = CertsConfig {
+        allow_large: true,
+        ..CertsConfig::with_file(&path)
+    };
+    let active = allowed.validate(Duration::ZERO).unwrap();
+    assert!(
+        active
+            .warnings
+            .iter()
+            .any(|w| matches!(w, TableWarning::ExceedsLinuxGuestLimit { .. }))
+    );
+    // Exactly 16 KiB is fine.
+    let exact = table_file(dir.path(), "exact.bin", LINUX_GUEST_MAX_SIZE - 48);
+    CertsConfig::with_file(&exact)
+        .validate(Duration::ZERO)
+        .unwrap();
+}
+
+#[test]
+fn update_is_all_or_nothing_and_counts_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path());
+    let shared = SharedCertsConfig::new(ActiveCerts::default());
+    let snapshot = shared.current();
+    shared
+        .update(true, |c| CertsConfig {
+            certs_file: Some(path.clone()),
+            ..c.clone()
+        })
+        .unwrap();
+    assert_eq!(shared.generation(), 1);
+    assert_eq!(snapshot.config.certs_file, None, "a snapshot keeps its config");
+    let bad = shared.update(true, |c| CertsConfig {
+        certs_file: Some(dir.path().to_owned()),
+        ..c.clone()
+    });
+    assert!(bad.is_err());
+    assert_eq!(
+        shared.current().config.certs_file.as_deref(),
+        Some(path.as_path())
+    );
+    assert_eq!(shared.generation(), 1);
+}
+
+#[test]
+fn a_timeout_only_update_does_not_touch_the_locked_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path());
+    let active = CertsConfig::with_file(&path)
+        .validate(Duration::ZERO)
+        .unwrap();
+    let shared = SharedCertsConfig::new(active);
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let (previous, now) = shared
+        .update(false, |c| CertsConfig {
+            certs_timeout: 7,
+            ..c.clone()
+        })
+        .unwrap();
+    assert_eq!(previous.config.certs_timeout, DEFAULT_CERTS_TIMEOUT_MS);
+    assert_eq!(now.config.certs_timeout, 7);
+    assert_eq!(shared.current().config.certs_file.as_deref(), Some(path.as_path()));
+    // Re-reading the file now times out: it is locked.
+    assert!(shared.update(true, CertsConfig::clone).is_err());
+    assert!(
+        shared
+            .update(false, |c| CertsConfig {
+                certs_timeout: MAX_CERTS_TIMEOUT_MS + 1,
+                ..c.clone()
+            })
+            .is_err()
+    );
+    assert_eq!(shared.generation(), 1);
+}
+
+#[test]
+fn on_error_names() {
+    assert_eq!("empty".parse::<OnError>(), Ok(OnError::Empty));
+    assert_eq!("busy".parse::<OnError>(), Ok(OnError::Busy));
+    assert!("eio".parse::<OnError>().is_err());
+    assert_eq!(OnError::default(), OnError::Empty);
+    assert_eq!(serde_json::to_string(&OnError::Busy).unwrap(), "\"busy\"");
+}

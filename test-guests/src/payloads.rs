@@ -1,0 +1,151 @@
+//! The test guests as payloads of the VMM: the factory `snp-vmm` passes to
+//! [`vmm::controller::Vmm`], and the attestation guest's payload.
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use hypervisor::mock::{MockGuest, ScriptedGuest};
+use hypervisor::{GuestMemoryMmap, HypervisorError, Vcpu, VmExit};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::payload::{
+    DeviceContext, Payload, PayloadError, PayloadFactory, RequestObserver, VcpuStart,
+};
+use vmm::pio::PioBus;
+use vmm_api::PayloadConfig;
+
+use crate::attest::{self, AttestParams, MockAttestGuest};
+use crate::devices::{DeliveryObserver, GuestPorts};
+use crate::record::AttestLog;
+use crate::report::PORTS;
+
+/// Where vCPUs other than 0 start: a single `hlt` (0xf4). Only vCPU 0 runs
+/// the guest; the others would share its mailbox and buffer.
+pub const HALT_STUB_GPA: u64 = 0x500;
+
+/// The built-in test guests. Keeps the log of every attestation guest it
+/// built, so the caller can summarise a run.
+#[derive(Debug, Default)]
+pub struct TestGuests {
+    print_reports: bool,
+    logs: Mutex<Vec<Arc<AttestLog>>>,
+}
+
+impl TestGuests {
+    /// A factory; `print_reports` prints each guest report on stdout.
+    pub fn new(print_reports: bool) -> TestGuests {
+        TestGuests {
+            print_reports,
+            logs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The log of the attestation guest built last.
+    pub fn last_log(&self) -> Option<Arc<AttestLog>> {
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .cloned()
+    }
+}
+
+impl PayloadFactory for TestGuests {
+    fn build(&self, config: &PayloadConfig) -> Result<Box<dyn Payload>, PayloadError> {
+        match *config {
+            PayloadConfig::Attest {
+                requests,
+                interval_ms,
+                retry_ms,
+                max_busy_retries,
+            } => {
+                let params = AttestParams {
+                    requests,
+                    interval_ms,
+                    retry_ms,
+                    max_busy_retries,
+                };
+                let log = Arc::new(AttestLog::default());
+                self.logs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Arc::clone(&log));
+                Ok(Box::new(AttestPayload {
+                    params,
+                    log,
+                    print_reports: self.print_reports,
+                    observer: OnceLock::new(),
+                }))
+            }
+        }
+    }
+}
+
+/// The real-mode attestation guest on vCPU 0, halted stubs elsewhere.
+struct AttestPayload {
+    params: AttestParams,
+    log: Arc<AttestLog>,
+    print_reports: bool,
+    observer: OnceLock<Arc<DeliveryObserver>>,
+}
+
+impl Payload for AttestPayload {
+    fn name(&self) -> &'static str {
+        "attest"
+    }
+
+    fn min_memory(&self) -> u64 {
+        attest::MIN_MEMORY
+    }
+
+    fn needs_doorbell(&self) -> bool {
+        true
+    }
+
+    fn load(&self, memory: &GuestMemoryMmap) -> Result<(), PayloadError> {
+        let load = |e: Box<dyn std::error::Error + Send + Sync>| PayloadError::Load(e);
+        let code = attest::program(&self.params).map_err(|e| load(Box::new(e)))?;
+        memory
+            .write_slice(&code, GuestAddress(attest::CODE_GPA))
+            .map_err(|e| load(Box::new(e)))?;
+        memory
+            .write_slice(&[0xf4], GuestAddress(HALT_STUB_GPA))
+            .map_err(|e| load(Box::new(e)))
+    }
+
+    fn setup_vcpu(&self, id: u8, vcpu: &mut dyn Vcpu) -> Result<VcpuStart, HypervisorError> {
+        let entry = if id == 0 {
+            attest::CODE_GPA
+        } else {
+            HALT_STUB_GPA
+        };
+        vcpu.setup_real_mode(entry)?;
+        Ok(VcpuStart::Run)
+    }
+
+    fn mock_guest(&self, id: u8) -> Option<Box<dyn MockGuest>> {
+        Some(if id == 0 {
+            Box::new(MockAttestGuest::new(self.params))
+        } else {
+            Box::new(ScriptedGuest::new([VmExit::Hlt]))
+        })
+    }
+
+    fn attach(&self, ctx: &DeviceContext, bus: &mut PioBus) -> Result<(), PayloadError> {
+        let ports = GuestPorts::new(
+            Arc::clone(&ctx.memory),
+            Arc::clone(&ctx.stop),
+            ctx.events.clone(),
+            Arc::clone(&self.log),
+            self.print_reports,
+        );
+        bus.attach(PORTS.0, PORTS.1, Arc::new(ports))?;
+        let observer = DeliveryObserver::new(Arc::clone(&ctx.memory), Arc::clone(&self.log));
+        let _ = self.observer.set(Arc::new(observer));
+        Ok(())
+    }
+
+    fn observer(&self) -> Option<Arc<dyn RequestObserver>> {
+        self.observer
+            .get()
+            .map(|o| Arc::clone(o) as Arc<dyn RequestObserver>)
+    }
+}

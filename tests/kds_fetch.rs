@@ -100,6 +100,7 @@ fn too_many_requests_is_waited_out() {
         .arg("-o")
         .arg(&out));
     assert!(result.status.success());
+    assert!(stderr(&result).contains("HTTP 429 Too Many Requests; retrying in 1."));
     assert!(kds.throttled() >= 1);
     assert_eq!(kds.requests() as u32, 2 + kds.throttled());
     assert!(start.elapsed() >= Duration::from_secs(1));

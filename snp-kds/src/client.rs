@@ -21,8 +21,12 @@ use crate::retry::{RetryPolicy, jittered, parse_retry_after};
 /// few KiB).
 pub const MAX_BODY: u64 = 1024 * 1024;
 
+/// Told about each wait before a retry: what happened, and for how long
+/// the client now waits (e.g. to tell an operator why nothing moves).
+pub type RetryNotice = Arc<dyn Fn(&str, Duration) + Send + Sync>;
+
 /// How to talk to KDS.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Maximum time for one request, connecting included.
     pub timeout: Duration,
@@ -32,6 +36,20 @@ pub struct ClientOptions {
     pub proxy_from_env: bool,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Called before each wait for a retry, with a one-line reason.
+    pub on_retry: Option<RetryNotice>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("proxy_from_env", &self.proxy_from_env)
+            .field("retry", &self.retry)
+            .field("on_retry", &self.on_retry.is_some())
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -41,6 +59,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             proxy_from_env: true,
             retry: RetryPolicy::default(),
+            on_retry: None,
         }
     }
 }
@@ -49,6 +68,7 @@ impl Default for ClientOptions {
 pub struct Client {
     agent: ureq::Agent,
     retry: RetryPolicy,
+    on_retry: Option<RetryNotice>,
     pacer: Option<Pacer>,
     clock: Arc<dyn Clock>,
     requests: AtomicU32,
@@ -85,6 +105,7 @@ impl Client {
         Client {
             agent: config.build().into(),
             retry: options.retry.clone(),
+            on_retry: options.on_retry.clone(),
             pacer,
             clock,
             requests: AtomicU32::new(0),
@@ -183,11 +204,15 @@ impl Client {
                     retry_after,
                 });
             }
-            log::info!(
-                "GET {url}: {last}; retrying in {:.1} s (attempt {attempts} of {})",
+            let reason = format!(
+                "{url}: {last}; retrying in {:.1} s (attempt {attempts} of {})",
                 wait.as_secs_f64(),
                 self.retry.max_attempts
             );
+            log::info!("{reason}");
+            if let Some(notify) = &self.on_retry {
+                notify(&reason, wait);
+            }
             self.clock.sleep(wait);
             waited += wait;
         }

@@ -298,10 +298,8 @@ impl Kds {
 
         let signer = match &request.signer {
             SignerRequest::Vcek(id) => {
-                let doc = vcek_doc.as_ref().ok_or_else(|| KdsError::Offline {
-                    missing: vec!["VCEK".to_owned()],
-                })?;
-                let der = self.obtain(doc, &mut sources, |bytes, from, _| {
+                let doc = vcek_doc.unwrap_or_else(|| self.vcek_doc(id));
+                let der = self.obtain(&doc, &mut sources, |bytes, from, _| {
                     let der = to_der(bytes, DocumentKind::Certificate).map_err(|source| {
                         KdsError::Invalid {
                             url: from.to_owned(),

@@ -294,6 +294,26 @@ fn another_products_chain_is_refused() {
 }
 
 #[test]
+fn a_crl_from_another_ark_is_refused_and_not_cached() {
+    let kds = FakeKds::with_amd_fixtures();
+    kds.serve("/vcek/v1/Milan/crl", fixture("synthetic/crl.der"));
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Kds::new(config(&kds, cache.path()));
+    let e = fetcher
+        .fetch(&FetchRequest::vcek(milan(), true))
+        .unwrap_err();
+    let KdsError::Verification { what, problems } = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(what, "Milan CRL");
+    assert!(problems.contains("CRL"), "{problems}");
+    assert!(!cache.path().join("vcek/milan/crl.der").exists());
+    // The chain, verified, was cached; the VCEK was not asked for.
+    assert!(cache.path().join("vcek/milan/cert_chain.pem").is_file());
+    assert_eq!(kds.requests(), 2);
+}
+
+#[test]
 fn offline_uses_only_the_cache_and_lists_what_is_missing() {
     let kds = FakeKds::with_amd_fixtures();
     let cache = tempfile::tempdir().unwrap();

@@ -232,7 +232,7 @@ pub struct Hwid(Vec<u8>);
 impl Hwid {
     /// Takes the ID from a chip ID (64 bytes, as firmware gives it) or from
     /// exactly the product's length. For Turin a 64-byte chip ID is cut to
-    /// its first 8 bytes, provided the rest is zero.
+    /// its first 8 bytes, which are what KDS and the VCEK use.
     pub fn from_bytes(bytes: &[u8], product: Product) -> Result<Hwid, IdentityError> {
         if bytes.iter().all(|&b| b == 0) {
             return Err(IdentityError::MaskedChipId);
@@ -240,7 +240,7 @@ impl Hwid {
         let want = product.hwid_len();
         let id = if bytes.len() == want {
             bytes
-        } else if bytes.len() == 64 && bytes[want..].iter().all(|&b| b == 0) {
+        } else if bytes.len() == 64 {
             &bytes[..want]
         } else {
             return Err(IdentityError::HwidLength {

@@ -95,12 +95,16 @@ fn hwids_have_their_products_length() {
     );
     let e = Hwid::parse("1e550a8ee5cf9f4d", Product::Milan).unwrap_err();
     assert!(e.to_string().contains("128 hex digits"), "{e}");
-    // Turin: 8 bytes, or a 64-byte chip ID whose tail is zero.
+    // Turin: 8 bytes, or the first 8 of a 64-byte chip ID.
     let t = Hwid::parse("1e550a8ee5cf9f4d", Product::Turin).unwrap();
     let mut long = t.to_hex();
     long.push_str(&"0".repeat(112));
     assert_eq!(Hwid::parse(&long, Product::Turin).unwrap(), t);
-    assert!(Hwid::parse(MILAN_HWID, Product::Turin).is_err());
+    assert_eq!(
+        Hwid::parse(MILAN_HWID, Product::Turin).unwrap().to_hex(),
+        MILAN_HWID[..16]
+    );
+    assert!(Hwid::parse(&MILAN_HWID[..40], Product::Turin).is_err());
     assert!(matches!(
         Hwid::parse(&"0".repeat(128), Product::Milan),
         Err(IdentityError::MaskedChipId)

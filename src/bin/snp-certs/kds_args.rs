@@ -3,6 +3,7 @@
 //! KDS failures.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -72,6 +73,10 @@ impl KdsArgs {
                     max_total_wait: Duration::from_secs(self.max_wait),
                     ..RetryPolicy::default()
                 },
+                // Waits can be long: say why nothing moves.
+                on_retry: Some(Arc::new(|reason, _| {
+                    eprintln!("snp-certs: waiting for KDS: {reason}");
+                })),
                 ..ClientOptions::default()
             },
             verify_at: self.time.at.map(|_| self.time.time()),

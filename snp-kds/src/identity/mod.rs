@@ -166,7 +166,7 @@ pub enum IdentityError {
     },
     /// A file that is not a binary attestation report.
     #[error(
-        "{path} is {len} bytes, not a {}-byte binary ATTESTATION_REPORT",
+        "Report {path} is {len} bytes, not a {}-byte binary ATTESTATION_REPORT",
         report::REPORT_LEN
     )]
     ReportSize {

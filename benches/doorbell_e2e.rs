@@ -67,16 +67,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmm_api::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
 use common::{Summary, by_mode, env_usize, f, print_context, print_table, ratio, summarize};
 use event_monitor::EventSender;
 use hypervisor::kvm::KvmHypervisor;
 use hypervisor::{GuestMemoryMmap, Vcpu, Vm as _, VmExit, VmType};
-use vm_memory::{Bytes, GuestAddress};
-use vmm::backend::{Backend, BackendChoice};
 use test_guests::TestGuests;
 use test_guests::attest::{self, AttestParams};
+use vm_memory::{Bytes, GuestAddress};
+use vmm::backend::{Backend, BackendChoice};
 use vmm::vm::Vm;
+use vmm_api::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
 
 /// The example table, 3 entries, 4,772 bytes.
 const TABLE: &[u8] = include_bytes!("../docs/examples/certs.bin");

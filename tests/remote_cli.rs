@@ -8,9 +8,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vmm_api::{PayloadConfig, VmState, VmmAction};
 use common::{Harness, write_file};
 use serde_json::Value;
+use vmm_api::{PayloadConfig, VmState, VmmAction};
 
 fn snp_remote(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_snp-remote"))

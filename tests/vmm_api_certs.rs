@@ -528,7 +528,10 @@ fn bad_inputs_are_refused_and_change_nothing() {
     );
     let run = vmm.remote(&["set-certs", "--certs-timeout", "10001"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("above the maximum of 1000 ms"), "{run:?}");
+    assert!(
+        run.stderr.contains("above the maximum of 1000 ms"),
+        "{run:?}"
+    );
     let run = vmm.remote(&["set-certs"]);
     assert_eq!(run.code, 2, "set-certs needs an option: {run:?}");
     if curl_available() {

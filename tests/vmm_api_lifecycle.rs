@@ -406,11 +406,7 @@ fn shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (a, _) = certs_file(dir.path(), "a.bin", 0x51);
-    let vmm = ApiVmm::start(
-        dir.path(),
-        "kvm",
-        &looping_guest(&a, ",certs-timeout=1000"),
-    );
+    let vmm = ApiVmm::start(dir.path(), "kvm", &looping_guest(&a, ",certs-timeout=1000"));
     vmm.events.wait_named_from(0, "report", 2);
     let tool = ManagementLock::take(&a);
     // Wait until the vCPU is blocked on the lock the tool holds.

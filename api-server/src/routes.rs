@@ -257,16 +257,13 @@ fn parse_create(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
 fn parse_put_certs(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
     let update: SnpCertsUpdate = json(route, body)?;
     // snp-certs's rules, on a configuration holding just the values given.
-    update
-        .apply(&CertsConfig::default())
-        .check()
-        .map_err(|e| {
-            ApiError::bad_request(format!(
-                "Invalid {} body: {}",
-                route.endpoint,
-                error_chain(&e)
-            ))
-        })?;
+    update.apply(&CertsConfig::default()).check().map_err(|e| {
+        ApiError::bad_request(format!(
+            "Invalid {} body: {}",
+            route.endpoint,
+            error_chain(&e)
+        ))
+    })?;
     Ok(VmmAction::PutSnpCerts(update))
 }
 

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use api_server::client::ClientError;
 use api_server::routes::{MAX_BODY_SIZE, Method};
 use api_server::server::ServerError;
-use vmm_api::{SnpCertsUpdate, VmConfig, VmState, VmmAction};
 use api_server::{ApiClient, ApiServer};
 use common::{FakeVmm, Harness, write_file};
 use serde_json::{Value, json};
+use vmm_api::{SnpCertsUpdate, VmConfig, VmState, VmmAction};
 
 fn json_body(r: &api_server::ApiResponse) -> Value {
     serde_json::from_slice(&r.body).unwrap()

@@ -260,8 +260,14 @@ mod tests {
             ("", Empty),
             ("path", Syntax(OptionError::MissingValue("path".into()))),
             ("path=/a,b", Syntax(OptionError::MissingValue("b".into()))),
-            ("path=/a,", Syntax(OptionError::EmptyItem("path=/a,".into()))),
-            ("path=\"/a", Syntax(OptionError::UnterminatedQuote("path=\"/a".into()))),
+            (
+                "path=/a,",
+                Syntax(OptionError::EmptyItem("path=/a,".into())),
+            ),
+            (
+                "path=\"/a",
+                Syntax(OptionError::UnterminatedQuote("path=\"/a".into())),
+            ),
             (
                 "file=/a",
                 Syntax(OptionError::UnknownKey {
@@ -269,7 +275,10 @@ mod tests {
                     known: "path, fd, capacity".into(),
                 }),
             ),
-            ("path=/a,path=/b", Syntax(OptionError::DuplicateKey("path".into()))),
+            (
+                "path=/a,path=/b",
+                Syntax(OptionError::DuplicateKey("path".into())),
+            ),
             ("fd=3,fd=4", Syntax(OptionError::DuplicateKey("fd".into()))),
             (
                 "fd=3,capacity=1,capacity=2",

@@ -27,4 +27,3 @@ impl Shared {
         self.written.load(Ordering::Relaxed)
     }
 }
-

@@ -90,7 +90,10 @@ mod tests {
         assert!(!b.try_busy(Duration::ZERO));
         b.end_streak();
         assert_eq!(b.streak(), Duration::ZERO);
-        assert!(!b.try_busy(Duration::ZERO), "a zero budget never allows busy");
+        assert!(
+            !b.try_busy(Duration::ZERO),
+            "a zero budget never allows busy"
+        );
     }
 
     #[test]

@@ -32,14 +32,23 @@ fn check_enforces_every_structural_rule() {
         certs_timeout: MAX_CERTS_TIMEOUT_MS + 1,
         ..CertsConfig::default()
     };
-    assert!(matches!(timeout.check(), Err(ConfigError::TimeoutTooLarge(_))));
+    assert!(matches!(
+        timeout.check(),
+        Err(ConfigError::TimeoutTooLarge(_))
+    ));
     let budget = CertsConfig {
         busy_budget: MAX_BUSY_BUDGET_MS + 1,
         ..CertsConfig::default()
     };
-    assert!(matches!(budget.check(), Err(ConfigError::BudgetTooLarge(_))));
+    assert!(matches!(
+        budget.check(),
+        Err(ConfigError::BudgetTooLarge(_))
+    ));
     let relative = CertsConfig::with_file("certs.bin");
-    assert!(matches!(relative.check(), Err(ConfigError::RelativePath(_))));
+    assert!(matches!(
+        relative.check(),
+        Err(ConfigError::RelativePath(_))
+    ));
 }
 
 #[test]
@@ -65,7 +74,10 @@ fn tables_above_16_kib_need_allow_large() {
         .validate(Duration::ZERO)
         .unwrap_err();
     assert!(matches!(err, ConfigError::TooLargeForGuests { size, .. } if size > 17 * 1024));
-    assert!(err.to_string().contains("Linux guests cannot receive"), "{err}");
+    assert!(
+        err.to_string().contains("Linux guests cannot receive"),
+        "{err}"
+    );
     let allowed = CertsConfig {
         allow_large: true,
         ..CertsConfig::with_file(&path)
@@ -97,7 +109,10 @@ fn update_is_all_or_nothing_and_counts_generations() {
         })
         .unwrap();
     assert_eq!(shared.generation(), 1);
-    assert_eq!(snapshot.config.certs_file, None, "a snapshot keeps its config");
+    assert_eq!(
+        snapshot.config.certs_file, None,
+        "a snapshot keeps its config"
+    );
     let bad = shared.update(true, |c| CertsConfig {
         certs_file: Some(dir.path().to_owned()),
         ..c.clone()
@@ -128,7 +143,10 @@ fn a_timeout_only_update_does_not_touch_the_locked_file() {
         .unwrap();
     assert_eq!(previous.config.certs_timeout, DEFAULT_CERTS_TIMEOUT_MS);
     assert_eq!(now.config.certs_timeout, 7);
-    assert_eq!(shared.current().config.certs_file.as_deref(), Some(path.as_path()));
+    assert_eq!(
+        shared.current().config.certs_file.as_deref(),
+        Some(path.as_path())
+    );
     // Re-reading the file now times out: it is locked.
     assert!(shared.update(true, CertsConfig::clone).is_err());
     assert!(

@@ -52,7 +52,6 @@ use crate::table::{EMPTY_TABLE, LINUX_GUEST_MAX_SIZE};
 /// Size of a guest page as counted by `npages`.
 pub const PAGE_SIZE: u64 = 4096;
 
-
 /// A guest's certificate request, verbatim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertsRequest {

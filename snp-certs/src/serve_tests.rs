@@ -74,7 +74,13 @@ fn can_lock_exclusive(path: &Path) -> bool {
 fn delivers_the_file_and_holds_the_lock_until_the_lease_drops() {
     let s = setup(5000);
     let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(0x4000, 2), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &s.config,
+        &BusyBudget::new(),
+        req(0x4000, 2),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason, out.ret()),
         (OutcomeKind::Delivered, Reason::Served, 0)
@@ -104,13 +110,25 @@ fn page_math_is_exact() {
         );
         assert!(out.lease.is_none());
         assert!(can_lock_exclusive(&s.path), "no lease on a size answer");
-        let small = serve(&mut reader, &s.config, &BusyBudget::new(), req(0, pages - 1), &mem);
+        let small = serve(
+            &mut reader,
+            &s.config,
+            &BusyBudget::new(),
+            req(0, pages - 1),
+            &mem,
+        );
         if pages > 1 {
             assert_eq!(small.reason, Reason::BufferTooSmall);
             assert_eq!(small.npages, pages);
         }
         drop(small);
-        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(0, pages), &mem);
+        let out = serve(
+            &mut reader,
+            &s.config,
+            &BusyBudget::new(),
+            req(0, pages),
+            &mem,
+        );
         assert_eq!(out.kind, OutcomeKind::Delivered, "size {size}");
         assert_eq!(read(&mem, 0, size), s.bytes);
     }
@@ -120,7 +138,13 @@ fn page_math_is_exact() {
 fn size_query_writes_nothing() {
     let s = setup(3000);
     let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(0x1000, 0), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &s.config,
+        &BusyBudget::new(),
+        req(0x1000, 0),
+        &mem,
+    );
     assert_eq!(out.kind, OutcomeKind::NeedPages);
     assert_eq!(read(&mem, 0x1000, 4096), vec![0xee; 4096]);
 }
@@ -129,7 +153,13 @@ fn size_query_writes_nothing() {
 fn no_certs_file_gives_an_empty_table() {
     let mem = memory(&[(0, MIB)]);
     let config = CertsConfig::default();
-    let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0x2000, 0), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &config,
+        &BusyBudget::new(),
+        req(0x2000, 0),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason, out.ret(), out.bytes),
         (OutcomeKind::Delivered, Reason::NoCertsFile, 0, 0)
@@ -139,7 +169,13 @@ fn no_certs_file_gives_an_empty_table() {
         vec![0xee; 24],
         "npages 0: nothing written"
     );
-    let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0x2000, 1), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &config,
+        &BusyBudget::new(),
+        req(0x2000, 1),
+        &mem,
+    );
     assert_eq!((out.kind, out.bytes), (OutcomeKind::Delivered, 24));
     assert!(out.lease.is_none());
     assert_eq!(read(&mem, 0x2000, 24), vec![0; 24]);
@@ -151,7 +187,13 @@ fn buffer_at_the_very_end_of_ram_is_served() {
     let s = setup(6000);
     let mem = memory(&[(0, MIB)]);
     let gpa = MIB - 2 * 4096;
-    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(gpa, 2), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &s.config,
+        &BusyBudget::new(),
+        req(gpa, 2),
+        &mem,
+    );
     assert_eq!(out.kind, OutcomeKind::Delivered);
     assert_eq!(read(&mem, gpa, 6000), s.bytes);
 }
@@ -161,10 +203,20 @@ fn buffer_running_past_the_end_of_ram_fails() {
     let s = setup(6000);
     let mem = memory(&[(0, MIB)]);
     let gpa = MIB - 4096;
-    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(gpa, 2), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &s.config,
+        &BusyBudget::new(),
+        req(gpa, 2),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason, out.ret()),
-        (OutcomeKind::Failed, Reason::OutsideGuestRam, OutcomeKind::Failed.ret())
+        (
+            OutcomeKind::Failed,
+            Reason::OutsideGuestRam,
+            OutcomeKind::Failed.ret()
+        )
     );
     assert!(out.lease.is_none());
     assert!(can_lock_exclusive(&s.path), "no lease on failure");
@@ -180,7 +232,13 @@ fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
         (192 * 1024, 64 * 1024),
     ]);
     let mut reader = CertsReader::new();
-    let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(60 * 1024, 2), &mem);
+    let out = serve(
+        &mut reader,
+        &s.config,
+        &BusyBudget::new(),
+        req(60 * 1024, 2),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::OutsideGuestRam)
@@ -188,7 +246,13 @@ fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
     assert_eq!(read(&mem, 60 * 1024, 4096), vec![0xee; 4096]);
     drop(out);
     // Two regions that touch are one range for the guest.
-    let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(188 * 1024, 2), &mem);
+    let out = serve(
+        &mut reader,
+        &s.config,
+        &BusyBudget::new(),
+        req(188 * 1024, 2),
+        &mem,
+    );
     assert_eq!(out.kind, OutcomeKind::Delivered);
     assert_eq!(read(&mem, 188 * 1024, 6000), s.bytes);
 }
@@ -197,13 +261,25 @@ fn buffer_straddling_a_hole_fails_and_adjacent_regions_work() {
 fn buffer_beyond_ram_fails() {
     let s = setup(100);
     let mem = memory(&[(0, MIB)]);
-    let out = serve(&mut CertsReader::new(), &s.config, &BusyBudget::new(), req(1 << 30, 1), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &s.config,
+        &BusyBudget::new(),
+        req(1 << 30, 1),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::OutsideGuestRam)
     );
     let empty = CertsConfig::default();
-    let out = serve(&mut CertsReader::new(), &empty, &BusyBudget::new(), req(1 << 30, 1), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &empty,
+        &BusyBudget::new(),
+        req(1 << 30, 1),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::OutsideGuestRam)
@@ -221,15 +297,31 @@ fn overflowing_and_misaligned_requests_fail() {
         (0x1000, 1 << 52),
         (!0xfff_u64, u64::MAX),
     ] {
-        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(gpa, npages), &mem);
+        let out = serve(
+            &mut reader,
+            &s.config,
+            &BusyBudget::new(),
+            req(gpa, npages),
+            &mem,
+        );
         assert_eq!(
             (out.kind, out.reason, out.ret()),
-            (OutcomeKind::Failed, Reason::BufferOverflows, OutcomeKind::Failed.ret()),
+            (
+                OutcomeKind::Failed,
+                Reason::BufferOverflows,
+                OutcomeKind::Failed.ret()
+            ),
             "{gpa:#x} {npages}"
         );
         assert_eq!(out.npages, npages);
     }
-    let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(0x1001, 1), &mem);
+    let out = serve(
+        &mut reader,
+        &s.config,
+        &BusyBudget::new(),
+        req(0x1001, 1),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Failed, Reason::GpaMisaligned)
@@ -265,10 +357,17 @@ fn persistent_faults_get_the_empty_table_at_once() {
         assert!(out.lease.is_none());
         assert!(out.detail.is_some());
         assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
-        assert_eq!(read(&mem, 24, 8), [0xee; 8], "only the empty table is written");
+        assert_eq!(
+            read(&mem, 24, 8),
+            [0xee; 8],
+            "only the empty table is written"
+        );
         // The size query gets ret 0 and nothing written, as with no file.
         let out = serve(&mut reader, &config, &budget, req(0x8000, 0), &mem);
-        assert_eq!((out.kind, out.npages, out.fallback), (OutcomeKind::Delivered, 0, true));
+        assert_eq!(
+            (out.kind, out.npages, out.fallback),
+            (OutcomeKind::Delivered, 0, true)
+        );
         // With on_error = busy the old answer stays.
         let busy = CertsConfig {
             on_error: OnError::Busy,
@@ -287,7 +386,10 @@ fn persistent_faults_get_the_empty_table_at_once() {
         ..CertsConfig::with_file(&big)
     };
     let out = serve(&mut reader, &allowed, &BusyBudget::new(), req(0, 8), &mem);
-    assert_eq!((out.kind, out.reason), (OutcomeKind::Delivered, Reason::Served));
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Delivered, Reason::Served)
+    );
 }
 
 #[test]
@@ -317,7 +419,10 @@ fn a_held_lock_is_busy_until_the_budget_is_spent_then_the_fallback() {
         }
         busy += 1;
     };
-    assert!(budget.streak() == Duration::ZERO, "the fallback ends the streak");
+    assert!(
+        budget.streak() == Duration::ZERO,
+        "the fallback ends the streak"
+    );
     assert_eq!(
         (out.kind, out.reason, out.fallback, out.ret()),
         (OutcomeKind::Delivered, Reason::LockTimeout, true, 0)
@@ -336,7 +441,10 @@ fn a_held_lock_is_busy_until_the_budget_is_spent_then_the_fallback() {
     assert_eq!((out.kind, out.fallback), (OutcomeKind::Delivered, true));
     lock::unlock(&writer).unwrap();
     let out = serve(&mut reader, &config, &budget, req(0, 1), &mem);
-    assert_eq!((out.kind, out.reason), (OutcomeKind::Delivered, Reason::Served));
+    assert_eq!(
+        (out.kind, out.reason),
+        (OutcomeKind::Delivered, Reason::Served)
+    );
 }
 
 #[test]
@@ -351,7 +459,10 @@ fn a_served_answer_ends_the_busy_streak() {
         ..s.config.clone()
     };
     let mut reader = CertsReader::new();
-    assert_eq!(serve(&mut reader, &config, &budget, req(0, 1), &mem).kind, OutcomeKind::Busy);
+    assert_eq!(
+        serve(&mut reader, &config, &budget, req(0, 1), &mem).kind,
+        OutcomeKind::Busy
+    );
     assert!(budget.streak() > Duration::ZERO || budget.try_busy(Duration::from_secs(1)));
     lock::unlock(&writer).unwrap();
     assert_eq!(
@@ -371,7 +482,13 @@ fn lock_timeout_is_busy_with_the_wait() {
         certs_timeout: 20,
         ..s.config.clone()
     };
-    let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0, 1), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &config,
+        &BusyBudget::new(),
+        req(0, 1),
+        &mem,
+    );
     assert_eq!(
         (out.kind, out.reason),
         (OutcomeKind::Busy, Reason::LockTimeout)
@@ -381,13 +498,25 @@ fn lock_timeout_is_busy_with_the_wait() {
         certs_timeout: 0,
         ..s.config.clone()
     };
-    let out = serve(&mut CertsReader::new(), &zero, &BusyBudget::new(), req(0, 1), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &zero,
+        &BusyBudget::new(),
+        req(0, 1),
+        &mem,
+    );
     assert_eq!(
         (out.reason, out.lock_wait),
         (Reason::LockTimeout, Duration::ZERO)
     );
     lock::unlock(&writer).unwrap();
-    let out = serve(&mut CertsReader::new(), &zero, &BusyBudget::new(), req(0, 1), &mem);
+    let out = serve(
+        &mut CertsReader::new(),
+        &zero,
+        &BusyBudget::new(),
+        req(0, 1),
+        &mem,
+    );
     assert_eq!(out.kind, OutcomeKind::Delivered);
 }
 
@@ -417,7 +546,13 @@ fn random_requests_never_write_outside_the_table() {
             .iter()
             .flat_map(|&(a, l)| read(&mem, a, l))
             .collect();
-        let out = serve(&mut reader, &s.config, &BusyBudget::new(), req(gpa, npages), &mem);
+        let out = serve(
+            &mut reader,
+            &s.config,
+            &BusyBudget::new(),
+            req(gpa, npages),
+            &mem,
+        );
         let after: Vec<u8> = [(0u64, 64 * 1024usize), (128 * 1024, 64 * 1024)]
             .iter()
             .flat_map(|&(a, l)| read(&mem, a, l))
@@ -463,13 +598,22 @@ fn an_invalid_file_found_after_a_wait_reports_the_wait() {
     };
     let request = std::thread::spawn(move || {
         let mem = memory(&[(0, MIB)]);
-        let out = serve(&mut CertsReader::new(), &config, &BusyBudget::new(), req(0, 1), &mem);
+        let out = serve(
+            &mut CertsReader::new(),
+            &config,
+            &BusyBudget::new(),
+            req(0, 1),
+            &mem,
+        );
         (out.kind, out.reason, out.lock_wait, out.lock_tried)
     });
     // Unlock only once the request is seen blocked on the lock.
     wait_for_blocked_waiter(&path);
     lock::unlock(&writer).unwrap();
     let (kind, reason, lock_wait, tried) = request.join().unwrap();
-    assert_eq!((kind, reason, tried), (OutcomeKind::Busy, Reason::FileInvalid, true));
+    assert_eq!(
+        (kind, reason, tried),
+        (OutcomeKind::Busy, Reason::FileInvalid, true)
+    );
     assert!(lock_wait > Duration::ZERO, "{lock_wait:?}");
 }

@@ -7,9 +7,9 @@
 use hypervisor::VmExit;
 use hypervisor::kvm::KvmHypervisor;
 use snp_certs::{CertKind, TableBuilder};
-use test_guests::report::{GuestReport, ReportStatus};
 use test_guests::attest::harness::{self, Answer, GuestEvent, Transcript, scripted};
 use test_guests::attest::{AttestParams, BUFFER_GPA, RET_UNANSWERED, expected_report_for};
+use test_guests::report::{GuestReport, ReportStatus};
 
 const MAX_EXITS: usize = 10_000;
 

@@ -209,7 +209,10 @@ mod tests {
             VmConfig::from_options(&VmOptions::default()).unwrap(),
             VmConfig::default()
         );
-        assert_eq!(PayloadConfig::parse("attest").unwrap(), PayloadConfig::attest());
+        assert_eq!(
+            PayloadConfig::parse("attest").unwrap(),
+            PayloadConfig::attest()
+        );
         let snp = SnpConfig::parse("doorbell=on").unwrap();
         assert_eq!(snp.certs_file, None);
         assert_eq!(snp.certs_timeout, 100);
@@ -226,7 +229,10 @@ mod tests {
         let err = PayloadConfig::parse("linux").unwrap_err();
         assert!(err.to_string().contains("known kinds: attest"), "{err}");
         let err = PayloadConfig::parse("kind=attest").unwrap_err();
-        assert!(err.to_string().contains("the payload kind comes first"), "{err}");
+        assert!(
+            err.to_string().contains("the payload kind comes first"),
+            "{err}"
+        );
         let err = SnpConfig::parse("on-error=eio").unwrap_err();
         assert!(err.to_string().contains("expected empty or busy"), "{err}");
         let err = PayloadConfig::parse("requests=3").unwrap_err();

@@ -362,7 +362,11 @@ mod tests {
                 other => panic!("not a certs error: {other:?}"),
             }
         };
-        assert!(check(&|c| c.cpus.boot = 0).unwrap_err().contains("cpus.boot"));
+        assert!(
+            check(&|c| c.cpus.boot = 0)
+                .unwrap_err()
+                .contains("cpus.boot")
+        );
         assert!(check(&|c| c.cpus.boot = 9).is_err());
         assert_eq!(check(&|c| c.cpus.boot = 8), Ok(()));
         assert_eq!(check(&|c| c.memory.size = 1 << 20), Ok(()));
@@ -375,10 +379,17 @@ mod tests {
                 .contains("multiple of 4 KiB")
         );
         assert!(certs_error(&|c| c.snp.certs_file = Some("certs.bin".into())).contains("absolute"));
-        assert_eq!(check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS), Ok(()));
-        assert!(certs_error(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1).contains("timeout"));
+        assert_eq!(
+            check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS),
+            Ok(())
+        );
+        assert!(
+            certs_error(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1).contains("timeout")
+        );
         assert_eq!(check(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS), Ok(()));
-        assert!(certs_error(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS + 1).contains("Busy budget"));
+        assert!(
+            certs_error(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS + 1).contains("Busy budget")
+        );
         assert!(
             check(&|c| c.snp.startup_wait = MAX_STARTUP_WAIT_MS + 1)
                 .unwrap_err()

@@ -140,15 +140,27 @@ mod tests {
             }
         );
         assert_eq!(
-            dispatch(&VmExit::IoIn { port: 0x60, size: 2 }, true),
-            ExitAction::PioRead { port: 0x60, size: 2 }
+            dispatch(
+                &VmExit::IoIn {
+                    port: 0x60,
+                    size: 2
+                },
+                true
+            ),
+            ExitAction::PioRead {
+                port: 0x60,
+                size: 2
+            }
         );
     }
 
     #[test]
     fn other_exits() {
         assert_eq!(dispatch(&VmExit::Interrupted, false), ExitAction::Continue);
-        assert_eq!(dispatch(&VmExit::Hlt, false), ExitAction::End(VcpuEnd::Halted));
+        assert_eq!(
+            dispatch(&VmExit::Hlt, false),
+            ExitAction::End(VcpuEnd::Halted)
+        );
         assert_eq!(
             dispatch(&VmExit::Shutdown, false),
             ExitAction::End(VcpuEnd::GuestShutdown)

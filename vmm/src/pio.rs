@@ -169,7 +169,13 @@ mod tests {
                 last: DOORBELL_PORT
             })
         );
-        assert!(matches!(bus.attach(0x10, 0, dev.clone()), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.attach(0xffff, 2, dev), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.attach(0x10, 0, dev.clone()),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.attach(0xffff, 2, dev),
+            Err(BusError::BadRange { .. })
+        ));
     }
 }

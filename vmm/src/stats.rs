@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use vmm_api::{LockWaitSummary, OutcomeCounts, VmCounters};
 use snp_certs::{Outcome, OutcomeKind, Reason};
+use vmm_api::{LockWaitSummary, OutcomeCounts, VmCounters};
 
 /// How many recent lock waits the percentiles are computed over.
 pub const LOCK_WAIT_WINDOW: usize = 4096;

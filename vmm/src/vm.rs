@@ -207,18 +207,19 @@ impl Vm {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match start {
-                        VcpuStart::Run => runner.run(),
-                        VcpuStart::Idle => runner.idle(),
-                    }))
-                            .unwrap_or_else(|panic| {
-                                let why = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| (*s).to_owned())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_default();
-                                VcpuEnd::Failed(format!("vCPU thread panicked: {why}"))
-                            });
+                    let end =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match start {
+                            VcpuStart::Run => runner.run(),
+                            VcpuStart::Idle => runner.idle(),
+                        }))
+                        .unwrap_or_else(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            VcpuEnd::Failed(format!("vCPU thread panicked: {why}"))
+                        });
                     let mut all = ends.ends.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some(slot) = all.get_mut(id) {
                         *slot = Some(end);

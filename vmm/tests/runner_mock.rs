@@ -18,8 +18,8 @@ use snp_certs::{CertKind, CertsConfig, OnError, TableBuilder};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::certs_service::CertsService;
 use vmm::doorbell::{DOORBELL_PORT, Mailbox};
-use vmm::pio::PioBus;
 use vmm::exit_dispatch::VcpuEnd;
+use vmm::pio::PioBus;
 use vmm::stop::StopSignal;
 use vmm::vcpu_runner::{VcpuRunner, VcpuShared};
 
@@ -288,7 +288,9 @@ fn a_missing_file_gets_the_empty_table_or_busy_as_configured() {
         assert_eq!(stats.reasons["file-missing"], 1);
         assert_eq!(stats.fallbacks["file-missing"], 1);
         let mut got = [0u8; 32];
-        rig.memory.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
+        rig.memory
+            .read_slice(&mut got, GuestAddress(0x10000))
+            .unwrap();
         if on_error == OnError::Empty {
             assert_eq!(&got[..24], &[0; 24], "the empty table");
             assert_eq!(&got[24..], &[0xee; 8], "nothing more");

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api_server::{ApiClient, ApiServer};
+use snp_certs::config::CertsConfig;
+use snp_certs::serve::{OutcomeKind, Reason};
 use vmm_api::{
     ApiError, PingResponse, SnpCertsInfo, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
     VmmAction, VmmApi, VmmData,
 };
-use api_server::{ApiClient, ApiServer};
-use snp_certs::config::CertsConfig;
-use snp_certs::serve::{OutcomeKind, Reason};
 
 /// A fake VMM: one VM with a lifecycle, a certs configuration that is
 /// replaced only if the new file exists, and fixed counters.

@@ -65,7 +65,11 @@ pub fn holders(path: &Path) -> io::Result<Vec<Holder>> {
     let key = proc_key(path)?;
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = fs::read_dir(entry.path().join("fdinfo")) else {
@@ -113,7 +117,11 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].pid, std::process::id());
         assert!(found[0].exclusive);
-        assert!(found[0].to_string().starts_with(&format!("pid {}", std::process::id())));
+        assert!(
+            found[0]
+                .to_string()
+                .starts_with(&format!("pid {}", std::process::id()))
+        );
         lock::unlock(&file).unwrap();
         assert!(holders(&path).unwrap().is_empty());
     }

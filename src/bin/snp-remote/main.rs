@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use api_server::client::{ApiClient, ApiResponse, ClientError};
 use api_server::routes::Method;
+use clap::{Args, Parser, Subcommand};
 use snp_certs::OnError;
 use vmm_api::{SnpCertsUpdate, VmConfig, VmOptions};
-use clap::{Args, Parser, Subcommand};
 
 /// Drive a running snp-vmm through its API socket.
 #[derive(Debug, Parser)]

@@ -75,7 +75,11 @@ pub fn certs(c: &SnpCertsInfo) -> String {
     let _ = writeln!(s, "certs-timeout: {} ms", c.certs_timeout);
     let _ = writeln!(s, "busy-budget: {} ms", c.busy_budget);
     let _ = writeln!(s, "on-error: {}", c.on_error.as_str());
-    let _ = writeln!(s, "allow-large: {}", if c.allow_large { "on" } else { "off" });
+    let _ = writeln!(
+        s,
+        "allow-large: {}",
+        if c.allow_large { "on" } else { "off" }
+    );
     let _ = writeln!(s, "generation: {}", c.generation);
     for w in &c.warnings {
         let _ = writeln!(s, "warning: {w}");

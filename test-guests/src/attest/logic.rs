@@ -6,7 +6,6 @@
 //! ([`super::program`]) must do. It does no I/O: it says what to do next
 //! ([`Step`]) and is told what the VMM answered.
 
-
 use super::layout::{BUFFER_PAGES, PAGE_SIZE};
 use crate::report::{GuestReport, ReportStatus, fnv1a32};
 

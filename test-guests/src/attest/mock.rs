@@ -4,11 +4,11 @@ use hypervisor::VmExit;
 use hypervisor::mock::{MockCompletion, MockGuest};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::GuestError;
 use super::layout::{
     BUFFER_FILL, BUFFER_GPA, BUFFER_SIZE, MAILBOX_GPA, REPORT_GPA, RET_UNANSWERED,
 };
 use super::logic::{AttestMachine, AttestParams, Step};
-use super::GuestError;
 use crate::report::{DELAY_PORT, REPORT_PORT, write_report};
 use vmm::doorbell::{DOORBELL_PORT, Mailbox};
 

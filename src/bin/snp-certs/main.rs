@@ -13,11 +13,15 @@
 
 mod build;
 mod chain_report;
+mod child;
 mod export;
+mod fetch;
 mod files;
 mod inspect;
+mod kds_args;
 mod lock_cmd;
 mod probe;
+mod refresh;
 mod update;
 mod verify;
 
@@ -44,6 +48,8 @@ enum Command {
     Update(update::UpdateArgs),
     Lock(lock_cmd::LockArgs),
     Probe(probe::ProbeArgs),
+    Fetch(fetch::FetchArgs),
+    Refresh(refresh::RefreshArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,8 @@ fn main() -> ExitCode {
         Command::Update(args) => update::run(&args),
         Command::Lock(args) => lock_cmd::run(&args),
         Command::Probe(args) => probe::run(&args),
+        Command::Fetch(args) => fetch::run(&args),
+        Command::Refresh(args) => refresh::run(&args),
     };
     match result {
         Ok(code) => code,

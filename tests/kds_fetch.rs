@@ -1,0 +1,224 @@
+//! `snp-certs fetch` against a fake KDS on 127.0.0.1 serving AMD's real
+//! certificates.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod kds_support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use kds_support::*;
+use snp_certs::CertKind;
+use snp_certs::table::CertTable;
+use snp_kds::identity::report::synthetic_report;
+use snp_kds::{Hwid, PlatformId, Product, TcbLevels};
+
+#[test]
+fn fetch_writes_a_table_verify_accepts_and_a_repeat_asks_kds_nothing() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("certs.bin");
+    let first = run(fetch_milan(&kds, &cache).arg("-o").arg(&out));
+    assert!(first.status.success());
+    assert!(stdout(&first).contains("KDS requests: 2"));
+    assert!(stdout(&first).contains("chain: verified (Milan, VCEK)"));
+    assert_eq!(kds.requests(), 2);
+    assert!(verifies(&out));
+    let bytes = fs::read(&out).unwrap();
+    let table = CertTable::parse(&bytes).unwrap();
+    assert_eq!(
+        table.get(CertKind::Vcek).unwrap().data,
+        fixture_der("amd/milan/vcek.der")
+    );
+
+    let again = dir.path().join("again.bin");
+    let second = run(fetch_milan(&kds, &cache).arg("-o").arg(&again));
+    assert!(second.status.success());
+    assert!(stdout(&second).contains("KDS requests: 0"));
+    assert!(stdout(&second).contains("from the cache"));
+    assert_eq!(kds.requests(), 2, "{:?}", kds.log());
+    assert_eq!(fs::read(&again).unwrap(), bytes);
+
+    // An existing output is refused before anything is asked.
+    let refused = run(fetch_milan(&kds, &cache).arg("-o").arg(&out));
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("exists"));
+}
+
+#[test]
+fn fetch_from_a_report_and_into_a_snphost_directory() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (hwid, tcb) = milan();
+    let id = PlatformId {
+        product: Product::Milan,
+        hwid: Hwid::parse(&hwid, Product::Milan).unwrap(),
+        tcb: TcbLevels::parse(&tcb, Product::Milan).unwrap(),
+    };
+    let report = dir.path().join("report.bin");
+    fs::write(&report, synthetic_report(&id, 3, Some((0x19, 0x01)))).unwrap();
+    let certs = dir.path().join("certs");
+    let out = run(snp_certs("fetch", &kds, &cache)
+        .arg("--from-report")
+        .arg(&report)
+        .arg("--no-crl")
+        .arg("--dir")
+        .arg(&certs));
+    assert!(out.status.success());
+    for name in ["ark.pem", "ask.pem", "vcek.der"] {
+        assert!(certs.join(name).is_file(), "{name}");
+    }
+    // The directory imports into a table that verifies.
+    let table = dir.path().join("imported.bin");
+    let imported = run(std::process::Command::new(env!("CARGO_BIN_EXE_snp-certs"))
+        .arg("import-dir")
+        .arg(&certs)
+        .arg("-o")
+        .arg(&table)
+        .args(["--at", AT]));
+    assert!(imported.status.success());
+    assert!(verifies(&table));
+}
+
+#[test]
+fn too_many_requests_is_waited_out() {
+    let kds = FakeKds::with_amd_fixtures();
+    // The chain and the VCEK are asked for back to back: the second request
+    // comes too soon and is told to come back in a second.
+    kds.throttle(Throttle {
+        min_gap: Duration::from_millis(500),
+        retry_after: Some("1".to_owned()),
+        ..Throttle::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs.bin");
+    let start = Instant::now();
+    let result = run(fetch_milan(&kds, &dir.path().join("cache"))
+        .arg("-o")
+        .arg(&out));
+    assert!(result.status.success());
+    assert!(stderr(&result).contains("HTTP 429 Too Many Requests; retrying in 1."));
+    assert!(kds.throttled() >= 1);
+    assert_eq!(kds.requests() as u32, 2 + kds.throttled());
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert!(verifies(&out));
+}
+
+#[test]
+fn an_exhausted_retry_budget_exits_69_and_names_what_to_retry() {
+    let kds = FakeKds::with_amd_fixtures();
+    kds.throttle(Throttle {
+        fail_first: 100,
+        retry_after: Some("1".to_owned()),
+        ..Throttle::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs.bin");
+    let result = run(fetch_milan(&kds, &dir.path().join("cache"))
+        .args(["--max-attempts", "2"])
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(result.status.code(), Some(69));
+    let err = stderr(&result);
+    assert!(err.contains("/vcek/v1/Milan/cert_chain"), "{err}");
+    assert!(err.contains("after 2 attempt(s)"), "{err}");
+    assert!(err.contains("run the same command again later"), "{err}");
+    assert_eq!(kds.requests(), 2);
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_vcek_for_another_tcb_is_refused_with_exit_1() {
+    let kds = FakeKds::with_amd_fixtures();
+    let (hwid, tcb) = milan();
+    let mut newer = TcbLevels::parse(&tcb, Product::Milan).unwrap();
+    newer.microcode += 1;
+    let id = PlatformId {
+        product: Product::Milan,
+        hwid: Hwid::parse(&hwid, Product::Milan).unwrap(),
+        tcb: newer,
+    };
+    kds.serve(
+        &snp_kds::url::vcek_url("", &id),
+        fixture("amd/milan/vcek.der"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("certs.bin");
+    let result = run(snp_certs("fetch", &kds, &cache)
+        .args(["--product", "milan", "--hwid", &hwid, "--no-crl"])
+        .args(["--tcb", &newer.to_string()])
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(result.status.code(), Some(1));
+    assert!(stderr(&result).contains("refusing"), "{}", stderr(&result));
+    assert!(!out.exists());
+    assert!(!cache.join(format!("vcek/milan/{hwid}")).exists());
+}
+
+#[test]
+fn offline_says_what_is_missing_and_exits_66() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let result = run(fetch_milan(&kds, &dir.path().join("cache"))
+        .arg("--offline")
+        .arg("-o")
+        .arg(dir.path().join("certs.bin")));
+    assert_eq!(result.status.code(), Some(66));
+    let err = stderr(&result);
+    assert!(err.contains("Milan ARK/ASK chain"), "{err}");
+    assert!(err.contains("cert_chain.pem"), "{err}");
+    assert!(err.contains("bl3-tee0-snp8-ucode115.der"), "{err}");
+    assert_eq!(kds.requests(), 0);
+}
+
+#[test]
+fn from_host_without_dev_sev_fails_clearly() {
+    if std::path::Path::new("/dev/sev").exists() {
+        return;
+    }
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let result = run(snp_certs("fetch", &kds, &dir.path().join("cache"))
+        .arg("--from-host")
+        .arg("-o")
+        .arg(dir.path().join("certs.bin")));
+    assert_eq!(result.status.code(), Some(2));
+    assert!(
+        stderr(&result).contains("Cannot open /dev/sev"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(kds.requests(), 0);
+}
+
+#[test]
+fn a_vlek_chain_comes_from_the_vlek_tree_and_must_be_for_the_product() {
+    let kds = FakeKds::start();
+    // The synthetic VLEK chain names product line "Testonly": served as
+    // Milan's, it must be refused.
+    kds.serve(
+        "/vlek/v1/Milan/cert_chain",
+        chain_pem("synthetic/asvk.pem", "synthetic/ark.pem"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let vlek = fake_kds::fixtures().join("synthetic/vlek.der");
+    let out = dir.path().join("certs.bin");
+    let result = run(snp_certs("fetch", &kds, &dir.path().join("cache"))
+        .args(["--product", "milan", "--no-crl"])
+        .arg("--vlek")
+        .arg(&vlek)
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(result.status.code(), Some(1));
+    assert!(
+        stderr(&result).contains("for Testonly, not Milan"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(kds.log(), ["/vlek/v1/Milan/cert_chain"]);
+    assert!(!out.exists());
+}

@@ -319,7 +319,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             endpoint: "vm.snp-certs",
             body: put(r#"["/etc/passwd", 5]"#),
             status: 400,
-            message: "Invalid vm.snp-certs body: expected a JSON object".into(),
+            message: "Invalid vm.snp-certs body: Expected a JSON object".into(),
         },
         Refusal {
             what: "unknown field",

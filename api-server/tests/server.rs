@@ -31,12 +31,12 @@ fn lifecycle_and_typed_helpers() {
 
     let err = c.info().unwrap_err();
     assert!(
-        matches!(&err, ClientError::Api { status: 404, message } if message == "No VM has been created"),
+        matches!(&err, ClientError::Api { status: 404, chain } if chain == &["No VM has been created"]),
         "{err:?}"
     );
 
     let mut config = VmConfig::default();
-    config.cpus.boot = 2;
+    config.cpus = vmm_api::CpusConfig::with_boot(2);
     c.create_vm(&config).unwrap();
     let err = c.create_vm(&config).unwrap_err();
     assert!(
@@ -57,7 +57,7 @@ fn lifecycle_and_typed_helpers() {
     assert_eq!(c.snp_certs().unwrap(), certs);
     let certs = c.put_snp_certs(&SnpCertsUpdate::clear_file()).unwrap();
     assert_eq!(certs.certs_file, None);
-    assert_eq!(c.counters().unwrap(), common::counters());
+    assert_eq!(c.counters().unwrap(), common::counters().counter_map());
 
     c.shutdown_vm().unwrap();
     c.delete_vm().unwrap();
@@ -80,7 +80,7 @@ fn statuses_and_bodies() {
     assert_eq!(r.status, 409);
     assert_eq!(
         json_body(&r),
-        json!({"error": "The VM is Running, not Created"})
+        json!(["The VM is Running, not Created"])
     );
 
     let r = c.request(Method::Put, "vm.shutdown", None::<&()>).unwrap();
@@ -157,7 +157,7 @@ fn refusals_leave_the_configuration_alone() {
         .put_snp_certs(&SnpCertsUpdate::set_file(&missing))
         .unwrap_err();
     assert!(
-        matches!(&err, ClientError::Api { status: 400, message } if message.contains("missing")),
+        matches!(&err, ClientError::Api { status: 400, chain } if chain.join(": ").contains("missing")),
         "{err:?}"
     );
 

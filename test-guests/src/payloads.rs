@@ -10,7 +10,7 @@ use vmm::payload::{
     DeviceContext, Payload, PayloadError, PayloadFactory, RequestObserver, VcpuStart,
 };
 use vmm::pio::PioBus;
-use vmm_api::PayloadConfig;
+use vmm_api::TestGuestConfig;
 
 use crate::attest::{self, AttestParams, MockAttestGuest};
 use crate::devices::{DeliveryObserver, GuestPorts};
@@ -49,9 +49,9 @@ impl TestGuests {
 }
 
 impl PayloadFactory for TestGuests {
-    fn build(&self, config: &PayloadConfig) -> Result<Box<dyn Payload>, PayloadError> {
+    fn build(&self, config: &TestGuestConfig) -> Result<Box<dyn Payload>, PayloadError> {
         match *config {
-            PayloadConfig::Attest {
+            TestGuestConfig::Attest {
                 requests,
                 interval_ms,
                 retry_ms,

@@ -20,7 +20,9 @@ use thiserror::Error;
 use tokio::net::UnixStream;
 
 use crate::routes::{API_ROOT, Method};
-use vmm_api::{CounterMap, ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmInfo};
+use vmm_api::{
+    CounterMap, ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmInfo,
+};
 
 /// Default time limit for one call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

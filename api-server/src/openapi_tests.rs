@@ -7,8 +7,7 @@ use serde_json::Value;
 use crate::routes::{Method, ROUTES, Success};
 use vmm_api::{
     COUNTERS_DEVICE, ErrorBody, LockWaitSummary, OutcomeCounts, PayloadConfig, PingResponse,
-    SnpCertsInfo, SnpCertsUpdate, TestGuestConfig, VcpuInfo, VmConfig, VmCounters, VmInfo,
-    VmState,
+    SnpCertsInfo, SnpCertsUpdate, TestGuestConfig, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
 };
 
 fn document() -> Value {
@@ -99,8 +98,7 @@ fn bodies_and_responses_match_the_route_table() {
             .collect();
         assert_eq!(errors, route.error_statuses(), "{what}: error statuses");
         assert_eq!(
-            responses["405"]["$ref"],
-            "#/components/responses/MethodNotAllowed",
+            responses["405"]["$ref"], "#/components/responses/MethodNotAllowed",
             "{what}"
         );
     }

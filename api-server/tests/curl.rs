@@ -156,10 +156,7 @@ fn every_error_class() {
     let (status, _, body) = curl(&h, "GET", "vm.nonsense", None);
     assert_eq!(
         (status, json_of(&body)),
-        (
-            404,
-            json!(["Unknown endpoint /api/v1/vm.nonsense"])
-        )
+        (404, json!(["Unknown endpoint /api/v1/vm.nonsense"]))
     );
 
     let big = format!("{{\"certs_file\": \"/{}\"}}", "x".repeat(70_000));

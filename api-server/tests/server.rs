@@ -78,10 +78,7 @@ fn statuses_and_bodies() {
 
     let r = c.request(Method::Put, "vm.boot", None::<&()>).unwrap();
     assert_eq!(r.status, 409);
-    assert_eq!(
-        json_body(&r),
-        json!(["The VM is Running, not Created"])
-    );
+    assert_eq!(json_body(&r), json!(["The VM is Running, not Created"]));
 
     let r = c.request(Method::Put, "vm.shutdown", None::<&()>).unwrap();
     assert_eq!((r.status, r.body.len()), (204, 0));

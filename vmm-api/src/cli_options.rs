@@ -171,8 +171,9 @@ impl PayloadConfig {
         let kind_first = || OptionError::InvalidValue {
             key: "payload".to_owned(),
             value: input.to_owned(),
-            reason: "the test guest comes first, as in attest,requests=3; known test guests: attest"
-                .to_owned(),
+            reason:
+                "the test guest comes first, as in attest,requests=3; known test guests: attest"
+                    .to_owned(),
         };
         let known: Vec<&str> = Self::ATTEST_KEYS
             .iter()
@@ -310,7 +311,10 @@ mod tests {
         let err = SnpConfig::parse("certs_file=/x").unwrap_err();
         assert!(err.to_string().contains("certs-file"), "{err}");
         let err = PayloadConfig::parse("linux").unwrap_err();
-        assert!(err.to_string().contains("known test guests: attest"), "{err}");
+        assert!(
+            err.to_string().contains("known test guests: attest"),
+            "{err}"
+        );
         let err = PayloadConfig::parse("kind=attest").unwrap_err();
         assert!(
             err.to_string().contains("the test guest comes first"),

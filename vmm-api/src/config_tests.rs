@@ -97,8 +97,10 @@ fn validation() {
     assert_eq!(check(&|c| c.cpus = CpusConfig::with_boot(8)), Ok(()));
     assert_eq!(
         check(&|c| c.cpus.max_vcpus = 2),
-        Err("cpus.max_vcpus must equal cpus.boot_vcpus (1): snp-vmm cannot hot-plug vCPUs, got 2"
-            .to_owned())
+        Err(
+            "cpus.max_vcpus must equal cpus.boot_vcpus (1): snp-vmm cannot hot-plug vCPUs, got 2"
+                .to_owned()
+        )
     );
     assert_eq!(check(&|c| c.memory.size = 1 << 20), Ok(()));
     assert_eq!(check(&|c| c.memory.size = 4 << 30), Ok(()));
@@ -114,13 +116,9 @@ fn validation() {
         check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS),
         Ok(())
     );
-    assert!(
-        certs_error(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1).contains("timeout")
-    );
+    assert!(certs_error(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1).contains("timeout"));
     assert_eq!(check(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS), Ok(()));
-    assert!(
-        certs_error(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS + 1).contains("Busy budget")
-    );
+    assert!(certs_error(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS + 1).contains("Busy budget"));
     assert!(
         check(&|c| c.snp.startup_wait = MAX_STARTUP_WAIT_MS + 1)
             .unwrap_err()

@@ -150,7 +150,9 @@ pub enum PayloadError {
     )]
     Unsupported(&'static str),
     /// `host_data` is not 32 bytes in hexadecimal.
-    #[error("payload.host_data must be {HOST_DATA_HEX_LEN} hexadecimal digits (32 bytes), got {0:?}")]
+    #[error(
+        "payload.host_data must be {HOST_DATA_HEX_LEN} hexadecimal digits (32 bytes), got {0:?}"
+    )]
     HostData(String),
     /// `test_guest.requests` is 0.
     #[error("payload.test_guest.requests must be at least 1")]

@@ -13,8 +13,8 @@ use snp_certs::CertsFileError;
 use snp_certs::config::ConfigError;
 use snp_certs::lock::LockError;
 use vmm_api::{
-    ApiError, ApiErrorKind, FEATURE_SNP_REQ_CERTS, PingResponse, SnpCertsUpdate, VmConfig,
-    VmState, VmmAction, VmmApi, VmmData,
+    ApiError, ApiErrorKind, FEATURE_SNP_REQ_CERTS, PingResponse, SnpCertsUpdate, VmConfig, VmState,
+    VmmAction, VmmApi, VmmData,
 };
 
 use crate::backend::Backend;

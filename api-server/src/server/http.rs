@@ -213,10 +213,7 @@ mod tests {
             let (r, actions) = call("PUT", "/api/v1/vm.boot", vec![], None).await;
             assert_eq!(r.status(), 409);
             assert_eq!(actions, [VmmAction::BootVm]);
-            assert_eq!(
-                body_json(r).await,
-                serde_json::json!(["VM is not created"])
-            );
+            assert_eq!(body_json(r).await, serde_json::json!(["VM is not created"]));
 
             let (r, actions) = call("PUT", "/api/v1/vm.delete", vec![], None).await;
             assert_eq!(r.status(), 500);

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use snp_certs::CertsReader;
 use snp_certs::table::{CertTable, MAX_TABLE_SIZE};
+use snp_certs::x509::{ParsedCert, ParsedCrl};
 
 /// Largest input file read (a certificate, CRL or table): 1 MiB.
 const MAX_INPUT: u64 = MAX_TABLE_SIZE as u64;
@@ -37,8 +38,37 @@ pub fn with_locked_table<T>(
     let locked = reader
         .lock_and_read(path, std::time::Duration::from_millis(timeout_ms))
         .with_context(|| format!("cannot {action} {}", path.display()))?;
-    let table = CertTable::parse(locked.bytes).context("invalid table")?;
+    let table = match CertTable::parse(locked.bytes) {
+        Ok(table) => table,
+        Err(e) => match single_document(locked.bytes) {
+            Some(what) => bail!(
+                "{} is {what}, not a certificate table; use `snp-certs build` or `import-dir`",
+                path.display()
+            ),
+            None => return Err(anyhow::Error::new(e).context("invalid table")),
+        },
+    };
     Ok(use_table(&table))
+}
+
+/// What `bytes` is if it is one certificate or CRL, PEM or DER, such as
+/// "a PEM certificate": an operator handed a certificate to a command
+/// that wants a table.
+pub fn single_document(bytes: &[u8]) -> Option<&'static str> {
+    let pem = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
+    let what = if ParsedCert::parse(bytes).is_ok() {
+        "certificate"
+    } else if ParsedCrl::parse(bytes).is_ok() {
+        "CRL"
+    } else {
+        return None;
+    };
+    Some(match (pem, what) {
+        (true, "certificate") => "a PEM certificate",
+        (false, "certificate") => "a DER certificate",
+        (true, _) => "a PEM CRL",
+        (false, _) => "a DER CRL",
+    })
 }
 
 /// Reads a whole input file of at most 1 MiB.

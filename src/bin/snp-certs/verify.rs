@@ -23,7 +23,7 @@ pub struct VerifyArgs {
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Maximum time in milliseconds to wait for the shared lock.
     #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
     timeout: u64,
@@ -49,14 +49,14 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             warnings: table.warnings(),
         })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}: {} bytes", report.file.display(), report.size);
+        outln!("{}: {} bytes", report.file.display(), report.size);
         for line in chain_report::lines(&report.chain, true) {
-            println!("{line}");
+            outln!("{line}");
         }
         for w in &report.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}");
         }
     }
     if let Some(first) = report.chain.problems.first() {

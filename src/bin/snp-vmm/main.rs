@@ -7,6 +7,10 @@
 //! serves the REST API until `vmm.shutdown`, creating and booting a VM at
 //! start if VM options are given.
 
+#[macro_use]
+#[path = "../../shared/stdout.rs"]
+mod stdout;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -123,7 +127,7 @@ fn run_once(
         "mock" => "mock (no real vCPUs: a Rust model of the attestation guest)",
         other => other,
     };
-    println!(
+    outln!(
         "snp-vmm: hypervisor {hypervisor}, {} vCPU(s), {} MiB, certs-file {}, certs-timeout {} ms",
         config.cpus.boot,
         config.memory.size >> 20,
@@ -158,7 +162,7 @@ fn run_once(
             ))
         })
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    print!("{}", summary.text);
+    out!("{}", summary.text);
     Ok(if summary.success() {
         ExitCode::SUCCESS
     } else {

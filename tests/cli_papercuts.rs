@@ -87,7 +87,11 @@ fn snp_vmm_json_summary_and_errors() {
     assert_eq!(v["reports"], 3);
     assert_eq!(v["matched"], 3);
     assert_eq!(v["success"], true);
-    assert_eq!(v["counters"]["requests"]["delivered"], 3);
+    assert_eq!(v["counters"]["requests"]["failed"], 0);
+    assert!(
+        v["counters"]["requests"]["delivered"].as_u64().unwrap() >= 3,
+        "{v}"
+    );
 
     let out = snp_vmm()
         .args(["--hypervisor", "mock", "--json", "--cpus", "boot=2,max=3"])

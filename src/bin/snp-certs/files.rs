@@ -35,19 +35,22 @@ pub fn with_locked_table<T>(
     use_table: impl FnOnce(&CertTable<'_>) -> T,
 ) -> Result<T> {
     let mut reader = CertsReader::new();
-    let locked = reader
-        .lock_and_read(path, std::time::Duration::from_millis(timeout_ms))
-        .with_context(|| format!("cannot {action} {}", path.display()))?;
-    let table = match CertTable::parse(locked.bytes) {
-        Ok(table) => table,
-        Err(e) => match single_document(locked.bytes) {
-            Some(what) => bail!(
-                "{} is {what}, not a certificate table; use `snp-certs build` or `import-dir`",
-                path.display()
-            ),
-            None => return Err(anyhow::Error::new(e).context("invalid table")),
-        },
+    let locked = match reader.lock_and_read(path, std::time::Duration::from_millis(timeout_ms)) {
+        Ok(locked) => locked,
+        Err(e) => {
+            // A certificate handed over where a table is wanted.
+            if let Some(what) = read_input(path).ok().and_then(|b| single_document(&b)) {
+                bail!(
+                    "{} is {what}, not a certificate table; use `snp-certs build` or `import-dir`",
+                    path.display()
+                );
+            }
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot {action} {}", path.display()))
+            );
+        }
     };
+    let table = CertTable::parse(locked.bytes).context("invalid table")?;
     Ok(use_table(&table))
 }
 

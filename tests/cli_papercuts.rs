@@ -26,8 +26,7 @@ fn snp_vmm() -> Command {
 /// `cmd | head -0`, and checks it ended as `grep` does there: killed by
 /// SIGPIPE, without a panic message.
 fn assert_quiet_on_closed_pipe(mut cmd: Command) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
+    let writer = closed_pipe();
     let out = cmd.stdout(writer).stderr(Stdio::piped()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{cmd:?}: {err}");
@@ -247,4 +246,22 @@ fn import_dir_takes_snphost_crl_and_snpguest_other_names() {
         entries.iter().any(|e| e["guid"] == guid),
         "no extra entry: {entries:?}"
     );
+}
+
+/// A pipe's write end whose read end is already closed, as stdout of
+/// `cmd | head -0`.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (reader, writer) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    writer
 }

@@ -223,8 +223,7 @@ fn create_reads_stdin_like_ch_remote() {
 fn a_closed_stdout_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let h = Harness::start();
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
+    let writer = closed_pipe();
     let out = Command::new(env!("CARGO_BIN_EXE_snp-remote"))
         .arg("--api-socket")
         .arg(&h.socket)
@@ -366,4 +365,22 @@ fn usage_and_connection_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A pipe's write end whose read end is already closed, as stdout of
+/// `cmd | head -0`.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (reader, writer) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    writer
 }

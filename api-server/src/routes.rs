@@ -160,11 +160,13 @@ impl Route {
         if self.endpoint.starts_with("vm.") && self.endpoint != "vm.create" {
             statuses.push(404);
         }
-        let conflicts = match (self.endpoint, self.method) {
-            ("vm.create" | "vm.boot" | "vm.shutdown", Method::Put) => true,
-            ("vm.snp-certs", Method::Put) => true,
-            _ => false,
-        };
+        let conflicts = matches!(
+            (self.endpoint, self.method),
+            (
+                "vm.create" | "vm.boot" | "vm.shutdown" | "vm.snp-certs",
+                Method::Put
+            )
+        );
         if conflicts {
             statuses.push(409);
         }

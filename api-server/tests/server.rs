@@ -35,8 +35,10 @@ fn lifecycle_and_typed_helpers() {
         "{err:?}"
     );
 
-    let mut config = VmConfig::default();
-    config.cpus = vmm_api::CpusConfig::with_boot(2);
+    let config = VmConfig {
+        cpus: vmm_api::CpusConfig::with_boot(2),
+        ..VmConfig::default()
+    };
     c.create_vm(&config).unwrap();
     let err = c.create_vm(&config).unwrap_err();
     assert!(

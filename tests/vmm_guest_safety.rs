@@ -205,12 +205,11 @@ fn sigint_during_the_startup_wait_ends_the_vmm_cleanly() {
             .unwrap(),
     );
     stderr_line(&mut vmm, &["waiting up to"]);
+    let pid = vmm.0.id() as libc::pid_t;
     // SAFETY: kill() has no memory-safety preconditions; the child is ours
     // and not yet reaped.
-    assert_eq!(
-        unsafe { libc::kill(vmm.0.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(sent, 0);
     let line = stderr_line(&mut vmm, &["interrupted during start-up"]);
     assert!(line.contains("no VM was created"), "{line}");
     assert_eq!(vmm.wait_exit(30).code(), Some(130));

@@ -49,6 +49,7 @@ fn vm_error(e: VmError) -> ApiError {
         VmError::Config(_)
         | VmError::Payload(_)
         | VmError::DoorbellNeeded(_)
+        | VmError::NoCertsExit
         | VmError::MemoryTooSmall { .. } => ApiError::bad_request(error_chain(&e)),
         VmError::Memory(_) | VmError::Hypervisor(_) | VmError::Thread(_) => {
             ApiError::internal(error_chain(&e))

@@ -47,6 +47,20 @@ pub const KVM_X86_SNP_VM: u64 = kvm_bindings::KVM_X86_SNP_VM as u64;
 /// bit mask (`KVM_CAP_VM_TYPES`).
 pub const KVM_CAP_VM_TYPES: u64 = kvm_bindings::KVM_CAP_VM_TYPES as u64;
 
+/// The hypercall an SEV guest's page-state change becomes
+/// (`KVM_HC_MAP_GPA_RANGE`, `include/uapi/linux/kvm_para.h`): KVM exits to
+/// userspace with it once `KVM_CAP_EXIT_HYPERCALL` enables it, and the VMM
+/// converts the pages with `KVM_SET_MEMORY_ATTRIBUTES`.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+
+/// Attribute bit of `KVM_HC_MAP_GPA_RANGE`'s third argument: the pages
+/// become private (encrypted); clear, shared.
+pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+
+/// `KVM_CAP_EXIT_HYPERCALL`: its argument is the mask of hypercalls KVM
+/// sends to userspace.
+pub const KVM_CAP_EXIT_HYPERCALL: u32 = kvm_bindings::KVM_CAP_EXIT_HYPERCALL;
+
 /// `struct kvm_exit_snp_req_certs`: member `snp_req_certs` of the `kvm_run`
 /// exit union.
 #[repr(C)]

@@ -156,7 +156,7 @@ impl KvmVm {
             for region in mapping.iter() {
                 let start = region.start_addr().0;
                 let end = start.saturating_add(region.len());
-                let last = gpa.checked_add(len).unwrap_or(u64::MAX);
+                let last = gpa.saturating_add(len);
                 if gpa >= start && last <= end {
                     return Ok(region.as_ptr() as u64 + (gpa - start));
                 }

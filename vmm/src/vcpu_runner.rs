@@ -252,18 +252,17 @@ impl VcpuRunner {
         hypercall: bool,
     ) -> Result<Option<VmExit>, RunnerError> {
         let done = match (self.shared.vm.snp(), len) {
-            (Some(snp), 1..) => snp.set_private(gpa, len, private).map_err(|e| {
-                log::warn!(
-                    "vcpu {}: page conversion refused: {}",
-                    self.id,
-                    error_chain(&e)
-                );
-            }),
-            _ => Err(log::warn!(
-                "vcpu {}: page conversion of {len:#x} bytes at {gpa:#x} refused",
-                self.id
-            )),
+            (Some(snp), 1..) => snp
+                .set_private(gpa, len, private)
+                .map_err(|e| error_chain(&e)),
+            _ => Err("not an SNP VM, or an empty or overflowing range".to_owned()),
         };
+        if let Err(why) = &done {
+            log::warn!(
+                "vcpu {}: page conversion of {len:#x} bytes at {gpa:#x} refused: {why}",
+                self.id
+            );
+        }
         if done.is_ok() {
             if let Some(pages) = &self.shared.shared_pages {
                 pages.convert(gpa, len, private);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use snp_certs::lock::{self, LockKind};
 use support::{
-    ChildGuard, Events, ManagementLock, require_kvm, replace_by_rename, snp_vmm_attest, table,
+    ChildGuard, Events, ManagementLock, replace_by_rename, require_kvm, snp_vmm_attest, table,
 };
 use test_guests::attest::expected_report_for;
 

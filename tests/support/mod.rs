@@ -22,7 +22,9 @@ pub fn require_kvm() {
         .write(true)
         .open("/dev/kvm")
     {
-        panic!("this test needs a usable /dev/kvm: scripts/test.sh skips the kvm_* tests where it is not ({e})");
+        panic!(
+            "this test needs a usable /dev/kvm: scripts/test.sh skips the kvm_* tests where it is not ({e})"
+        );
     }
 }
 

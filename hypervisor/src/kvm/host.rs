@@ -234,7 +234,9 @@ fn kvm_device_item(path: &Path) -> (HostItem, Option<Kvm>) {
         let item = if e.kind() == io::ErrorKind::NotFound {
             HostItem::missing(
                 ITEM_KVM_DEVICE,
-                format!("{shown} does not exist: no KVM module is loaded, or virtualisation is off"),
+                format!(
+                    "{shown} does not exist: no KVM module is loaded, or virtualisation is off"
+                ),
                 "enable SVM in the BIOS and load kvm_amd (modprobe kvm_amd)",
             )
         } else {
@@ -295,7 +297,8 @@ fn vm_type_name(t: u32) -> String {
 
 /// The SNP VM type in the `KVM_CAP_VM_TYPES` answer `mask`.
 pub fn vm_types_item(mask: i32) -> HostItem {
-    let fix = "load kvm_amd with sev_snp=1 on an SNP-enabled AMD host (see the kvm-amd-sev-snp item)";
+    let fix =
+        "load kvm_amd with sev_snp=1 on an SNP-enabled AMD host (see the kvm-amd-sev-snp item)";
     if mask <= 0 {
         return HostItem::missing(
             ITEM_SNP_VM_TYPE,
@@ -381,7 +384,9 @@ pub fn memory_attributes_item(mask: i32) -> HostItem {
     } else if u64::from(mask.unsigned_abs()) & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0 {
         HostItem::ok(
             ITEM_MEMORY_ATTRIBUTES,
-            format!("KVM_CAP_MEMORY_ATTRIBUTES mask {mask:#x} includes KVM_MEMORY_ATTRIBUTE_PRIVATE"),
+            format!(
+                "KVM_CAP_MEMORY_ATTRIBUTES mask {mask:#x} includes KVM_MEMORY_ATTRIBUTE_PRIVATE"
+            ),
         )
     } else {
         HostItem::missing(

@@ -67,10 +67,7 @@ pub fn kvm_flavour_item(sys_module: &Path) -> HostItem {
     };
     HostItem::missing(
         ITEM_KVM_FLAVOUR,
-        format!(
-            "{}; SEV-SNP needs AMD SVM (kvm_amd)",
-            described.join(", ")
-        ),
+        format!("{}; SEV-SNP needs AMD SVM (kvm_amd)", described.join(", ")),
         fix,
     )
 }

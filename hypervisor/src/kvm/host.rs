@@ -341,16 +341,27 @@ fn req_certs_item(answer: Result<ReqCertsAnswer, HypervisorError>) -> HostItem {
             fix,
         ),
         Ok(ReqCertsAnswer::Unsupported(e)) => {
-            let why = match e.errno() {
-                libc::ENXIO => "this KVM has no SEV support",
-                libc::EINVAL => "this kernel does not know the attribute (before Linux 7.0)",
-                libc::ENOTTY => "/dev/kvm has no device-attribute ioctls (old kernel)",
-                _ => "the kernel refused the query",
+            let (name, why) = match e.errno() {
+                libc::ENXIO => ("ENXIO", "this KVM has no SEV support"),
+                libc::EINVAL => (
+                    "EINVAL",
+                    "this kernel does not know the attribute (before Linux 7.0)",
+                ),
+                libc::ENOTTY => (
+                    "ENOTTY",
+                    "/dev/kvm has no device-attribute ioctls (old kernel)",
+                ),
+                _ => ("", "the kernel refused the query"),
+            };
+            let answer = if name.is_empty() {
+                e.to_string()
+            } else {
+                format!("{name}: {e}")
             };
             HostItem::missing(
                 ITEM_REQ_CERTS,
                 format!(
-                    "KVM_X86_SEV_SNP_REQ_CERTS (group KVM_X86_GRP_SEV) not available: {why} ({e})"
+                    "KVM_X86_SEV_SNP_REQ_CERTS (group KVM_X86_GRP_SEV) not available: {why} ({answer})"
                 ),
                 fix,
             )

@@ -164,11 +164,7 @@ pub fn kernel_item(release: Option<&str>) -> HostItem {
         Some(version) if version >= REQ_CERTS_RELEASE => {
             HostItem::ok(ITEM_KERNEL, format!("Linux {release}; {need}"))
         }
-        Some(_) => HostItem::warn(
-            ITEM_KERNEL,
-            format!("Linux {release} is older than that: {need}"),
-            upgrade,
-        ),
+        Some(_) => HostItem::warn(ITEM_KERNEL, format!("Linux {release}: {need}"), upgrade),
         None => HostItem::warn(
             ITEM_KERNEL,
             format!("cannot read the version of release {release:?}; {need}"),

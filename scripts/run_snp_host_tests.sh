@@ -54,7 +54,9 @@ skip() {
 }
 
 [ -e /dev/kvm ] || skip "/dev/kvm does not exist"
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || skip "/dev/kvm is not readable and writable by $(id -un)"
+if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+    skip "/dev/kvm is not readable and writable by $(id -un)"
+fi
 if [ -r /sys/module/kvm_amd/parameters/sev_snp ]; then
     snp=$(cat /sys/module/kvm_amd/parameters/sev_snp)
     case "$snp" in
@@ -62,7 +64,11 @@ if [ -r /sys/module/kvm_amd/parameters/sev_snp ]; then
         *) skip "kvm_amd is loaded with sev_snp=$snp (SNP disabled)" ;;
     esac
 else
-    skip "kvm_amd is not loaded or has no sev_snp parameter (not an AMD SEV-SNP host; KVM modules here: $(ls /sys/module | grep '^kvm' | tr '\n' ' '))"
+    modules=()
+    for m in /sys/module/kvm*; do
+        [ -e "$m" ] && modules+=("${m##*/}")
+    done
+    skip "kvm_amd is not loaded or has no sev_snp parameter (not an AMD SEV-SNP host; KVM modules here: ${modules[*]:-none})"
 fi
 
 echo "run_snp_host_tests: SNP host found; running the hardware tests"

@@ -66,10 +66,7 @@ pub fn run(args: &CheckHostArgs) -> Result<ExitCode> {
             .push(HostItem::skipped(ITEM_CERTS_FILE, "no --certs-file given")),
     }
     let text = if args.json {
-        let mut json =
-            serde_json::to_string_pretty(&to_json(&report)).context("cannot encode the report")?;
-        json.push('\n');
-        json
+        to_json(&report)?
     } else {
         to_text(&report)
     };
@@ -89,24 +86,40 @@ pub fn exit_status(report: &HostReport) -> u8 {
     }
 }
 
-/// The report as one JSON object.
-pub fn to_json(report: &HostReport) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = report
-        .items
-        .iter()
-        .map(|i| {
-            serde_json::json!({
-                "name": i.name,
-                "status": i.status.as_str(),
-                "detail": i.detail,
-                "fix": i.fix,
+/// One item as the JSON report shows it, fields in this order.
+#[derive(Debug, serde::Serialize)]
+struct JsonItem<'a> {
+    name: &'a str,
+    status: &'static str,
+    detail: &'a str,
+    fix: Option<&'a str>,
+}
+
+/// The JSON report: the verdict first, then the items.
+#[derive(Debug, serde::Serialize)]
+struct JsonReport<'a> {
+    can_serve_snp: bool,
+    items: Vec<JsonItem<'a>>,
+}
+
+/// The report as one pretty-printed JSON object (with a final newline).
+pub fn to_json(report: &HostReport) -> Result<String> {
+    let json = JsonReport {
+        can_serve_snp: report.can_serve_snp(),
+        items: report
+            .items
+            .iter()
+            .map(|i| JsonItem {
+                name: &i.name,
+                status: i.status.as_str(),
+                detail: &i.detail,
+                fix: i.fix.as_deref(),
             })
-        })
-        .collect();
-    serde_json::json!({
-        "can_serve_snp": report.can_serve_snp(),
-        "items": items,
-    })
+            .collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&json).context("cannot encode the report")?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// The report as aligned text: one line per item (name, status word,

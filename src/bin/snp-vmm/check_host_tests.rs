@@ -79,7 +79,16 @@ fn text_verdict_when_nothing_is_missing() {
 
 #[test]
 fn json_has_items_and_verdict() {
-    let json = to_json(&sample());
+    let text = to_json(&sample()).unwrap();
+    assert!(text.starts_with("{\n  \"can_serve_snp\": false,\n  \"items\": ["));
+    assert!(text.ends_with("}\n"));
+    // Each item lists name, status, detail, fix in that order.
+    let name = text.find("\"name\": \"snp-vm-type\"").unwrap();
+    let status = text[name..].find("\"status\"").unwrap();
+    let detail = text[name..].find("\"detail\"").unwrap();
+    let fix = text[name..].find("\"fix\"").unwrap();
+    assert!(status < detail && detail < fix);
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["can_serve_snp"], false);
     let items = json["items"].as_array().unwrap();
     assert_eq!(items.len(), 4);
@@ -96,7 +105,9 @@ fn json_has_items_and_verdict() {
     assert_eq!(items[3]["status"], "skipped");
     let ok = to_json(&HostReport {
         items: vec![HostItem::ok("a", "fine")],
-    });
+    })
+    .unwrap();
+    let ok: serde_json::Value = serde_json::from_str(&ok).unwrap();
     assert_eq!(ok["can_serve_snp"], true);
 }
 

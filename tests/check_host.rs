@@ -23,7 +23,12 @@ use support::{ManagementLock, snp_vmm};
 const CANNOT_SERVE: i32 = 3;
 
 fn check_host(args: &[&str]) -> Output {
-    let out = snp_vmm().arg("--check-host").args(args).output().unwrap();
+    let out = snp_vmm()
+        .arg("--check-host")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
     assert!(
         out.stderr.is_empty(),
         "stderr: {}",

@@ -274,7 +274,7 @@ fn a_failed_write_restores_the_previous_content() {
     // block size): the 200 KB write fails with EFBIG half-way, the 1 KB
     // restore fits. SIGXFSZ is ignored so the write returns an error.
     let script = format!(
-        "trap '' XFSZ; ulimit -f 8; exec '{}' update '{}' --from '{}' --allow-unverified",
+        "trap '' XFSZ; ulimit -f 8; exec '{}' update '{}' --from '{}' --allow-unverified --allow-large",
         env!("CARGO_BIN_EXE_snp-certs"),
         path.display(),
         new.display()

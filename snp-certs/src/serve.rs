@@ -286,6 +286,9 @@ pub struct Outcome {
     /// Whether this is the fallback answer for a host-side fault
     /// ([`Outcome::reason`] says which).
     pub fallback: bool,
+    /// How long the VM's guest had been told busy without a break when
+    /// this answer was given (zero when the previous answer was not busy).
+    pub busy_streak: Duration,
     /// The shared lock, held on a delivery from a certs file.
     pub lease: Option<Lease>,
 }
@@ -303,6 +306,7 @@ impl Outcome {
             lock_wait: Duration::ZERO,
             lock_tried: false,
             fallback: false,
+            busy_streak: Duration::ZERO,
             lease: None,
         }
     }
@@ -374,7 +378,8 @@ pub fn serve<M: GuestMemory + ?Sized>(
     request: CertsRequest,
     memory: &M,
 ) -> Outcome {
-    let outcome = answer(reader, config, budget, request, memory);
+    let mut outcome = answer(reader, config, budget, request, memory);
+    outcome.busy_streak = budget.streak();
     if outcome.kind != OutcomeKind::Busy {
         budget.end_streak();
     }

@@ -184,7 +184,7 @@ impl CertsService {
             props.push(("on_error", json!(config.on_error)));
             props.push((
                 "busy_streak_ms",
-                json!(self.budget.streak().as_millis() as u64),
+                json!(outcome.busy_streak.as_millis() as u64),
             ));
         }
         if let Some(detail) = &outcome.detail {

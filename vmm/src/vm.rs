@@ -1,5 +1,6 @@
 //! One VM: memory, vCPU threads, lifecycle and what the API shows of it.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -107,6 +108,7 @@ impl Vm {
         config: VmConfig,
         events: EventSender,
         payloads: &dyn PayloadFactory,
+        cancel: Arc<AtomicBool>,
     ) -> Result<Vm, VmError> {
         config.validate()?;
         let payload = config
@@ -125,7 +127,7 @@ impl Vm {
                 });
             }
         }
-        let active = validate_certs(&config)?;
+        let active = validate_certs(&config, cancel)?;
         let certs = Arc::new(CertsService::new(active, events.clone()));
         let size = usize::try_from(config.memory.size).unwrap_or(usize::MAX);
         let memory = Arc::new(
@@ -405,8 +407,9 @@ pub fn certs_info(certs: &CertsService) -> SnpCertsInfo {
 
 /// Validates the certs part of `config` for a new VM. A management tool
 /// may hold the file's exclusive lock for an update: then this waits for
-/// it, up to `snp.startup_wait`, saying once who holds it.
-fn validate_certs(config: &VmConfig) -> Result<ActiveCerts, VmError> {
+/// it, up to `snp.startup_wait` or until `cancel` is set (the VMM is
+/// exiting), saying once who holds it.
+fn validate_certs(config: &VmConfig, cancel: Arc<AtomicBool>) -> Result<ActiveCerts, VmError> {
     let certs = config.snp.certs_config();
     let wait = Duration::from_millis(config.snp.startup_wait);
     match certs.clone().validate(Duration::ZERO) {
@@ -428,7 +431,7 @@ fn validate_certs(config: &VmConfig) -> Result<ActiveCerts, VmError> {
                 who,
                 path.display()
             );
-            Ok(certs.validate(wait)?)
+            Ok(certs.validate_cancellable(wait, Some(cancel))?)
         }
         other => Ok(other?),
     }

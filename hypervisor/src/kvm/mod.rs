@@ -6,9 +6,12 @@
 //!   `KVM_SEV_INIT2` (default features), the state in which KVM accepts
 //!   `KVM_SEV_SNP_ENABLE_REQ_CERTS`. Launching an SNP guest (private memory,
 //!   `KVM_SEV_SNP_LAUNCH_*`) is outside this crate.
+//! * [`host::probe_host`] reports, item by item, whether this host can
+//!   serve SNP guests with certificates (`snp-vmm --check-host`).
 //! * The certificate exit arrives from kvm-ioctls as `VcpuExit::Unsupported(43)`;
 //!   [`KvmVcpu`] reads and answers it through the overlay in [`snp`].
 
+pub mod host;
 pub mod snp;
 mod snp_launch;
 mod snp_ops;

@@ -203,6 +203,28 @@ impl KvmVm {
         self.shared.vm_type
     }
 
+    /// Registers `memory` as guest_memfd-backed memory (a guest_memfd per
+    /// region plus the shared mapping, `KVM_SET_USER_MEMORY_REGION2`)
+    /// without changing its attributes. [`Vm::map_memory`] does this, then
+    /// makes the memory private, for SNP VMs; on other VMs this checks the
+    /// host's guest_memfd support on its own.
+    pub fn bind_guest_memfd(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
+        self.shared
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&memory));
+        let mut state = self.shared.state();
+        let files = snp_launch::bind_guest_memfd(&self.shared.fd, &memory, state.next_slot)?;
+        state.next_slot += u32::try_from(files.len()).unwrap_or(u32::MAX);
+        self.shared
+            .guest_memfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(files);
+        Ok(())
+    }
+
     /// Creates a vCPU and returns the concrete KVM type.
     pub fn create_kvm_vcpu(&self, id: u8) -> Result<KvmVcpu, HypervisorError> {
         let mut state = self.shared.state();

@@ -5,6 +5,7 @@
 //! through the VM's [`crate::certs_service::CertsService`], which swaps the
 //! configuration atomically with respect to requests in flight.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use event_monitor::EventSender;
@@ -27,6 +28,8 @@ pub struct Vmm {
     snp_req_certs_supported: bool,
     events: EventSender,
     payloads: Arc<dyn PayloadFactory>,
+    /// Set once the VMM is exiting: ends a VM creation's start-up wait.
+    exiting: Arc<AtomicBool>,
     vm: Mutex<Option<Vm>>,
     exit_requested: Mutex<bool>,
     exit_wake: Condvar,
@@ -47,6 +50,7 @@ fn vm_error(e: VmError) -> ApiError {
         | VmError::SevSnpUnsupported
         | VmError::Payload(_)
         | VmError::DoorbellNeeded(_)
+        | VmError::NoCertsExit
         | VmError::MemoryTooSmall { .. } => ApiError::from_error(ApiErrorKind::BadRequest, &e),
         VmError::Memory(_) | VmError::Hypervisor(_) | VmError::Thread(_) => {
             ApiError::from_error(ApiErrorKind::Internal, &e)
@@ -68,6 +72,14 @@ fn config_error(e: ConfigError) -> ApiError {
             error
                 .chain
                 .push("An update is in progress: retry".to_owned());
+            return error;
+        }
+        ConfigError::File(CertsFileError::Lock {
+            source: LockError::Cancelled { .. },
+            ..
+        }) => {
+            let mut error = ApiError::from_error(ApiErrorKind::Conflict, &e);
+            error.chain.push("The VMM is exiting".to_owned());
             return error;
         }
         ConfigError::File(CertsFileError::Lock { .. } | CertsFileError::Read { .. }) => {
@@ -104,6 +116,7 @@ impl Vmm {
             snp_req_certs_supported,
             events,
             payloads,
+            exiting: Arc::new(AtomicBool::new(false)),
             vm: Mutex::new(None),
             exit_requested: Mutex::new(false),
             exit_wake: Condvar::new(),
@@ -130,19 +143,32 @@ impl Vmm {
         }
     }
 
-    /// Creates the VM.
+    /// The flag that says the VMM is exiting; set it (as a SIGINT handler
+    /// does) to end a VM creation that waits for the certs file.
+    pub fn exiting(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.exiting)
+    }
+
+    /// Creates the VM. The VMM's lock is not held while the VM is built
+    /// (its start-up wait for the certs file may be long), so other API
+    /// calls answer meanwhile; a second creation racing this one gets 409.
     pub fn create_vm(&self, config: VmConfig) -> Result<(), ApiError> {
-        let mut slot = self.vm();
-        if slot.is_some() {
-            return Err(ApiError::conflict("A VM already exists: delete it first"));
+        let exists = || ApiError::conflict("A VM already exists: delete it first");
+        if self.vm().is_some() {
+            return Err(exists());
         }
         let vm = Vm::create(
             &self.backend,
             config,
             self.events.clone(),
             self.payloads.as_ref(),
+            Arc::clone(&self.exiting),
         )
         .map_err(vm_error)?;
+        let mut slot = self.vm();
+        if slot.is_some() {
+            return Err(exists());
+        }
         *slot = Some(vm);
         Ok(())
     }
@@ -150,31 +176,49 @@ impl Vmm {
     /// Boots the VM. A VM that was shut down is created again from its
     /// configuration (with the certs configuration in force) and booted,
     /// as Cloud Hypervisor does; the new VM's counters start from zero.
+    /// As in [`Vmm::create_vm`], the VMM's lock is not held while the new
+    /// VM is built.
     pub fn boot_vm(&self) -> Result<(), ApiError> {
-        let mut slot = self.vm();
-        let Some(vm) = slot.as_mut() else {
-            return Err(no_vm());
+        let config = {
+            let mut slot = self.vm();
+            let Some(vm) = slot.as_mut() else {
+                return Err(no_vm());
+            };
+            match vm.state() {
+                VmState::Created => return vm.boot().map_err(vm_error),
+                VmState::Running => {
+                    return Err(ApiError::conflict(
+                        "The VM is Running: shut it down before booting it again",
+                    ));
+                }
+                VmState::Shutdown => {
+                    // Stop whatever is left (vCPUs that ended on their
+                    // own) before its replacement exists.
+                    vm.shutdown();
+                    vm.reboot_config()
+                }
+            }
         };
-        match vm.state() {
-            VmState::Created => vm.boot().map_err(vm_error),
-            VmState::Shutdown => {
-                // Stop whatever is left (vCPUs that ended on their own)
-                // before its replacement exists.
-                vm.shutdown();
-                let mut new = Vm::create(
-                    &self.backend,
-                    vm.reboot_config(),
-                    self.events.clone(),
-                    self.payloads.as_ref(),
-                )
-                .map_err(vm_error)?;
+        let mut new = Vm::create(
+            &self.backend,
+            config,
+            self.events.clone(),
+            self.payloads.as_ref(),
+            Arc::clone(&self.exiting),
+        )
+        .map_err(vm_error)?;
+        let mut slot = self.vm();
+        match slot.as_ref().map(Vm::state) {
+            Some(VmState::Shutdown) => {
                 new.boot().map_err(vm_error)?;
                 *slot = Some(new);
                 Ok(())
             }
-            VmState::Running => Err(ApiError::conflict(
-                "The VM is Running: shut it down before booting it again",
-            )),
+            // Deleted, or booted by a racing call, meanwhile.
+            None => Err(no_vm()),
+            Some(state) => Err(ApiError::conflict(format!(
+                "The VM is {state:?}: it changed while booting it again"
+            ))),
         }
     }
 
@@ -209,8 +253,9 @@ impl Vmm {
         }
     }
 
-    /// Asks the process to exit (after `vmm.shutdown`).
+    /// Asks the process to exit (after `vmm.shutdown`, SIGINT, SIGTERM).
     pub fn request_exit(&self) {
+        self.exiting.store(true, Ordering::Release);
         if let Some(mut vm) = self.vm().take() {
             vm.shutdown();
             self.events.event(VM_EVENT_SOURCE, "deleted", []);

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use snp_certs::CertsReader;
-use snp_certs::table::{CertTable, MAX_TABLE_SIZE};
+use snp_certs::table::{CertTable, LINUX_GUEST_MAX_SIZE, MAX_TABLE_SIZE};
 use snp_certs::x509::{ParsedCert, ParsedCrl};
 
 /// Largest input file read (a certificate, CRL or table): 1 MiB.
@@ -72,6 +72,20 @@ pub fn single_document(bytes: &[u8]) -> Option<&'static str> {
         (true, _) => "a PEM CRL",
         (false, _) => "a DER CRL",
     })
+}
+
+/// Refuses a table of `size` bytes for `what` if a Linux guest could not
+/// receive it, unless `allow_large`.
+pub fn check_guest_limit(size: usize, allow_large: bool, what: &Path) -> Result<()> {
+    if size > LINUX_GUEST_MAX_SIZE && !allow_large {
+        bail!(
+            "{}: the table is {size} bytes, and Linux guests cannot receive more than \
+             {LINUX_GUEST_MAX_SIZE} (their certificate buffer is 16 KiB); store DER, drop \
+             extra entries, or pass --allow-large for guests known to offer more",
+            what.display()
+        );
+    }
+    Ok(())
 }
 
 /// Reads a whole input file of at most 1 MiB.

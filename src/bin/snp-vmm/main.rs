@@ -7,7 +7,10 @@
 //! JSON object instead of the per-request lines and the text summary. With
 //! `--api-socket PATH|path=PATH|fd=N` it serves the REST API until
 //! `vmm.shutdown`, creating and booting a VM at start if VM options are
-//! given.
+//! given. With `--check-host` it only reports whether this host can serve
+//! SEV-SNP guests (see [`check_host`]).
+
+mod check_host;
 
 #[macro_use]
 #[path = "../../shared/stdout.rs"]
@@ -100,6 +103,8 @@ struct Args {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    check: check_host::CheckHostArgs,
 }
 
 impl Args {
@@ -191,7 +196,13 @@ fn run_once(
         "certs_file": certs_file,
         "certs_timeout": config.snp.certs_timeout,
     });
-    vmm.create_vm(config).map_err(|e| anyhow!(e))?;
+    if let Err(e) = vmm.create_vm(config) {
+        if interrupted.load(Ordering::Acquire) {
+            eprintln!("snp-vmm: interrupted during start-up: no VM was created");
+            return Ok(ExitCode::from(130));
+        }
+        return Err(anyhow!(e));
+    }
     vmm.boot_vm().map_err(|e| anyhow!(e))?;
     let summary = vmm
         .with_vm(|vm| {
@@ -250,10 +261,6 @@ fn serve_api(args: &Args, socket: &ApiSocket, vmm: Arc<Vmm>) -> Result<ExitCode>
         ApiSocket::Fd(fd) => ApiServer::start_on_fd(*fd, api),
     }
     .context("cannot serve the API")?;
-    if let Some(config) = config {
-        vmm.create_vm(config).map_err(|e| anyhow!(e))?;
-        vmm.boot_vm().map_err(|e| anyhow!(e))?;
-    }
     // SIGINT/SIGTERM: shut down as `vmm.shutdown` would (VM stopped, leases
     // released, socket removed, events flushed).
     let mut signals =
@@ -268,6 +275,19 @@ fn serve_api(args: &Args, socket: &ApiSocket, vmm: Arc<Vmm>) -> Result<ExitCode>
             }
         })
         .context("cannot start the signal thread")?;
+    // The VM of the command line, if any: its start-up wait for the certs
+    // file ends at SIGINT/SIGTERM too.
+    if let Some(config) = config {
+        if let Err(e) = vmm.create_vm(config).and_then(|()| vmm.boot_vm()) {
+            let exiting = vmm.exiting().load(Ordering::Acquire);
+            server.shutdown();
+            if exiting {
+                eprintln!("snp-vmm: interrupted during start-up: no VM was created");
+                return Ok(ExitCode::from(130));
+            }
+            return Err(anyhow!(e));
+        }
+    }
     log::info!(
         "API on {}",
         server
@@ -282,6 +302,9 @@ fn serve_api(args: &Args, socket: &ApiSocket, vmm: Arc<Vmm>) -> Result<ExitCode>
 
 fn run(args: Args) -> Result<ExitCode> {
     init_logging(args.verbose);
+    if args.check.check_host {
+        return check_host::run(&args.check);
+    }
     let (monitor, events) = match &args.event_monitor {
         Some(config) => {
             let (monitor, sender) =
@@ -310,7 +333,9 @@ fn run(args: Args) -> Result<ExitCode> {
             if !args.has_vm_options() {
                 bail!("nothing to do: give VM options (--snp, --payload, ...) or --api-socket");
             }
-            let interrupted = Arc::new(AtomicBool::new(false));
+            // SIGINT/SIGTERM set the VMM's exiting flag: a start-up wait
+            // for the certs file ends, a running VM is stopped.
+            let interrupted = vmm.exiting();
             for signal in [SIGINT, SIGTERM] {
                 signal_hook::flag::register(signal, Arc::clone(&interrupted))
                     .context("cannot install the signal handler")?;

@@ -130,12 +130,14 @@ fn documented_commands_exist() {
                     }
                     match sub {
                         Some(s) if subs.contains(&s) => Some(s),
-                        // A synopsis or placeholder, not a command line.
+                        // A synopsis, a placeholder or a diagram, not a
+                        // command line.
                         Some(s)
                             if s == "..."
                                 || s == "…"
                                 || s.starts_with(['[', '<'])
-                                || s.chars().all(|c| c.is_ascii_uppercase()) =>
+                                || s.chars().all(|c| c.is_ascii_uppercase())
+                                || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
                         {
                             continue;
                         }

@@ -95,9 +95,10 @@ struct Args {
     /// guest), or auto (KVM, else the mock, said loudly).
     #[arg(long, default_value_t = BackendChoice::Kvm)]
     hypervisor: BackendChoice,
-    /// Without --api-socket: print one JSON object at the end (the
-    /// summary and the counters) instead of the per-request lines and the
-    /// text summary; errors as {"error": [...]} on stderr.
+    /// Print one JSON object: at the end of a run without --api-socket
+    /// (the summary and the counters, instead of the per-request lines and
+    /// the text summary), or the --check-host report; errors as
+    /// {"error": [...]} on stderr.
     #[arg(long)]
     json: bool,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
@@ -303,7 +304,7 @@ fn serve_api(args: &Args, socket: &ApiSocket, vmm: Arc<Vmm>) -> Result<ExitCode>
 fn run(args: Args) -> Result<ExitCode> {
     init_logging(args.verbose);
     if args.check.check_host {
-        return check_host::run(&args.check);
+        return check_host::run(&args.check, args.json);
     }
     let (monitor, events) = match &args.event_monitor {
         Some(config) => {

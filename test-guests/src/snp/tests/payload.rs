@@ -180,7 +180,7 @@ fn the_whole_vmm_runs_the_twin_on_the_mock_backend() {
     let position = |want: &dyn Fn(&MockEvent) -> bool| {
         events
             .iter()
-            .position(|e| want(e))
+            .position(want)
             .unwrap_or_else(|| panic!("missing event in {events:#?}"))
     };
     // The start-up, in the kernel's order.

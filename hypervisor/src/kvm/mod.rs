@@ -6,9 +6,12 @@
 //!   `KVM_SEV_INIT2` (default features), the state in which KVM accepts
 //!   `KVM_SEV_SNP_ENABLE_REQ_CERTS`. Launching an SNP guest (private memory,
 //!   `KVM_SEV_SNP_LAUNCH_*`) is outside this crate.
+//! * [`host::probe_host`] reports, item by item, whether this host can
+//!   serve SNP guests with certificates (`snp-vmm --check-host`).
 //! * The certificate exit arrives from kvm-ioctls as `VcpuExit::Unsupported(43)`;
 //!   [`KvmVcpu`] reads and answers it through the overlay in [`snp`].
 
+pub mod host;
 pub mod snp;
 mod snp_launch;
 mod snp_ops;
@@ -198,6 +201,28 @@ impl KvmVm {
     /// The VM's type.
     pub fn vm_type(&self) -> VmType {
         self.shared.vm_type
+    }
+
+    /// Registers `memory` as guest_memfd-backed memory (a guest_memfd per
+    /// region plus the shared mapping, `KVM_SET_USER_MEMORY_REGION2`)
+    /// without changing its attributes. [`Vm::map_memory`] does this, then
+    /// makes the memory private, for SNP VMs; on other VMs this checks the
+    /// host's guest_memfd support on its own.
+    pub fn bind_guest_memfd(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
+        self.shared
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&memory));
+        let mut state = self.shared.state();
+        let files = snp_launch::bind_guest_memfd(&self.shared.fd, &memory, state.next_slot)?;
+        state.next_slot += u32::try_from(files.len()).unwrap_or(u32::MAX);
+        self.shared
+            .guest_memfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(files);
+        Ok(())
     }
 
     /// Creates a vCPU and returns the concrete KVM type.

@@ -62,9 +62,25 @@ pub(super) fn enable_map_gpa_range_exit(vm: &VmFd) -> Result<(), HypervisorError
         })
 }
 
-/// Registers `memory` with guest_memfd backing, in slots from `first_slot`;
-/// returns the guest_memfds, which must live as long as the VM.
+/// Registers `memory` with guest_memfd backing, in slots from
+/// `first_slot`, and makes it private; returns the guest_memfds, which must
+/// live as long as the VM.
 pub(super) fn map_private(
+    vm: &VmFd,
+    memory: &GuestMemoryMmap,
+    first_slot: u32,
+) -> Result<Vec<File>, HypervisorError> {
+    let files = bind_guest_memfd(vm, memory, first_slot)?;
+    for region in memory.iter() {
+        set_attributes(vm, region.start_addr().0, region.len(), true)?;
+    }
+    Ok(files)
+}
+
+/// Registers `memory` with guest_memfd backing (`KVM_CREATE_GUEST_MEMFD`,
+/// `KVM_SET_USER_MEMORY_REGION2`), in slots from `first_slot`, leaving its
+/// attributes alone.
+pub(super) fn bind_guest_memfd(
     vm: &VmFd,
     memory: &GuestMemoryMmap,
     first_slot: u32,
@@ -103,7 +119,6 @@ pub(super) fn map_private(
         // guest_memfd is kept in `files`, stored with the VM.
         unsafe { vm.set_user_memory_region2(region2) }
             .map_err(|source| HypervisorError::GuestMemfd { gpa, source })?;
-        set_attributes(vm, gpa, size, true)?;
         files.push(file);
     }
     Ok(files)

@@ -5,7 +5,10 @@
 //! the guest to finish, prints a summary and exits (0 when the guest got
 //! exactly the certs file's table every time). With `--api-socket` it
 //! serves the REST API until `vmm.shutdown`, creating and booting a VM at
-//! start if VM options are given.
+//! start if VM options are given. With `--check-host` it only reports
+//! whether this host can serve SEV-SNP guests (see [`check_host`]).
+
+mod check_host;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +58,8 @@ struct Args {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    check: check_host::CheckHostArgs,
 }
 
 impl Args {
@@ -216,6 +221,9 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
 
 fn run(args: Args) -> Result<ExitCode> {
     init_logging(args.verbose);
+    if args.check.check_host {
+        return check_host::run(&args.check);
+    }
     let (monitor, events) = match &args.event_monitor {
         Some(config) => {
             let (monitor, sender) =

@@ -302,3 +302,34 @@ fn snp_host_a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
 fn snp_host_a_vmm_started_during_an_update_waits_for_it_and_serves() {
     a_vmm_started_during_an_update_waits_for_it_and_serves_on("kvm-snp");
 }
+
+/// `--platform sev_snp=on` on a KVM host without SEV-SNP ends before any VM
+/// exists, naming what is missing; on an SNP host the same command runs the
+/// SNP guest to the end.
+#[test]
+fn kvm_an_snp_vm_needs_an_snp_host_and_says_what_is_missing() {
+    support::require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    fs::write(&certs, table(0x67)).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    let out = snp_vmm_attest_on("kvm-snp", &certs, "", "requests=1", &events)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let snp_host = fs::read_to_string("/sys/module/kvm_amd/parameters/sev_snp")
+        .is_ok_and(|v| matches!(v.trim(), "Y" | "1"));
+    if snp_host {
+        assert!(out.status.success(), "{stderr}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("KVM_X86_SNP_VM"), "{stderr}");
+    assert!(stderr.contains("--check-host"), "{stderr}");
+    let vm_events: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter(|e| e["source"] == "vm")
+        .collect();
+    assert!(vm_events.is_empty(), "{vm_events:?}");
+}

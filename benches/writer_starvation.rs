@@ -127,9 +127,10 @@ fn main() {
     }
     print_context("writer_starvation");
     let tries = env_usize("WRITER_STARVATION_TRIES", by_mode(40, 3));
-    let timeout = Duration::from_millis(
-        env_usize("WRITER_STARVATION_TIMEOUT_MS", by_mode(2_000, 500)) as u64,
-    );
+    let timeout = Duration::from_millis(env_usize(
+        "WRITER_STARVATION_TIMEOUT_MS",
+        by_mode(2_000, 500),
+    ) as u64);
     let counts: Vec<usize> = if common::is_bench_run() {
         vec![0, 1, 2, 4, 8, 16]
     } else {

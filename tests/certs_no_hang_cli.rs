@@ -227,3 +227,19 @@ fn sigterm_while_the_command_runs_skips_the_update_and_releases() {
     assert_eq!(fs::read(&path).unwrap(), chain_table("milan"));
     wait_for_lock_state(&path, None);
 }
+
+#[test]
+fn snp_vmm_refuses_an_event_fifo_without_a_reader_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.fifo");
+    mkfifo(&fifo);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_snp-vmm"));
+    command
+        .arg("--api-socket")
+        .arg(dir.path().join("api.sock"))
+        .arg("--event-monitor")
+        .arg(format!("path={}", fifo.display()));
+    let (status, err) = run_bounded(command);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("has no reader"), "{err}");
+}

@@ -149,7 +149,10 @@ pub fn serve_path_outcome(data: &[u8]) -> Reason {
         1 => Some(rest.to_vec()),
         _ => {
             let mut b = TableBuilder::new();
-            for (i, chunk) in rest.chunks(1 + rest.len() / (usize::from(mode) + 1)).enumerate() {
+            for (i, chunk) in rest
+                .chunks(1 + rest.len() / (usize::from(mode) + 1))
+                .enumerate()
+            {
                 let guid = uuid::Uuid::from_u128(0x1000 + i as u128);
                 let _ = b.add_guid(guid, chunk.to_vec());
             }
@@ -229,7 +232,11 @@ pub fn serve_path_outcome(data: &[u8]) -> Reason {
         }
         OutcomeKind::Busy => {
             assert_eq!(config.on_error, OnError::Busy, "busy without on_error=busy");
-            assert!(outcome.fallback, "busy without a lock holder: {:?}", outcome.reason);
+            assert!(
+                outcome.fallback,
+                "busy without a lock holder: {:?}",
+                outcome.reason
+            );
             None
         }
         OutcomeKind::Failed => {
@@ -269,7 +276,10 @@ pub fn serve_path_outcome(data: &[u8]) -> Reason {
         }
         if bytes != expected {
             let at = bytes.iter().zip(&expected).position(|(a, b)| a != b);
-            panic!("guest memory at {:#x} + {at:?} changed outside the table (gpa {gpa:#x})", start.0);
+            panic!(
+                "guest memory at {:#x} + {at:?} changed outside the table (gpa {gpa:#x})",
+                start.0
+            );
         }
     }
     outcome.reason

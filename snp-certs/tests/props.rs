@@ -21,14 +21,19 @@ fn config() -> ProptestConfig {
 
 /// Up to 4 entries with distinct GUIDs and 0-600 bytes each.
 fn entries() -> impl Strategy<Value = Vec<(u128, Vec<u8>)>> {
-    prop::collection::btree_map(any::<u128>(), prop::collection::vec(any::<u8>(), 1..600), 0..4)
-        .prop_map(|m| m.into_iter().collect())
+    prop::collection::btree_map(
+        any::<u128>(),
+        prop::collection::vec(any::<u8>(), 1..600),
+        0..4,
+    )
+    .prop_map(|m| m.into_iter().collect())
 }
 
 fn build(entries: &[(u128, Vec<u8>)]) -> Vec<u8> {
     let mut b = TableBuilder::new();
     for (guid, data) in entries {
-        b.add_guid(uuid::Uuid::from_u128(*guid), data.clone()).unwrap();
+        b.add_guid(uuid::Uuid::from_u128(*guid), data.clone())
+            .unwrap();
     }
     b.build().unwrap()
 }

@@ -120,14 +120,11 @@ fn main() {
         eprintln!("SECONDS must be a number");
         std::process::exit(2);
     };
-    let seed = args
-        .get(3)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = args.get(3).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
     let mut rng = Rng(seed);
     let corpus = seeds(target);
     let deadline = Instant::now() + Duration::from_secs(seconds);

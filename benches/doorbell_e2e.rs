@@ -254,8 +254,14 @@ fn end_to_end(backend: &Backend, certs_file: Option<&Path>, requests: u32) -> f6
         }),
     };
     let guests = TestGuests::new(false);
-    let mut vm = Vm::create(backend, config, EventSender::disabled(), &guests)
-        .unwrap_or_else(|e| panic!("cannot create the VM: {e:#?}"));
+    let mut vm = Vm::create(
+        backend,
+        config,
+        EventSender::disabled(),
+        &guests,
+        std::sync::Arc::default(),
+    )
+    .unwrap_or_else(|e| panic!("cannot create the VM: {e:#?}"));
     let start = Instant::now();
     vm.boot().unwrap();
     let ended = vm.wait_for_end(Duration::from_secs(300));

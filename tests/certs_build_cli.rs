@@ -293,21 +293,6 @@ fn an_existing_output_is_not_replaced() {
 }
 
 #[test]
-fn tables_above_16_kib_are_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    let big = dir.path().join("big");
-    fs::write(&big, vec![0xab; 13_000]).unwrap();
-    let other = format!("0b5c2d3e-0000-4000-8000-000000000001={}", big.display());
-    let out = build(dir.path(), "milan", "t", &["--other", &other]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("Linux guests cannot receive more than 16384"),
-        "{}",
-        stderr(&out)
-    );
-}
-
-#[test]
 fn export_then_import_dir_gives_the_same_table() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -391,4 +376,70 @@ fn import_dir_reads_snphost_names_and_refuses_duplicates() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Tables a Linux guest cannot receive (above 16 KiB) are refused by every
+/// command that makes or installs one, with the reason, unless
+/// `--allow-large`.
+#[test]
+fn tables_above_16_kib_need_allow_large_to_be_built_installed_or_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.bin");
+    fs::write(&extra, vec![0x42; 12 * 1024]).unwrap();
+    let other = format!(
+        "--other=0d2c1c35-37a1-4d5e-bd1c-2b4b7a0cf0a1={}",
+        extra.display()
+    );
+    let out = build(dir.path(), "milan", "big.bin", &[&other]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Linux guests cannot receive more than 16384"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("big.bin").exists());
+    let out = build(dir.path(), "milan", "big.bin", &[&other, "--allow-large"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let big = dir.path().join("big.bin");
+    assert!(fs::metadata(&big).unwrap().len() > 16 * 1024);
+
+    let verify = |extra: &[&str]| {
+        snp_certs()
+            .args(["verify", "--at", AT])
+            .arg(&big)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-large accepts it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(verify(&["--allow-large"]).status.success());
+
+    let live = dir.path().join("live.bin");
+    fs::write(&live, chain_table("milan")).unwrap();
+    let update = |extra: &[&str]| {
+        snp_certs()
+            .args(["update", "--at", AT])
+            .arg(&live)
+            .arg("--from")
+            .arg(&big)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = update(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot receive more than 16384"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&live).unwrap(), chain_table("milan"), "untouched");
+    assert!(update(&["--allow-large"]).status.success());
+    assert_eq!(fs::read(&live).unwrap(), fs::read(&big).unwrap());
 }

@@ -1,11 +1,6 @@
-//! `snp-certs update` against readers in other processes.
-//!
-//! The reader is this test binary itself, started again with
-//! `SNP_CERTS_TEST_READER=path`: it reads the file under the shared lock
-//! in a tight loop (as a VMM does, through `CertsReader`), classifies each
-//! read as the old table, the new table or anything else, and reports the
-//! counts when its stdin is closed. `SNP_CERTS_TEST_SHARED_HOLDER=path`
-//! makes it hold one shared lock instead, until stdin closes.
+//! `snp-certs update` (a process of its own) against readers in this
+//! process, which read the file under the shared lock as a VMM does,
+//! through `CertsReader`, each with its own open file description.
 
 // Test helpers outside #[test] functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,9 +9,8 @@
 mod common;
 
 use std::fs;
-use std::io::{BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,94 +18,35 @@ use std::time::{Duration, Instant};
 use common::*;
 use snp_certs::CertsReader;
 
-const READER_ENV: &str = "SNP_CERTS_TEST_READER";
-const HOLDER_ENV: &str = "SNP_CERTS_TEST_SHARED_HOLDER";
-
-/// The reader half: runs only in the child process.
-#[test]
-fn reader_child() {
-    let Ok(path) = std::env::var(READER_ENV) else {
-        return;
-    };
-    let path = Path::new(&path);
-    let a = fs::read(path.with_extension("a")).unwrap();
-    let b = fs::read(path.with_extension("b")).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_reader = Arc::clone(&stop);
+/// A VMM's side of the protocol, on a thread of this process (its own
+/// open file descriptions, so its locks conflict with the `snp-certs`
+/// process's as another process's would): reads `path` under the shared
+/// lock in a tight loop and classifies each read as table `a`, table `b`
+/// or anything else, until `stop` is set. Returns the counts and errors.
+fn reader(
+    path: &Path,
+    a: Vec<u8>,
+    b: Vec<u8>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<[u64; 4]> {
+    let path = path.to_owned();
     std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        stop_reader.store(true, Ordering::Release);
-    });
-    let mut reader = CertsReader::new();
-    let (mut seen_a, mut seen_b, mut mixed, mut errors) = (0u64, 0u64, 0u64, 0u64);
-    println!("reader-started");
-    std::io::stdout().flush().unwrap();
-    while !stop.load(Ordering::Acquire) {
-        match reader.lock_and_read(path, Duration::from_secs(10)) {
-            Ok(locked) if locked.bytes == a.as_slice() => seen_a += 1,
-            Ok(locked) if locked.bytes == b.as_slice() => seen_b += 1,
-            Ok(_) => mixed += 1,
-            Err(e) => {
-                eprintln!("reader error: {e}");
-                errors += 1;
-            }
+        let mut reader = CertsReader::new();
+        let mut counts = [0u64; 4];
+        while !stop.load(Ordering::Acquire) {
+            let slot = match reader.lock_and_read(&path, Duration::from_secs(10)) {
+                Ok(locked) if locked.bytes == a.as_slice() => 0,
+                Ok(locked) if locked.bytes == b.as_slice() => 1,
+                Ok(_) => 2,
+                Err(e) => {
+                    eprintln!("reader error: {e}");
+                    3
+                }
+            };
+            counts[slot] += 1;
         }
-    }
-    println!("reader-counts {seen_a} {seen_b} {mixed} {errors}");
-}
-
-/// The shared-lock holder half: runs only in the child process.
-#[test]
-fn shared_holder_child() {
-    let Ok(path) = std::env::var(HOLDER_ENV) else {
-        return;
-    };
-    let mut reader = CertsReader::new();
-    let locked = reader
-        .lock_and_read(Path::new(&path), Duration::from_secs(10))
-        .unwrap();
-    println!("shared-held");
-    std::io::stdout().flush().unwrap();
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
-    drop(locked);
-}
-
-struct Helper {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Helper {
-    fn start(env: &str, path: &Path, test: &str, ready: &str) -> Helper {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(env, path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        wait_for_line(&mut stdout, ready);
-        Helper {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Closes stdin; returns the line ending with `marker`, if asked.
-    fn finish(mut self, marker: Option<&str>) -> Option<String> {
-        drop(self.stdin.take());
-        let line = marker.map(|m| wait_for_line(&mut self.stdout, m));
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        assert!(self.child.wait().unwrap().success(), "{rest}");
-        line
-    }
+        counts
+    })
 }
 
 #[test]
@@ -126,7 +61,8 @@ fn concurrent_readers_see_the_old_or_the_new_table_never_a_mix() {
     fs::write(path.with_extension("b"), &b).unwrap();
     fs::write(&path, &a).unwrap();
 
-    let reader = Helper::start(READER_ENV, &path, "reader_child", "reader-started");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = reader(&path, a.clone(), b.clone(), Arc::clone(&stop));
     let rounds = 30;
     for round in 0..rounds {
         let from = path.with_extension(if round % 2 == 0 { "b" } else { "a" });
@@ -140,20 +76,11 @@ fn concurrent_readers_see_the_old_or_the_new_table_never_a_mix() {
         assert!(out.status.success(), "round {round}: {}", stderr(&out));
         assert!(stdout(&out).contains("updated"), "{}", stdout(&out));
     }
-    let line = reader.finish(Some("reader-counts")).unwrap();
-    let counts: Vec<u64> = line
-        .rsplit("reader-counts ")
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    eprintln!("{line}");
-    let [seen_a, seen_b, mixed, errors] = counts[..] else {
-        panic!("{line}");
-    };
-    assert_eq!((mixed, errors), (0, 0), "{line}");
-    assert!(seen_a > 0 && seen_b > 0, "{line}");
+    stop.store(true, Ordering::Release);
+    let [seen_a, seen_b, mixed, errors] = reader.join().unwrap();
+    eprintln!("reads: {seen_a} old, {seen_b} new, {mixed} mixed, {errors} errors");
+    assert_eq!((mixed, errors), (0, 0));
+    assert!(seen_a > 0 && seen_b > 0, "{seen_a} {seen_b}");
     // The last update installed `a` (an even number of rounds).
     assert_eq!(fs::read(&path).unwrap(), a);
 }
@@ -165,7 +92,9 @@ fn update_waits_for_a_reader_and_times_out_with_75() {
     fs::write(&path, chain_table("milan")).unwrap();
     let new = dir.path().join("new.bin");
     fs::write(&new, chain_table("turin")).unwrap();
-    let holder = Helper::start(HOLDER_ENV, &path, "shared_holder_child", "shared-held");
+    // A VMM holding its lease (a description of its own).
+    let mut vmm = CertsReader::new();
+    let holder = vmm.lock_and_read(&path, Duration::ZERO).unwrap().lease;
     let start = Instant::now();
     let out = snp_certs()
         .args(["update", "--at", AT, "--timeout", "200"])
@@ -207,7 +136,7 @@ fn update_waits_for_a_reader_and_times_out_with_75() {
         assert!(Instant::now() < deadline, "writer never blocked");
         std::thread::yield_now();
     }
-    holder.finish(None);
+    drop(holder);
     let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success());
     assert_eq!(fs::read(&path).unwrap(), chain_table("turin"));
@@ -274,7 +203,7 @@ fn a_failed_write_restores_the_previous_content() {
     // block size): the 200 KB write fails with EFBIG half-way, the 1 KB
     // restore fits. SIGXFSZ is ignored so the write returns an error.
     let script = format!(
-        "trap '' XFSZ; ulimit -f 8; exec '{}' update '{}' --from '{}' --allow-unverified",
+        "trap '' XFSZ; ulimit -f 8; exec '{}' update '{}' --from '{}' --allow-unverified --allow-large",
         env!("CARGO_BIN_EXE_snp-certs"),
         path.display(),
         new.display()

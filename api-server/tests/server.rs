@@ -289,38 +289,43 @@ fn missing_directory_is_a_clear_error() {
 }
 
 /// Starts a `vm.shutdown` that the VMM takes `delay` to answer, and
-/// returns once the call has reached the VMM.
-fn slow_shutdown_in_flight(
+/// Starts a `vm.shutdown` that the fake VMM holds (its gate closed) and
+/// returns once the VMM has it in hand.
+fn shutdown_held_in_flight(
     h: &Harness,
-    delay: Duration,
 ) -> std::thread::JoinHandle<Result<(), api_server::client::ClientError>> {
-    *h.vmm.slow_shutdown.lock().unwrap() = delay;
+    h.vmm.hold_shutdown.close();
     let c = h.client();
     let slow = std::thread::spawn(move || c.shutdown_vm());
-    while !h
-        .vmm
-        .actions
-        .lock()
-        .unwrap()
-        .contains(&VmmAction::ShutdownVm)
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    poll_until("the VMM holds vm.shutdown", || {
+        h.vmm
+            .actions
+            .lock()
+            .unwrap()
+            .contains(&VmmAction::ShutdownVm)
+    });
     slow
+}
+
+/// Polls `cond` (yielding) until it holds, failing after 20 s.
+fn poll_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+    }
 }
 
 #[test]
 fn a_slow_vmm_call_does_not_stall_other_requests() {
     let h = Harness::start();
     h.boot();
-    let slow = slow_shutdown_in_flight(&h, Duration::from_millis(1500));
-    let start = Instant::now();
+    let slow = shutdown_held_in_flight(&h);
+    // Answered while the VMM still holds the other call.
     h.client().ping().unwrap();
-    assert!(
-        start.elapsed() < Duration::from_millis(1000),
-        "{:?}",
-        start.elapsed()
-    );
+    h.client().info().unwrap();
+    assert!(!slow.is_finished(), "the held call is still in flight");
+    h.vmm.hold_shutdown.open();
     slow.join().unwrap().unwrap();
 }
 
@@ -328,8 +333,22 @@ fn a_slow_vmm_call_does_not_stall_other_requests() {
 fn shutdown_lets_a_request_in_flight_finish() {
     let mut h = Harness::start();
     h.boot();
-    let slow = slow_shutdown_in_flight(&h, Duration::from_millis(300));
-    h.server.take().unwrap().shutdown();
+    let slow = shutdown_held_in_flight(&h);
+    let server = h.server.take().unwrap();
+    let socket = h.socket.clone();
+    // Open the gate once the server has stopped accepting: the call in
+    // flight must still get its answer.
+    let opener = std::thread::spawn({
+        let vmm = std::sync::Arc::clone(&h.vmm);
+        move || {
+            poll_until("the server stops accepting", || {
+                std::os::unix::net::UnixStream::connect(&socket).is_err()
+            });
+            vmm.hold_shutdown.open();
+        }
+    });
+    server.shutdown();
+    opener.join().unwrap();
     slow.join().unwrap().unwrap();
     assert!(!h.socket.exists());
 }

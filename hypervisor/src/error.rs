@@ -102,6 +102,42 @@ pub enum HypervisorError {
     /// The kernel's `IN` buffer lies outside the `kvm_run` mapping.
     #[error("KVM reported an I/O buffer outside kvm_run")]
     BadIoBuffer,
+    /// An SNP launch step came out of the order the kernel requires.
+    #[error("SNP launch out of order: {0}")]
+    SnpLaunchOrder(&'static str),
+    /// An SNP launch command failed.
+    #[error("{command} failed (firmware error {fw_error:#x})")]
+    SnpCommand {
+        /// The command, such as `KVM_SEV_SNP_LAUNCH_UPDATE`.
+        command: &'static str,
+        /// The firmware's error code (0: none reported).
+        fw_error: u32,
+        /// The kernel's answer.
+        #[source]
+        source: Errno,
+    },
+    /// `KVM_CREATE_GUEST_MEMFD` or `KVM_SET_USER_MEMORY_REGION2` failed.
+    #[error("Failed to back guest memory at {gpa:#x} with guest_memfd")]
+    GuestMemfd {
+        /// Guest physical address of the region.
+        gpa: u64,
+        /// The kernel's answer.
+        #[source]
+        source: Errno,
+    },
+    /// `KVM_SET_MEMORY_ATTRIBUTES` failed.
+    #[error("Failed to make {len:#x} bytes at {gpa:#x} {what}")]
+    MemoryAttributes {
+        /// First address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+        /// `private` or `shared`.
+        what: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: Errno,
+    },
     /// `pthread_kill` failed while kicking a vCPU thread.
     #[error("Failed to signal the vCPU thread")]
     Kick(#[source] Errno),
@@ -113,7 +149,10 @@ impl HypervisorError {
         match self {
             Self::KvmUnavailable { source, .. }
             | Self::MapMemory { source, .. }
-            | Self::CreateVcpu { source, .. } => Some(source.errno()),
+            | Self::CreateVcpu { source, .. }
+            | Self::SnpCommand { source, .. }
+            | Self::GuestMemfd { source, .. }
+            | Self::MemoryAttributes { source, .. } => Some(source.errno()),
             Self::SnpUnsupported { source, .. } => source.map(|e| e.errno()),
             Self::ProbeSnpReqCerts(e)
             | Self::CreateVm(e)
@@ -125,6 +164,7 @@ impl HypervisorError {
             | Self::Run(e)
             | Self::Kick(e) => Some(e.errno()),
             Self::NotSnpVm
+            | Self::SnpLaunchOrder(_)
             | Self::VcpusAlreadyCreated
             | Self::NoPendingExit(_)
             | Self::IoInLength { .. }

@@ -121,6 +121,37 @@ pub enum VmExit {
     /// The run was cut short (immediate exit set, vCPU kicked, or `KVM_RUN`
     /// returned `EINTR`). Any pending completion has been applied.
     Interrupted,
+    /// An SEV-SNP guest asks to convert `npages` pages from `gpa` between
+    /// private and shared (`KVM_HC_MAP_GPA_RANGE`, after a page-state change
+    /// request in its GHCB); answer with [`crate::Vcpu::complete_hypercall`]
+    /// after converting them.
+    MapGpaRange {
+        /// First guest-physical address (page aligned).
+        gpa: u64,
+        /// Number of 4 KiB pages.
+        npages: u64,
+        /// `true`: make them private; `false`: shared.
+        private: bool,
+    },
+    /// The guest touched memory whose private/shared attribute does not
+    /// match its access (`KVM_EXIT_MEMORY_FAULT`): convert the range to
+    /// what the guest used, then run again. Nothing to complete.
+    MemoryFault {
+        /// Guest-physical address of the range.
+        gpa: u64,
+        /// Size of the range in bytes.
+        size: u64,
+        /// Whether the guest accessed it as private memory.
+        private: bool,
+    },
+    /// An SEV-ES/SNP guest asked to be terminated through the GHCB MSR
+    /// protocol (`KVM_SYSTEM_EVENT_SEV_TERM`).
+    Terminated {
+        /// The GHCB termination reason set (0: general, 1: the guest's OS).
+        reason_set: u8,
+        /// The reason code within the set.
+        reason_code: u8,
+    },
     /// Any other exit, described for logs.
     Other(String),
 }

@@ -61,12 +61,14 @@ mod exit;
 pub mod kick;
 pub mod kvm;
 pub mod mock;
+pub mod snp_launch;
 
 use std::sync::Arc;
 
 pub use error::HypervisorError;
 pub use exit::{SnpCertsCompletion, SnpCertsRequest, VmExit, VmType};
 pub use kick::{VcpuKicker, kick_signal};
+pub use snp_launch::{CpuidLeaf, DEFAULT_SNP_POLICY, SnpLaunch, SnpPageType};
 pub use vm_memory::GuestMemoryMmap;
 /// The errno-carrying error type of the KVM ioctls, used as `#[source]` in
 /// [`HypervisorError`].
@@ -113,6 +115,9 @@ pub trait Vm: Send + Sync {
 
     /// Creates vCPU number `id`.
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HypervisorError>;
+
+    /// The SNP launch commands, on an SNP VM; `None` on other VMs.
+    fn snp(&self) -> Option<&dyn SnpLaunch>;
 }
 
 /// One virtual CPU.
@@ -123,6 +128,13 @@ pub trait Vcpu: Send {
     /// Puts the vCPU in flat 16-bit real mode: CS, DS, ES, SS, FS and GS with
     /// base 0 and selector 0, `rip = entry`, `rflags = 2`.
     fn setup_real_mode(&mut self, entry: u64) -> Result<(), HypervisorError>;
+
+    /// Puts the vCPU in 64-bit long mode with paging: `CR3 = page_table`
+    /// (a PML4 the guest image provides), `CR0.PE|PG`, `CR4.PAE`,
+    /// `EFER.LME|LMA`, a flat 64-bit code segment and flat data segments,
+    /// `rip = entry`, `rflags = 2`. On an SNP VM these registers go into
+    /// the encrypted save area at launch finish.
+    fn setup_long_mode(&mut self, entry: u64, page_table: u64) -> Result<(), HypervisorError>;
 
     /// Runs the vCPU until the next exit.
     ///
@@ -142,6 +154,11 @@ pub trait Vcpu: Send {
     /// by KVM (see [`SnpCertsCompletion`]); `npages` is what the guest is
     /// told it needs when `ret` is `ENOSPC`.
     fn complete_snp_req_certs(&mut self, c: SnpCertsCompletion) -> Result<(), HypervisorError>;
+
+    /// Answers the pending [`VmExit::MapGpaRange`] with `ret` (0 for done,
+    /// an errno for refused); must be called before the next
+    /// [`Vcpu::run`].
+    fn complete_hypercall(&mut self, ret: u64) -> Result<(), HypervisorError>;
 
     /// Sets or clears the immediate-exit flag. While it is set every
     /// [`Vcpu::run`] completes any pending request and returns

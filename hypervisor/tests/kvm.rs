@@ -302,3 +302,28 @@ fn kvm_memory_in_several_slots() {
         Err(HypervisorError::MapMemory { .. })
     ));
 }
+
+/// The guest_memfd plumbing of an SNP VM on this host's KVM: where the host
+/// offers `KVM_CAP_GUEST_MEMFD`, a default VM's memory can be bound to a
+/// guest_memfd with `KVM_SET_USER_MEMORY_REGION2`; where it does not, the
+/// error says so.
+#[test]
+fn kvm_guest_memfd_and_memory_region2_bind_where_offered() {
+    let hv = kvm();
+    let vm = hv.create_kvm_vm(VmType::Default).unwrap();
+    let offered = vm
+        .vm_fd()
+        .check_extension_raw(u64::from(kvm_bindings::KVM_CAP_GUEST_MEMFD))
+        > 0;
+    let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+    match vm.bind_guest_memfd(mem) {
+        Ok(()) => assert!(offered, "bound without KVM_CAP_GUEST_MEMFD"),
+        Err(e) => {
+            assert!(
+                !offered,
+                "KVM_CAP_GUEST_MEMFD is offered but binding failed: {e:?}"
+            );
+            assert!(matches!(e, HypervisorError::GuestMemfd { .. }), "{e:?}");
+        }
+    }
+}

@@ -58,3 +58,15 @@ fn snp_host_boxed_snp_vm_through_the_trait() {
         Err(HypervisorError::VcpusAlreadyCreated)
     ));
 }
+
+#[test]
+fn snp_host_check_host_says_it_can_serve() {
+    let report = hypervisor::kvm::host::probe_host();
+    let missing: Vec<_> = report
+        .items
+        .iter()
+        .filter(|i| i.status == hypervisor::kvm::host::ItemStatus::Missing)
+        .collect();
+    assert!(missing.is_empty(), "missing on this SNP host: {missing:#?}");
+    assert!(report.can_serve_snp());
+}

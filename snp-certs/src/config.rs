@@ -39,7 +39,7 @@
 //! of the configuration or other updates.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -216,9 +216,21 @@ impl CertsConfig {
     /// (waiting at most `wait`), and no larger than a Linux guest can take
     /// unless `allow_large`.
     pub fn validate(self, wait: Duration) -> Result<ActiveCerts, ConfigError> {
+        self.validate_cancellable(wait, None)
+    }
+
+    /// [`CertsConfig::validate`], but a lock wait ends early (a
+    /// [`LockError::Cancelled`](crate::lock::LockError::Cancelled) error)
+    /// once `cancel` is set: a VMM passes its "exiting" flag, so SIGINT
+    /// during a long start-up wait ends it promptly.
+    pub fn validate_cancellable(
+        self,
+        wait: Duration,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<ActiveCerts, ConfigError> {
         self.check()?;
         let warnings = match &self.certs_file {
-            Some(path) => validate_file(path, wait, self.allow_large)?,
+            Some(path) => validate_file(path, wait, self.allow_large, cancel)?,
             None => Vec::new(),
         };
         Ok(ActiveCerts {
@@ -244,14 +256,19 @@ pub fn check_budget(ms: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Reads `path` under the shared lock (waiting at most `wait`), refuses a
-/// table above 16 KiB unless `allow_large`, and returns its warnings.
+/// Reads `path` under the shared lock (waiting at most `wait`, or until
+/// `cancel` is set), refuses a table above 16 KiB unless `allow_large`,
+/// and returns its warnings.
 pub fn validate_file(
     path: &Path,
     wait: Duration,
     allow_large: bool,
+    cancel: Option<Arc<AtomicBool>>,
 ) -> Result<Vec<TableWarning>, ConfigError> {
-    let mut reader = CertsReader::new();
+    let mut reader = match cancel {
+        Some(cancel) => CertsReader::with_cancel(cancel),
+        None => CertsReader::new(),
+    };
     let locked = reader.lock_and_read(path, wait)?;
     let size = locked.bytes.len();
     if size > LINUX_GUEST_MAX_SIZE && !allow_large {

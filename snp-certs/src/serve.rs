@@ -24,7 +24,7 @@
 //! | need pages | `ENOSPC` | `ceil(size / 4096)` | untouched | the buffer is too small (`npages = 0` asks for the size) |
 //! | busy | `EAGAIN` | unchanged | untouched | transient trouble (a writer holds the lock, the file keeps being replaced) while the VM's [busy budget](crate::budget) lasts; a wait cut short because the VM is stopping |
 //! | fallback | 0 (`EAGAIN` with `on_error = busy`) | unchanged | as with no file | persistent trouble (file missing, not regular, unreadable, invalid, too large, over 16 KiB) at once; transient trouble once the busy budget is spent |
-//! | failed | `EIO` | unchanged | untouched | the guest's own permanent fault: misaligned `gpa`, overflowing buffer, the bytes to write not all in guest RAM |
+//! | failed | `EIO` | unchanged | untouched | the guest's own permanent fault: misaligned `gpa`, overflowing buffer, the bytes to write not all in guest RAM, an SNP guest's buffer not shared with the host ([`Reason::BufferNotShared`], checked by the VMM) |
 //!
 //! `EIO` is kept for faults the guest made and cannot recover from. A
 //! buffer whose end lies past guest RAM is the guest's fault only if the
@@ -152,6 +152,9 @@ pub enum Reason {
     BufferOverflows,
     /// The bytes to write are not all in guest RAM.
     OutsideGuestRam,
+    /// An SEV-SNP guest's buffer is not all memory it shared with the host
+    /// (the VMM checks this before serving: it could not write there).
+    BufferNotShared,
 }
 
 impl Reason {
@@ -175,6 +178,7 @@ impl Reason {
             Reason::GpaMisaligned => "gpa-misaligned",
             Reason::BufferOverflows => "buffer-overflows",
             Reason::OutsideGuestRam => "outside-guest-ram",
+            Reason::BufferNotShared => "buffer-not-shared",
         }
     }
 
@@ -214,7 +218,7 @@ pub enum Fault {
 
 impl Reason {
     /// All reasons, for counters and documentation.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Served,
         Reason::NoCertsFile,
         Reason::SizeQuery,
@@ -232,6 +236,7 @@ impl Reason {
         Reason::GpaMisaligned,
         Reason::BufferOverflows,
         Reason::OutsideGuestRam,
+        Reason::BufferNotShared,
     ];
 
     /// For host-side faults, how long they last; `None` for the others.
@@ -252,7 +257,8 @@ impl Reason {
             | Reason::BufferTooSmall
             | Reason::GpaMisaligned
             | Reason::BufferOverflows
-            | Reason::OutsideGuestRam => None,
+            | Reason::OutsideGuestRam
+            | Reason::BufferNotShared => None,
         }
     }
 }
@@ -286,6 +292,9 @@ pub struct Outcome {
     /// Whether this is the fallback answer for a host-side fault
     /// ([`Outcome::reason`] says which).
     pub fallback: bool,
+    /// How long the VM's guest had been told busy without a break when
+    /// this answer was given (zero when the previous answer was not busy).
+    pub busy_streak: Duration,
     /// The shared lock, held on a delivery from a certs file.
     pub lease: Option<Lease>,
 }
@@ -303,6 +312,7 @@ impl Outcome {
             lock_wait: Duration::ZERO,
             lock_tried: false,
             fallback: false,
+            busy_streak: Duration::ZERO,
             lease: None,
         }
     }
@@ -374,7 +384,8 @@ pub fn serve<M: GuestMemory + ?Sized>(
     request: CertsRequest,
     memory: &M,
 ) -> Outcome {
-    let outcome = answer(reader, config, budget, request, memory);
+    let mut outcome = answer(reader, config, budget, request, memory);
+    outcome.busy_streak = budget.streak();
     if outcome.kind != OutcomeKind::Busy {
         budget.end_streak();
     }

@@ -22,7 +22,9 @@ pub fn require_kvm() {
         .write(true)
         .open("/dev/kvm")
     {
-        panic!("this test needs a usable /dev/kvm: scripts/test.sh skips the kvm_* tests where it is not ({e})");
+        panic!(
+            "this test needs a usable /dev/kvm: scripts/test.sh skips the kvm_* tests where it is not ({e})"
+        );
     }
 }
 
@@ -53,23 +55,50 @@ pub fn snp_vmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_snp-vmm"))
 }
 
-/// `snp-vmm --hypervisor kvm` running the attestation guest with `payload`
-/// options against `certs` (with `snp` extra options such as
-/// `certs-timeout=20`), writing events to `events.0`.
-pub fn snp_vmm_attest(certs: &Path, snp: &str, payload: &str, events: &Events) -> Command {
+/// The backends a test that can run on either should run on: KVM where
+/// `/dev/kvm` is usable (the real vCPUs), and always the mock (the Rust
+/// model of the guest), so both paths are covered on KVM hosts.
+pub fn backends() -> Vec<&'static str> {
+    let kvm = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if kvm {
+        vec!["kvm", "mock"]
+    } else {
+        vec!["mock"]
+    }
+}
+
+/// [`snp_vmm_attest`] on the backend `hypervisor`.
+pub fn snp_vmm_attest_on(
+    hypervisor: &str,
+    certs: &Path,
+    snp: &str,
+    payload: &str,
+    events: &Events,
+) -> Command {
     let mut cmd = snp_vmm();
     let snp = if snp.is_empty() {
         String::new()
     } else {
         format!(",{snp}")
     };
-    cmd.args(["--hypervisor", "kvm", "--payload"])
+    cmd.args(["--hypervisor", hypervisor, "--payload"])
         .arg(format!("attest,{payload}"))
         .arg("--snp")
         .arg(format!("certs-file={},doorbell=on{snp}", certs.display()))
         .arg("--event-monitor")
         .arg(format!("path={}", events.0.display()));
     cmd
+}
+
+/// `snp-vmm --hypervisor kvm` running the attestation guest with `payload`
+/// options against `certs` (with `snp` extra options such as
+/// `certs-timeout=20`), writing events to `events.0`.
+pub fn snp_vmm_attest(certs: &Path, snp: &str, payload: &str, events: &Events) -> Command {
+    snp_vmm_attest_on("kvm", certs, snp, payload, events)
 }
 
 /// The path of one of this package's binaries (`snp-vmm`, `snp-remote`,
@@ -160,6 +189,11 @@ impl ManagementLock {
         );
         let stdin = child.stdin.take();
         ManagementLock { child, stdin }
+    }
+
+    /// The pid of the `snp-certs lock` process holding the lock.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Lets the command finish, which releases the lock.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use event_monitor::EventSender;
 use serde_json::{Value, json};
 use snp_certs::config::ConfigError;
-use snp_certs::serve::{CertsRequest, Outcome};
+use snp_certs::serve::{CertsRequest, Outcome, OutcomeKind, Reason};
 use snp_certs::{ActiveCerts, BusyBudget, CertsConfig, CertsReader, SharedCertsConfig};
 use vm_memory::GuestMemory;
 use vmm_api::VmCounters;
@@ -142,8 +142,39 @@ impl CertsService {
         memory: &M,
     ) -> Outcome {
         let active = self.config.current();
-        let config = &active.config;
-        let outcome = snp_certs::serve(reader, config, &self.budget, request, memory);
+        let outcome = snp_certs::serve(reader, &active.config, &self.budget, request, memory);
+        self.report(vcpu, source, request, &active.config, outcome)
+    }
+
+    /// Answers a request of an SNP guest whose buffer is not shared with
+    /// the host: the guest's own fault (`EIO`), counted and reported like
+    /// any other answer.
+    pub fn refuse_private_buffer(
+        &self,
+        vcpu: u8,
+        source: RequestSource,
+        request: CertsRequest,
+    ) -> Outcome {
+        let active = self.config.current();
+        let outcome = Outcome {
+            detail: Some(format!(
+                "the buffer of {} pages at {:#x} is not all memory the guest shared with the host",
+                request.npages, request.gpa
+            )),
+            ..Outcome::new(OutcomeKind::Failed, Reason::BufferNotShared, request)
+        };
+        self.report(vcpu, source, request, &active.config, outcome)
+    }
+
+    /// Counts, logs and reports one answer.
+    fn report(
+        &self,
+        vcpu: u8,
+        source: RequestSource,
+        request: CertsRequest,
+        config: &CertsConfig,
+        outcome: Outcome,
+    ) -> Outcome {
         self.stats.record(&outcome);
         let what = if outcome.fallback {
             "fallback"
@@ -184,7 +215,7 @@ impl CertsService {
             props.push(("on_error", json!(config.on_error)));
             props.push((
                 "busy_streak_ms",
-                json!(self.budget.streak().as_millis() as u64),
+                json!(outcome.busy_streak.as_millis() as u64),
             ));
         }
         if let Some(detail) = &outcome.detail {

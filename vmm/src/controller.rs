@@ -5,6 +5,7 @@
 //! through the VM's [`crate::certs_service::CertsService`], which swaps the
 //! configuration atomically with respect to requests in flight.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use event_monitor::EventSender;
@@ -27,6 +28,8 @@ pub struct Vmm {
     snp_req_certs_supported: bool,
     events: EventSender,
     payloads: Arc<dyn PayloadFactory>,
+    /// Set once the VMM is exiting: ends a VM creation's start-up wait.
+    exiting: Arc<AtomicBool>,
     vm: Mutex<Option<Vm>>,
     exit_requested: Mutex<bool>,
     exit_wake: Condvar,
@@ -46,6 +49,7 @@ fn vm_error(e: VmError) -> ApiError {
         VmError::Config(_)
         | VmError::Payload(_)
         | VmError::DoorbellNeeded(_)
+        | VmError::NoCertsExit
         | VmError::MemoryTooSmall { .. } => ApiError::bad_request(error_chain(&e)),
         VmError::Memory(_) | VmError::Hypervisor(_) | VmError::Thread(_) => {
             ApiError::internal(error_chain(&e))
@@ -66,6 +70,10 @@ fn config_error(e: ConfigError) -> ApiError {
         | ConfigError::File(CertsFileError::KeepsChanging { .. }) => {
             ApiError::conflict(format!("{message} (an update is in progress: retry)"))
         }
+        ConfigError::File(CertsFileError::Lock {
+            source: LockError::Cancelled { .. },
+            ..
+        }) => ApiError::conflict(format!("{message} (the VMM is exiting)")),
         ConfigError::File(CertsFileError::Lock { .. } | CertsFileError::Read { .. }) => {
             ApiError::internal(message)
         }
@@ -99,6 +107,7 @@ impl Vmm {
             snp_req_certs_supported,
             events,
             payloads,
+            exiting: Arc::new(AtomicBool::new(false)),
             vm: Mutex::new(None),
             exit_requested: Mutex::new(false),
             exit_wake: Condvar::new(),
@@ -125,19 +134,32 @@ impl Vmm {
         }
     }
 
-    /// Creates the VM.
+    /// The flag that says the VMM is exiting; set it (as a SIGINT handler
+    /// does) to end a VM creation that waits for the certs file.
+    pub fn exiting(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.exiting)
+    }
+
+    /// Creates the VM. The VMM's lock is not held while the VM is built
+    /// (its start-up wait for the certs file may be long), so other API
+    /// calls answer meanwhile; a second creation racing this one gets 409.
     pub fn create_vm(&self, config: VmConfig) -> Result<(), ApiError> {
-        let mut slot = self.vm();
-        if slot.is_some() {
-            return Err(ApiError::conflict("A VM already exists: delete it first"));
+        let exists = || ApiError::conflict("A VM already exists: delete it first");
+        if self.vm().is_some() {
+            return Err(exists());
         }
         let vm = Vm::create(
             &self.backend,
             config,
             self.events.clone(),
             self.payloads.as_ref(),
+            Arc::clone(&self.exiting),
         )
         .map_err(vm_error)?;
+        let mut slot = self.vm();
+        if slot.is_some() {
+            return Err(exists());
+        }
         *slot = Some(vm);
         Ok(())
     }
@@ -165,8 +187,9 @@ impl Vmm {
         Ok(VmmData::SnpCerts(Box::new(certs_info(&certs))))
     }
 
-    /// Asks the process to exit (after `vmm.shutdown`).
+    /// Asks the process to exit (after `vmm.shutdown`, SIGINT, SIGTERM).
     pub fn request_exit(&self) {
+        self.exiting.store(true, Ordering::Release);
         if let Some(mut vm) = self.vm().take() {
             vm.shutdown();
             self.events.event(VM_EVENT_SOURCE, "deleted", []);

@@ -17,6 +17,13 @@ pub enum VcpuEnd {
     GuestShutdown,
     /// The VMM stopped it.
     Stopped,
+    /// An SEV-SNP guest asked to be terminated (GHCB MSR protocol).
+    GuestTerminated {
+        /// The GHCB reason set.
+        reason_set: u8,
+        /// The reason code.
+        reason_code: u8,
+    },
     /// Something failed; the message says what.
     Failed(String),
 }
@@ -44,6 +51,18 @@ pub enum ExitAction {
         port: u16,
         /// Bytes to answer.
         size: u8,
+    },
+    /// Convert guest pages between private and shared (an SNP guest's
+    /// page-state change, or a fault on a page of the wrong kind).
+    ConvertPages {
+        /// First address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+        /// Make them private (true) or shared.
+        private: bool,
+        /// Whether the exit is a hypercall waiting for its result.
+        hypercall: bool,
     },
     /// Nothing to do (a cut-short run).
     Continue,
@@ -78,6 +97,37 @@ pub fn dispatch(exit: &VmExit, doorbell: bool) -> ExitAction {
             port: *port,
             size: *size,
         },
+        VmExit::MapGpaRange {
+            gpa,
+            npages,
+            private,
+        } => match npages.checked_mul(4096) {
+            Some(len) if gpa.checked_add(len).is_some() => ExitAction::ConvertPages {
+                gpa: *gpa,
+                len,
+                private: *private,
+                hypercall: true,
+            },
+            _ => ExitAction::ConvertPages {
+                gpa: *gpa,
+                len: 0,
+                private: *private,
+                hypercall: true,
+            },
+        },
+        VmExit::MemoryFault { gpa, size, private } => ExitAction::ConvertPages {
+            gpa: *gpa,
+            len: *size,
+            private: *private,
+            hypercall: false,
+        },
+        VmExit::Terminated {
+            reason_set,
+            reason_code,
+        } => ExitAction::End(VcpuEnd::GuestTerminated {
+            reason_set: *reason_set,
+            reason_code: *reason_code,
+        }),
         VmExit::Interrupted => ExitAction::Continue,
         VmExit::Hlt => ExitAction::End(VcpuEnd::Halted),
         VmExit::Shutdown => ExitAction::End(VcpuEnd::GuestShutdown),
@@ -151,6 +201,67 @@ mod tests {
                 port: 0x60,
                 size: 2
             }
+        );
+    }
+
+    #[test]
+    fn snp_page_conversions_and_termination() {
+        assert_eq!(
+            dispatch(
+                &VmExit::MapGpaRange {
+                    gpa: 0x20000,
+                    npages: 2,
+                    private: false
+                },
+                false
+            ),
+            ExitAction::ConvertPages {
+                gpa: 0x20000,
+                len: 0x2000,
+                private: false,
+                hypercall: true
+            }
+        );
+        // A range that overflows converts nothing (and is refused).
+        assert!(matches!(
+            dispatch(
+                &VmExit::MapGpaRange {
+                    gpa: u64::MAX - 4095,
+                    npages: 2,
+                    private: true
+                },
+                false
+            ),
+            ExitAction::ConvertPages { len: 0, .. }
+        ));
+        assert_eq!(
+            dispatch(
+                &VmExit::MemoryFault {
+                    gpa: 0x3000,
+                    size: 4096,
+                    private: true
+                },
+                false
+            ),
+            ExitAction::ConvertPages {
+                gpa: 0x3000,
+                len: 4096,
+                private: true,
+                hypercall: false
+            }
+        );
+        assert_eq!(
+            dispatch(
+                &VmExit::Terminated {
+                    reason_set: 0,
+                    reason_code: 3
+                },
+                false
+            ),
+            ExitAction::End(VcpuEnd::GuestTerminated {
+                reason_set: 0,
+                reason_code: 3
+            })
         );
     }
 

@@ -19,6 +19,8 @@
 //!   and events.
 //! * [`doorbell`]: the emulated guest-request doorbell for hosts without SNP.
 //! * [`pio`]: the port-I/O bus payloads attach their devices to.
+//! * [`shared_pages`]: which pages an SNP guest shared with the host.
+//! * [`snp_launch`]: launching a payload in an SEV-SNP VM.
 //! * [`payload`]: what a payload (a guest program) provides.
 //! * [`controller`]: the VMM's side of the REST API.
 //!
@@ -32,6 +34,8 @@ pub mod doorbell;
 pub mod exit_dispatch;
 pub mod payload;
 pub mod pio;
+pub mod shared_pages;
+pub mod snp_launch;
 pub mod stats;
 pub mod stop;
 pub mod vcpu_runner;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use event_monitor::EventSender;
 use hypervisor::mock::MockGuest;
-use hypervisor::{GuestMemoryMmap, HypervisorError, Vcpu};
+use hypervisor::{GuestMemoryMmap, HypervisorError, SnpPageType, Vcpu};
 use snp_certs::CertsRequest;
 use snp_certs::serve::{OutcomeKind, Reason};
 use vmm_api::PayloadConfig;
@@ -53,6 +53,19 @@ pub enum VcpuStart {
     Run,
     /// It runs nothing and waits for the VM to stop.
     Idle,
+}
+
+/// A range an SNP VM's launch encrypts and measures
+/// (`KVM_SEV_SNP_LAUNCH_UPDATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchRange {
+    /// First guest-physical address (page aligned).
+    pub gpa: u64,
+    /// Bytes (whole pages).
+    pub len: u64,
+    /// What it holds. The VMM fills a [`SnpPageType::Cpuid`] page itself
+    /// from the host's supported CPUID before the update.
+    pub page_type: SnpPageType,
 }
 
 /// What a payload's devices get to work with.
@@ -112,6 +125,18 @@ pub trait Payload: Send + Sync {
 
     /// Attaches the payload's devices.
     fn attach(&self, ctx: &DeviceContext, bus: &mut PioBus) -> Result<(), PayloadError>;
+
+    /// Whether it runs in an SEV-SNP VM (its vCPUs start from an
+    /// encrypted save area, its memory is private) rather than a default VM.
+    fn needs_snp(&self) -> bool {
+        false
+    }
+
+    /// For an SNP payload: the ranges to launch-update, in order. Every
+    /// other page of guest memory stays private and unvalidated.
+    fn snp_launch_ranges(&self) -> Vec<LaunchRange> {
+        Vec::new()
+    }
 
     /// The payload's observer of certificate requests, if it has one.
     fn observer(&self) -> Option<Arc<dyn RequestObserver>> {

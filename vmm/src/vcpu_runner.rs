@@ -35,6 +35,7 @@ use crate::doorbell::Mailbox;
 use crate::exit_dispatch::{ExitAction, VcpuEnd, dispatch};
 use crate::payload::{Answered, RequestObserver};
 use crate::pio::PioBus;
+use crate::shared_pages::SharedPages;
 use crate::stop::StopSignal;
 
 /// Why answering an exit failed.
@@ -43,6 +44,14 @@ pub enum RunnerError {
     /// A hypervisor call failed.
     #[error("Hypervisor call failed")]
     Hypervisor(#[from] HypervisorError),
+    /// The guest faulted on memory that could not be converted.
+    #[error("Cannot convert {len:#x} bytes at {gpa:#x} the guest faulted on")]
+    Conversion {
+        /// First address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+    },
 }
 
 /// What a runner shares with its VM.
@@ -60,6 +69,10 @@ pub struct VcpuShared {
     pub observer: Option<Arc<dyn RequestObserver>>,
     /// Whether the emulated doorbell is enabled.
     pub doorbell: bool,
+    /// The hypervisor's VM (for an SNP VM's page conversions).
+    pub vm: Arc<dyn hypervisor::Vm>,
+    /// On an SNP VM: the pages the guest shared with the host.
+    pub shared_pages: Option<Arc<SharedPages>>,
 }
 
 impl std::fmt::Debug for VcpuShared {
@@ -139,6 +152,12 @@ impl VcpuRunner {
                         .map(|()| None)
                         .map_err(RunnerError::from)
                 }
+                ExitAction::ConvertPages {
+                    gpa,
+                    len,
+                    private,
+                    hypercall,
+                } => self.convert(gpa, len, private, hypercall),
                 ExitAction::Continue => Ok(None),
                 ExitAction::Ignore(why) => {
                     log::warn!("vcpu {}: ignored: {why}", self.id);
@@ -169,7 +188,13 @@ impl VcpuRunner {
             gpa: request.gpa,
             npages: request.npages,
         };
-        let mut outcome = self.serve(request, RequestSource::Kvm);
+        let mut outcome = if self.buffer_shared(request) {
+            self.serve(request, RequestSource::Kvm)
+        } else {
+            self.shared
+                .certs
+                .refuse_private_buffer(self.id, RequestSource::Kvm, request)
+        };
         let completed = self.vcpu.complete_snp_req_certs(SnpCertsCompletion {
             ret: outcome.ret(),
             npages: outcome.npages,
@@ -203,6 +228,58 @@ impl VcpuRunner {
         let next = self.finish(outcome.lease.take(), Ok(()));
         self.observe(request, &outcome);
         next
+    }
+
+    /// Whether the guest's whole buffer is memory it shared with the host
+    /// (always, on a VM without private memory).
+    fn buffer_shared(&self, request: CertsRequest) -> bool {
+        let Some(pages) = &self.shared.shared_pages else {
+            return true;
+        };
+        match request.npages.checked_mul(4096) {
+            Some(len) => pages.is_shared(request.gpa, len),
+            None => false,
+        }
+    }
+
+    /// Converts guest pages between private and shared, as an SNP guest
+    /// asked (a page-state change) or touched them (a memory fault).
+    fn convert(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        private: bool,
+        hypercall: bool,
+    ) -> Result<Option<VmExit>, RunnerError> {
+        let done = match (self.shared.vm.snp(), len) {
+            (Some(snp), 1..) => snp
+                .set_private(gpa, len, private)
+                .map_err(|e| error_chain(&e)),
+            _ => Err("not an SNP VM, or an empty or overflowing range".to_owned()),
+        };
+        if let Err(why) = &done {
+            log::warn!(
+                "vcpu {}: page conversion of {len:#x} bytes at {gpa:#x} refused: {why}",
+                self.id
+            );
+        }
+        if done.is_ok() {
+            if let Some(pages) = &self.shared.shared_pages {
+                pages.convert(gpa, len, private);
+            }
+        }
+        if hypercall {
+            let ret = if done.is_ok() {
+                0
+            } else {
+                libc::EINVAL.unsigned_abs().into()
+            };
+            self.vcpu.complete_hypercall(ret)?;
+        } else if done.is_err() {
+            // Running again would fault again.
+            return Err(RunnerError::Conversion { gpa, len });
+        }
+        Ok(None)
     }
 
     /// Tells the payload's observer, after the lease is gone.

@@ -1,5 +1,6 @@
 //! One VM: memory, vCPU threads, lifecycle and what the API shows of it.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -18,6 +19,8 @@ use crate::certs_service::CertsService;
 use crate::exit_dispatch::VcpuEnd;
 use crate::payload::{DeviceContext, Payload, PayloadError, PayloadFactory, VcpuStart};
 use crate::pio::PioBus;
+use crate::shared_pages::SharedPages;
+use crate::snp_launch;
 use crate::stop::StopSignal;
 use crate::vcpu_runner::{VcpuRunner, VcpuShared};
 
@@ -57,6 +60,11 @@ pub enum VmError {
         /// The least size.
         size: u64,
     },
+    /// A certs file was given for an SNP VM on a host without the exit.
+    #[error(
+        "This host's KVM cannot send SNP certificate requests to the VMM (KVM_SEV_SNP_ENABLE_REQ_CERTS, Linux 7.0+): a certs file cannot be served"
+    )]
+    NoCertsExit,
     /// Guest memory could not be allocated.
     #[error("Cannot allocate guest memory")]
     Memory(#[source] vm_memory::mmap::FromRangesError),
@@ -88,7 +96,7 @@ pub struct Vm {
     shut_down: bool,
     _payload: Option<Box<dyn Payload>>,
     // Dropped last: vCPUs must go before the VM.
-    _vm: Box<dyn hypervisor::Vm>,
+    _vm: Arc<dyn hypervisor::Vm>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -107,6 +115,7 @@ impl Vm {
         config: VmConfig,
         events: EventSender,
         payloads: &dyn PayloadFactory,
+        cancel: Arc<AtomicBool>,
     ) -> Result<Vm, VmError> {
         config.validate()?;
         let payload = config
@@ -125,7 +134,7 @@ impl Vm {
                 });
             }
         }
-        let active = validate_certs(&config)?;
+        let active = validate_certs(&config, cancel)?;
         let certs = Arc::new(CertsService::new(active, events.clone()));
         let size = usize::try_from(config.memory.size).unwrap_or(usize::MAX);
         let memory = Arc::new(
@@ -136,9 +145,14 @@ impl Vm {
             payload.load(&memory)?;
         }
 
+        let snp = payload.as_ref().is_some_and(|p| p.needs_snp());
         let hv = backend.hypervisor();
-        let vm = hv.create_vm(VmType::Default)?;
+        let vm: Arc<dyn hypervisor::Vm> =
+            Arc::from(hv.create_vm(if snp { VmType::Snp } else { VmType::Default })?);
         vm.map_memory(Arc::clone(&memory))?;
+        if snp {
+            enable_certs_exit(hv, vm.as_ref(), &config)?;
+        }
         let stop = Arc::new(StopSignal::default());
         let mut bus = PioBus::new();
         if let Some(payload) = &payload {
@@ -156,6 +170,8 @@ impl Vm {
             bus: Arc::new(bus),
             observer: payload.as_ref().and_then(|p| p.observer()),
             doorbell: config.snp.doorbell,
+            vm: Arc::clone(&vm),
+            shared_pages: snp.then(|| Arc::new(SharedPages::new())),
         };
         let mut runners = Vec::new();
         for id in 0..config.cpus.boot {
@@ -168,6 +184,15 @@ impl Vm {
                 None => VcpuStart::Idle,
             };
             runners.push((VcpuRunner::new(id, vcpu, shared.clone()), start));
+        }
+        if let (Some(payload), Some(launch)) = (&payload, vm.snp()) {
+            snp_launch::launch(
+                launch,
+                &shared.memory,
+                &payload.snp_launch_ranges(),
+                hypervisor::DEFAULT_SNP_POLICY,
+                [0; 32],
+            )?;
         }
         events.event(
             VM_EVENT_SOURCE,
@@ -374,6 +399,10 @@ impl Vm {
                     Some(VcpuEnd::GuestShutdown) => "guest-shutdown".to_owned(),
                     Some(VcpuEnd::Stopped) => "stopped".to_owned(),
                     Some(VcpuEnd::Failed(why)) => format!("failed: {why}"),
+                    Some(VcpuEnd::GuestTerminated {
+                        reason_set,
+                        reason_code,
+                    }) => format!("terminated by the guest (reason {reason_set}:{reason_code})"),
                 },
             })
             .collect();
@@ -403,10 +432,33 @@ pub fn certs_info(certs: &CertsService) -> SnpCertsInfo {
     }
 }
 
+/// Enables the certificate exit on a new SNP VM, before any vCPU, when the
+/// host supports it: then a certs file can be set at any time. A host
+/// without it is said so loudly; its guests get KVM's own empty table, so
+/// a certs file is refused.
+fn enable_certs_exit(
+    hv: &dyn hypervisor::Hypervisor,
+    vm: &dyn hypervisor::Vm,
+    config: &VmConfig,
+) -> Result<(), VmError> {
+    if hv.snp_req_certs_supported()? {
+        vm.enable_snp_req_certs()?;
+        return Ok(());
+    }
+    log::warn!(
+        "this host's KVM has no SNP certificate requests (Linux 7.0+): guests get KVM's empty table"
+    );
+    if config.snp.certs_file.is_some() {
+        return Err(VmError::NoCertsExit);
+    }
+    Ok(())
+}
+
 /// Validates the certs part of `config` for a new VM. A management tool
 /// may hold the file's exclusive lock for an update: then this waits for
-/// it, up to `snp.startup_wait`, saying once who holds it.
-fn validate_certs(config: &VmConfig) -> Result<ActiveCerts, VmError> {
+/// it, up to `snp.startup_wait` or until `cancel` is set (the VMM is
+/// exiting), saying once who holds it.
+fn validate_certs(config: &VmConfig, cancel: Arc<AtomicBool>) -> Result<ActiveCerts, VmError> {
     let certs = config.snp.certs_config();
     let wait = Duration::from_millis(config.snp.startup_wait);
     match certs.clone().validate(Duration::ZERO) {
@@ -428,7 +480,7 @@ fn validate_certs(config: &VmConfig) -> Result<ActiveCerts, VmError> {
                 who,
                 path.display()
             );
-            Ok(certs.validate(wait)?)
+            Ok(certs.validate_cancellable(wait, Some(cancel))?)
         }
         other => Ok(other?),
     }

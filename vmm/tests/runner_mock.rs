@@ -61,7 +61,7 @@ fn run_with(config: CertsConfig, guest: impl MockGuest + 'static) -> (Rig, VcpuE
     let hv = MockHypervisor::new().with_guest(0, guest);
     let log = hv.log();
     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
-    let vm = hv.create_vm(VmType::Default).unwrap();
+    let vm: Arc<dyn hypervisor::Vm> = Arc::from(hv.create_vm(VmType::Default).unwrap());
     vm.map_memory(Arc::clone(&memory)).unwrap();
     let active = config.validate(Duration::ZERO).unwrap();
     let certs = Arc::new(CertsService::new(active, EventSender::disabled()));
@@ -72,6 +72,8 @@ fn run_with(config: CertsConfig, guest: impl MockGuest + 'static) -> (Rig, VcpuE
         bus: Arc::new(PioBus::new()),
         observer: None,
         doorbell: true,
+        vm: Arc::clone(&vm),
+        shared_pages: None,
     };
     let end = VcpuRunner::new(0, vm.create_vcpu(0).unwrap(), shared).run();
     (Rig { log, memory, certs }, end)

@@ -15,6 +15,32 @@ use vmm_api::{
     VmmAction, VmmApi, VmmData,
 };
 
+/// A gate calls wait at while it is closed.
+#[derive(Default)]
+pub struct Gate {
+    closed: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    /// Closes the gate: later calls of [`Gate::pass`] wait.
+    pub fn close(&self) {
+        *self.closed.lock().unwrap() = true;
+    }
+
+    /// Opens the gate, letting every waiting call through.
+    pub fn open(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.changed.notify_all();
+    }
+
+    /// Returns once the gate is open.
+    pub fn pass(&self) {
+        let closed = self.closed.lock().unwrap();
+        drop(self.changed.wait_while(closed, |c| *c).unwrap());
+    }
+}
+
 /// A fake VMM: one VM with a lifecycle, a certs configuration that is
 /// replaced only if the new file exists, and fixed counters.
 #[derive(Default)]
@@ -22,8 +48,9 @@ pub struct FakeVmm {
     pub state: Mutex<FakeState>,
     /// Every action received, in order.
     pub actions: Mutex<Vec<VmmAction>>,
-    /// How long `vm.shutdown` takes.
-    pub slow_shutdown: Mutex<Duration>,
+    /// While set, `vm.shutdown` blocks until it is cleared (a slow VMM
+    /// call the test controls, rather than one that sleeps).
+    pub hold_shutdown: Gate,
 }
 
 #[derive(Default)]
@@ -65,7 +92,7 @@ impl VmmApi for FakeVmm {
         self.actions.lock().unwrap().push(action.clone());
         let no_vm = || ApiError::not_found("No VM has been created");
         if action == VmmAction::ShutdownVm {
-            std::thread::sleep(*self.slow_shutdown.lock().unwrap());
+            self.hold_shutdown.pass();
         }
         let mut s = self.state.lock().unwrap();
         match action {

@@ -6,10 +6,14 @@
 //!   `KVM_SEV_INIT2` (default features), the state in which KVM accepts
 //!   `KVM_SEV_SNP_ENABLE_REQ_CERTS`. Launching an SNP guest (private memory,
 //!   `KVM_SEV_SNP_LAUNCH_*`) is outside this crate.
+//! * [`host::probe_host`] reports, item by item, whether this host can
+//!   serve SNP guests with certificates (`snp-vmm --check-host`).
 //! * The certificate exit arrives from kvm-ioctls as `VcpuExit::Unsupported(43)`;
 //!   [`KvmVcpu`] reads and answers it through the overlay in [`snp`].
 
+pub mod host;
 pub mod snp;
+mod snp_launch;
 mod snp_ops;
 mod vcpu;
 
@@ -79,12 +83,18 @@ impl KvmHypervisor {
             }
             VmType::Snp => self.create_snp_vm()?,
         };
+        let cpuid = match vm_type {
+            VmType::Snp => self.supported_cpuid()?,
+            VmType::Default => Vec::new(),
+        };
         Ok(KvmVm {
             shared: Arc::new(VmShared {
                 fd,
                 vm_type,
+                cpuid,
                 state: Mutex::new(VmState::default()),
                 memory: Mutex::new(Vec::new()),
+                guest_memfds: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -110,7 +120,28 @@ impl KvmHypervisor {
         let sev = File::open("/dev/sev").ok();
         let sev_fd = sev.as_ref().map_or(u32::MAX, |f| f.as_raw_fd() as u32);
         snp_ops::sev_init2(&fd, sev_fd).map_err(HypervisorError::SnpInit)?;
+        snp_launch::enable_map_gpa_range_exit(&fd)?;
         Ok(fd)
+    }
+
+    /// The CPUID leaves KVM supports on this host (`KVM_GET_SUPPORTED_CPUID`).
+    fn supported_cpuid(&self) -> Result<Vec<crate::CpuidLeaf>, HypervisorError> {
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(HypervisorError::Registers)?;
+        Ok(cpuid
+            .as_slice()
+            .iter()
+            .map(|e| crate::CpuidLeaf {
+                function: e.function,
+                index: e.index,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+            })
+            .collect())
     }
 }
 
@@ -141,8 +172,12 @@ struct VmState {
 struct VmShared {
     fd: VmFd,
     vm_type: VmType,
+    /// The supported CPUID leaves, for an SNP VM's CPUID page.
+    cpuid: Vec<crate::CpuidLeaf>,
     state: Mutex<VmState>,
     memory: Mutex<Vec<Arc<GuestMemoryMmap>>>,
+    /// An SNP VM's private memory; closed after the VM fd.
+    guest_memfds: Mutex<Vec<File>>,
 }
 
 impl VmShared {
@@ -166,6 +201,28 @@ impl KvmVm {
     /// The VM's type.
     pub fn vm_type(&self) -> VmType {
         self.shared.vm_type
+    }
+
+    /// Registers `memory` as guest_memfd-backed memory (a guest_memfd per
+    /// region plus the shared mapping, `KVM_SET_USER_MEMORY_REGION2`)
+    /// without changing its attributes. [`Vm::map_memory`] does this, then
+    /// makes the memory private, for SNP VMs; on other VMs this checks the
+    /// host's guest_memfd support on its own.
+    pub fn bind_guest_memfd(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
+        self.shared
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&memory));
+        let mut state = self.shared.state();
+        let files = snp_launch::bind_guest_memfd(&self.shared.fd, &memory, state.next_slot)?;
+        state.next_slot += u32::try_from(files.len()).unwrap_or(u32::MAX);
+        self.shared
+            .guest_memfds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(files);
+        Ok(())
     }
 
     /// Creates a vCPU and returns the concrete KVM type.
@@ -192,6 +249,16 @@ impl Vm for KvmVm {
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::clone(&memory));
         let mut state = self.shared.state();
+        if self.shared.vm_type == VmType::Snp {
+            let files = snp_launch::map_private(&self.shared.fd, &memory, state.next_slot)?;
+            state.next_slot += u32::try_from(files.len()).unwrap_or(u32::MAX);
+            self.shared
+                .guest_memfds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(files);
+            return Ok(());
+        }
         for region in memory.iter() {
             let gpa = region.start_addr().0;
             let size = region.len();
@@ -228,5 +295,9 @@ impl Vm for KvmVm {
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HypervisorError> {
         Ok(Box::new(self.create_kvm_vcpu(id)?))
+    }
+
+    fn snp(&self) -> Option<&dyn crate::SnpLaunch> {
+        (self.shared.vm_type == VmType::Snp).then_some(self as &dyn crate::SnpLaunch)
     }
 }

@@ -47,6 +47,39 @@ pub const KVM_X86_SNP_VM: u64 = kvm_bindings::KVM_X86_SNP_VM as u64;
 /// bit mask (`KVM_CAP_VM_TYPES`).
 pub const KVM_CAP_VM_TYPES: u64 = kvm_bindings::KVM_CAP_VM_TYPES as u64;
 
+/// The hypercall an SEV guest's page-state change becomes
+/// (`KVM_HC_MAP_GPA_RANGE`, `include/uapi/linux/kvm_para.h`): KVM exits to
+/// userspace with it once `KVM_CAP_EXIT_HYPERCALL` enables it, and the VMM
+/// converts the pages with `KVM_SET_MEMORY_ATTRIBUTES`.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+
+/// Attribute bit of `KVM_HC_MAP_GPA_RANGE`'s third argument: the pages
+/// become private (encrypted); clear, shared.
+pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+
+/// `KVM_CAP_EXIT_HYPERCALL`: its argument is the mask of hypercalls KVM
+/// sends to userspace.
+pub const KVM_CAP_EXIT_HYPERCALL: u32 = kvm_bindings::KVM_CAP_EXIT_HYPERCALL;
+
+/// `KVM_CHECK_EXTENSION` capability: `KVM_SET_USER_MEMORY_REGION2` (the
+/// memory-slot ioctl that can bind a guest_memfd) exists. kvm-bindings
+/// 0.14 has it (231).
+pub const KVM_CAP_USER_MEMORY2: u64 = kvm_bindings::KVM_CAP_USER_MEMORY2 as u64;
+
+/// `KVM_CHECK_EXTENSION` capability: `KVM_SET_MEMORY_ATTRIBUTES` exists;
+/// the answer is the mask of supported attributes, which must contain
+/// [`KVM_MEMORY_ATTRIBUTE_PRIVATE`] for SNP private/shared conversions.
+/// kvm-bindings 0.14 has it (233).
+pub const KVM_CAP_MEMORY_ATTRIBUTES: u64 = kvm_bindings::KVM_CAP_MEMORY_ATTRIBUTES as u64;
+
+/// `KVM_CHECK_EXTENSION` capability: `KVM_CREATE_GUEST_MEMFD` exists (the
+/// private memory of SNP guests). kvm-bindings 0.14 has it (234).
+pub const KVM_CAP_GUEST_MEMFD: u64 = kvm_bindings::KVM_CAP_GUEST_MEMFD as u64;
+
+/// Memory attribute bit: the range is private to the guest. Bit 3, as in
+/// kvm-bindings 0.14.
+pub const KVM_MEMORY_ATTRIBUTE_PRIVATE: u64 = kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE as u64;
+
 /// `struct kvm_exit_snp_req_certs`: member `snp_req_certs` of the `kvm_run`
 /// exit union.
 #[repr(C)]
@@ -148,6 +181,10 @@ mod tests {
         assert_eq!(KVM_SEV_INIT2, 22);
         assert_eq!(KVM_X86_SNP_VM, 4);
         assert_eq!(KVM_CAP_VM_TYPES, 235);
+        assert_eq!(KVM_CAP_USER_MEMORY2, 231);
+        assert_eq!(KVM_CAP_MEMORY_ATTRIBUTES, 233);
+        assert_eq!(KVM_CAP_GUEST_MEMFD, 234);
+        assert_eq!(KVM_MEMORY_ATTRIBUTE_PRIVATE, 1 << 3);
         // Exit 43 is not taken by anything kvm-bindings knows.
         const { assert!(kvm_bindings::KVM_EXIT_MEMORY_FAULT < KVM_EXIT_SNP_REQ_CERTS) };
     }

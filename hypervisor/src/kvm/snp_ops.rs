@@ -20,8 +20,23 @@ fn means_unsupported(e: Errno) -> bool {
     matches!(e.errno(), libc::ENXIO | libc::ENOTTY | libc::EINVAL)
 }
 
+/// What `/dev/kvm` answered about `KVM_X86_SEV_SNP_REQ_CERTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReqCertsAnswer {
+    /// The attribute exists; its value (1: supported).
+    Value(u64),
+    /// The kernel says it has no such attribute, with the errno it gave.
+    Unsupported(Errno),
+}
+
 /// Asks `/dev/kvm` whether `KVM_X86_SEV_SNP_REQ_CERTS` is supported.
 pub(super) fn probe_req_certs(kvm: &Kvm) -> Result<bool, HypervisorError> {
+    Ok(query_req_certs(kvm)? == ReqCertsAnswer::Value(1))
+}
+
+/// Queries `KVM_X86_SEV_SNP_REQ_CERTS` on `/dev/kvm`, keeping the errno of
+/// a "no such attribute" answer for the host check.
+pub(super) fn query_req_certs(kvm: &Kvm) -> Result<ReqCertsAnswer, HypervisorError> {
     let mut value: u64 = 0;
     let attr = kvm_device_attr {
         flags: 0,
@@ -37,7 +52,7 @@ pub(super) fn probe_req_certs(kvm: &Kvm) -> Result<bool, HypervisorError> {
         let e = Errno::last();
         return if means_unsupported(e) {
             log::debug!("KVM_HAS_DEVICE_ATTR(SEV, SNP_REQ_CERTS): {e}");
-            Ok(false)
+            Ok(ReqCertsAnswer::Unsupported(e))
         } else {
             Err(HypervisorError::ProbeSnpReqCerts(e))
         };
@@ -49,12 +64,12 @@ pub(super) fn probe_req_certs(kvm: &Kvm) -> Result<bool, HypervisorError> {
     if ret < 0 {
         let e = Errno::last();
         return if means_unsupported(e) {
-            Ok(false)
+            Ok(ReqCertsAnswer::Unsupported(e))
         } else {
             Err(HypervisorError::ProbeSnpReqCerts(e))
         };
     }
-    Ok(value == 1)
+    Ok(ReqCertsAnswer::Value(value))
 }
 
 /// Issues `KVM_SEV_INIT2` with default features on a new SNP VM.

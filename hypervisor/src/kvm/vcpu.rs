@@ -9,7 +9,9 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::VmShared;
-use super::snp::{KVM_EXIT_SNP_REQ_CERTS, snp_req_certs_ptr};
+use super::snp::{
+    KVM_EXIT_SNP_REQ_CERTS, KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED, snp_req_certs_ptr,
+};
 use crate::kick::{KickTarget, RunSection};
 use crate::{HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VcpuKicker, VmExit};
 
@@ -19,6 +21,7 @@ enum Pending {
     None,
     IoIn { port: u16, size: u8 },
     SnpReqCerts,
+    Hypercall,
 }
 
 /// A KVM vCPU.
@@ -100,6 +103,57 @@ impl Vcpu for KvmVcpu {
         self.fd.set_regs(&regs).map_err(HypervisorError::Registers)
     }
 
+    fn setup_long_mode(&mut self, entry: u64, page_table: u64) -> Result<(), HypervisorError> {
+        const CR0_PE: u64 = 1;
+        const CR0_ET: u64 = 1 << 4;
+        const CR0_PG: u64 = 1 << 31;
+        const CR4_PAE: u64 = 1 << 5;
+        const EFER_LME: u64 = 1 << 8;
+        const EFER_LMA: u64 = 1 << 10;
+        let mut sregs = self.fd.get_sregs().map_err(HypervisorError::Registers)?;
+        let code = kvm_bindings::kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x8,
+            type_: 0xb, // execute/read, accessed
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            ..Default::default()
+        };
+        let data = kvm_bindings::kvm_segment {
+            selector: 0x10,
+            type_: 0x3, // read/write, accessed
+            db: 1,
+            l: 0,
+            ..code
+        };
+        sregs.cs = code;
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.ss,
+            &mut sregs.fs,
+            &mut sregs.gs,
+        ] {
+            *seg = data;
+        }
+        sregs.cr3 = page_table;
+        sregs.cr4 |= CR4_PAE;
+        sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
+        sregs.efer |= EFER_LME | EFER_LMA;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(HypervisorError::Registers)?;
+        let mut regs = self.fd.get_regs().map_err(HypervisorError::Registers)?;
+        regs.rip = entry;
+        regs.rflags = 2;
+        self.fd.set_regs(&regs).map_err(HypervisorError::Registers)
+    }
+
     fn run(&mut self) -> Result<VmExit, HypervisorError> {
         self.kick.bind_current_thread();
         self.pending = Pending::None;
@@ -138,6 +192,30 @@ impl Vcpu for KvmVcpu {
                 )),
             })),
             Ok(VcpuExit::Hlt) => Ok(Some(VmExit::Hlt)),
+            Ok(VcpuExit::Hypercall(call)) if call.nr == KVM_HC_MAP_GPA_RANGE => {
+                self.pending = Pending::Hypercall;
+                Ok(Some(VmExit::MapGpaRange {
+                    gpa: call.args[0],
+                    npages: call.args[1],
+                    private: call.args[2] & KVM_MAP_GPA_RANGE_ENCRYPTED != 0,
+                }))
+            }
+            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => Ok(Some(VmExit::MemoryFault {
+                gpa,
+                size,
+                private: flags & u64::from(kvm_bindings::KVM_MEMORY_EXIT_FLAG_PRIVATE) != 0,
+            })),
+            Ok(VcpuExit::SystemEvent(kind, data))
+                if kind == kvm_bindings::KVM_SYSTEM_EVENT_SEV_TERM =>
+            {
+                // data[0] is the GHCB MSR value of the request: reason set
+                // in bits 12..16, reason code in bits 16..24.
+                let msr = data.first().copied().unwrap_or_default();
+                Ok(Some(VmExit::Terminated {
+                    reason_set: ((msr >> 12) & 0xf) as u8,
+                    reason_code: ((msr >> 16) & 0xff) as u8,
+                }))
+            }
             Ok(VcpuExit::Shutdown) => Ok(Some(VmExit::Shutdown)),
             // Decoded below, once the borrow of the exit data has ended.
             Ok(VcpuExit::Unsupported(KVM_EXIT_SNP_REQ_CERTS)) => Ok(None),
@@ -206,6 +284,17 @@ impl Vcpu for KvmVcpu {
             ptr::addr_of_mut!((*p).npages).write_volatile(c.npages);
             ptr::addr_of_mut!((*p).ret).write_volatile(c.ret);
         }
+        self.pending = Pending::None;
+        Ok(())
+    }
+
+    fn complete_hypercall(&mut self, ret: u64) -> Result<(), HypervisorError> {
+        if self.pending != Pending::Hypercall {
+            return Err(HypervisorError::NoPendingExit("hypercall"));
+        }
+        // The last run ended with KVM_EXIT_HYPERCALL and no run happened
+        // since, so `hypercall` is the active member of the exit union.
+        self.fd.get_kvm_run().__bindgen_anon_1.hypercall.ret = ret;
         self.pending = Pending::None;
         Ok(())
     }

@@ -38,7 +38,8 @@ use vmm_sys_util::errno::Error as Errno;
 pub use vcpu::{MockCompletion, MockGuest, MockVcpu, ScriptedGuest};
 
 use crate::{
-    Hypervisor, HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, Vm, VmExit, VmType,
+    Hypervisor, HypervisorError, SnpCertsCompletion, SnpCertsRequest, SnpLaunch, SnpPageType, Vcpu,
+    Vm, VmExit, VmType,
 };
 
 /// One thing the VMM did (or the mock returned), in order.
@@ -53,6 +54,8 @@ pub enum MockEvent {
     MapMemory {
         /// `(guest address, size)` of each region.
         regions: Vec<(u64, u64)>,
+        /// Whether the regions are backed by guest_memfd (SNP VMs).
+        guest_memfd: bool,
     },
     /// [`Vm::enable_snp_req_certs`] was called.
     EnableSnpReqCerts {
@@ -70,6 +73,43 @@ pub enum MockEvent {
         vcpu: u8,
         /// The entry point.
         entry: u64,
+    },
+    /// [`Vcpu::setup_long_mode`] was called.
+    SetupLongMode {
+        /// The vCPU number.
+        vcpu: u8,
+        /// The entry point.
+        entry: u64,
+        /// The PML4's address.
+        page_table: u64,
+    },
+    /// [`SnpLaunch::launch_start`] succeeded.
+    SnpLaunchStart {
+        /// The guest policy.
+        policy: u64,
+    },
+    /// [`SnpLaunch::launch_update`] succeeded.
+    SnpLaunchUpdate {
+        /// First address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+        /// What the range holds.
+        page_type: SnpPageType,
+    },
+    /// [`SnpLaunch::launch_finish`] succeeded.
+    SnpLaunchFinish {
+        /// The host data.
+        host_data: [u8; 32],
+    },
+    /// [`SnpLaunch::set_private`] succeeded (`KVM_SET_MEMORY_ATTRIBUTES`).
+    SetMemoryAttributes {
+        /// First address.
+        gpa: u64,
+        /// Bytes.
+        len: u64,
+        /// Private (true) or shared.
+        private: bool,
     },
     /// [`Vcpu::set_immediate_exit`] was called.
     SetImmediateExit {
@@ -101,6 +141,13 @@ pub enum MockEvent {
         port: u16,
         /// The data given.
         data: Vec<u8>,
+    },
+    /// [`Vcpu::complete_hypercall`] succeeded.
+    HypercallCompleted {
+        /// The vCPU number.
+        vcpu: u8,
+        /// The answer.
+        ret: u64,
     },
     /// [`Vcpu::complete_snp_req_certs`] succeeded.
     SnpReqCertsCompleted {
@@ -263,6 +310,7 @@ impl Hypervisor for MockHypervisor {
                 guests: Arc::clone(&self.guests),
                 state: Mutex::new(MockVmState {
                     vcpus: 0,
+                    launch: LaunchPhase::NotStarted,
                     memory: Arc::new(GuestMemoryMmap::new()),
                     mappings: Vec::new(),
                 }),
@@ -271,8 +319,20 @@ impl Hypervisor for MockHypervisor {
     }
 }
 
+/// Where an SNP VM's launch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaunchPhase {
+    /// `LAUNCH_START` not issued yet.
+    NotStarted,
+    /// Between `LAUNCH_START` and `LAUNCH_FINISH`.
+    Started,
+    /// Launched: vCPUs may run.
+    Finished,
+}
+
 struct MockVmState {
     vcpus: usize,
+    launch: LaunchPhase,
     /// All regions mapped so far, as one address space for the guests.
     memory: Arc<GuestMemoryMmap>,
     /// The `Arc`s the VMM passed in, kept alive like KVM does.
@@ -294,6 +354,12 @@ impl MockVmShared {
 
     pub(crate) fn memory(&self) -> Arc<GuestMemoryMmap> {
         Arc::clone(&lock(&self.state).memory)
+    }
+
+    /// Whether a vCPU may run: always on a default VM, after
+    /// `LAUNCH_FINISH` on an SNP VM.
+    pub(crate) fn may_run(&self) -> bool {
+        self.vm_type != VmType::Snp || lock(&self.state).launch == LaunchPhase::Finished
     }
 }
 
@@ -331,7 +397,21 @@ impl Vm for MockVm {
         state.memory = Arc::new(merged);
         state.mappings.push(memory);
         drop(state);
-        self.shared.log.push(MockEvent::MapMemory { regions });
+        let private = self.shared.vm_type == VmType::Snp;
+        self.shared.log.push(MockEvent::MapMemory {
+            regions: regions.clone(),
+            guest_memfd: private,
+        });
+        if private {
+            // As KVM: guest_memfd-backed memory starts private.
+            for (gpa, len) in regions {
+                self.shared.log.push(MockEvent::SetMemoryAttributes {
+                    gpa,
+                    len,
+                    private: true,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -364,6 +444,82 @@ impl Vm for MockVm {
         lock(&self.shared.state).vcpus += 1;
         self.shared.log.push(MockEvent::CreateVcpu { id });
         Ok(Box::new(vcpu))
+    }
+
+    fn snp(&self) -> Option<&dyn SnpLaunch> {
+        (self.shared.vm_type == VmType::Snp).then_some(self as &dyn SnpLaunch)
+    }
+}
+
+impl SnpLaunch for MockVm {
+    fn launch_start(&self, policy: u64) -> Result<(), HypervisorError> {
+        let mut state = lock(&self.shared.state);
+        if state.launch != LaunchPhase::NotStarted {
+            return Err(HypervisorError::SnpLaunchOrder("LAUNCH_START issued twice"));
+        }
+        state.launch = LaunchPhase::Started;
+        drop(state);
+        self.shared.log.push(MockEvent::SnpLaunchStart { policy });
+        Ok(())
+    }
+
+    fn launch_update(
+        &self,
+        gpa: u64,
+        len: u64,
+        page_type: SnpPageType,
+    ) -> Result<(), HypervisorError> {
+        let state = lock(&self.shared.state);
+        if state.launch != LaunchPhase::Started {
+            return Err(HypervisorError::SnpLaunchOrder(
+                "LAUNCH_UPDATE outside LAUNCH_START..LAUNCH_FINISH",
+            ));
+        }
+        if gpa % 4096 != 0 || len % 4096 != 0 || len == 0 {
+            return Err(HypervisorError::SnpLaunchOrder(
+                "LAUNCH_UPDATE of a range that is not whole pages",
+            ));
+        }
+        drop(state);
+        self.shared.log.push(MockEvent::SnpLaunchUpdate {
+            gpa,
+            len,
+            page_type,
+        });
+        Ok(())
+    }
+
+    fn launch_finish(&self, host_data: [u8; 32]) -> Result<(), HypervisorError> {
+        let mut state = lock(&self.shared.state);
+        if state.launch != LaunchPhase::Started || state.vcpus == 0 {
+            return Err(HypervisorError::SnpLaunchOrder(
+                "LAUNCH_FINISH needs LAUNCH_START and the vCPUs first",
+            ));
+        }
+        state.launch = LaunchPhase::Finished;
+        drop(state);
+        self.shared
+            .log
+            .push(MockEvent::SnpLaunchFinish { host_data });
+        Ok(())
+    }
+
+    fn set_private(&self, gpa: u64, len: u64, private: bool) -> Result<(), HypervisorError> {
+        self.shared
+            .log
+            .push(MockEvent::SetMemoryAttributes { gpa, len, private });
+        Ok(())
+    }
+
+    fn supported_cpuid(&self) -> Result<Vec<crate::CpuidLeaf>, HypervisorError> {
+        Ok(vec![crate::CpuidLeaf {
+            function: 0,
+            index: 0,
+            eax: 0x10,
+            ebx: 0x6874_7541,
+            ecx: 0x444d_4163,
+            edx: 0x6974_6e65,
+        }])
     }
 }
 

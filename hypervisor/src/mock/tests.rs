@@ -45,6 +45,7 @@ fn replays_every_exit_kind_and_records_completions() {
     vm.enable_snp_req_certs().unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
     vcpu.setup_real_mode(0x1000).unwrap();
+    launch(vm.as_ref());
 
     let mut seen = Vec::new();
     for _ in 0..script.len() {
@@ -64,13 +65,19 @@ fn replays_every_exit_kind_and_records_completions() {
 
     let events = log.events();
     assert_eq!(
-        &events[..6],
+        &events[..9],
         &[
             MockEvent::CreateVm {
                 vm_type: VmType::Snp
             },
             MockEvent::MapMemory {
-                regions: vec![(0, 0x10000)]
+                regions: vec![(0, 0x10000)],
+                guest_memfd: true,
+            },
+            MockEvent::SetMemoryAttributes {
+                gpa: 0,
+                len: 0x10000,
+                private: true,
             },
             MockEvent::EnableSnpReqCerts { accepted: true },
             MockEvent::CreateVcpu { id: 0 },
@@ -78,6 +85,10 @@ fn replays_every_exit_kind_and_records_completions() {
                 vcpu: 0,
                 entry: 0x1000
             },
+            MockEvent::SnpLaunchStart {
+                policy: crate::DEFAULT_SNP_POLICY
+            },
+            MockEvent::SnpLaunchFinish { host_data: [0; 32] },
             MockEvent::Run {
                 vcpu: 0,
                 immediate_exit: false
@@ -120,6 +131,7 @@ fn immediate_exit_completes_then_interrupts_without_asking_the_guest() {
     let log = hv.log();
     let vm = hv.create_vm(VmType::Snp).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
+    launch(vm.as_ref());
 
     assert_eq!(vcpu.run().unwrap(), VmExit::SnpReqCerts(REQ));
     vcpu.complete_snp_req_certs(SnpCertsCompletion::ok())
@@ -190,6 +202,7 @@ fn uncompleted_exits_reach_the_guest_as_none() {
     let hv = MockHypervisor::new().with_guest(3, guest);
     let vm = hv.create_vm(VmType::Snp).unwrap();
     let mut vcpu = vm.create_vcpu(3).unwrap();
+    launch(vm.as_ref());
     for _ in 0..3 {
         vcpu.run().unwrap();
     }
@@ -222,6 +235,7 @@ fn completions_are_checked() {
     );
     let vm = hv.create_vm(VmType::Snp).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
+    launch(vm.as_ref());
     assert!(matches!(
         vcpu.complete_io_in(&[0]),
         Err(HypervisorError::NoPendingExit(_))
@@ -368,6 +382,7 @@ fn reactive_guest_uses_memory_and_the_answer() {
     let mem = memory();
     vm.map_memory(Arc::clone(&mem)).unwrap();
     let mut vcpu = vm.create_vcpu(0).unwrap();
+    launch(vm.as_ref());
 
     let VmExit::SnpReqCerts(r) = vcpu.run().unwrap() else {
         panic!("expected a certificate request");
@@ -414,4 +429,49 @@ fn vcpu_without_a_guest_shuts_down() {
     let vm = hv.create_vm(VmType::Default).unwrap();
     let mut vcpu = vm.create_vcpu(1).unwrap();
     assert_eq!(vcpu.run().unwrap(), VmExit::Shutdown);
+}
+
+/// Launches an SNP VM (start, finish), so its vCPUs may run.
+fn launch(vm: &dyn Vm) {
+    let snp = vm.snp().unwrap();
+    snp.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
+    snp.launch_finish([0; 32]).unwrap();
+}
+
+#[test]
+fn snp_launch_order_is_enforced() {
+    let hv = MockHypervisor::new();
+    let default = hv.create_vm(VmType::Default).unwrap();
+    assert!(default.snp().is_none());
+    let vm = hv.create_vm(VmType::Snp).unwrap();
+    let snp = vm.snp().unwrap();
+    assert!(matches!(
+        snp.launch_update(0, 4096, crate::SnpPageType::Normal),
+        Err(HypervisorError::SnpLaunchOrder(_))
+    ));
+    snp.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
+    assert!(snp.launch_start(0).is_err(), "twice");
+    assert!(
+        snp.launch_finish([0; 32]).is_err(),
+        "no vCPU yet: the save areas would be missing"
+    );
+    assert!(
+        snp.launch_update(0, 100, crate::SnpPageType::Normal)
+            .is_err()
+    );
+    snp.launch_update(0, 8192, crate::SnpPageType::Zero)
+        .unwrap();
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    assert!(matches!(
+        vcpu.run(),
+        Err(HypervisorError::SnpLaunchOrder(_))
+    ));
+    snp.launch_finish([7; 32]).unwrap();
+    assert!(
+        snp.launch_update(0, 4096, crate::SnpPageType::Normal)
+            .is_err()
+    );
+    vcpu.run().unwrap();
+    let events = hv.log().events();
+    assert!(events.contains(&MockEvent::SnpLaunchFinish { host_data: [7; 32] }));
 }

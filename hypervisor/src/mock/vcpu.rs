@@ -25,6 +25,12 @@ pub enum MockCompletion {
         /// bytes).
         data: Option<Vec<u8>>,
     },
+    /// The previous exit was a page conversion request
+    /// ([`VmExit::MapGpaRange`]).
+    Hypercall {
+        /// The VMM's answer, or `None` if it ran the vCPU without one.
+        ret: Option<u64>,
+    },
     /// The previous exit was a certificate request.
     SnpReqCerts {
         /// The request.
@@ -91,6 +97,9 @@ enum Awaiting {
         request: SnpCertsRequest,
         completion: Option<SnpCertsCompletion>,
     },
+    Hypercall {
+        ret: Option<u64>,
+    },
 }
 
 impl Awaiting {
@@ -106,6 +115,7 @@ impl Awaiting {
                 request,
                 completion,
             },
+            Self::Hypercall { ret } => MockCompletion::Hypercall { ret },
         }
     }
 }
@@ -162,7 +172,21 @@ impl Vcpu for MockVcpu {
         Ok(())
     }
 
+    fn setup_long_mode(&mut self, entry: u64, page_table: u64) -> Result<(), HypervisorError> {
+        self.log(MockEvent::SetupLongMode {
+            vcpu: self.id,
+            entry,
+            page_table,
+        });
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<VmExit, HypervisorError> {
+        if !self.vm.may_run() {
+            return Err(HypervisorError::SnpLaunchOrder(
+                "a vCPU of an SNP VM ran before LAUNCH_FINISH",
+            ));
+        }
         self.kick.bind_current_thread();
         let immediate_exit = self.kick.immediate_exit_for_run(self.immediate_exit);
         self.log(MockEvent::Run {
@@ -195,6 +219,7 @@ impl Vcpu for MockVcpu {
                     completion: None,
                 };
             }
+            VmExit::MapGpaRange { .. } => self.awaiting = Awaiting::Hypercall { ret: None },
             VmExit::Interrupted => self.kick.interrupted(self.immediate_exit),
             _ => {}
         }
@@ -247,6 +272,15 @@ impl Vcpu for MockVcpu {
             request,
             completion: c,
         });
+        Ok(())
+    }
+
+    fn complete_hypercall(&mut self, ret: u64) -> Result<(), HypervisorError> {
+        let Awaiting::Hypercall { ret: slot @ None } = &mut self.awaiting else {
+            return Err(HypervisorError::NoPendingExit("hypercall"));
+        };
+        *slot = Some(ret);
+        self.log(MockEvent::HypercallCompleted { vcpu: self.id, ret });
         Ok(())
     }
 

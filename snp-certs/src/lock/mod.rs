@@ -31,6 +31,18 @@
 //! `F_OFD_SETLKW` fail with `EINTR`. A timeout of zero means a single
 //! non-blocking try.
 //!
+//! # Cancelling
+//!
+//! A wait given a cancel flag ([`lock_or_cancel`]) ends with
+//! [`LockError::Cancelled`] once the flag is set: at once if it is set
+//! before the wait starts, at the next signal to the thread (a VMM's vCPU
+//! kick), and in any case within [`CANCEL_CHECK`], because such a wait
+//! arms its timer in slices of at most that long and looks at the flag
+//! each time it fires. The slices matter for signals installed with
+//! `SA_RESTART` (as most signal crates do), which the kernel restarts the
+//! wait after instead of interrupting it; they cost one wake-up per slice
+//! and only for waits that can be cancelled.
+//!
 //! # Writers first: the intent byte
 //!
 //! Linux grants a shared lock to a newcomer whenever it does not conflict
@@ -96,6 +108,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub use holders::{Holder, holders};
+
+/// The longest a cancellable wait goes without looking at its cancel flag.
+pub const CANCEL_CHECK: Duration = Duration::from_millis(50);
 pub use timer::lock_timer_signal;
 
 /// Which lock to take.
@@ -289,6 +304,10 @@ impl Wait<'_> {
                 }
                 Some(deadline) => deadline - now,
                 None => self.timeout,
+            };
+            let remaining = match self.cancel {
+                Some(_) => remaining.min(CANCEL_CHECK),
+                None => remaining,
             };
             let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
             let result = setlk(file, fl, true);

@@ -18,7 +18,7 @@ use snp_certs::x509::{DocumentKind, to_der};
 use uuid::Uuid;
 
 use crate::chain_report::{self, ChainTime};
-use crate::files::{read_input, write_new_file};
+use crate::files::{check_guest_limit, read_input, write_new_file};
 
 /// Build a new certs file from certificate files (PEM or DER). The chain
 /// is verified (signatures, names, validity) before anything is written.
@@ -73,6 +73,10 @@ pub struct OutputArgs {
     /// Write the table even if its chain does not verify (loudly warned).
     #[arg(long)]
     allow_unverified: bool,
+    /// Write a table above 16 KiB, for guests known to offer a larger
+    /// buffer (Linux guests offer 16 KiB and cannot receive it).
+    #[arg(long)]
+    allow_large: bool,
     #[command(flatten)]
     time: ChainTime,
 }
@@ -140,6 +144,7 @@ impl Inputs {
 /// written) when the chain fails without `--allow-unverified`.
 fn finish(bytes: &[u8], out: &OutputArgs) -> Result<ExitCode> {
     let table = CertTable::parse(bytes).context("the built table does not validate")?;
+    check_guest_limit(bytes.len(), out.allow_large, &out.output)?;
     for w in table.warnings() {
         eprintln!("warning: {w}");
     }

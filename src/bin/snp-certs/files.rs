@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use snp_certs::CertsReader;
-use snp_certs::table::{CertTable, MAX_TABLE_SIZE};
+use snp_certs::table::{CertTable, LINUX_GUEST_MAX_SIZE, MAX_TABLE_SIZE};
 
 /// Largest input file read (a certificate, CRL or table): 1 MiB.
 const MAX_INPUT: u64 = MAX_TABLE_SIZE as u64;
@@ -42,6 +42,20 @@ pub fn with_locked_table<T>(
         .with_context(|| format!("cannot {action} {}", path.display()))?;
     let table = CertTable::parse(locked.bytes).context("invalid table")?;
     Ok(use_table(&table))
+}
+
+/// Refuses a table of `size` bytes for `what` if a Linux guest could not
+/// receive it, unless `allow_large`.
+pub fn check_guest_limit(size: usize, allow_large: bool, what: &Path) -> Result<()> {
+    if size > LINUX_GUEST_MAX_SIZE && !allow_large {
+        bail!(
+            "{}: the table is {size} bytes, and Linux guests cannot receive more than \
+             {LINUX_GUEST_MAX_SIZE} (their certificate buffer is 16 KiB); store DER, drop \
+             extra entries, or pass --allow-large for guests known to offer more",
+            what.display()
+        );
+    }
+    Ok(())
 }
 
 /// What a file that is not a regular file is, for messages.

@@ -12,7 +12,7 @@ use snp_certs::table::CertTable;
 use snp_certs::update::{self, UpdateError, UpdateOptions, UpdateReport};
 
 use crate::chain_report::{self, ChainTime};
-use crate::files::read_input;
+use crate::files::{check_guest_limit, read_input};
 
 /// Exit code when the lock could not be taken in time (EX_TEMPFAIL).
 pub const EXIT_LOCK_TIMEOUT: u8 = 75;
@@ -50,6 +50,10 @@ pub struct NewTableArgs {
     /// Install the table even if its chain does not verify (loudly warned).
     #[arg(long)]
     pub allow_unverified: bool,
+    /// Install a table above 16 KiB, for guests known to offer a larger
+    /// buffer (Linux guests cannot receive it).
+    #[arg(long)]
+    pub allow_large: bool,
     #[command(flatten)]
     pub time: ChainTime,
 }
@@ -60,6 +64,7 @@ pub fn check_new_table(path: &Path, args: &NewTableArgs) -> Result<Option<Vec<u8
     let bytes = read_input(path)?;
     let table = CertTable::parse(&bytes)
         .with_context(|| format!("{} is not a valid certificate table", path.display()))?;
+    check_guest_limit(bytes.len(), args.allow_large, path)?;
     for w in table.warnings() {
         eprintln!("warning: {}: {w}", path.display());
     }

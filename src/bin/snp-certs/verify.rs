@@ -7,15 +7,16 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 use snp_certs::chain::ChainReport;
-use snp_certs::table::TableWarning;
+use snp_certs::table::{LINUX_GUEST_MAX_SIZE, TableWarning};
 
 use crate::chain_report::{self, ChainTime};
 use crate::files;
 
 /// Check the certificate chain in a certs file: ARK self-signed, ASK/ASVK
 /// signed by the ARK, VCEK/VLEK signed by the ASK/ASVK (real signature
-/// checks), names, validity, product line and CRL. Reads the file under
-/// the shared lock. Exit code 0 when the chain verifies, 1 when it does
+/// checks), names, validity, product line and CRL, and that the table fits
+/// the 16 KiB a Linux guest can receive. Reads the file under the shared
+/// lock. Exit code 0 when the chain verifies and the table fits, 1 when
 /// not, 2 when the file cannot be read or is not a valid table.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -24,6 +25,9 @@ pub struct VerifyArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Accept a table above 16 KiB (Linux guests cannot receive one).
+    #[arg(long)]
+    allow_large: bool,
     /// Maximum time in milliseconds to wait for the shared lock.
     #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
     timeout: u64,
@@ -59,6 +63,15 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             println!("warning: {w}");
         }
     }
+    let too_large = report.size > LINUX_GUEST_MAX_SIZE && !args.allow_large;
+    if too_large {
+        eprintln!(
+            "snp-certs: {} holds a {}-byte table: Linux guests cannot receive more than \
+             {LINUX_GUEST_MAX_SIZE} bytes (--allow-large accepts it)",
+            args.file.display(),
+            report.size
+        );
+    }
     if let Some(first) = report.chain.problems.first() {
         eprintln!(
             "snp-certs: the chain in {} does not verify: {}",
@@ -66,7 +79,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             first.message()
         );
     }
-    Ok(if report.chain.is_verified() {
+    Ok(if report.chain.is_verified() && !too_large {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

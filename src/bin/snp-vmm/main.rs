@@ -5,7 +5,10 @@
 //! the guest to finish, prints a summary and exits (0 when the guest got
 //! exactly the certs file's table every time). With `--api-socket` it
 //! serves the REST API until `vmm.shutdown`, creating and booting a VM at
-//! start if VM options are given.
+//! start if VM options are given. With `--check-host` it only reports
+//! whether this host can serve SEV-SNP guests (see [`check_host`]).
+
+mod check_host;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +58,8 @@ struct Args {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    check: check_host::CheckHostArgs,
 }
 
 impl Args {
@@ -132,8 +137,13 @@ fn run_once(
             .map_or("none (empty table)".into(), |p| p.display().to_string()),
         config.snp.certs_timeout
     );
-    vmm.create_vm(config)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    if let Err(e) = vmm.create_vm(config) {
+        if interrupted.load(Ordering::Acquire) {
+            eprintln!("snp-vmm: interrupted during start-up: no VM was created");
+            return Ok(ExitCode::from(130));
+        }
+        bail!(e.message);
+    }
     vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
     let summary = vmm
         .with_vm(|vm| {
@@ -176,11 +186,6 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
     };
     let server = ApiServer::start(socket, Arc::clone(&vmm) as Arc<dyn vmm_api::VmmApi>)
         .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
-    if let Some(config) = config {
-        vmm.create_vm(config)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-        vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
-    }
     // SIGINT/SIGTERM: shut down as `vmm.shutdown` would (VM stopped, leases
     // released, socket removed, events flushed).
     let mut signals =
@@ -195,6 +200,19 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
             }
         })
         .context("cannot start the signal thread")?;
+    // The VM of the command line, if any: its start-up wait for the certs
+    // file ends at SIGINT/SIGTERM too.
+    if let Some(config) = config {
+        if let Err(e) = vmm.create_vm(config).and_then(|()| vmm.boot_vm()) {
+            let exiting = vmm.exiting().load(Ordering::Acquire);
+            server.shutdown();
+            if exiting {
+                eprintln!("snp-vmm: interrupted during start-up: no VM was created");
+                return Ok(ExitCode::from(130));
+            }
+            bail!(e.message);
+        }
+    }
     log::info!("API on {}", socket.display());
     vmm.wait_for_exit_request();
     server.shutdown();
@@ -203,6 +221,9 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
 
 fn run(args: Args) -> Result<ExitCode> {
     init_logging(args.verbose);
+    if args.check.check_host {
+        return check_host::run(&args.check);
+    }
     let (monitor, events) = match &args.event_monitor {
         Some(config) => {
             let (monitor, sender) =
@@ -231,7 +252,9 @@ fn run(args: Args) -> Result<ExitCode> {
             if !args.has_vm_options() {
                 bail!("nothing to do: give VM options (--snp, --payload, ...) or --api-socket");
             }
-            let interrupted = Arc::new(AtomicBool::new(false));
+            // SIGINT/SIGTERM set the VMM's exiting flag: a start-up wait
+            // for the certs file ends, a running VM is stopped.
+            let interrupted = vmm.exiting();
             for signal in [SIGINT, SIGTERM] {
                 signal_hook::flag::register(signal, Arc::clone(&interrupted))
                     .context("cannot install the signal handler")?;

@@ -76,7 +76,9 @@ use test_guests::attest::{self, AttestParams};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::backend::{Backend, BackendChoice};
 use vmm::vm::Vm;
-use vmm_api::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
+use vmm_api::{
+    CpusConfig, MemoryConfig, PayloadConfig, PlatformConfig, SnpConfig, TestGuestConfig, VmConfig,
+};
 
 /// The example table, 3 entries, 4,772 bytes.
 const TABLE: &[u8] = include_bytes!("../docs/examples/certs.bin");
@@ -238,20 +240,21 @@ fn stub_host(kvm: &KvmHypervisor, requests: u32) -> f64 {
 /// returns the seconds from boot to the guest's halt.
 fn end_to_end(backend: &Backend, certs_file: Option<&Path>, requests: u32) -> f64 {
     let config = VmConfig {
-        cpus: CpusConfig { boot: 1 },
+        cpus: CpusConfig::with_boot(1),
         memory: MemoryConfig { size: 1 << 20 },
+        platform: PlatformConfig::default(),
         snp: SnpConfig {
             certs_file: certs_file.map(Path::to_path_buf),
             certs_timeout: 100,
             doorbell: true,
             ..SnpConfig::default()
         },
-        payload: Some(PayloadConfig::Attest {
+        payload: Some(PayloadConfig::test_guest(TestGuestConfig::Attest {
             requests,
             interval_ms: 0,
             retry_ms: 10,
             max_busy_retries: 100,
-        }),
+        })),
     };
     let guests = TestGuests::new(false);
     let mut vm = Vm::create(

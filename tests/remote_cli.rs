@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use common::{Harness, write_file};
 use serde_json::Value;
-use vmm_api::{PayloadConfig, VmState, VmmAction};
+use vmm_api::{CpusConfig, PayloadConfig, TestGuestConfig, VmState, VmmAction};
 
 fn snp_remote(socket: &Path, cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_snp-remote"))
@@ -48,7 +48,11 @@ fn ok(h: &Harness, args: &[&str]) -> String {
 fn ping_human_and_json() {
     let h = Harness::start();
     let out = ok(&h, &["ping"]);
-    assert!(out.starts_with("snp-vmm 0.1.0, pid "), "{out}");
+    assert!(
+        out.starts_with("snp-vmm 0.1.0 (build 0.1.0-test), pid "),
+        "{out}"
+    );
+    assert!(out.contains("features: mock\n"), "{out}");
     assert!(out.contains("hypervisor: mock\n"), "{out}");
     assert!(
         out.contains("SNP certificate exits: not supported\n"),
@@ -103,12 +107,12 @@ fn lifecycle_with_options() {
     assert_eq!(config.memory.size, 128 << 20);
     assert_eq!(
         config.payload,
-        Some(PayloadConfig::Attest {
+        Some(PayloadConfig::test_guest(TestGuestConfig::Attest {
             requests: 3,
             interval_ms: 10,
             retry_ms: 10,
             max_busy_retries: 100,
-        })
+        }))
     );
     assert_eq!(config.snp.certs_file, Some(expected));
     drop(s);
@@ -123,21 +127,25 @@ fn create_from_json_file() {
     let h = Harness::start();
     std::fs::write(
         h.path("vm.json"),
-        r#"{"cpus": {"boot": 1}, "payload": {"kind": "attest", "requests": 9}}"#,
+        r#"{"cpus": {"boot_vcpus": 1}, "payload": {"test_guest": {"kind": "attest", "requests": 9}}}"#,
     )
     .unwrap();
     ok(&h, &["create", "--config", "vm.json"]);
     let v: Value = serde_json::from_str(&ok(&h, &["info", "--json"])).unwrap();
     assert_eq!(
         v["config"]["payload"],
-        serde_json::json!({"kind": "attest", "requests": 9, "interval_ms": 0,
-                           "retry_ms": 10, "max_busy_retries": 100})
+        serde_json::json!({"test_guest": {"kind": "attest", "requests": 9, "interval_ms": 0,
+                           "retry_ms": 10, "max_busy_retries": 100}})
     );
     assert_eq!(v["state"], "Created");
 
     // A bad file is refused before anything is sent.
-    std::fs::write(h.path("bad.json"), r#"{"cpus": {"boot": 1, "max": 2}}"#).unwrap();
-    let r = run(&h, &["create", "--config", "bad.json"]);
+    std::fs::write(
+        h.path("bad.json"),
+        r#"{"cpus": {"boot_vcpus": 1, "max": 2}}"#,
+    )
+    .unwrap();
+    let r = run(&h, &["create", "bad.json"]);
     assert_eq!(r.code, 2);
     assert!(
         r.stderr
@@ -145,6 +153,87 @@ fn create_from_json_file() {
         "{}",
         r.stderr
     );
+    // max_vcpus other than boot_vcpus: refused with the reason.
+    std::fs::write(
+        h.path("max.json"),
+        r#"{"cpus": {"boot_vcpus": 1, "max_vcpus": 2}}"#,
+    )
+    .unwrap();
+    let r = run(&h, &["--json", "create", "max.json"]);
+    assert_eq!(r.code, 2);
+    let v: Value = serde_json::from_str(r.stderr.trim()).unwrap();
+    assert_eq!(v["error"][0], "Invalid VM configuration");
+    assert!(
+        v["error"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("cpus.max_vcpus must equal cpus.boot_vcpus (1)"),
+        "{v}"
+    );
+}
+
+/// Runs snp-remote with `input` on stdin.
+fn run_with_stdin(h: &Harness, args: &[&str], input: &str) -> Run {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snp-remote"))
+        .arg("--api-socket")
+        .arg(&h.socket)
+        .args(args)
+        .current_dir(h.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+#[test]
+fn create_reads_stdin_like_ch_remote() {
+    for args in [&["create"][..], &["create", "-"][..]] {
+        let h = Harness::start();
+        let r = run_with_stdin(&h, args, r#"{"cpus": {"boot_vcpus": 3}}"#);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        let (config, _) = h.vmm.state.lock().unwrap().vm.clone().unwrap();
+        assert_eq!(config.cpus, CpusConfig::with_boot(3), "{args:?}");
+    }
+    let h = Harness::start();
+    let r = run_with_stdin(&h, &["create", "-"], "{not json");
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .starts_with("snp-remote: Invalid VM configuration in stdin"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let h = Harness::start();
+    let writer = closed_pipe();
+    let out = Command::new(env!("CARGO_BIN_EXE_snp-remote"))
+        .arg("--api-socket")
+        .arg(&h.socket)
+        .arg("ping")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
 
 #[test]
@@ -200,14 +289,12 @@ fn set_certs_clear_certs_certs_counters() {
     assert_eq!(v["certs_file"], Value::Null);
 
     let out = ok(&h, &["counters"]);
-    assert!(out.starts_with("requests:         2\n"), "{out}");
-    assert!(out.contains("  size-query:     1\n"), "{out}");
-    assert!(
-        out.contains("lock wait (us):   count 1, p50 0, p90 0, p99 0, max 12\n"),
-        "{out}"
-    );
+    assert!(out.starts_with("snp-certs:\n"), "{out}");
+    assert!(out.contains("\n  reason_size_query:"), "{out}");
+    assert!(out.contains("\n  lock_wait_max_us:"), "{out}");
     let v: Value = serde_json::from_str(&ok(&h, &["counters", "--json"])).unwrap();
-    assert_eq!(v["bytes_delivered"], 4096);
+    assert_eq!(v["snp-certs"]["bytes_delivered"], 4096);
+    assert_eq!(v["snp-certs"]["lock_wait_max_us"], 12);
 }
 
 #[test]
@@ -216,6 +303,9 @@ fn api_errors_exit_1_with_the_servers_message() {
     let r = run(&h, &["info"]);
     assert_eq!((r.code, r.stdout.as_str()), (1, ""));
     assert_eq!(r.stderr, "snp-remote: No VM has been created\n");
+    let r = run(&h, &["--json", "info"]);
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""));
+    assert_eq!(r.stderr, "{\"error\":[\"No VM has been created\"]}\n");
     h.boot();
     let r = run(&h, &["set-certs", "--certs-file", "/no/such/file"]);
     assert_eq!(r.code, 1);
@@ -275,4 +365,22 @@ fn usage_and_connection_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A pipe's write end whose read end is already closed, as stdout of
+/// `cmd | head -0`.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (reader, writer) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    writer
 }

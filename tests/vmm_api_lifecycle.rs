@@ -56,9 +56,9 @@ fn counters_match_the_events_and_shutdown_leaks_no_lease() {
     // Everything sent before the shutdown event is in the file once it is.
     let shutdown = vmm.events.wait_named_from(0, "shutdown", 1);
     assert_eq!(props(&shutdown[0])["leases_held"], 0);
-    let counters = vmm.remote_json(&["counters"]);
+    let counters = vmm.remote_json(&["certs"])["stats"].clone();
     assert_eq!(
-        vmm.remote_json(&["counters"]),
+        vmm.remote_json(&["certs"])["stats"],
         counters,
         "still counting after shutdown"
     );
@@ -91,6 +91,12 @@ fn counters_match_the_events_and_shutdown_leaks_no_lease() {
     assert_eq!(c["leases_released"], released.len(), "{c}");
     assert_eq!(c["leases_held"], 0, "{c}");
     assert_eq!(c["events_dropped"], 0, "{c}");
+    // vm.counters: the same numbers in Cloud Hypervisor's map.
+    let map = vmm.remote_json(&["counters"]);
+    let device = &map["snp-certs"];
+    assert_eq!(device["delivered"], delivered.len(), "{map}");
+    assert_eq!(device["need_pages"], need.len(), "{map}");
+    assert_eq!(device["leases_released"], released.len(), "{map}");
     let bytes: u64 = delivered
         .iter()
         .map(|e| props(e)["bytes"].as_u64().unwrap())
@@ -236,12 +242,13 @@ fn lifecycle_through_snp_remote() {
     );
     assert_eq!(
         info["config"],
-        json!({"cpus": {"boot": 2}, "memory": {"size": 64 << 20},
+        json!({"cpus": {"boot_vcpus": 2, "max_vcpus": 2}, "memory": {"size": 64 << 20},
+               "platform": {"sev_snp": false},
                "snp": {"certs_file": a, "certs_timeout": 100, "busy_budget": 30000,
                        "on_error": "empty", "allow_large": false, "startup_wait": 30000,
                        "doorbell": true},
-               "payload": {"kind": "attest", "requests": 100000, "interval_ms": 5,
-                           "retry_ms": 10, "max_busy_retries": 100}})
+               "payload": {"test_guest": {"kind": "attest", "requests": 100000, "interval_ms": 5,
+                                          "retry_ms": 10, "max_busy_retries": 100}}})
     );
 
     let run = vmm.remote(&["boot"]);
@@ -250,7 +257,7 @@ fn lifecycle_through_snp_remote() {
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(
         run.stderr.trim(),
-        "snp-remote: The VM is Running: only a created VM can boot"
+        "snp-remote: The VM is Running: shut it down before booting it again"
     );
     let r = vmm.raw("PUT", "vm.boot", None);
     assert_eq!(r.status, 409, "{}", r.text());
@@ -279,7 +286,16 @@ fn lifecycle_through_snp_remote() {
         "{run:?}"
     );
     assert_eq!(vmm.raw("PUT", "vm.shutdown", None).status, 409);
-    assert_eq!(vmm.raw("PUT", "vm.boot", None).status, 409);
+    // A shut-down VM boots again, as in Cloud Hypervisor: created anew
+    // from its configuration.
+    let reports = vmm.events.named("report").len();
+    let run = vmm.remote(&["boot"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
+    assert_eq!(vmm.remote_json(&["info"])["state"], "Running");
+    vmm.events.wait_named_from(0, "booted", 2);
+    vmm.events.wait_named_from(0, "report", reports + 1);
+    let run = vmm.remote(&["shutdown"]);
+    assert_eq!(run.code, 0, "{run:?}");
     let run = vmm.remote(&["delete"]);
     assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{run:?}");
     let run = vmm.remote(&["info"]);
@@ -429,7 +445,10 @@ fn kvm_shutdown_is_prompt_while_a_vcpu_waits_for_the_lock() {
     );
     let busy = vmm.events.wait_named_from(0, "busy", 1);
     assert_eq!(props(busy.last().unwrap())["reason"], "lock-cancelled");
-    assert_eq!(vmm.remote_json(&["counters"])["leases_held"], 0);
+    assert_eq!(
+        vmm.remote_json(&["counters"])["snp-certs"]["leases_held"],
+        0
+    );
     tool.release();
 }
 

@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 
 use crate::routes::{API_ROOT, Method};
 use vmm_api::{
-    ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmCounters, VmInfo,
+    CounterMap, ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmInfo,
 };
 
 /// Default time limit for one call.
@@ -62,13 +62,14 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
-    /// The server refused the request; `message` is its explanation.
-    #[error("{message}")]
+    /// The server refused the request; `chain` is its explanation,
+    /// outermost first.
+    #[error("{}", .chain.join(": "))]
     Api {
         /// HTTP status.
         status: u16,
-        /// The server's message.
-        message: String,
+        /// The server's error chain.
+        chain: Vec<String>,
     },
 }
 
@@ -96,14 +97,21 @@ impl ApiResponse {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The message of an error answer: `error` of the JSON body, or else
-    /// the body text, or else the status.
-    pub fn error_message(&self) -> String {
+    /// The error chain of an error answer, outermost first: the JSON
+    /// array of strings the server sends, or else the body text, or else
+    /// the status.
+    pub fn error_chain(&self) -> Vec<String> {
         match serde_json::from_slice::<ErrorBody>(&self.body) {
-            Ok(e) => e.error,
-            Err(_) if !self.body.is_empty() => self.text(),
-            Err(_) => format!("HTTP status {}", self.status),
+            Ok(ErrorBody(chain)) if !chain.is_empty() => chain,
+            _ if !self.body.is_empty() => vec![self.text()],
+            _ => vec![format!("HTTP status {}", self.status)],
         }
+    }
+
+    /// The error chain on one line (`outer: inner`), as `ch-remote`
+    /// prints it.
+    pub fn error_message(&self) -> String {
+        self.error_chain().join(": ")
     }
 
     /// [`ClientError::Api`] unless the status is 2xx.
@@ -113,7 +121,7 @@ impl ApiResponse {
         } else {
             Err(ClientError::Api {
                 status: self.status,
-                message: self.error_message(),
+                chain: self.error_chain(),
             })
         }
     }
@@ -250,8 +258,8 @@ impl ApiClient {
             .json("vm.snp-certs")
     }
 
-    /// `GET vm.counters`.
-    pub fn counters(&self) -> Result<VmCounters, ClientError> {
+    /// `GET vm.counters`: device → counter → value.
+    pub fn counters(&self) -> Result<CounterMap, ClientError> {
         self.get("vm.counters")
     }
 }

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use crate::routes::{Method, ROUTES, Success};
 use vmm_api::{
-    ErrorBody, LockWaitSummary, OutcomeCounts, PayloadConfig, PingResponse, SnpCertsInfo,
-    SnpCertsUpdate, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
+    COUNTERS_DEVICE, ErrorBody, LockWaitSummary, OutcomeCounts, PayloadConfig, PingResponse,
+    SnpCertsInfo, SnpCertsUpdate, TestGuestConfig, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
 };
 
 fn document() -> Value {
@@ -91,10 +91,16 @@ fn bodies_and_responses_match_the_route_table() {
                 assert!(responses["204"].get("content").is_none(), "{what}");
             }
         }
-        assert!(responses.contains_key("500"), "{what} lacks 500");
-        if route.endpoint.starts_with("vm.") && route.endpoint != "vm.create" {
-            assert!(responses.contains_key("404"), "{what} lacks 404 (no VM)");
-        }
+        let errors: Vec<u16> = responses
+            .keys()
+            .filter(|s| !s.starts_with('2'))
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(errors, route.error_statuses(), "{what}: error statuses");
+        assert_eq!(
+            responses["405"]["$ref"], "#/components/responses/MethodNotAllowed",
+            "{what}"
+        );
     }
 }
 
@@ -127,7 +133,7 @@ fn every_reference_resolves() {
         assert!(doc.pointer(pointer).is_some(), "dangling {r}");
     }
     // Discriminator mappings are references too.
-    let mapping = &doc["components"]["schemas"]["PayloadConfig"]["discriminator"]["mapping"];
+    let mapping = &doc["components"]["schemas"]["TestGuest"]["discriminator"]["mapping"];
     for target in mapping.as_object().unwrap().values() {
         let pointer = target.as_str().unwrap().strip_prefix('#').unwrap();
         assert!(doc.pointer(pointer).is_some(), "dangling {target}");
@@ -157,8 +163,10 @@ fn schemas_match_the_rust_types() {
         certs: SnpCertsInfo::default(),
     };
     let ping = PingResponse {
+        build_version: "0".into(),
         version: "0".into(),
         pid: 1,
+        features: vec!["kvm".into()],
         hypervisor: "kvm".into(),
         snp_req_certs_supported: true,
     };
@@ -180,8 +188,25 @@ fn schemas_match_the_rust_types() {
             serde_json::to_value(VmConfig::default().snp).unwrap(),
         ),
         (
+            "PlatformConfig",
+            serde_json::to_value(VmConfig::default().platform).unwrap(),
+        ),
+        (
+            "PayloadConfig",
+            serde_json::to_value(PayloadConfig {
+                test_guest: Some(TestGuestConfig::attest()),
+                firmware: Some("/f".into()),
+                kernel: Some("/k".into()),
+                cmdline: Some("c".into()),
+                initramfs: Some("/i".into()),
+                igvm: Some("/g".into()),
+                host_data: Some("00".repeat(32)),
+            })
+            .unwrap(),
+        ),
+        (
             "AttestPayload",
-            serde_json::to_value(PayloadConfig::attest()).unwrap(),
+            serde_json::to_value(TestGuestConfig::attest()).unwrap(),
         ),
         ("PingResponse", serde_json::to_value(&ping).unwrap()),
         ("VmInfo", serde_json::to_value(&info).unwrap()),
@@ -206,16 +231,12 @@ fn schemas_match_the_rust_types() {
             "LockWaitSummary",
             serde_json::to_value(LockWaitSummary::default()).unwrap(),
         ),
-        (
-            "ErrorBody",
-            serde_json::to_value(ErrorBody { error: "e".into() }).unwrap(),
-        ),
     ]);
     let documented: BTreeSet<&str> = schemas
         .as_object()
         .unwrap()
         .iter()
-        .filter(|(_, s)| s["type"] == "object")
+        .filter(|(_, s)| s["type"] == "object" && s.get("properties").is_some())
         .map(|(name, _)| name.as_str())
         .collect();
     assert_eq!(documented, samples.keys().copied().collect());
@@ -238,7 +259,9 @@ fn schemas_match_the_rust_types() {
         "VmConfig",
         "CpusConfig",
         "MemoryConfig",
+        "PlatformConfig",
         "SnpConfig",
+        "PayloadConfig",
         "AttestPayload",
         "SnpCertsUpdate",
     ] {
@@ -249,6 +272,23 @@ fn schemas_match_the_rust_types() {
         .map(|s| serde_json::to_value(s).unwrap())
         .collect();
     assert_eq!(schemas["VmState"]["enum"], Value::Array(states));
+    // The error body is Cloud Hypervisor's array of strings.
+    let error = serde_json::to_value(ErrorBody(vec!["a".into(), "b".into()])).unwrap();
+    assert!(error.is_array());
+    assert_eq!(schemas["ErrorBody"]["type"], "array");
+    assert_eq!(schemas["ErrorBody"]["items"]["type"], "string");
+    // The counters are Cloud Hypervisor's device → counter → integer map.
+    let map = serde_json::to_value(VmCounters::default().counter_map()).unwrap();
+    assert!(map[COUNTERS_DEVICE]["delivered"].is_u64());
+    let counter = &schemas["CounterMap"]["additionalProperties"]["additionalProperties"];
+    assert_eq!(counter["type"], "integer");
+    // Paths carry the absolute-path pattern wherever a client sends one.
+    for schema in ["SnpConfig", "SnpCertsUpdate"] {
+        assert_eq!(
+            schemas[schema]["properties"]["certs_file"]["pattern"], "^/",
+            "{schema}"
+        );
+    }
 }
 
 /// The documented defaults are the Rust defaults.
@@ -260,11 +300,12 @@ fn defaults_match() {
     for (section, schema) in [
         ("cpus", "CpusConfig"),
         ("memory", "MemoryConfig"),
+        ("platform", "PlatformConfig"),
         ("snp", "SnpConfig"),
         ("payload", "AttestPayload"),
     ] {
         let defaults = match section {
-            "payload" => serde_json::to_value(PayloadConfig::attest()).unwrap(),
+            "payload" => serde_json::to_value(TestGuestConfig::attest()).unwrap(),
             _ => config[section].clone(),
         };
         for (field, property) in schemas[schema]["properties"].as_object().unwrap() {

@@ -8,7 +8,7 @@
 use serde::de::DeserializeOwned;
 
 use snp_certs::CertsConfig;
-use vmm_api::{ApiError, ApiErrorKind, SnpCertsUpdate, VmConfig, VmmAction, error_chain};
+use vmm_api::{ApiError, ApiErrorKind, SnpCertsUpdate, VmConfig, VmmAction};
 
 /// Prefix of every endpoint path.
 pub const API_ROOT: &str = "/api/v1/";
@@ -143,10 +143,37 @@ pub const ROUTES: &[Route] = &[
         "vm.counters",
         Get,
         None,
-        Success::Json("VmCounters"),
+        Success::Json("CounterMap"),
         |r, b| { no_body(r, b, VmmAction::VmCounters) }
     ),
 ];
+
+impl Route {
+    /// Every error status this route can answer, by rule: 400 (a bad body,
+    /// or any body where none is taken), 405 (the same path with another
+    /// method), 413 and 500 everywhere; 404 (no VM) on every `vm.*`
+    /// endpoint but `vm.create`; 409 where the VM's state matters or a
+    /// certs file is validated (it may be locked for an update).
+    /// `openapi.yaml` lists exactly these.
+    pub fn error_statuses(&self) -> Vec<u16> {
+        let mut statuses = vec![400, 405, 413, 500];
+        if self.endpoint.starts_with("vm.") && self.endpoint != "vm.create" {
+            statuses.push(404);
+        }
+        let conflicts = matches!(
+            (self.endpoint, self.method),
+            (
+                "vm.create" | "vm.boot" | "vm.shutdown" | "vm.snp-certs",
+                Method::Put
+            )
+        );
+        if conflicts {
+            statuses.push(409);
+        }
+        statuses.sort_unstable();
+        statuses
+    }
+}
 
 /// The methods `path` accepts, in table order; empty for unknown paths.
 pub fn allowed_methods(path: &str) -> Vec<Method> {
@@ -222,34 +249,29 @@ fn json<T: DeserializeOwned>(route: &Route, body: &[u8]) -> Result<T, ApiError> 
     }
     // serde also reads structs from arrays; the API speaks objects only.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::bad_request(format!(
-            "{prefix}: expected a JSON object"
-        )));
+        return Err(ApiError::bad_request("Expected a JSON object").context(prefix));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if matches!(path.as_str(), "" | "." | "?") {
-            ApiError::bad_request(format!("{prefix}: {inner}"))
+            ApiError::from_error(ApiErrorKind::BadRequest, &inner).context(prefix.clone())
         } else {
-            ApiError::bad_request(format!("{prefix}: {path}: {inner}"))
+            ApiError::bad_request(format!("{path}: {inner}")).context(prefix.clone())
         }
     })?;
     deserializer
         .end()
-        .map_err(|e| ApiError::bad_request(format!("{prefix}: {e}")))?;
+        .map_err(|e| ApiError::from_error(ApiErrorKind::BadRequest, &e).context(prefix))?;
     Ok(value)
 }
 
 fn parse_create(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
     let config: VmConfig = json(route, body)?;
     config.validate().map_err(|e| {
-        ApiError::bad_request(format!(
-            "Invalid {} body: {}",
-            route.endpoint,
-            error_chain(&e)
-        ))
+        ApiError::from_error(ApiErrorKind::BadRequest, &e)
+            .context(format!("Invalid {} body", route.endpoint))
     })?;
     Ok(VmmAction::CreateVm(Box::new(config)))
 }
@@ -258,11 +280,8 @@ fn parse_put_certs(route: &Route, body: &[u8]) -> Result<VmmAction, ApiError> {
     let update: SnpCertsUpdate = json(route, body)?;
     // snp-certs's rules, on a configuration holding just the values given.
     update.apply(&CertsConfig::default()).check().map_err(|e| {
-        ApiError::bad_request(format!(
-            "Invalid {} body: {}",
-            route.endpoint,
-            error_chain(&e)
-        ))
+        ApiError::from_error(ApiErrorKind::BadRequest, &e)
+            .context(format!("Invalid {} body", route.endpoint))
     })?;
     Ok(VmmAction::PutSnpCerts(update))
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::*;
-use vmm_api::PayloadConfig;
+use vmm_api::{CpusConfig, PayloadConfig, TestGuestConfig};
 
 fn parse(method: &str, endpoint: &str, body: &str) -> Result<VmmAction, ApiError> {
     parse_request(method, &format!("{API_ROOT}{endpoint}"), body.as_bytes())
@@ -40,7 +40,7 @@ fn every_endpoint_without_body() {
         let err = bad(method, endpoint, "{}");
         assert_eq!(err.kind, ApiErrorKind::BadRequest);
         assert_eq!(
-            err.message,
+            err.message(),
             format!("{method} {endpoint} takes no request body")
         );
     }
@@ -48,24 +48,24 @@ fn every_endpoint_without_body() {
 
 #[test]
 fn create_vm() {
-    let body = r#"{"cpus":{"boot":2},"memory":{"size":4194304},
+    let body = r#"{"cpus":{"boot_vcpus":2},"memory":{"size":4194304},
         "snp":{"certs_file":"/c.bin","certs_timeout":5,"doorbell":true},
-        "payload":{"kind":"attest","requests":3,"interval_ms":7}}"#;
+        "payload":{"test_guest":{"kind":"attest","requests":3,"interval_ms":7}}}"#;
     let VmmAction::CreateVm(config) = parse("PUT", "vm.create", body).unwrap() else {
         panic!("not CreateVm");
     };
-    assert_eq!(config.cpus.boot, 2);
+    assert_eq!(config.cpus, CpusConfig::with_boot(2));
     assert_eq!(config.memory.size, 4 << 20);
     assert_eq!(config.snp.certs_file, Some(PathBuf::from("/c.bin")));
     assert!(config.snp.doorbell);
     assert_eq!(
         config.payload,
-        Some(PayloadConfig::Attest {
+        Some(PayloadConfig::test_guest(TestGuestConfig::Attest {
             requests: 3,
             interval_ms: 7,
             retry_ms: 10,
             max_busy_retries: 100,
-        })
+        }))
     );
     assert_eq!(
         parse("PUT", "vm.create", "{}").unwrap(),
@@ -77,16 +77,32 @@ fn create_vm() {
 fn create_vm_refusals_name_the_field() {
     let cases = [
         (
-            r#"{"cpus":{"boot":"two"}}"#,
-            "Invalid vm.create body: cpus.boot: invalid type: string",
+            r#"{"cpus":{"boot_vcpus":"two"}}"#,
+            "Invalid vm.create body: cpus.boot_vcpus: invalid type: string",
         ),
         (
-            r#"{"cpus":{"boot":300}}"#,
-            "Invalid vm.create body: cpus.boot: invalid value: integer `300`",
+            r#"{"cpus":{"boot_vcpus":300}}"#,
+            "Invalid vm.create body: cpus.boot_vcpus: invalid value: integer `300`",
         ),
         (
-            r#"{"cpus":{"boot":0}}"#,
-            "Invalid vm.create body: cpus.boot must be between 1 and 8, got 0",
+            r#"{"cpus":{"boot_vcpus":0}}"#,
+            "Invalid vm.create body: cpus.boot_vcpus must be between 1 and 8, got 0",
+        ),
+        (
+            r#"{"cpus":{"boot_vcpus":2,"max_vcpus":4}}"#,
+            "Invalid vm.create body: cpus.max_vcpus must equal cpus.boot_vcpus (2)",
+        ),
+        (
+            r#"{"cpus":{"boot":2}}"#,
+            "Invalid vm.create body: cpus.boot: unknown field `boot`",
+        ),
+        (
+            r#"{"platform":{"sev_snp":"yes"}}"#,
+            "Invalid vm.create body: platform.sev_snp: invalid type: string",
+        ),
+        (
+            r#"{"payload":{"kernel":"/vmlinux"}}"#,
+            "Invalid vm.create body: Invalid payload: payload.kernel is not supported: snp-vmm runs only its built-in test guests",
         ),
         (
             r#"{"memory":{"size":12345}}"#,
@@ -109,21 +125,30 @@ fn create_vm_refusals_name_the_field() {
             "Invalid vm.create body: cpu: unknown field `cpu`, expected one of `cpus`",
         ),
         (
-            r#"{"payload":{"kind":"linux"}}"#,
-            "Invalid vm.create body: payload.kind: unknown variant `linux`",
+            r#"{"payload":{"test_guest":{"kind":"linux"}}}"#,
+            "Invalid vm.create body: payload.test_guest.kind: unknown variant `linux`",
         ),
         (
-            r#"{"payload":{"kind":"attest","requests":0}}"#,
-            "Invalid vm.create body: payload.requests must be at least 1",
+            r#"{"payload":{"kind":"attest"}}"#,
+            "Invalid vm.create body: payload.kind: unknown field `kind`",
         ),
-        ("[]", "Invalid vm.create body: expected a JSON object"),
-        ("null", "Invalid vm.create body: expected a JSON object"),
+        (
+            r#"{"payload":{"test_guest":{"kind":"attest","requests":0}}}"#,
+            "Invalid vm.create body: Invalid payload: payload.test_guest.requests must be at least 1",
+        ),
+        ("[]", "Invalid vm.create body: Expected a JSON object"),
+        ("null", "Invalid vm.create body: Expected a JSON object"),
         ("", "PUT vm.create needs a JSON body"),
     ];
     for (body, start) in cases {
         let err = bad("PUT", "vm.create", body);
         assert_eq!(err.kind, ApiErrorKind::BadRequest, "{body}");
-        assert!(err.message.starts_with(start), "{body}: {}", err.message);
+        assert!(
+            err.message().starts_with(start),
+            "{body}: {}",
+            err.message()
+        );
+        assert_eq!(err.chain[0], start.split(": ").next().unwrap(), "{body}");
     }
 }
 
@@ -172,7 +197,7 @@ fn put_snp_certs_refusals() {
         ),
         (
             "not json",
-            "Invalid vm.snp-certs body: expected a JSON object",
+            "Invalid vm.snp-certs body: Expected a JSON object",
         ),
         (
             "{not json}",
@@ -227,7 +252,12 @@ fn put_snp_certs_refusals() {
     for (body, start) in cases {
         let err = bad("PUT", "vm.snp-certs", body);
         assert_eq!(err.kind, ApiErrorKind::BadRequest, "{body}");
-        assert!(err.message.starts_with(start), "{body}: {}", err.message);
+        assert!(
+            err.message().starts_with(start),
+            "{body}: {}",
+            err.message()
+        );
+        assert_eq!(err.chain[0], start.split(": ").next().unwrap(), "{body}");
     }
 }
 
@@ -260,7 +290,7 @@ fn wrong_method_is_405_with_allowed_methods() {
             "{method} {endpoint}"
         );
         assert_eq!(
-            err.message,
+            err.message(),
             format!("{API_ROOT}{endpoint} does not take {method}; allowed: {allowed}")
         );
     }
@@ -284,7 +314,7 @@ fn unknown_endpoint_is_404() {
     ] {
         let err = parse_request("GET", path, b"").unwrap_err();
         assert_eq!(err.kind, ApiErrorKind::NotFound, "{path}");
-        assert_eq!(err.message, format!("Unknown endpoint {path}"));
+        assert_eq!(err.message(), format!("Unknown endpoint {path}"));
     }
 }
 

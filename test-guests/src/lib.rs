@@ -12,6 +12,9 @@
 //! * [`attest`]: the real-mode attestation guest (machine code for KVM and
 //!   its Rust twin for the mock backend), asking through the emulated
 //!   doorbell.
+//! * [`snp`]: the SEV-SNP guest (64-bit machine code speaking the GHCB
+//!   protocol, and its Rust twin), asking through the extended guest
+//!   request.
 //! * [`report`]: the report and delay ports and the report format.
 //! * [`record`] and [`summary`]: checking what the guest reported against
 //!   what was delivered, and the end-of-run summary.
@@ -21,6 +24,7 @@ pub mod devices;
 pub mod payloads;
 pub mod record;
 pub mod report;
+pub mod snp;
 pub mod summary;
 
 pub use payloads::TestGuests;

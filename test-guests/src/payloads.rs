@@ -10,7 +10,7 @@ use vmm::payload::{
     DeviceContext, Payload, PayloadError, PayloadFactory, RequestObserver, VcpuStart,
 };
 use vmm::pio::PioBus;
-use vmm_api::PayloadConfig;
+use vmm_api::TestGuestConfig;
 
 use crate::attest::{self, AttestParams, MockAttestGuest};
 use crate::devices::{DeliveryObserver, GuestPorts};
@@ -49,9 +49,9 @@ impl TestGuests {
 }
 
 impl PayloadFactory for TestGuests {
-    fn build(&self, config: &PayloadConfig) -> Result<Box<dyn Payload>, PayloadError> {
+    fn build(&self, config: &TestGuestConfig) -> Result<Box<dyn Payload>, PayloadError> {
         match *config {
-            PayloadConfig::Attest {
+            TestGuestConfig::Attest {
                 requests,
                 interval_ms,
                 retry_ms,
@@ -147,5 +147,40 @@ impl Payload for AttestPayload {
         self.observer
             .get()
             .map(|o| Arc::clone(o) as Arc<dyn RequestObserver>)
+    }
+}
+
+/// The SEV-SNP guest ([`crate::snp`]), built directly until the VM
+/// configuration has a payload kind for it.
+impl TestGuests {
+    /// The SNP attestation guest for `params`, with the C-bit at
+    /// [`crate::snp::DEFAULT_C_BIT`]. Its log is kept like the real-mode
+    /// guest's ([`Self::last_log`]).
+    pub fn snp_attest(&self, params: AttestParams) -> Box<dyn Payload> {
+        match self.snp_attest_c_bit(params, crate::snp::DEFAULT_C_BIT) {
+            Ok(payload) => payload,
+            // The default C-bit is valid and the program assembles (both
+            // tested); should that ever change, a payload that cannot load
+            // says why when the VM is created.
+            Err(e) => Box::new(crate::snp::payload_error(e)),
+        }
+    }
+
+    /// The SNP attestation guest for `params` with the C-bit at `c_bit`
+    /// (the host's CPUID `0x8000_001F` EBX\[5:0\]). Fails for a position
+    /// outside 32..=51.
+    pub fn snp_attest_c_bit(
+        &self,
+        params: AttestParams,
+        c_bit: u8,
+    ) -> Result<Box<dyn Payload>, PayloadError> {
+        let log = Arc::new(AttestLog::default());
+        let payload =
+            crate::snp::SnpPayload::new(params, c_bit, Arc::clone(&log), self.print_reports)?;
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(log);
+        Ok(Box::new(payload))
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::certs::{SnpCertsInfo, SnpCertsUpdate, VmCounters};
+use super::certs::{CounterMap, SnpCertsInfo, SnpCertsUpdate};
 use super::config::VmConfig;
 use super::vm::{PingResponse, VmInfo};
 
@@ -45,8 +45,9 @@ pub enum VmmData {
     /// For [`VmmAction::GetSnpCerts`] and [`VmmAction::PutSnpCerts`] (the
     /// configuration now in force).
     SnpCerts(Box<SnpCertsInfo>),
-    /// For [`VmmAction::VmCounters`].
-    Counters(Box<VmCounters>),
+    /// For [`VmmAction::VmCounters`]: Cloud Hypervisor's map, device →
+    /// counter → value.
+    Counters(CounterMap),
 }
 
 /// The class of an [`ApiError`]; the server maps each to an HTTP status.
@@ -81,23 +82,43 @@ impl ApiErrorKind {
     }
 }
 
-/// A refused request: a class and a one-line message for the user.
+/// A refused request: a class and the chain of messages for the user,
+/// outermost first (each message says what failed, the next one why).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{message}")]
+#[error("{}", .chain.join(": "))]
 pub struct ApiError {
     /// The class, and so the HTTP status.
     pub kind: ApiErrorKind,
-    /// What went wrong, for the user.
-    pub message: String,
+    /// What went wrong, outermost first; never empty.
+    pub chain: Vec<String>,
 }
 
 impl ApiError {
-    /// An error of `kind` with `message`.
+    /// An error of `kind` with one `message`.
     pub fn new(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
         ApiError {
             kind,
-            message: message.into(),
+            chain: vec![message.into()],
         }
+    }
+
+    /// An error of `kind` whose chain is `error` and its sources.
+    pub fn from_error(kind: ApiErrorKind, error: &dyn std::error::Error) -> ApiError {
+        ApiError {
+            kind,
+            chain: error_messages(error),
+        }
+    }
+
+    /// The same error with `outer` in front of its chain.
+    pub fn context(mut self, outer: impl Into<String>) -> ApiError {
+        self.chain.insert(0, outer.into());
+        self
+    }
+
+    /// The chain on one line, `outer: inner: root`.
+    pub fn message(&self) -> String {
+        self.chain.join(": ")
     }
 
     /// A 400.
@@ -121,24 +142,34 @@ impl ApiError {
     }
 }
 
-/// The JSON body of every error response: `{"error": "message"}`.
+/// The JSON body of every error response, in Cloud Hypervisor's shape: an
+/// array of strings, the error chain outermost first
+/// (`["Invalid vm.create body", "cpus.boot_vcpus must be ..."]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// The message.
-    pub error: String,
+#[serde(transparent)]
+pub struct ErrorBody(pub Vec<String>);
+
+impl From<&ApiError> for ErrorBody {
+    fn from(e: &ApiError) -> ErrorBody {
+        ErrorBody(e.chain.clone())
+    }
+}
+
+/// The messages of `error` and its sources, outermost first.
+pub fn error_messages(error: &dyn std::error::Error) -> Vec<String> {
+    let mut chain = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    chain
 }
 
 /// An error with its chain of sources on one line (`outer: inner: root`),
-/// as API messages and logs show it.
+/// as logs show it.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    error_messages(error).join(": ")
 }
 
 /// The VMM side of the API. The server calls [`VmmApi::handle`] once per

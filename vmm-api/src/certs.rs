@@ -140,7 +140,15 @@ impl SnpCertsUpdate {
     }
 }
 
-/// `GET vm.counters`, and `stats` in [`SnpCertsInfo`]: what guests got
+/// Cloud Hypervisor's counters: device → counter name → value, the body of
+/// `GET vm.counters`. Here there is one device, [`COUNTERS_DEVICE`]; see
+/// [`VmCounters::counter_map`].
+pub type CounterMap = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// The device name of the certificate counters in [`CounterMap`].
+pub const COUNTERS_DEVICE: &str = "snp-certs";
+
+/// `stats` in [`SnpCertsInfo`] (`GET vm.snp-certs`): what guests got
 /// since the VM was created. The VMM fills it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +174,37 @@ pub struct VmCounters {
 }
 
 impl VmCounters {
+    /// These counters flattened into Cloud Hypervisor's map (`GET
+    /// vm.counters`): under [`COUNTERS_DEVICE`], the outcomes
+    /// (`delivered`, `need_pages`, `busy`, `failed`), `bytes_delivered`,
+    /// `lock_waits`, `lock_wait_max_us`, `leases_held`, `leases_released`,
+    /// `events_dropped`, then `reason_<reason>` and `fallback_<reason>`
+    /// (reason names in snake_case, such as `reason_lock_timeout`).
+    pub fn counter_map(&self) -> CounterMap {
+        let r = &self.requests;
+        let mut device: BTreeMap<String, u64> = [
+            ("delivered", r.delivered),
+            ("need_pages", r.need_pages),
+            ("busy", r.busy),
+            ("failed", r.failed),
+            ("bytes_delivered", self.bytes_delivered),
+            ("lock_waits", self.lock_wait_us.count),
+            ("lock_wait_max_us", self.lock_wait_us.max),
+            ("leases_held", self.leases_held),
+            ("leases_released", self.leases_released),
+            ("events_dropped", self.events_dropped),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (prefix, map) in [("reason", &self.reasons), ("fallback", &self.fallbacks)] {
+            for (reason, n) in map {
+                device.insert(format!("{prefix}_{}", reason.replace('-', "_")), *n);
+            }
+        }
+        BTreeMap::from([(COUNTERS_DEVICE.to_owned(), device)])
+    }
+
     /// Counts one request with `kind` and `reason`.
     pub fn record(&mut self, kind: OutcomeKind, reason: Reason) {
         *self.requests.get_mut(kind) += 1;
@@ -356,5 +395,15 @@ mod tests {
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["requests"]["need_pages"], 0);
         assert_eq!(serde_json::from_value::<VmCounters>(v).unwrap(), c);
+        let map = c.counter_map();
+        let device = &map[COUNTERS_DEVICE];
+        assert_eq!(device["busy"], 2);
+        assert_eq!(device["delivered"], 1);
+        assert_eq!(device["reason_lock_timeout"], 2);
+        assert_eq!(device["reason_served"], 1);
+        assert_eq!(
+            serde_json::to_value(&map).unwrap()["snp-certs"]["need_pages"],
+            0
+        );
     }
 }

@@ -1,25 +1,31 @@
 //! Cloud Hypervisor-style command-line options for [`VmConfig`]:
-//! `--cpus boot=N`, `--memory size=64M`,
+//! `--cpus boot=N,max=N`, `--memory size=64M`, `--platform sev_snp=on`,
 //! `--snp certs-file=P,certs-timeout=MS,busy-budget=MS,on-error=empty,allow-large=on,startup-wait=MS,doorbell=on`
-//! and `--payload attest,requests=N,interval-ms=M,retry-ms=M,max-busy-retries=N`.
+//! and `--payload attest,requests=N,interval-ms=M,retry-ms=M,max-busy-retries=N,host_data=HEX`.
 //!
 //! Shared by the VMM's command line and `snp-remote create`, so both read
-//! the same strings the same way. Keys are kebab-case; the JSON fields are
-//! their snake_case twins. Values are taken as given: relative paths stay
-//! relative, and [`VmConfig::validate`] does the range checks.
+//! the same strings the same way. The keys Cloud Hypervisor has are
+//! spelled as there (`boot`, `max`, `size`, `sev_snp`, and `--payload`'s
+//! `firmware`, `kernel`, `cmdline`, `initramfs`, `igvm`, `host_data`); our
+//! own keys are kebab-case, the JSON fields their snake_case twins. Values
+//! are taken as given: relative paths stay relative, and
+//! [`VmConfig::validate`] does the range checks.
 
 use std::path::PathBuf;
 
-use super::config::{CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
+use super::config::{CpusConfig, MemoryConfig, PlatformConfig, SnpConfig, VmConfig};
+use super::payload::{PayloadConfig, TestGuestConfig};
 use option_parser::{OptionError, Options};
 
-/// The four option strings, each optional (absent: defaults).
+/// The option strings, each optional (absent: defaults).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VmOptions<'a> {
     /// `--cpus`.
     pub cpus: Option<&'a str>,
     /// `--memory`.
     pub memory: Option<&'a str>,
+    /// `--platform`.
+    pub platform: Option<&'a str>,
     /// `--snp`.
     pub snp: Option<&'a str>,
     /// `--payload`.
@@ -41,6 +47,11 @@ impl VmConfig {
                 .map(MemoryConfig::parse)
                 .transpose()?
                 .unwrap_or_default(),
+            platform: options
+                .platform
+                .map(PlatformConfig::parse)
+                .transpose()?
+                .unwrap_or_default(),
             snp: options
                 .snp
                 .map(SnpConfig::parse)
@@ -53,14 +64,32 @@ impl VmConfig {
 
 impl CpusConfig {
     /// Keys of `--cpus`.
-    pub const KEYS: &[&str] = &["boot"];
+    pub const KEYS: &[&str] = &["boot", "max"];
 
-    /// Parses `boot=N`.
+    /// Parses `boot=N,max=N`; `max` absent is `boot`.
     pub fn parse(input: &str) -> Result<CpusConfig, OptionError> {
         let o = Options::parse(input, Self::KEYS, false)?;
         let mut c = CpusConfig::default();
         if let Some(boot) = o.parsed("boot")? {
-            c.boot = boot;
+            c = CpusConfig::with_boot(boot);
+        }
+        if let Some(max) = o.parsed("max")? {
+            c.max_vcpus = max;
+        }
+        Ok(c)
+    }
+}
+
+impl PlatformConfig {
+    /// Keys of `--platform`.
+    pub const KEYS: &[&str] = &["sev_snp"];
+
+    /// Parses `sev_snp=on|off`.
+    pub fn parse(input: &str) -> Result<PlatformConfig, OptionError> {
+        let o = Options::parse(input, Self::KEYS, false)?;
+        let mut c = PlatformConfig::default();
+        if let Some(snp) = o.switch("sev_snp")? {
+            c.sev_snp = snp;
         }
         Ok(c)
     }
@@ -123,31 +152,64 @@ impl SnpConfig {
 }
 
 impl PayloadConfig {
-    /// Keys of `--payload attest,...`.
+    /// Keys of the attestation guest, after the leading `attest`.
     pub const ATTEST_KEYS: &[&str] = &["requests", "interval-ms", "retry-ms", "max-busy-retries"];
+    /// Cloud Hypervisor's `--payload` keys.
+    pub const CH_KEYS: &[&str] = &[
+        "firmware",
+        "kernel",
+        "cmdline",
+        "initramfs",
+        "igvm",
+        "host_data",
+    ];
 
-    /// Parses `attest[,requests=N][,interval-ms=M][,retry-ms=M][,max-busy-retries=N]`.
+    /// Parses `[attest[,requests=N][,interval-ms=M][,retry-ms=M][,max-busy-retries=N]][,host_data=HEX]`
+    /// and Cloud Hypervisor's keys (which [`PayloadConfig::validate`]
+    /// then refuses, except `host_data`).
     pub fn parse(input: &str) -> Result<PayloadConfig, OptionError> {
         let kind_first = || OptionError::InvalidValue {
             key: "payload".to_owned(),
             value: input.to_owned(),
-            reason: "the payload kind comes first, as in attest,requests=3; known kinds: attest"
-                .to_owned(),
+            reason:
+                "the test guest comes first, as in attest,requests=3; known test guests: attest"
+                    .to_owned(),
         };
-        let o = Options::parse(input, Self::ATTEST_KEYS, true).map_err(|e| match e {
+        let known: Vec<&str> = Self::ATTEST_KEYS
+            .iter()
+            .chain(Self::CH_KEYS)
+            .copied()
+            .collect();
+        let o = Options::parse(input, &known, true).map_err(|e| match e {
             OptionError::UnknownKey { key, .. } if key == "kind" => kind_first(),
             other => other,
         })?;
-        match o.kind() {
-            Some("attest") => {}
-            _ => return Err(kind_first()),
-        }
-        let PayloadConfig::Attest {
+        let has_attest_keys = Self::ATTEST_KEYS.iter().any(|k| o.get(k).is_some());
+        let test_guest = match o.kind() {
+            Some("attest") => Some(Self::parse_attest(&o)?),
+            Some(_) => return Err(kind_first()),
+            None if has_attest_keys => return Err(kind_first()),
+            None => None,
+        };
+        let path = |key: &str| o.get(key).map(PathBuf::from);
+        Ok(PayloadConfig {
+            test_guest,
+            firmware: path("firmware"),
+            kernel: path("kernel"),
+            cmdline: o.get("cmdline").map(str::to_owned),
+            initramfs: path("initramfs"),
+            igvm: path("igvm"),
+            host_data: o.get("host_data").map(str::to_owned),
+        })
+    }
+
+    fn parse_attest(o: &Options) -> Result<TestGuestConfig, OptionError> {
+        let TestGuestConfig::Attest {
             mut requests,
             mut interval_ms,
             mut retry_ms,
             mut max_busy_retries,
-        } = PayloadConfig::attest();
+        } = TestGuestConfig::attest();
         if let Some(n) = o.parsed("requests")? {
             requests = n;
         }
@@ -160,7 +222,7 @@ impl PayloadConfig {
         if let Some(n) = o.parsed("max-busy-retries")? {
             max_busy_retries = n;
         }
-        Ok(PayloadConfig::Attest {
+        Ok(TestGuestConfig::Attest {
             requests,
             interval_ms,
             retry_ms,
@@ -176,13 +238,15 @@ mod tests {
     #[test]
     fn full_command_line() {
         let c = VmConfig::from_options(&VmOptions {
-            cpus: Some("boot=2"),
+            cpus: Some("boot=2,max=2"),
             memory: Some("size=128M"),
+            platform: Some("sev_snp=off"),
             snp: Some("certs-file=/c.bin,certs-timeout=50,busy-budget=500,on-error=busy,allow-large=on,startup-wait=10,doorbell=on"),
             payload: Some("attest,requests=5,interval-ms=10"),
         })
         .unwrap();
-        assert_eq!(c.cpus.boot, 2);
+        assert_eq!(c.cpus, CpusConfig::with_boot(2));
+        assert!(!c.platform.sev_snp);
         assert_eq!(c.memory.size, 128 << 20);
         assert_eq!(c.snp.certs_file, Some(PathBuf::from("/c.bin")));
         assert_eq!(c.snp.certs_timeout, 50);
@@ -193,14 +257,34 @@ mod tests {
         assert!(c.snp.doorbell);
         assert_eq!(
             c.payload,
-            Some(PayloadConfig::Attest {
+            Some(PayloadConfig::test_guest(TestGuestConfig::Attest {
                 requests: 5,
                 interval_ms: 10,
                 retry_ms: 10,
                 max_busy_retries: 100,
-            })
+            }))
         );
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn cloud_hypervisor_keys() {
+        assert!(PlatformConfig::parse("sev_snp=on").unwrap().sev_snp);
+        assert!(PlatformConfig::parse("sev-snp=on").is_err());
+        assert_eq!(CpusConfig::parse("boot=2,max=4").unwrap().max_vcpus, 4);
+        let p = PayloadConfig::parse("kernel=/vmlinux,cmdline=\"console=ttyS0\"").unwrap();
+        assert_eq!(p.kernel, Some(PathBuf::from("/vmlinux")));
+        assert_eq!(p.cmdline.as_deref(), Some("console=ttyS0"));
+        assert_eq!(p.test_guest, None);
+        assert!(p.validate().is_err());
+        let hex = "0f".repeat(32);
+        let p = PayloadConfig::parse(&format!("attest,requests=2,host_data={hex}")).unwrap();
+        assert_eq!(p.host_data, Some(hex));
+        assert!(matches!(
+            p.test_guest,
+            Some(TestGuestConfig::Attest { requests: 2, .. })
+        ));
+        p.validate().unwrap();
     }
 
     #[test]
@@ -211,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             PayloadConfig::parse("attest").unwrap(),
-            PayloadConfig::attest()
+            PayloadConfig::test_guest(TestGuestConfig::attest())
         );
         let snp = SnpConfig::parse("doorbell=on").unwrap();
         assert_eq!(snp.certs_file, None);
@@ -227,10 +311,13 @@ mod tests {
         let err = SnpConfig::parse("certs_file=/x").unwrap_err();
         assert!(err.to_string().contains("certs-file"), "{err}");
         let err = PayloadConfig::parse("linux").unwrap_err();
-        assert!(err.to_string().contains("known kinds: attest"), "{err}");
+        assert!(
+            err.to_string().contains("known test guests: attest"),
+            "{err}"
+        );
         let err = PayloadConfig::parse("kind=attest").unwrap_err();
         assert!(
-            err.to_string().contains("the payload kind comes first"),
+            err.to_string().contains("the test guest comes first"),
             "{err}"
         );
         let err = SnpConfig::parse("on-error=eio").unwrap_err();

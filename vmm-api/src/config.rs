@@ -3,18 +3,20 @@
 //!
 //! ```json
 //! {
-//!   "cpus": {"boot": 1},
+//!   "cpus": {"boot_vcpus": 1, "max_vcpus": 1},
 //!   "memory": {"size": 67108864},
+//!   "platform": {"sev_snp": false},
 //!   "snp": {"certs_file": "/var/lib/snp/certs.bin", "certs_timeout": 100,
 //!           "busy_budget": 30000, "on_error": "empty", "allow_large": false,
 //!           "startup_wait": 30000, "doorbell": true},
-//!   "payload": {"kind": "attest", "requests": 10, "interval_ms": 100}
+//!   "payload": {"test_guest": {"kind": "attest", "requests": 10, "interval_ms": 100}}
 //! }
 //! ```
 //!
-//! Every section and every field has a default, so `{}` is a valid
-//! configuration (a VM with no payload: its vCPUs stay idle); unknown
-//! fields are refused. [`VmConfig::validate`] does the structural checks,
+//! `cpus`, `memory`, `platform` and `payload` use Cloud Hypervisor's field
+//! names (see [`crate::payload`] for the payload). Every section and every
+//! field has a default, so `{}` is a valid configuration (a VM with no
+//! payload: its vCPUs stay idle); unknown fields are refused. [`VmConfig::validate`] does the structural checks,
 //! the certs rules among them through snp-certs's
 //! [`CertsConfig::check`]; whether the certs file holds a valid table is
 //! checked by the VMM with [`CertsConfig::validate`].
@@ -24,6 +26,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use snp_certs::config::{CertsConfig, DEFAULT_BUSY_BUDGET_MS, DEFAULT_CERTS_TIMEOUT_MS, OnError};
 use thiserror::Error;
+
+use crate::payload::{PayloadConfig, PayloadError, TestGuestConfig};
 
 /// Most vCPUs a configuration may ask for; the VMM may refuse fewer if KVM
 /// allows fewer.
@@ -52,6 +56,10 @@ pub struct VmConfig {
     /// Guest memory.
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// The kind of VM (Cloud Hypervisor's `platform` section, the part of
+    /// it that applies here).
+    #[serde(default)]
+    pub platform: PlatformConfig,
     /// SNP certificate serving.
     #[serde(default)]
     pub snp: SnpConfig,
@@ -60,25 +68,66 @@ pub struct VmConfig {
     pub payload: Option<PayloadConfig>,
 }
 
-/// vCPU configuration (`--cpus boot=N`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// vCPU configuration (`--cpus boot=N,max=N`), in Cloud Hypervisor's
+/// names. vCPUs cannot be hot-plugged here, so `max_vcpus` must equal
+/// `boot_vcpus`; absent, it is `boot_vcpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "CpusFields")]
 pub struct CpusConfig {
     /// vCPUs started at boot, 1 to [`MAX_BOOT_CPUS`]. Default 1.
+    pub boot_vcpus: u8,
+    /// Most vCPUs the VM may have: equal to `boot_vcpus`.
+    pub max_vcpus: u8,
+}
+
+/// [`CpusConfig`] as it comes in: `max_vcpus` may be absent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CpusFields {
     #[serde(default = "default_boot")]
-    pub boot: u8,
+    boot_vcpus: u8,
+    #[serde(default)]
+    max_vcpus: Option<u8>,
+}
+
+impl From<CpusFields> for CpusConfig {
+    fn from(f: CpusFields) -> CpusConfig {
+        CpusConfig {
+            boot_vcpus: f.boot_vcpus,
+            max_vcpus: f.max_vcpus.unwrap_or(f.boot_vcpus),
+        }
+    }
 }
 
 fn default_boot() -> u8 {
     1
 }
 
-impl Default for CpusConfig {
-    fn default() -> CpusConfig {
+impl CpusConfig {
+    /// `n` vCPUs at boot, and at most.
+    pub fn with_boot(n: u8) -> CpusConfig {
         CpusConfig {
-            boot: default_boot(),
+            boot_vcpus: n,
+            max_vcpus: n,
         }
     }
+}
+
+impl Default for CpusConfig {
+    fn default() -> CpusConfig {
+        CpusConfig::with_boot(default_boot())
+    }
+}
+
+/// The kind of VM (`--platform sev_snp=on`), a subset of Cloud
+/// Hypervisor's `platform` section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Launch an SEV-SNP guest. Default false: a default VM (the built-in
+    /// test guests use the emulated doorbell there).
+    #[serde(default)]
+    pub sev_snp: bool,
 }
 
 /// Memory configuration (`--memory size=64M`).
@@ -178,63 +227,23 @@ impl SnpConfig {
     }
 }
 
-/// What the guest runs. Internally tagged by `kind`, mirroring the command
-/// line's leading word: `--payload attest,requests=3` is
-/// `{"kind": "attest", "requests": 3}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum PayloadConfig {
-    /// The built-in attestation guest: asks for the size, requests the
-    /// certificates, checks them, reports, and repeats.
-    Attest {
-        /// Requests to make before halting, at least 1. Default 1.
-        #[serde(default = "default_requests")]
-        requests: u32,
-        /// Pause between requests in milliseconds. Default 0.
-        #[serde(default)]
-        interval_ms: u32,
-        /// Pause before retrying a busy answer, in milliseconds (a Linux
-        /// guest waits 2000). Default 10.
-        #[serde(default = "default_retry_ms")]
-        retry_ms: u32,
-        /// Busy answers retried per request before giving up (a Linux
-        /// guest gives up after 60 s, 30 retries). Default 100.
-        #[serde(default = "default_max_busy_retries")]
-        max_busy_retries: u32,
-    },
-}
-
-fn default_retry_ms() -> u32 {
-    10
-}
-
-fn default_max_busy_retries() -> u32 {
-    100
-}
-
-fn default_requests() -> u32 {
-    1
-}
-
-impl PayloadConfig {
-    /// The attestation guest with every parameter at its default.
-    pub fn attest() -> PayloadConfig {
-        PayloadConfig::Attest {
-            requests: default_requests(),
-            interval_ms: 0,
-            retry_ms: default_retry_ms(),
-            max_busy_retries: default_max_busy_retries(),
-        }
-    }
-}
-
 /// A structurally invalid configuration. Messages name the field as in
 /// JSON.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// `cpus.boot` out of range.
-    #[error("cpus.boot must be between 1 and {MAX_BOOT_CPUS}, got {0}")]
+    /// `cpus.boot_vcpus` out of range.
+    #[error("cpus.boot_vcpus must be between 1 and {MAX_BOOT_CPUS}, got {0}")]
     BootCpus(u8),
+    /// `cpus.max_vcpus` differs from `cpus.boot_vcpus`.
+    #[error(
+        "cpus.max_vcpus must equal cpus.boot_vcpus ({boot}): snp-vmm cannot hot-plug vCPUs, got {max}"
+    )]
+    MaxCpus {
+        /// `boot_vcpus`.
+        boot: u8,
+        /// `max_vcpus`.
+        max: u8,
+    },
     /// `memory.size` out of range.
     #[error("memory.size must be between 1 MiB and 4 GiB, got {0} bytes")]
     MemorySize(u64),
@@ -247,18 +256,24 @@ pub enum ConfigError {
     /// `snp.startup_wait` too large.
     #[error("snp.startup_wait must be at most {MAX_STARTUP_WAIT_MS} ms, got {0}")]
     StartupWait(u64),
-    /// `payload.requests` is 0.
-    #[error("payload.requests must be at least 1")]
-    NoRequests,
+    /// The payload cannot run here.
+    #[error("Invalid payload")]
+    Payload(#[source] PayloadError),
 }
 
 impl VmConfig {
     /// Structural checks: ranges, alignment and snp-certs's rules for the
     /// certs settings. Does not open the certs file.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let boot = self.cpus.boot;
+        let CpusConfig {
+            boot_vcpus: boot,
+            max_vcpus: max,
+        } = self.cpus;
         if !(1..=MAX_BOOT_CPUS).contains(&boot) {
             return Err(ConfigError::BootCpus(boot));
+        }
+        if max != boot {
+            return Err(ConfigError::MaxCpus { boot, max });
         }
         let size = self.memory.size;
         if !(MIN_MEMORY_SIZE..=MAX_MEMORY_SIZE).contains(&size) {
@@ -274,135 +289,18 @@ impl VmConfig {
         if self.snp.startup_wait > MAX_STARTUP_WAIT_MS {
             return Err(ConfigError::StartupWait(self.snp.startup_wait));
         }
-        match self.payload {
-            Some(PayloadConfig::Attest { requests: 0, .. }) => Err(ConfigError::NoRequests),
-            _ => Ok(()),
+        match &self.payload {
+            Some(payload) => payload.validate().map_err(ConfigError::Payload),
+            None => Ok(()),
         }
+    }
+
+    /// The built-in test guest the VM runs, if any.
+    pub fn test_guest(&self) -> Option<&TestGuestConfig> {
+        self.payload.as_ref().and_then(|p| p.test_guest.as_ref())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-    use snp_certs::config::{MAX_BUSY_BUDGET_MS, MAX_CERTS_TIMEOUT_MS};
-
-    use super::*;
-
-    #[test]
-    fn empty_object_is_the_default() {
-        let c: VmConfig = serde_json::from_value(json!({})).unwrap();
-        assert_eq!(c, VmConfig::default());
-        assert_eq!(c.cpus.boot, 1);
-        assert_eq!(c.memory.size, 64 << 20);
-        assert_eq!(c.snp.certs_timeout, 100);
-        assert_eq!(c.snp.busy_budget, 30_000);
-        assert_eq!(c.snp.on_error, OnError::Empty);
-        assert_eq!(c.snp.startup_wait, 30_000);
-        assert!(!c.snp.doorbell && !c.snp.allow_large);
-        assert_eq!(c.payload, None);
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn full_config_round_trips() {
-        let v = json!({
-            "cpus": {"boot": 2},
-            "memory": {"size": 134217728u64},
-            "snp": {"certs_file": "/c.bin", "certs_timeout": 50, "busy_budget": 500,
-                    "on_error": "busy", "allow_large": true, "startup_wait": 10,
-                    "doorbell": true},
-            "payload": {"kind": "attest", "requests": 7, "interval_ms": 20,
-                        "retry_ms": 5, "max_busy_retries": 30}
-        });
-        let c: VmConfig = serde_json::from_value(v.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&c).unwrap(), v);
-        assert_eq!(
-            c.snp.certs_config(),
-            CertsConfig {
-                certs_file: Some("/c.bin".into()),
-                certs_timeout: 50,
-                busy_budget: 500,
-                on_error: OnError::Busy,
-                allow_large: true,
-            }
-        );
-    }
-
-    #[test]
-    fn unknown_fields_are_refused() {
-        for v in [
-            json!({"cpu": {}}),
-            json!({"cpus": {"boot": 1, "max": 2}}),
-            json!({"memory": {"size": 4096, "shared": true}}),
-            json!({"snp": {"certs-file": "/x"}}),
-            json!({"snp": {"on_error": "eio"}}),
-            json!({"payload": {"kind": "attest", "count": 1}}),
-        ] {
-            assert!(
-                serde_json::from_value::<VmConfig>(v.clone()).is_err(),
-                "{v}"
-            );
-        }
-        assert!(serde_json::from_value::<VmConfig>(json!({"payload": {"kind": "linux"}})).is_err());
-        assert!(serde_json::from_value::<VmConfig>(json!({"payload": {"requests": 1}})).is_err());
-    }
-
-    #[test]
-    fn validation() {
-        let check = |f: &dyn Fn(&mut VmConfig)| {
-            let mut c = VmConfig::default();
-            f(&mut c);
-            c.validate().map_err(|e| e.to_string())
-        };
-        let certs_error = |f: &dyn Fn(&mut VmConfig)| {
-            let mut c = VmConfig::default();
-            f(&mut c);
-            match c.validate() {
-                Err(ConfigError::Certs(e)) => e.to_string(),
-                other => panic!("not a certs error: {other:?}"),
-            }
-        };
-        assert!(
-            check(&|c| c.cpus.boot = 0)
-                .unwrap_err()
-                .contains("cpus.boot")
-        );
-        assert!(check(&|c| c.cpus.boot = 9).is_err());
-        assert_eq!(check(&|c| c.cpus.boot = 8), Ok(()));
-        assert_eq!(check(&|c| c.memory.size = 1 << 20), Ok(()));
-        assert_eq!(check(&|c| c.memory.size = 4 << 30), Ok(()));
-        assert!(check(&|c| c.memory.size = (1 << 20) - 4096).is_err());
-        assert!(check(&|c| c.memory.size = (4 << 30) + 4096).is_err());
-        assert!(
-            check(&|c| c.memory.size = (2 << 20) + 1)
-                .unwrap_err()
-                .contains("multiple of 4 KiB")
-        );
-        assert!(certs_error(&|c| c.snp.certs_file = Some("certs.bin".into())).contains("absolute"));
-        assert_eq!(
-            check(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS),
-            Ok(())
-        );
-        assert!(
-            certs_error(&|c| c.snp.certs_timeout = MAX_CERTS_TIMEOUT_MS + 1).contains("timeout")
-        );
-        assert_eq!(check(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS), Ok(()));
-        assert!(
-            certs_error(&|c| c.snp.busy_budget = MAX_BUSY_BUDGET_MS + 1).contains("Busy budget")
-        );
-        assert!(
-            check(&|c| c.snp.startup_wait = MAX_STARTUP_WAIT_MS + 1)
-                .unwrap_err()
-                .contains("startup_wait")
-        );
-        assert_eq!(
-            check(&|c| c.payload = Some(PayloadConfig::Attest {
-                requests: 0,
-                interval_ms: 0,
-                retry_ms: 1,
-                max_busy_retries: 1,
-            })),
-            Err("payload.requests must be at least 1".to_owned())
-        );
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -8,6 +8,7 @@
 //! * [`config`]: the VM configuration (`PUT vm.create`, and what the
 //!   command line builds), with [`cli_options`] reading it from Cloud
 //!   Hypervisor-style option strings.
+//! * [`payload`]: what the guest runs.
 //! * [`certs`]: the certs configuration and counters as the API shows
 //!   them, and the run-time update (`PUT vm.snp-certs`).
 //! * [`vm`]: `vmm.ping` and `vm.info`.
@@ -18,10 +19,17 @@ pub mod action;
 pub mod certs;
 pub mod cli_options;
 pub mod config;
+pub mod payload;
 pub mod vm;
 
-pub use action::{ApiError, ApiErrorKind, ErrorBody, VmmAction, VmmApi, VmmData, error_chain};
-pub use certs::{LockWaitSummary, OutcomeCounts, SnpCertsInfo, SnpCertsUpdate, VmCounters};
+pub use action::{
+    ApiError, ApiErrorKind, ErrorBody, VmmAction, VmmApi, VmmData, error_chain, error_messages,
+};
+pub use certs::{
+    COUNTERS_DEVICE, CounterMap, LockWaitSummary, OutcomeCounts, SnpCertsInfo, SnpCertsUpdate,
+    VmCounters,
+};
 pub use cli_options::VmOptions;
-pub use config::{ConfigError, CpusConfig, MemoryConfig, PayloadConfig, SnpConfig, VmConfig};
-pub use vm::{PingResponse, VcpuInfo, VmInfo, VmState};
+pub use config::{ConfigError, CpusConfig, MemoryConfig, PlatformConfig, SnpConfig, VmConfig};
+pub use payload::{PayloadConfig, PayloadError, TestGuestConfig};
+pub use vm::{FEATURE_SNP_REQ_CERTS, PingResponse, VcpuInfo, VmInfo, VmState};

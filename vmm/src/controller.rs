@@ -14,8 +14,8 @@ use snp_certs::CertsFileError;
 use snp_certs::config::ConfigError;
 use snp_certs::lock::LockError;
 use vmm_api::{
-    ApiError, PingResponse, SnpCertsUpdate, VmConfig, VmState, VmmAction, VmmApi, VmmData,
-    error_chain,
+    ApiError, ApiErrorKind, FEATURE_SNP_REQ_CERTS, PingResponse, SnpCertsUpdate, VmConfig, VmState,
+    VmmAction, VmmApi, VmmData,
 };
 
 use crate::backend::Backend;
@@ -47,12 +47,13 @@ fn vm_error(e: VmError) -> ApiError {
     match e {
         VmError::Certs(certs) => config_error(certs),
         VmError::Config(_)
+        | VmError::SevSnpUnsupported
         | VmError::Payload(_)
         | VmError::DoorbellNeeded(_)
         | VmError::NoCertsExit
-        | VmError::MemoryTooSmall { .. } => ApiError::bad_request(error_chain(&e)),
+        | VmError::MemoryTooSmall { .. } => ApiError::from_error(ApiErrorKind::BadRequest, &e),
         VmError::Memory(_) | VmError::Hypervisor(_) | VmError::Thread(_) => {
-            ApiError::internal(error_chain(&e))
+            ApiError::from_error(ApiErrorKind::Internal, &e)
         }
     }
 }
@@ -61,21 +62,28 @@ fn vm_error(e: VmError) -> ApiError {
 /// replaces the file (try again), 500 for host faults, 400 for everything
 /// wrong with the input.
 fn config_error(e: ConfigError) -> ApiError {
-    let message = error_chain(&e);
-    match e {
+    let kind = match e {
         ConfigError::File(CertsFileError::Lock {
             source: LockError::Timeout { .. },
             ..
         })
         | ConfigError::File(CertsFileError::KeepsChanging { .. }) => {
-            ApiError::conflict(format!("{message} (an update is in progress: retry)"))
+            let mut error = ApiError::from_error(ApiErrorKind::Conflict, &e);
+            error
+                .chain
+                .push("An update is in progress: retry".to_owned());
+            return error;
         }
         ConfigError::File(CertsFileError::Lock {
             source: LockError::Cancelled { .. },
             ..
-        }) => ApiError::conflict(format!("{message} (the VMM is exiting)")),
+        }) => {
+            let mut error = ApiError::from_error(ApiErrorKind::Conflict, &e);
+            error.chain.push("The VMM is exiting".to_owned());
+            return error;
+        }
         ConfigError::File(CertsFileError::Lock { .. } | CertsFileError::Read { .. }) => {
-            ApiError::internal(message)
+            ApiErrorKind::Internal
         }
         ConfigError::TimeoutTooLarge(_)
         | ConfigError::BudgetTooLarge(_)
@@ -87,8 +95,9 @@ fn config_error(e: ConfigError) -> ApiError {
             | CertsFileError::NotRegular { .. }
             | CertsFileError::TooLarge { .. }
             | CertsFileError::Invalid { .. },
-        ) => ApiError::bad_request(message),
-    }
+        ) => ApiErrorKind::BadRequest,
+    };
+    ApiError::from_error(kind, &e)
 }
 
 fn no_vm() -> ApiError {
@@ -164,14 +173,53 @@ impl Vmm {
         Ok(())
     }
 
-    /// Boots the VM.
+    /// Boots the VM. A VM that was shut down is created again from its
+    /// configuration (with the certs configuration in force) and booted,
+    /// as Cloud Hypervisor does; the new VM's counters start from zero.
+    /// As in [`Vmm::create_vm`], the VMM's lock is not held while the new
+    /// VM is built.
     pub fn boot_vm(&self) -> Result<(), ApiError> {
-        self.with_vm(|vm| match vm.state() {
-            VmState::Created => vm.boot().map_err(vm_error),
-            state => Err(ApiError::conflict(format!(
-                "The VM is {state:?}: only a created VM can boot"
+        let config = {
+            let mut slot = self.vm();
+            let Some(vm) = slot.as_mut() else {
+                return Err(no_vm());
+            };
+            match vm.state() {
+                VmState::Created => return vm.boot().map_err(vm_error),
+                VmState::Running => {
+                    return Err(ApiError::conflict(
+                        "The VM is Running: shut it down before booting it again",
+                    ));
+                }
+                VmState::Shutdown => {
+                    // Stop whatever is left (vCPUs that ended on their
+                    // own) before its replacement exists.
+                    vm.shutdown();
+                    vm.reboot_config()
+                }
+            }
+        };
+        let mut new = Vm::create(
+            &self.backend,
+            config,
+            self.events.clone(),
+            self.payloads.as_ref(),
+            Arc::clone(&self.exiting),
+        )
+        .map_err(vm_error)?;
+        let mut slot = self.vm();
+        match slot.as_ref().map(Vm::state) {
+            Some(VmState::Shutdown) => {
+                new.boot().map_err(vm_error)?;
+                *slot = Some(new);
+                Ok(())
+            }
+            // Deleted, or booted by a racing call, meanwhile.
+            None => Err(no_vm()),
+            Some(state) => Err(ApiError::conflict(format!(
+                "The VM is {state:?}: it changed while booting it again"
             ))),
-        })
+        }
     }
 
     /// Applies a certs update. The new file is validated (under its shared
@@ -185,6 +233,24 @@ impl Vmm {
                 .map_err(config_error)?;
         }
         Ok(VmmData::SnpCerts(Box::new(certs_info(&certs))))
+    }
+
+    /// What `GET vmm.ping` answers.
+    pub fn ping(&self) -> PingResponse {
+        let version = env!("CARGO_PKG_VERSION").to_owned();
+        let mut features = vec![self.backend.name().to_owned()];
+        if self.snp_req_certs_supported {
+            features.push(FEATURE_SNP_REQ_CERTS.to_owned());
+        }
+        PingResponse {
+            build_version: option_env!("SNP_VMM_BUILD_VERSION")
+                .map_or_else(|| version.clone(), str::to_owned),
+            version,
+            pid: std::process::id(),
+            features,
+            hypervisor: self.backend.name().to_owned(),
+            snp_req_certs_supported: self.snp_req_certs_supported,
+        }
     }
 
     /// Asks the process to exit (after `vmm.shutdown`, SIGINT, SIGTERM).
@@ -217,12 +283,7 @@ impl Vmm {
 impl VmmApi for Vmm {
     fn handle(&self, action: VmmAction) -> Result<VmmData, ApiError> {
         match action {
-            VmmAction::Ping => Ok(VmmData::Ping(PingResponse {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                pid: std::process::id(),
-                hypervisor: self.backend.name().to_owned(),
-                snp_req_certs_supported: self.snp_req_certs_supported,
-            })),
+            VmmAction::Ping => Ok(VmmData::Ping(self.ping())),
             VmmAction::ShutdownVmm => {
                 self.request_exit();
                 Ok(VmmData::Empty)
@@ -251,7 +312,7 @@ impl VmmApi for Vmm {
             }
             VmmAction::PutSnpCerts(update) => self.put_snp_certs(update),
             VmmAction::VmCounters => {
-                self.with_vm(|vm| Ok(VmmData::Counters(Box::new(vm.certs().stats()))))
+                self.with_vm(|vm| Ok(VmmData::Counters(vm.certs().stats().counter_map())))
             }
         }
     }

@@ -27,7 +27,7 @@ use hypervisor::mock::MockGuest;
 use hypervisor::{GuestMemoryMmap, HypervisorError, SnpPageType, Vcpu};
 use snp_certs::CertsRequest;
 use snp_certs::serve::{OutcomeKind, Reason};
-use vmm_api::PayloadConfig;
+use vmm_api::TestGuestConfig;
 
 use crate::pio::{BusError, PioBus};
 use crate::stop::StopSignal;
@@ -146,8 +146,8 @@ pub trait Payload: Send + Sync {
 
 /// Builds payloads from the VM configuration.
 pub trait PayloadFactory: Send + Sync {
-    /// The payload for `config`.
-    fn build(&self, config: &PayloadConfig) -> Result<Box<dyn Payload>, PayloadError>;
+    /// The payload running the test guest `config`.
+    fn build(&self, config: &TestGuestConfig) -> Result<Box<dyn Payload>, PayloadError>;
 }
 
 /// A factory that knows no payload: every VM must be created without one.
@@ -155,7 +155,7 @@ pub trait PayloadFactory: Send + Sync {
 pub struct NoPayloads;
 
 impl PayloadFactory for NoPayloads {
-    fn build(&self, config: &PayloadConfig) -> Result<Box<dyn Payload>, PayloadError> {
+    fn build(&self, config: &TestGuestConfig) -> Result<Box<dyn Payload>, PayloadError> {
         Err(PayloadError::Invalid(format!(
             "this VMM was built without payloads ({config:?})"
         )))

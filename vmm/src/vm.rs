@@ -47,6 +47,10 @@ pub enum VmError {
     /// The payload could not be built, loaded or attached.
     #[error("Payload refused")]
     Payload(#[from] PayloadError),
+    /// `platform.sev_snp` asks for an SNP guest, which this build cannot
+    /// launch yet.
+    #[error("SEV-SNP VMs are not supported by this build yet")]
+    SevSnpUnsupported,
     /// The payload needs the doorbell on this host.
     #[error(
         "The {0} payload needs snp doorbell=on: this VM has no other way to ask for certificates"
@@ -118,10 +122,12 @@ impl Vm {
         cancel: Arc<AtomicBool>,
     ) -> Result<Vm, VmError> {
         config.validate()?;
+        if config.platform.sev_snp {
+            return Err(VmError::SevSnpUnsupported);
+        }
         let payload = config
-            .payload
-            .as_ref()
-            .map(|p| payloads.build(p))
+            .test_guest()
+            .map(|guest| payloads.build(guest))
             .transpose()?;
         if let Some(payload) = &payload {
             if payload.needs_doorbell() && !config.snp.doorbell {
@@ -174,7 +180,7 @@ impl Vm {
             shared_pages: snp.then(|| Arc::new(SharedPages::new())),
         };
         let mut runners = Vec::new();
-        for id in 0..config.cpus.boot {
+        for id in 0..config.cpus.boot_vcpus {
             if let Some(guest) = payload.as_ref().and_then(|p| p.mock_guest(id)) {
                 backend.set_mock_guest(id, guest);
             }
@@ -198,7 +204,7 @@ impl Vm {
             VM_EVENT_SOURCE,
             "created",
             [
-                ("vcpus", json!(config.cpus.boot)),
+                ("vcpus", json!(config.cpus.boot_vcpus)),
                 ("memory", json!(config.memory.size)),
                 ("hypervisor", json!(backend.name())),
                 ("payload", json!(payload.as_ref().map(|p| p.name()))),
@@ -373,6 +379,21 @@ impl Vm {
     /// The configuration the VM was created with.
     pub fn config(&self) -> &VmConfig {
         &self.config
+    }
+
+    /// The configuration to create this VM again with, to boot it after a
+    /// shutdown: the one it was created with, with the certs configuration
+    /// in force now (a `PUT vm.snp-certs` outlives a reboot).
+    pub fn reboot_config(&self) -> VmConfig {
+        let mut config = self.config.clone();
+        let active = self.shared.certs.active();
+        let certs = &active.config;
+        config.snp.certs_file = certs.certs_file.clone();
+        config.snp.certs_timeout = certs.certs_timeout;
+        config.snp.busy_budget = certs.busy_budget;
+        config.snp.on_error = certs.on_error;
+        config.snp.allow_large = certs.allow_large;
+        config
     }
 
     /// The certs configuration and statistics as the API shows them.

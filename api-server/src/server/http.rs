@@ -93,16 +93,11 @@ pub(crate) fn error_response(error: &ApiError, path: &str) -> Response<ResponseB
     let status =
         StatusCode::from_u16(error.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if error.kind == ApiErrorKind::Internal {
-        log::error!("API {path}: {}", error.message);
+        log::error!("API {path}: {error}");
     } else {
-        log::debug!("API {path}: {status}: {}", error.message);
+        log::debug!("API {path}: {status}: {error}");
     }
-    let mut response = json_response(
-        status,
-        &ErrorBody {
-            error: error.message.clone(),
-        },
-    );
+    let mut response = json_response(status, &ErrorBody::from(error));
     if error.kind == ApiErrorKind::MethodNotAllowed {
         let allowed: Vec<&str> = routes::allowed_methods(path)
             .iter()
@@ -120,7 +115,7 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Respon
         Ok(body) => response(status, Some(body)),
         Err(e) => {
             log::error!("Cannot encode an API response: {e}");
-            let body = br#"{"error":"Cannot encode the response"}"#.to_vec();
+            let body = br#"["Cannot encode the response"]"#.to_vec();
             response(StatusCode::INTERNAL_SERVER_ERROR, Some(body))
         }
     }
@@ -154,7 +149,9 @@ mod tests {
             self.0.lock().unwrap().push(action.clone());
             match action {
                 VmmAction::Ping => Ok(VmmData::Ping(PingResponse {
+                    build_version: "1".into(),
                     version: "1".into(),
+                    features: vec!["mock".into()],
                     pid: 1,
                     hypervisor: "mock".into(),
                     snp_req_certs_supported: false,
@@ -216,10 +213,7 @@ mod tests {
             let (r, actions) = call("PUT", "/api/v1/vm.boot", vec![], None).await;
             assert_eq!(r.status(), 409);
             assert_eq!(actions, [VmmAction::BootVm]);
-            assert_eq!(
-                body_json(r).await,
-                serde_json::json!({"error": "VM is not created"})
-            );
+            assert_eq!(body_json(r).await, serde_json::json!(["VM is not created"]));
 
             let (r, actions) = call("PUT", "/api/v1/vm.delete", vec![], None).await;
             assert_eq!(r.status(), 500);
@@ -233,8 +227,8 @@ mod tests {
             let (r, _) = call("GET", "/api/v1/vm.bogus", vec![], None).await;
             assert_eq!(r.status(), 404);
             assert_eq!(
-                body_json(r).await["error"],
-                "Unknown endpoint /api/v1/vm.bogus"
+                body_json(r).await,
+                serde_json::json!(["Unknown endpoint /api/v1/vm.bogus"])
             );
 
             let (r, actions) =
@@ -256,7 +250,7 @@ mod tests {
             let (r, _) = call("PUT", "/api/v1/vm.snp-certs", vec![], Some("1000000")).await;
             assert_eq!(r.status(), 413);
             assert_eq!(
-                body_json(r).await["error"],
+                body_json(r).await[0],
                 "Request body is larger than 65536 bytes"
             );
         });

@@ -64,6 +64,25 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    /// The path is longer than a Unix socket address can hold.
+    #[error(
+        "API socket path {path} is {length} bytes long; Unix sockets take at most {} bytes",
+        socket::MAX_SOCKET_PATH
+    )]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        length: usize,
+    },
+    /// An inherited descriptor is not a listening Unix stream socket.
+    #[error("API socket fd {fd} cannot be used: {reason}")]
+    InheritedFd {
+        /// The descriptor.
+        fd: i32,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Binding or placing the socket failed.
     #[error("Cannot create API socket {path}")]
     Bind {
@@ -81,8 +100,9 @@ pub enum ServerError {
 /// A running API server. Dropping it shuts it down too.
 #[derive(Debug)]
 pub struct ApiServer {
-    path: PathBuf,
-    id: socket::FileId,
+    /// The socket file we created and remove at shutdown; `None` for an
+    /// inherited socket, which its owner removes.
+    created: Option<(PathBuf, socket::FileId)>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -91,18 +111,35 @@ impl ApiServer {
     /// Binds `path` and serves `api` on it from a new thread.
     pub fn start(path: impl AsRef<Path>, api: Arc<dyn VmmApi>) -> Result<ApiServer, ServerError> {
         let path = path.as_ref().to_owned();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .max_blocking_threads(MAX_BLOCKING_THREADS)
-            .thread_name("api-server-vmm")
-            .build()
-            .map_err(ServerError::Start)?;
+        let runtime = runtime()?;
         let (listener, id) = socket::bind(&path)?;
-        let remove_on_error = |e| {
+        let server = Self::serve_on(runtime, listener, Some((path.clone(), id)), api);
+        if server.is_err() {
             socket::remove(&path, id);
-            ServerError::Start(e)
-        };
-        listener.set_nonblocking(true).map_err(remove_on_error)?;
+        } else {
+            log::info!("API server listening on {}", path.display());
+        }
+        server
+    }
+
+    /// Serves `api` on an inherited listening Unix socket, descriptor `fd`
+    /// (socket activation; see [`socket::listener_from_fd`]). The socket
+    /// file, if any, is left alone at shutdown.
+    pub fn start_on_fd(fd: i32, api: Arc<dyn VmmApi>) -> Result<ApiServer, ServerError> {
+        let runtime = runtime()?;
+        let listener = socket::listener_from_fd(fd)?;
+        let server = Self::serve_on(runtime, listener, None, api)?;
+        log::info!("API server listening on inherited fd {fd}");
+        Ok(server)
+    }
+
+    fn serve_on(
+        runtime: tokio::runtime::Runtime,
+        listener: std::os::unix::net::UnixListener,
+        created: Option<(PathBuf, socket::FileId)>,
+        api: Arc<dyn VmmApi>,
+    ) -> Result<ApiServer, ServerError> {
+        listener.set_nonblocking(true).map_err(ServerError::Start)?;
         let (stop, stopped) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("api-server".to_owned())
@@ -110,19 +147,17 @@ impl ApiServer {
                 runtime.block_on(serve(listener, api, stopped));
                 runtime.shutdown_timeout(SHUTDOWN_GRACE);
             })
-            .map_err(remove_on_error)?;
-        log::info!("API server listening on {}", path.display());
+            .map_err(ServerError::Start)?;
         Ok(ApiServer {
-            path,
-            id,
+            created,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket path, unless the socket was inherited.
+    pub fn path(&self) -> Option<&Path> {
+        self.created.as_ref().map(|(path, _)| path.as_path())
     }
 
     /// Stops accepting, waits briefly for requests in flight, removes the
@@ -140,7 +175,9 @@ impl ApiServer {
             if thread.join().is_err() {
                 log::error!("The API server thread panicked");
             }
-            socket::remove(&self.path, self.id);
+            if let Some((path, id)) = &self.created {
+                socket::remove(path, *id);
+            }
         }
     }
 }
@@ -149,6 +186,15 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ServerError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_name("api-server-vmm")
+        .build()
+        .map_err(ServerError::Start)
 }
 
 /// The accept loop.

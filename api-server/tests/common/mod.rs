@@ -97,7 +97,9 @@ impl VmmApi for FakeVmm {
         let mut s = self.state.lock().unwrap();
         match action {
             VmmAction::Ping => Ok(VmmData::Ping(PingResponse {
+                build_version: "0.1.0-test".into(),
                 version: "0.1.0".into(),
+                features: vec!["mock".into()],
                 pid: std::process::id(),
                 hypervisor: "mock".into(),
                 snp_req_certs_supported: false,
@@ -126,7 +128,7 @@ impl VmmApi for FakeVmm {
             },
             VmmAction::VmInfo => {
                 let (config, state) = s.vm.clone().ok_or_else(no_vm)?;
-                let vcpus = (0..config.cpus.boot)
+                let vcpus = (0..config.cpus.boot_vcpus)
                     .map(|id| VcpuInfo {
                         id,
                         state: "running".into(),
@@ -171,7 +173,7 @@ impl VmmApi for FakeVmm {
             }
             VmmAction::VmCounters => {
                 s.vm.as_ref().ok_or_else(no_vm)?;
-                Ok(VmmData::Counters(Box::new(counters())))
+                Ok(VmmData::Counters(counters().counter_map()))
             }
         }
     }

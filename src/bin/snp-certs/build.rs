@@ -164,7 +164,7 @@ fn finish(bytes: &[u8], out: &OutputArgs) -> Result<ExitCode> {
         eprintln!("{}", chain_report::unverified_warning(&report));
     }
     write_new_file(&out.output, bytes)?;
-    println!(
+    outln!(
         "wrote {}: {} bytes, {} entries, {}",
         out.output.display(),
         bytes.len(),
@@ -172,7 +172,7 @@ fn finish(bytes: &[u8], out: &OutputArgs) -> Result<ExitCode> {
         chain_report::summary(&report)
     );
     for note in &report.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -197,12 +197,19 @@ pub fn run_build(args: &BuildArgs) -> Result<ExitCode> {
     finish(&inputs.table()?, &args.output)
 }
 
-/// The role a file name gives, following snphost/snpguest naming.
-fn role_of(name: &str) -> Option<Role> {
+/// The role a file name gives, following snphost/snpguest naming: `ark`,
+/// `ask`, `asvk`, `vcek`, `vlek` and `crl` with a certificate extension;
+/// snphost's product-named CRL (`milan.crl`, `genoa.crl`, `turin.crl`);
+/// other entries as `GUID.*` or snpguest's `other-GUID.*`.
+pub(crate) fn role_of(name: &str) -> Option<Role> {
     let lower = name.to_ascii_lowercase();
     let (stem, ext) = lower.rsplit_once('.')?;
-    if let Ok(guid) = Uuid::parse_str(stem) {
+    let guid = stem.strip_prefix("other-").unwrap_or(stem);
+    if let Ok(guid) = Uuid::parse_str(guid) {
         return Some(Role::Other(guid));
+    }
+    if ext == "crl" && matches!(stem, "milan" | "genoa" | "turin") {
+        return Some(Role::Crl);
     }
     if !matches!(ext, "pem" | "der" | "cert" | "crt" | "crl") {
         return None;
@@ -218,8 +225,9 @@ fn role_of(name: &str) -> Option<Role> {
     })
 }
 
+/// What a file in an import directory becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     Ark,
     Ask(&'static str),
     Signer(CertKind),

@@ -6,18 +6,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use snp_certs::CertKind;
 use snp_certs::x509::{DocumentKind, to_der, to_pem};
 
+use crate::build::{Role, role_of};
 use crate::files;
 
-/// Write each entry of a certs file to DIR: ark.der, ask.der, vcek.der,
-/// vlek.der, crl.der (or .pem with --pem), other entries as GUID.bin.
-/// Certificates stored as PEM in the table are written as DER unless
-/// --pem is given. Reads the file under the shared lock; existing files in
-/// DIR are replaced.
+/// Write each entry of a certs file to DIR: ark.der, ask.der (asvk.der in
+/// a VLEK chain, as snphost and snpguest name it), vcek.der, vlek.der,
+/// crl.der (or .pem with --pem), other entries as GUID.bin. Certificates
+/// stored as PEM in the table are written as DER unless --pem is given.
+/// Reads the file under the shared lock; existing files in DIR are
+/// replaced, but a DIR holding certificates in the other encoding is
+/// refused (it would end up mixed, and import-dir would refuse it).
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// The certs file.
@@ -33,7 +36,13 @@ pub struct ExportArgs {
 }
 
 /// File name and content for one entry.
-fn exported(kind: CertKind, guid: &uuid::Uuid, data: &[u8], pem: bool) -> (String, Vec<u8>) {
+fn exported(
+    kind: CertKind,
+    guid: &uuid::Uuid,
+    data: &[u8],
+    pem: bool,
+    vlek_chain: bool,
+) -> (String, Vec<u8>) {
     let document = match kind {
         CertKind::Ark | CertKind::Ask | CertKind::Vcek | CertKind::Vlek => {
             Some(DocumentKind::Certificate)
@@ -42,6 +51,7 @@ fn exported(kind: CertKind, guid: &uuid::Uuid, data: &[u8], pem: bool) -> (Strin
         CertKind::ExtraPlatformInfo | CertKind::Other => None,
     };
     let stem = match document {
+        Some(_) if kind == CertKind::Ask && vlek_chain => "asvk".to_owned(),
         Some(_) => kind.name().to_owned(),
         None => guid.to_string(),
     };
@@ -78,22 +88,57 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Refuses `dir` if it holds a chain file (`ark.pem`, `vcek.der`, ...) in
+/// the encoding other than `extension`.
+fn check_encoding(dir: &Path, extension: &str) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().to_ascii_lowercase();
+        let chain_file = matches!(role_of(&name), Some(role) if !matches!(role, Role::Other(_)));
+        let other_encoding = match name.rsplit_once('.') {
+            Some((_, ext)) => matches!(ext, "pem" | "der") && ext != extension,
+            None => false,
+        };
+        if chain_file && other_encoding {
+            bail!(
+                "{} already holds {name}: exporting .{extension} files there would mix encodings, \
+                 and import-dir would then find two files for one entry; \
+                 export {} or into another directory",
+                dir.display(),
+                if extension == "pem" {
+                    "without --pem"
+                } else {
+                    "with --pem"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs `export`.
 pub fn run(args: &ExportArgs) -> Result<ExitCode> {
     let files: Vec<(String, Vec<u8>)> =
         files::with_locked_table(&args.file, args.timeout, "export", |table| {
+            let vlek_chain = table.entries().iter().any(|e| e.kind == CertKind::Vlek);
             table
                 .entries()
                 .iter()
-                .map(|e| exported(e.kind, &e.guid, e.data, args.pem))
+                .map(|e| exported(e.kind, &e.guid, e.data, args.pem, vlek_chain))
                 .collect()
         })?;
+    check_encoding(&args.dir, if args.pem { "pem" } else { "der" })?;
     fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
     for (name, bytes) in &files {
         let path = args.dir.join(name);
         write_replacing(&path, bytes)?;
-        println!("{} ({} bytes)", path.display(), bytes.len());
+        outln!("{} ({} bytes)", path.display(), bytes.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -91,12 +91,12 @@ fn write_dir(dir: &Path, bundle: &Bundle) -> Result<Vec<PathBuf>> {
 /// Prints where each document came from and how many requests were made.
 pub fn print_sources(bundle: &Bundle, kds: &Kds) {
     for source in &bundle.sources {
-        println!("  {source}");
+        outln!("  {source}");
     }
     for note in &bundle.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
-    println!("KDS requests: {}", kds.requests());
+    outln!("KDS requests: {}", kds.requests());
 }
 
 /// Runs `fetch`.
@@ -123,7 +123,7 @@ pub fn run(args: &FetchArgs) -> Result<ExitCode> {
     let summary = chain_report::summary(&args.kds.time.verify(&table));
     if let Some(out) = &args.output {
         write_new_file(out, &bundle.table)?;
-        println!(
+        outln!(
             "wrote {}: {} bytes, {} entries, {summary}",
             out.display(),
             bundle.table.len(),
@@ -133,7 +133,7 @@ pub fn run(args: &FetchArgs) -> Result<ExitCode> {
     if let Some(dir) = &args.dir {
         let written = write_dir(dir, &bundle)?;
         let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-        println!("wrote {}, {summary}", names.join(", "));
+        outln!("wrote {}, {summary}", names.join(", "));
     }
     print_sources(&bundle, &kds);
     Ok(ExitCode::SUCCESS)

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use snp_certs::CertsReader;
 use snp_certs::table::{CertTable, LINUX_GUEST_MAX_SIZE, MAX_TABLE_SIZE};
+use snp_certs::x509::{ParsedCert, ParsedCrl};
 
 /// Largest input file read (a certificate, CRL or table): 1 MiB.
 const MAX_INPUT: u64 = MAX_TABLE_SIZE as u64;
@@ -37,11 +38,43 @@ pub fn with_locked_table<T>(
     use_table: impl FnOnce(&CertTable<'_>) -> T,
 ) -> Result<T> {
     let mut reader = CertsReader::new();
-    let locked = reader
-        .lock_and_read(path, std::time::Duration::from_millis(timeout_ms))
-        .with_context(|| format!("cannot {action} {}", path.display()))?;
+    let locked = match reader.lock_and_read(path, std::time::Duration::from_millis(timeout_ms)) {
+        Ok(locked) => locked,
+        Err(e) => {
+            // A certificate handed over where a table is wanted.
+            if let Some(what) = read_input(path).ok().and_then(|b| single_document(&b)) {
+                bail!(
+                    "{} is {what}, not a certificate table; use `snp-certs build` or `import-dir`",
+                    path.display()
+                );
+            }
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot {action} {}", path.display()))
+            );
+        }
+    };
     let table = CertTable::parse(locked.bytes).context("invalid table")?;
     Ok(use_table(&table))
+}
+
+/// What `bytes` is if it is one certificate or CRL, PEM or DER, such as
+/// "a PEM certificate": an operator handed a certificate to a command
+/// that wants a table.
+pub fn single_document(bytes: &[u8]) -> Option<&'static str> {
+    let pem = bytes.trim_ascii_start().starts_with(b"-----BEGIN");
+    let what = if ParsedCert::parse(bytes).is_ok() {
+        "certificate"
+    } else if ParsedCrl::parse(bytes).is_ok() {
+        "CRL"
+    } else {
+        return None;
+    };
+    Some(match (pem, what) {
+        (true, "certificate") => "a PEM certificate",
+        (false, "certificate") => "a DER certificate",
+        (true, _) => "a PEM CRL",
+        (false, _) => "a DER CRL",
+    })
 }
 
 /// Refuses a table of `size` bytes for `what` if a Linux guest could not

@@ -28,7 +28,7 @@ pub struct InspectArgs {
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Maximum time in milliseconds to wait for the shared lock.
     #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
     timeout: u64,
@@ -108,7 +108,7 @@ fn report(file: PathBuf, table: &CertTable<'_>, time: &ChainTime) -> InspectRepo
 }
 
 fn print_text(r: &InspectReport) {
-    println!(
+    outln!(
         "{}: {} bytes ({} pages), {} entries",
         r.file.display(),
         r.size,
@@ -116,23 +116,32 @@ fn print_text(r: &InspectReport) {
         r.entries.len()
     );
     if !r.entries.is_empty() {
-        println!(
+        outln!(
             "  {:>2}  {:<36}  {:<10}  {:>7}  {:>7}  encoding",
-            "#", "guid", "name", "offset", "length"
+            "#",
+            "guid",
+            "name",
+            "offset",
+            "length"
         );
     }
     for e in &r.entries {
-        println!(
+        outln!(
             "  {:>2}  {:<36}  {:<10}  {:>7}  {:>7}  {}",
-            e.index, e.guid, e.name, e.offset, e.length, e.encoding
+            e.index,
+            e.guid,
+            e.name,
+            e.offset,
+            e.length,
+            e.encoding
         );
         print_x509(e);
     }
     for line in chain_report::lines(&r.chain, false) {
-        println!("{line}");
+        outln!("{line}");
     }
     for w in &r.warning_messages {
-        println!("warning: {w}");
+        outln!("warning: {w}");
     }
 }
 
@@ -140,36 +149,37 @@ fn print_x509(e: &EntryReport) {
     let pad = "      ";
     match &e.x509 {
         Some(EntryInfo::Certificate(c)) => {
-            println!("{pad}subject  {}", c.subject);
-            println!("{pad}issuer   {}", c.issuer);
-            println!("{pad}valid    {} to {}", c.not_before, c.not_after);
-            println!("{pad}serial   {}", c.serial);
-            println!(
+            outln!("{pad}subject  {}", c.subject);
+            outln!("{pad}issuer   {}", c.issuer);
+            outln!("{pad}valid    {} to {}", c.not_before, c.not_after);
+            outln!("{pad}serial   {}", c.serial);
+            outln!(
                 "{pad}key      {} (signed with {})",
-                c.key, c.signature_algorithm
+                c.key,
+                c.signature_algorithm
             );
             match (&c.product, &c.product_name) {
-                (Some(line), Some(name)) => println!("{pad}product  {line} ({name})"),
-                (Some(line), None) => println!("{pad}product  {line}"),
+                (Some(line), Some(name)) => outln!("{pad}product  {line} ({name})"),
+                (Some(line), None) => outln!("{pad}product  {line}"),
                 _ => {}
             }
             if let Some(tcb) = &c.tcb {
-                println!("{pad}tcb      {tcb}");
+                outln!("{pad}tcb      {tcb}");
             }
             if let Some(hwid) = &c.hwid {
-                println!("{pad}hwid     {hwid}");
+                outln!("{pad}hwid     {hwid}");
             }
             if let Some(csp) = &c.csp_id {
-                println!("{pad}csp id   {csp}");
+                outln!("{pad}csp id   {csp}");
             }
         }
         Some(EntryInfo::Crl(c)) => {
-            println!("{pad}issuer   {}", c.issuer);
+            outln!("{pad}issuer   {}", c.issuer);
             match &c.next_update {
-                Some(next) => println!("{pad}updated  {} (next {next})", c.this_update),
-                None => println!("{pad}updated  {}", c.this_update),
+                Some(next) => outln!("{pad}updated  {} (next {next})", c.this_update),
+                None => outln!("{pad}updated  {}", c.this_update),
             }
-            println!(
+            outln!(
                 "{pad}revoked  {}",
                 if c.revoked.is_empty() {
                     "none".to_owned()
@@ -180,7 +190,7 @@ fn print_x509(e: &EntryReport) {
         }
         None => {
             if let Some(error) = &e.x509_error {
-                println!("{pad}not X.509: {error}");
+                outln!("{pad}not X.509: {error}");
             }
         }
     }
@@ -192,7 +202,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
         report(args.file.clone(), table, &args.time)
     })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print_text(&r);
     }

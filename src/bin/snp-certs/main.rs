@@ -11,6 +11,10 @@
 //! * `probe FILE` answers a simulated guest request through the same code
 //!   a VMM uses, to show what a guest would get right now.
 
+#[macro_use]
+#[path = "../../shared/stdout.rs"]
+mod stdout;
+
 mod build;
 mod chain_report;
 mod child;
@@ -52,8 +56,21 @@ enum Command {
     Refresh(refresh::RefreshArgs),
 }
 
+impl Command {
+    /// Whether the command was asked for JSON output (and so JSON errors).
+    fn json(&self) -> bool {
+        match self {
+            Command::Inspect(args) => args.json,
+            Command::Verify(args) => args.json,
+            Command::Probe(args) => args.json,
+            _ => false,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Build(args) => build::run_build(&args),
         Command::ImportDir(args) => build::run_import_dir(&args),
@@ -69,7 +86,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("snp-certs: {error:#}");
+            stdout::print_error("snp-certs", &error, json);
             ExitCode::from(2)
         }
     }

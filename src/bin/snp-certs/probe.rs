@@ -29,7 +29,7 @@ pub struct ProbeArgs {
     npages: u64,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,9 +87,9 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
     };
     drop(outcome);
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{} (ret {}, npages {}, {} bytes, lock wait {} us, {})",
             report.outcome,
             report.ret,
@@ -99,7 +99,7 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
             report.reason
         );
         if let Some(detail) = &report.detail {
-            println!("  {detail}");
+            outln!("  {detail}");
         }
     }
     Ok(match report.outcome {

@@ -207,7 +207,7 @@ fn prefetch(args: &RefreshArgs) -> Result<ExitCode> {
     let kds = Kds::new(args.kds.config());
     match kds.fetch(&FetchRequest::vcek(id.clone(), !args.no_crl)) {
         Ok(bundle) => {
-            println!(
+            outln!(
                 "cached the certificates for {id} in {}",
                 args.kds.cache.display()
             );
@@ -269,7 +269,7 @@ pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
             let report = lock
                 .rewrite(&bundle.table, &UpdateOptions::default())
                 .with_context(|| format!("cannot update {}", args.file.display()))?;
-            println!("{} (VCEK for {id})", describe(&report));
+            outln!("{} (VCEK for {id})", describe(&report));
             print_sources(&bundle, &kds);
             lock.release();
             Ok(ExitCode::SUCCESS)

@@ -129,7 +129,7 @@ pub fn run(args: &UpdateArgs) -> Result<ExitCode> {
     };
     match update::rewrite_in_place_with(&args.file, &new, &options) {
         Ok(report) => {
-            println!("{}", describe(&report));
+            outln!("{}", describe(&report));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) if is_lock_timeout(&e) => {

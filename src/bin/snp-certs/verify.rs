@@ -24,7 +24,7 @@ pub struct VerifyArgs {
     file: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Accept a table above 16 KiB (Linux guests cannot receive one).
     #[arg(long)]
     allow_large: bool,
@@ -53,14 +53,14 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             warnings: table.warnings(),
         })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}: {} bytes", report.file.display(), report.size);
+        outln!("{}: {} bytes", report.file.display(), report.size);
         for line in chain_report::lines(&report.chain, true) {
-            println!("{line}");
+            outln!("{line}");
         }
         for w in &report.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}");
         }
     }
     let too_large = report.size > LINUX_GUEST_MAX_SIZE && !args.allow_large;

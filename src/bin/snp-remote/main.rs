@@ -2,15 +2,22 @@
 //! Cloud Hypervisor's `ch-remote`.
 //!
 //! Exit status: 0 on success, 1 when the VMM refused the request (its
-//! message is printed as `snp-remote: ...`), 2 for usage errors and when
-//! the VMM cannot be reached.
+//! error chain is printed as `snp-remote: outer: inner`, or with `--json`
+//! as `{"error": ["outer", "inner"]}`, on stderr), 2 for usage errors and
+//! when the VMM cannot be reached.
+
+#[macro_use]
+#[path = "../../shared/stdout.rs"]
+mod stdout;
 
 mod output;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use std::io::Read;
+
+use anyhow::Context;
 use api_server::client::{ApiClient, ApiResponse, ClientError};
 use api_server::routes::Method;
 use clap::{Args, Parser, Subcommand};
@@ -39,7 +46,9 @@ struct Cli {
 enum Command {
     /// Check the VMM is alive; show its version, pid and SNP support.
     Ping,
-    /// Create the VM from a JSON file or Cloud Hypervisor-style options.
+    /// Create the VM from a JSON configuration (a file, or stdin when the
+    /// path is absent or `-`, as ch-remote reads it) or from Cloud
+    /// Hypervisor-style options.
     Create(CreateArgs),
     /// Boot the created VM.
     Boot,
@@ -63,19 +72,26 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct CreateArgs {
-    /// VM configuration as JSON (the body of PUT vm.create).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["cpus", "memory", "snp", "payload"])]
+    /// VM configuration as JSON (the body of PUT vm.create); `-` or absent
+    /// (without options): read it from stdin.
+    #[arg(value_name = "PATH|-", conflicts_with_all = ["config", "cpus", "memory", "platform", "snp", "payload"])]
+    path: Option<PathBuf>,
+    /// The same as PATH.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cpus", "memory", "platform", "snp", "payload"])]
     config: Option<PathBuf>,
-    /// vCPUs: boot=N.
+    /// vCPUs: boot=N,max=N.
     #[arg(long, value_name = "OPTIONS")]
     cpus: Option<String>,
     /// Memory: size=64M.
     #[arg(long, value_name = "OPTIONS")]
     memory: Option<String>,
+    /// Platform: sev_snp=on|off.
+    #[arg(long, value_name = "OPTIONS")]
+    platform: Option<String>,
     /// SNP: certs-file=PATH,certs-timeout=MS,doorbell=on|off.
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Payload: attest,requests=N,interval-ms=M (keys optional).
+    /// Payload: attest,requests=N,interval-ms=M (keys optional),host_data=HEX.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
 }
@@ -112,8 +128,8 @@ fn parse_switch(s: &str) -> Result<bool, String> {
 
 /// How a run failed, and so its exit status.
 enum Failure {
-    /// The VMM refused: exit 1.
-    Api(String),
+    /// The VMM refused: exit 1. Its error chain, outermost first.
+    Api(Vec<String>),
     /// Bad usage or no VMM to talk to: exit 2.
     Usage(anyhow::Error),
 }
@@ -121,7 +137,7 @@ enum Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         match e {
-            ClientError::Api { message, .. } => Failure::Api(message),
+            ClientError::Api { chain, .. } => Failure::Api(chain),
             e @ ClientError::Decode { .. } => Failure::Api(chain(&anyhow::Error::new(e))),
             e => Failure::Usage(anyhow::Error::new(e)),
         }
@@ -134,20 +150,20 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn chain(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+fn chain(e: &anyhow::Error) -> Vec<String> {
+    e.chain().map(|c| one_line(&c.to_string())).collect()
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Api(message)) => {
-            eprintln!("snp-remote: {}", one_line(&message));
+        Err(Failure::Api(messages)) => {
+            stdout::print_chain("snp-remote", &messages, cli.json);
             ExitCode::from(1)
         }
         Err(Failure::Usage(e)) => {
-            eprintln!("snp-remote: {}", one_line(&chain(&e)));
+            stdout::print_error("snp-remote", &e, cli.json);
             ExitCode::from(2)
         }
     }
@@ -230,7 +246,7 @@ fn show(json: bool, endpoint: &str, response: ApiResponse) -> Result<(), Failure
         return Ok(());
     }
     if json {
-        println!("{}", response.text().trim_end());
+        outln!("{}", response.text().trim_end());
         return Ok(());
     }
     let text = match endpoint {
@@ -240,7 +256,7 @@ fn show(json: bool, endpoint: &str, response: ApiResponse) -> Result<(), Failure
         "vm.counters" => output::counters(&response.json(endpoint)?),
         _ => response.text(),
     };
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -248,26 +264,48 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("Cannot make {} absolute", path.display()))
 }
 
+/// Reads a JSON configuration from `path`, or stdin for `-`.
+fn read_config(path: &Path) -> anyhow::Result<VmConfig> {
+    let (text, name) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("Cannot read the VM configuration from stdin")?;
+        (text, "stdin".to_owned())
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Cannot read {}", path.display()))?;
+        (text, path.display().to_string())
+    };
+    serde_json::from_str::<VmConfig>(&text)
+        .with_context(|| format!("Invalid VM configuration in {name}"))
+}
+
 fn create_config(args: &CreateArgs) -> anyhow::Result<VmConfig> {
-    let mut config = match &args.config {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("Cannot read {}", file.display()))?;
-            serde_json::from_str::<VmConfig>(&text)
-                .with_context(|| format!("Invalid VM configuration in {}", file.display()))?
-        }
-        None => VmConfig::from_options(&VmOptions {
-            cpus: args.cpus.as_deref(),
-            memory: args.memory.as_deref(),
-            snp: args.snp.as_deref(),
-            payload: args.payload.as_deref(),
-        })?,
+    let options = VmOptions {
+        cpus: args.cpus.as_deref(),
+        memory: args.memory.as_deref(),
+        platform: args.platform.as_deref(),
+        snp: args.snp.as_deref(),
+        payload: args.payload.as_deref(),
+    };
+    let has_options = [
+        options.cpus,
+        options.memory,
+        options.platform,
+        options.snp,
+        options.payload,
+    ]
+    .iter()
+    .any(Option::is_some);
+    let mut config = match args.path.as_deref().or(args.config.as_deref()) {
+        Some(path) => read_config(path)?,
+        None if has_options => VmConfig::from_options(&options)?,
+        None => read_config(Path::new("-"))?,
     };
     if let Some(file) = &config.snp.certs_file {
         config.snp.certs_file = Some(absolute(file)?);
     }
-    if let Err(e) = config.validate() {
-        bail!("Invalid VM configuration: {e}");
-    }
+    config.validate().context("Invalid VM configuration")?;
     Ok(config)
 }

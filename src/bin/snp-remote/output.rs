@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use vmm_api::{PayloadConfig, PingResponse, SnpCertsInfo, VmCounters, VmInfo};
+use vmm_api::{CounterMap, PingResponse, SnpCertsInfo, TestGuestConfig, VmInfo};
 
 /// `ping`.
 pub fn ping(p: &PingResponse) -> String {
@@ -13,8 +13,12 @@ pub fn ping(p: &PingResponse) -> String {
         "not supported"
     };
     format!(
-        "snp-vmm {}, pid {}\nhypervisor: {}\nSNP certificate exits: {snp}\n",
-        p.version, p.pid, p.hypervisor
+        "snp-vmm {} (build {}), pid {}\nhypervisor: {}\nfeatures: {}\nSNP certificate exits: {snp}\n",
+        p.version,
+        p.build_version,
+        p.pid,
+        p.hypervisor,
+        p.features.join(", ")
     )
 }
 
@@ -45,10 +49,16 @@ pub fn info(i: &VmInfo) -> String {
         .iter()
         .map(|v| format!("{}: {}", v.id, v.state))
         .collect();
-    let _ = writeln!(s, "vcpus: {} ({})", c.cpus.boot, vcpus.join(", "));
+    let _ = writeln!(s, "vcpus: {} ({})", c.cpus.boot_vcpus, vcpus.join(", "));
     let _ = writeln!(s, "memory: {}", size(c.memory.size));
-    match c.payload {
-        Some(PayloadConfig::Attest {
+    let platform = if c.platform.sev_snp {
+        "sev-snp"
+    } else {
+        "default"
+    };
+    let _ = writeln!(s, "platform: {platform}");
+    match c.test_guest() {
+        Some(TestGuestConfig::Attest {
             requests,
             interval_ms,
             ..
@@ -98,43 +108,14 @@ pub fn certs(c: &SnpCertsInfo) -> String {
     s
 }
 
-/// `counters`.
-pub fn counters(c: &VmCounters) -> String {
+/// `counters`: Cloud Hypervisor's map, one block per device.
+pub fn counters(map: &CounterMap) -> String {
     let mut s = String::new();
-    let r = &c.requests;
-    let _ = writeln!(s, "requests:         {}", r.total());
-    for (name, n) in [
-        ("delivered", r.delivered),
-        ("need-pages", r.need_pages),
-        ("busy", r.busy),
-        ("failed", r.failed),
-    ] {
-        let _ = writeln!(s, "  {:<15} {n}", format!("{name}:"));
-    }
-    if !c.reasons.is_empty() {
-        let _ = writeln!(s, "reasons:");
-        for (reason, n) in &c.reasons {
-            let _ = writeln!(s, "  {:<15} {n}", format!("{reason}:"));
+    for (device, counters) in map {
+        let _ = writeln!(s, "{device}:");
+        for (name, n) in counters {
+            let _ = writeln!(s, "  {:<28} {n}", format!("{name}:"));
         }
     }
-    if !c.fallbacks.is_empty() {
-        let _ = writeln!(s, "fallbacks:");
-        for (reason, n) in &c.fallbacks {
-            let _ = writeln!(s, "  {:<15} {n}", format!("{reason}:"));
-        }
-    }
-    let _ = writeln!(s, "bytes delivered:  {}", c.bytes_delivered);
-    let w = &c.lock_wait_us;
-    let _ = writeln!(
-        s,
-        "lock wait (us):   count {}, p50 {}, p90 {}, p99 {}, max {}",
-        w.count, w.p50, w.p90, w.p99, w.max
-    );
-    let _ = writeln!(
-        s,
-        "leases:           {} held, {} released",
-        c.leases_held, c.leases_released
-    );
-    let _ = writeln!(s, "events dropped:   {}", c.events_dropped);
     s
 }

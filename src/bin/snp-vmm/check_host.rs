@@ -51,13 +51,11 @@ pub struct CheckHostArgs {
     /// most 16 KiB, who holds its lock).
     #[arg(long, value_name = "FILE", requires = "check_host")]
     pub certs_file: Option<PathBuf>,
-    /// With --check-host: print one JSON object instead of text.
-    #[arg(long, requires = "check_host")]
-    pub json: bool,
 }
 
-/// Runs the check, prints the report, and returns the exit status.
-pub fn run(args: &CheckHostArgs) -> Result<ExitCode> {
+/// Runs the check, prints the report (one JSON object if `json`, the
+/// command line's `--json`), and returns the exit status.
+pub fn run(args: &CheckHostArgs, json: bool) -> Result<ExitCode> {
     let mut report = probe_host();
     match &args.certs_file {
         Some(path) => report.items.extend(certs_items(path)),
@@ -65,7 +63,7 @@ pub fn run(args: &CheckHostArgs) -> Result<ExitCode> {
             .items
             .push(HostItem::skipped(ITEM_CERTS_FILE, "no --certs-file given")),
     }
-    let text = if args.json {
+    let text = if json {
         to_json(&report)?
     } else {
         to_text(&report)

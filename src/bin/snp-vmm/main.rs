@@ -3,23 +3,30 @@
 //!
 //! Without `--api-socket` it boots the VM from the command line, waits for
 //! the guest to finish, prints a summary and exits (0 when the guest got
-//! exactly the certs file's table every time). With `--api-socket` it
-//! serves the REST API until `vmm.shutdown`, creating and booting a VM at
-//! start if VM options are given. With `--check-host` it only reports
-//! whether this host can serve SEV-SNP guests (see [`check_host`]).
+//! exactly the certs file's table every time); with `--json` it prints one
+//! JSON object instead of the per-request lines and the text summary. With
+//! `--api-socket PATH|path=PATH|fd=N` it serves the REST API until
+//! `vmm.shutdown`, creating and booting a VM at start if VM options are
+//! given. With `--check-host` it only reports whether this host can serve
+//! SEV-SNP guests (see [`check_host`]).
 
 mod check_host;
 
-use std::path::PathBuf;
+#[macro_use]
+#[path = "../../shared/stdout.rs"]
+mod stdout;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use api_server::server::ApiServer;
 use clap::Parser;
 use event_monitor::{EventMonitor, EventMonitorConfig, EventSender};
+use option_parser::Options;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use test_guests::TestGuests;
@@ -28,24 +35,57 @@ use vmm::backend::{Backend, BackendChoice};
 use vmm::controller::Vmm;
 use vmm_api::{VmConfig, VmOptions};
 
+/// Where the API listens: `--api-socket PATH`, `path=PATH` or `fd=N`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ApiSocket {
+    /// A socket file created (mode 0600) and removed at exit.
+    Path(PathBuf),
+    /// An inherited listening Unix socket (socket activation).
+    Fd(i32),
+}
+
+impl ApiSocket {
+    /// Parses `PATH`, `path=PATH` or `fd=N`. A bare path is anything
+    /// without `=`, or starting with `/` or `.`.
+    fn parse(input: &str) -> Result<ApiSocket, String> {
+        if !input.contains('=') || input.starts_with('/') || input.starts_with('.') {
+            return Ok(ApiSocket::Path(PathBuf::from(input)));
+        }
+        let o = Options::parse(input, &["path", "fd"], false).map_err(|e| e.to_string())?;
+        match (
+            o.get("path"),
+            o.parsed::<i32>("fd").map_err(|e| e.to_string())?,
+        ) {
+            (Some(path), None) if !path.is_empty() => Ok(ApiSocket::Path(PathBuf::from(path))),
+            (None, Some(fd)) if fd >= 0 => Ok(ApiSocket::Fd(fd)),
+            _ => Err("expected PATH, path=PATH or fd=N (one of them)".to_owned()),
+        }
+    }
+}
+
 /// Run a VM that answers SEV-SNP certificate requests from a certs file.
 #[derive(Debug, Parser)]
 #[command(name = "snp-vmm", version, about)]
 struct Args {
-    /// Serve the REST API on this Unix socket (created mode 0600).
-    #[arg(long, value_name = "PATH")]
-    api_socket: Option<PathBuf>,
-    /// vCPUs: boot=N.
+    /// Serve the REST API on this Unix socket: PATH or path=PATH (created
+    /// mode 0600, removed at exit), or fd=N, an inherited listening Unix
+    /// socket (socket activation).
+    #[arg(long, value_name = "PATH|path=PATH|fd=N", value_parser = ApiSocket::parse)]
+    api_socket: Option<ApiSocket>,
+    /// vCPUs: boot=N,max=N (max must equal boot).
     #[arg(long, value_name = "boot=N")]
     cpus: Option<String>,
     /// Guest memory: size=64M.
     #[arg(long, value_name = "size=SIZE")]
     memory: Option<String>,
+    /// Platform: sev_snp=on|off (SEV-SNP guests are refused by this build).
+    #[arg(long, value_name = "sev_snp=on|off")]
+    platform: Option<String>,
     /// Certificate serving: certs-file=PATH,certs-timeout=MS,busy-budget=MS,
     /// on-error=empty|busy,allow-large=on,startup-wait=MS,doorbell=on.
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Guest payload: attest,requests=N,interval-ms=MS,retry-ms=MS,max-busy-retries=N.
+    /// Guest payload: attest,requests=N,interval-ms=MS,retry-ms=MS,max-busy-retries=N,host_data=HEX.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
     /// JSON-lines event stream: path=FILE or fd=N.
@@ -55,6 +95,12 @@ struct Args {
     /// guest), or auto (KVM, else the mock, said loudly).
     #[arg(long, default_value_t = BackendChoice::Kvm)]
     hypervisor: BackendChoice,
+    /// Print one JSON object: at the end of a run without --api-socket
+    /// (the summary and the counters, instead of the per-request lines and
+    /// the text summary), or the --check-host report; errors as
+    /// {"error": [...]} on stderr.
+    #[arg(long)]
+    json: bool,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -67,13 +113,18 @@ impl Args {
         VmOptions {
             cpus: self.cpus.as_deref(),
             memory: self.memory.as_deref(),
+            platform: self.platform.as_deref(),
             snp: self.snp.as_deref(),
             payload: self.payload.as_deref(),
         }
     }
 
     fn has_vm_options(&self) -> bool {
-        self.cpus.is_some() || self.memory.is_some() || self.snp.is_some() || self.payload.is_some()
+        self.cpus.is_some()
+            || self.memory.is_some()
+            || self.platform.is_some()
+            || self.snp.is_some()
+            || self.payload.is_some()
     }
 
     /// The VM configuration, with a relative certs file made absolute
@@ -128,23 +179,32 @@ fn run_once(
         "mock" => "mock (no real vCPUs: a Rust model of the attestation guest)",
         other => other,
     };
-    println!(
-        "snp-vmm: hypervisor {hypervisor}, {} vCPU(s), {} MiB, certs-file {}, certs-timeout {} ms",
-        config.cpus.boot,
-        config.memory.size >> 20,
-        certs_file
-            .as_deref()
-            .map_or("none (empty table)".into(), |p| p.display().to_string()),
-        config.snp.certs_timeout
-    );
+    if !args.json {
+        outln!(
+            "snp-vmm: hypervisor {hypervisor}, {} vCPU(s), {} MiB, certs-file {}, certs-timeout {} ms",
+            config.cpus.boot_vcpus,
+            config.memory.size >> 20,
+            certs_file
+                .as_deref()
+                .map_or("none (empty table)".into(), |p| p.display().to_string()),
+            config.snp.certs_timeout
+        );
+    }
+    let header = serde_json::json!({
+        "hypervisor": vmm.backend().name(),
+        "vcpus": config.cpus.boot_vcpus,
+        "memory": config.memory.size,
+        "certs_file": certs_file,
+        "certs_timeout": config.snp.certs_timeout,
+    });
     if let Err(e) = vmm.create_vm(config) {
         if interrupted.load(Ordering::Acquire) {
             eprintln!("snp-vmm: interrupted during start-up: no VM was created");
             return Ok(ExitCode::from(130));
         }
-        bail!(e.message);
+        return Err(anyhow!(e));
     }
-    vmm.boot_vm().map_err(|e| anyhow::anyhow!(e.message))?;
+    vmm.boot_vm().map_err(|e| anyhow!(e))?;
     let summary = vmm
         .with_vm(|vm| {
             // Until the guest is done, or SIGINT/SIGTERM asks to stop.
@@ -160,15 +220,27 @@ fn run_once(
             }
             vm.shutdown();
             let records = guests.last_log().map(|l| l.records()).unwrap_or_default();
-            Ok(summarize(
-                &records,
-                &vm.certs().stats(),
-                certs_file.as_deref(),
-                wait,
+            let counters = vm.certs().stats();
+            Ok((
+                summarize(&records, &counters, certs_file.as_deref(), wait),
+                counters,
             ))
         })
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-    print!("{}", summary.text);
+        .map_err(|e| anyhow!(e))?;
+    let (summary, counters) = summary;
+    if args.json {
+        let mut report = header;
+        report["reports"] = summary.reports.into();
+        report["matched"] = summary.matched.into();
+        report["bad"] = summary.bad.into();
+        report["guest_checksum"] = summary.guest_checksum.into();
+        report["file_checksum"] = summary.file.map(|f| f.checksum).into();
+        report["success"] = summary.success().into();
+        report["counters"] = serde_json::to_value(&counters)?;
+        outln!("{report}");
+    } else {
+        out!("{}", summary.text);
+    }
     Ok(if summary.success() {
         ExitCode::SUCCESS
     } else {
@@ -177,15 +249,19 @@ fn run_once(
 }
 
 /// Serves the API until `vmm.shutdown`.
-fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
+fn serve_api(args: &Args, socket: &ApiSocket, vmm: Arc<Vmm>) -> Result<ExitCode> {
     // The socket first: a socket in use ends the run before any VM exists.
     let config = if args.has_vm_options() {
         Some(args.vm_config()?)
     } else {
         None
     };
-    let server = ApiServer::start(socket, Arc::clone(&vmm) as Arc<dyn vmm_api::VmmApi>)
-        .with_context(|| format!("cannot serve the API on {}", socket.display()))?;
+    let api = Arc::clone(&vmm) as Arc<dyn vmm_api::VmmApi>;
+    let server = match socket {
+        ApiSocket::Path(path) => ApiServer::start(path, api),
+        ApiSocket::Fd(fd) => ApiServer::start_on_fd(*fd, api),
+    }
+    .context("cannot serve the API")?;
     // SIGINT/SIGTERM: shut down as `vmm.shutdown` would (VM stopped, leases
     // released, socket removed, events flushed).
     let mut signals =
@@ -210,10 +286,16 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
                 eprintln!("snp-vmm: interrupted during start-up: no VM was created");
                 return Ok(ExitCode::from(130));
             }
-            bail!(e.message);
+            return Err(anyhow!(e));
         }
     }
-    log::info!("API on {}", socket.display());
+    log::info!(
+        "API on {}",
+        server
+            .path()
+            .unwrap_or(Path::new("an inherited socket"))
+            .display()
+    );
     vmm.wait_for_exit_request();
     server.shutdown();
     Ok(ExitCode::SUCCESS)
@@ -222,7 +304,7 @@ fn serve_api(args: &Args, socket: &PathBuf, vmm: Arc<Vmm>) -> Result<ExitCode> {
 fn run(args: Args) -> Result<ExitCode> {
     init_logging(args.verbose);
     if args.check.check_host {
-        return check_host::run(&args.check);
+        return check_host::run(&args.check, args.json);
     }
     let (monitor, events) = match &args.event_monitor {
         Some(config) => {
@@ -240,7 +322,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
     // Reports go to stdout only when run from the command line; with an API
     // they are in the event stream and the log.
-    let guests = Arc::new(TestGuests::new(args.api_socket.is_none()));
+    let guests = Arc::new(TestGuests::new(args.api_socket.is_none() && !args.json));
     let vmm = Arc::new(Vmm::new(
         backend,
         events.clone(),
@@ -274,11 +356,38 @@ fn run(args: Args) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let json = args.json;
+    match run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("snp-vmm: {e:#}");
+            stdout::print_error("snp-vmm", &e, json);
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_socket_forms() {
+        let path = |p: &str| Ok(ApiSocket::Path(PathBuf::from(p)));
+        assert_eq!(ApiSocket::parse("/run/snp.sock"), path("/run/snp.sock"));
+        assert_eq!(ApiSocket::parse("snp.sock"), path("snp.sock"));
+        assert_eq!(ApiSocket::parse("/run/a=b.sock"), path("/run/a=b.sock"));
+        assert_eq!(ApiSocket::parse("path=/run/x"), path("/run/x"));
+        assert_eq!(ApiSocket::parse("fd=3"), Ok(ApiSocket::Fd(3)));
+        for bad in [
+            "fd=x",
+            "fd=-1",
+            "path=/a,fd=3",
+            "fd=3,fd=4",
+            "sock=/x",
+            "path=",
+        ] {
+            assert!(ApiSocket::parse(bad).is_err(), "{bad}");
         }
     }
 }

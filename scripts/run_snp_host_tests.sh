@@ -71,10 +71,16 @@ else
     skip "kvm_amd is not loaded or has no sev_snp parameter (not an AMD SEV-SNP host; KVM modules here: ${modules[*]:-none})"
 fi
 
-echo "run_snp_host_tests: SNP host found; running the hardware tests"
+echo "run_snp_host_tests: SNP host found; running the hardware tests:"
+echo "  the kernel interface (probe, SNP VM, certificate-exit enable before vCPUs),"
+echo "  then snp-vmm --platform sev_snp=on with the SNP guest end to end: size query"
+echo "  and delivery, busy while snp-certs lock holds the file, the empty-table"
+echo "  fallback after the busy budget, a start during an update, and the lease"
+echo "  released after the immediate exit (a writer gets in between requests)"
+cargo run --locked --quiet --bin snp-vmm -- --check-host || true
 rm -f target/nextest/snp-host/junit.xml
 status=0
-cargo nextest run --locked -p hypervisor --test snp_host --profile snp-host --ignore-default-filter -E "test(/^snp_host_/)" --test-threads=1 || status=$?
+cargo nextest run --locked --workspace --profile snp-host --ignore-default-filter -E "test(/^snp_host_/)" --test-threads=1 || status=$?
 if [ -f target/nextest/snp-host/junit.xml ]; then
     if [ "$junit" != target/nextest/snp-host/junit.xml ]; then
         mkdir -p "$(dirname "$junit")"

@@ -118,7 +118,7 @@ fn snp_vmm_json_summary_and_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("SEV-SNP VMs are not supported by this build yet"),
+        stderr(&out).contains("KVM does not offer the SNP VM type (KVM_X86_SNP_VM)"),
         "{}",
         stderr(&out)
     );

@@ -39,52 +39,56 @@ fn stderr_line(child: &mut ChildGuard, needles: &[&str]) -> String {
 #[test]
 fn a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table() {
     for hv in backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs.bin");
-        fs::write(&certs, table(0x61)).unwrap();
-        let events = Events(dir.path().join("events.jsonl"));
-        let _vmm = ChildGuard(
-            snp_vmm_attest_on(
-                hv,
-                &certs,
-                "certs-timeout=20,busy-budget=500",
-                "requests=100000,interval-ms=2,retry-ms=20,max-busy-retries=10000",
-                &events,
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        );
-        assert_eq!(events.wait_for("report", 1)[0]["properties"]["entries"], 3);
-        // The management tool takes the lock and keeps it.
-        let tool = ManagementLock::take(&certs);
-        let fallback = &events.wait_for("fallback", 1)[0]["properties"];
-        assert_eq!(
-            (fallback["reason"].as_str(), fallback["ret"].as_u64()),
-            (Some("lock-timeout"), Some(0)),
-            "{hv}"
-        );
-        assert_eq!(fallback["on_error"], "empty");
-        let streak = fallback["busy_streak_ms"].as_u64().unwrap();
-        assert!(streak >= 500, "{hv}: busy for {streak} ms first");
-        // The guest's request ends with the empty table while the tool
-        // still holds the lock: told busy for about the budget, no longer.
-        let report = support::poll(30, "a report after the fallback", || {
-            let all = events.all();
-            let at = all.iter().position(|e| e["event"] == "fallback")?;
-            all[at..].iter().find(|e| e["event"] == "report").cloned()
-        });
-        let r = &report["properties"];
-        assert_eq!(r["status"], "ok", "{hv}: {r}");
-        assert_eq!(
-            (r["entries"].as_u64(), r["table_len"].as_u64()),
-            (Some(0), Some(24))
-        );
-        assert!(r["busy_retries"].as_u64().unwrap() >= 1, "{hv}: busy first");
-        assert_eq!(r["matches"], true, "the guest got what the VMM delivered");
-        assert!(lock_held(&certs), "{hv}: the tool still holds the lock");
-        tool.release();
+        a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on(hv);
     }
+}
+
+fn a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on(hv: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    fs::write(&certs, table(0x61)).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    let _vmm = ChildGuard(
+        snp_vmm_attest_on(
+            hv,
+            &certs,
+            "certs-timeout=20,busy-budget=500",
+            "requests=100000,interval-ms=2,retry-ms=20,max-busy-retries=10000",
+            &events,
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    assert_eq!(events.wait_for("report", 1)[0]["properties"]["entries"], 3);
+    // The management tool takes the lock and keeps it.
+    let tool = ManagementLock::take(&certs);
+    let fallback = &events.wait_for("fallback", 1)[0]["properties"];
+    assert_eq!(
+        (fallback["reason"].as_str(), fallback["ret"].as_u64()),
+        (Some("lock-timeout"), Some(0)),
+        "{hv}"
+    );
+    assert_eq!(fallback["on_error"], "empty");
+    let streak = fallback["busy_streak_ms"].as_u64().unwrap();
+    assert!(streak >= 500, "{hv}: busy for {streak} ms first");
+    // The guest's request ends with the empty table while the tool
+    // still holds the lock: told busy for about the budget, no longer.
+    let report = support::poll(30, "a report after the fallback", || {
+        let all = events.all();
+        let at = all.iter().position(|e| e["event"] == "fallback")?;
+        all[at..].iter().find(|e| e["event"] == "report").cloned()
+    });
+    let r = &report["properties"];
+    assert_eq!(r["status"], "ok", "{hv}: {r}");
+    assert_eq!(
+        (r["entries"].as_u64(), r["table_len"].as_u64()),
+        (Some(0), Some(24))
+    );
+    assert!(r["busy_retries"].as_u64().unwrap() >= 1, "{hv}: busy first");
+    assert_eq!(r["matches"], true, "the guest got what the VMM delivered");
+    assert!(lock_held(&certs), "{hv}: the tool still holds the lock");
+    tool.release();
 }
 
 /// Whether anyone holds a lock on `path` right now.
@@ -95,61 +99,65 @@ fn lock_held(path: &std::path::Path) -> bool {
 #[test]
 fn a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
     for hv in backends() {
-        for (on_error, break_it) in [
-            ("empty", "delete"),
-            ("empty", "garbage"),
-            ("busy", "garbage"),
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let certs = dir.path().join("certs.bin");
-            fs::write(&certs, table(0x62)).unwrap();
-            let events = Events(dir.path().join("events.jsonl"));
-            let _vmm = ChildGuard(
-                snp_vmm_attest_on(
-                    hv,
-                    &certs,
-                    &format!("on-error={on_error}"),
-                    "requests=100000,interval-ms=2,retry-ms=1,max-busy-retries=3",
-                    &events,
-                )
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
+        a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on(hv);
+    }
+}
+
+fn a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on(hv: &str) {
+    for (on_error, break_it) in [
+        ("empty", "delete"),
+        ("empty", "garbage"),
+        ("busy", "garbage"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs.bin");
+        fs::write(&certs, table(0x62)).unwrap();
+        let events = Events(dir.path().join("events.jsonl"));
+        let _vmm = ChildGuard(
+            snp_vmm_attest_on(
+                hv,
+                &certs,
+                &format!("on-error={on_error}"),
+                "requests=100000,interval-ms=2,retry-ms=1,max-busy-retries=3",
+                &events,
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        );
+        let first = &events.wait_for("report", 1)[0]["properties"];
+        assert_eq!(first["entries"], 3, "{hv}: the file first");
+        match break_it {
+            "delete" => fs::remove_file(&certs).unwrap(),
+            _ => fs::write(&certs, [0x5a; 100]).unwrap(),
+        }
+        let fallback = &events.wait_for("fallback", 1)[0]["properties"];
+        let reason = if break_it == "delete" {
+            "file-missing"
+        } else {
+            "file-invalid"
+        };
+        assert_eq!(fallback["reason"], reason, "{hv} {on_error} {break_it}");
+        // The first report the guest made after that answer.
+        let report = support::poll(30, "a report after the fallback", || {
+            let all = events.all();
+            let at = all.iter().position(|e| e["event"] == "fallback")?;
+            all[at..].iter().find(|e| e["event"] == "report").cloned()
+        });
+        let r = &report["properties"];
+        if on_error == "empty" {
+            assert_eq!(fallback["ret"], 0);
+            assert_eq!(
+                (r["status"].as_str(), r["entries"].as_u64()),
+                (Some("ok"), Some(0))
             );
-            let first = &events.wait_for("report", 1)[0]["properties"];
-            assert_eq!(first["entries"], 3, "{hv}: the file first");
-            match break_it {
-                "delete" => fs::remove_file(&certs).unwrap(),
-                _ => fs::write(&certs, [0x5a; 100]).unwrap(),
-            }
-            let fallback = &events.wait_for("fallback", 1)[0]["properties"];
-            let reason = if break_it == "delete" {
-                "file-missing"
-            } else {
-                "file-invalid"
-            };
-            assert_eq!(fallback["reason"], reason, "{hv} {on_error} {break_it}");
-            // The first report the guest made after that answer.
-            let report = support::poll(30, "a report after the fallback", || {
-                let all = events.all();
-                let at = all.iter().position(|e| e["event"] == "fallback")?;
-                all[at..].iter().find(|e| e["event"] == "report").cloned()
-            });
-            let r = &report["properties"];
-            if on_error == "empty" {
-                assert_eq!(fallback["ret"], 0);
-                assert_eq!(
-                    (r["status"].as_str(), r["entries"].as_u64()),
-                    (Some("ok"), Some(0))
-                );
-                assert_eq!(
-                    r["busy_retries"], 0,
-                    "{hv}: the empty table at once, no busy"
-                );
-            } else {
-                assert_eq!(fallback["ret"], 11);
-                assert_eq!(r["status"], "gave-up-busy", "{hv}: {r}");
-            }
+            assert_eq!(
+                r["busy_retries"], 0,
+                "{hv}: the empty table at once, no busy"
+            );
+        } else {
+            assert_eq!(fallback["ret"], 11);
+            assert_eq!(r["status"], "gave-up-busy", "{hv}: {r}");
         }
     }
 }
@@ -157,37 +165,41 @@ fn a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
 #[test]
 fn a_vmm_started_during_an_update_waits_for_it_and_serves() {
     for hv in backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs.bin");
-        let bytes = table(0x63);
-        fs::write(&certs, &bytes).unwrap();
-        let events = Events(dir.path().join("events.jsonl"));
-        let tool = ManagementLock::take(&certs);
-        let mut vmm = ChildGuard(
-            snp_vmm_attest_on(hv, &certs, "startup-wait=60000", "requests=1", &events)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        // It says once that it waits, and for whom.
-        let line = stderr_line(&mut vmm, &["waiting up to 60000 ms for", "to release"]);
-        assert!(line.contains(&format!("pid {}", tool.pid())), "{line}");
-        assert!(
-            events.named("created").is_empty(),
-            "no VM before the lock is free"
-        );
-        tool.release();
-        let status = vmm.wait_exit(60);
-        let mut out = String::new();
-        std::io::Read::read_to_string(vmm.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-        assert!(status.success(), "{hv}: {out}");
-        let (_, _, sum) = expected_report_for(&bytes).unwrap();
-        assert!(
-            out.contains(&format!("checksum={sum:#010x} matches")),
-            "{out}"
-        );
+        a_vmm_started_during_an_update_waits_for_it_and_serves_on(hv);
     }
+}
+
+fn a_vmm_started_during_an_update_waits_for_it_and_serves_on(hv: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    let bytes = table(0x63);
+    fs::write(&certs, &bytes).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    let tool = ManagementLock::take(&certs);
+    let mut vmm = ChildGuard(
+        snp_vmm_attest_on(hv, &certs, "startup-wait=60000", "requests=1", &events)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // It says once that it waits, and for whom.
+    let line = stderr_line(&mut vmm, &["waiting up to 60000 ms for", "to release"]);
+    assert!(line.contains(&format!("pid {}", tool.pid())), "{line}");
+    assert!(
+        events.named("created").is_empty(),
+        "no VM before the lock is free"
+    );
+    tool.release();
+    let status = vmm.wait_exit(60);
+    let mut out = String::new();
+    std::io::Read::read_to_string(vmm.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{hv}: {out}");
+    let (_, _, sum) = expected_report_for(&bytes).unwrap();
+    assert!(
+        out.contains(&format!("checksum={sum:#010x} matches")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -271,4 +283,22 @@ fn an_api_socket_in_use_ends_the_vmm_before_any_vm_exists() {
         .filter(|e| e["source"] == "vm")
         .collect();
     assert!(vm_events.is_empty(), "{vm_events:?}");
+}
+
+// On SNP hosts (scripts/run_snp_host_tests.sh): the same, with the SNP
+// guest in a real SEV-SNP VM asking through KVM_EXIT_SNP_REQ_CERTS.
+
+#[test]
+fn snp_host_a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table() {
+    a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on("kvm-snp");
+}
+
+#[test]
+fn snp_host_a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
+    a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on("kvm-snp");
+}
+
+#[test]
+fn snp_host_a_vmm_started_during_an_update_waits_for_it_and_serves() {
+    a_vmm_started_during_an_update_waits_for_it_and_serves_on("kvm-snp");
 }

@@ -87,6 +87,10 @@ pub trait Hypervisor: Send + Sync {
     /// gives `Ok(false)`; other failures are errors.
     fn snp_req_certs_supported(&self) -> Result<bool, HypervisorError>;
 
+    /// Whether the host offers SEV-SNP VMs at all (KVM: the SNP VM type in
+    /// `KVM_CAP_VM_TYPES`).
+    fn snp_supported(&self) -> bool;
+
     /// Creates a VM of the given type.
     ///
     /// [`VmType::Snp`] fails with [`HypervisorError::SnpUnsupported`] on

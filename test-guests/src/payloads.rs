@@ -75,6 +75,21 @@ impl PayloadFactory for TestGuests {
                     observer: OnceLock::new(),
                 }))
             }
+            TestGuestConfig::SnpAttest {
+                requests,
+                interval_ms,
+                retry_ms,
+                max_busy_retries,
+                c_bit,
+            } => {
+                let params = AttestParams {
+                    requests,
+                    interval_ms,
+                    retry_ms,
+                    max_busy_retries,
+                };
+                self.snp_attest_c_bit(params, c_bit.unwrap_or(crate::snp::DEFAULT_C_BIT))
+            }
         }
     }
 }

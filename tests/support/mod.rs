@@ -85,12 +85,22 @@ pub fn snp_vmm_attest_on(
     } else {
         format!(",{snp}")
     };
-    cmd.args(["--hypervisor", hypervisor, "--payload"])
-        .arg(format!("attest,{payload}"))
+    // The SNP backends run the SNP guest in an SNP VM; the others the
+    // real-mode guest through the emulated doorbell.
+    let (hv, guest, doorbell) = match hypervisor {
+        "mock-snp" => ("mock-snp", "snp-attest", ""),
+        "kvm-snp" => ("kvm", "snp-attest", ""),
+        other => (other, "attest", ",doorbell=on"),
+    };
+    cmd.args(["--hypervisor", hv, "--payload"])
+        .arg(format!("{guest},{payload}"))
         .arg("--snp")
-        .arg(format!("certs-file={},doorbell=on{snp}", certs.display()))
+        .arg(format!("certs-file={}{doorbell}{snp}", certs.display()))
         .arg("--event-monitor")
         .arg(format!("path={}", events.0.display()));
+    if guest == "snp-attest" {
+        cmd.args(["--platform", "sev_snp=on"]);
+    }
     cmd
 }
 

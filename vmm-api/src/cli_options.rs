@@ -153,7 +153,13 @@ impl SnpConfig {
 
 impl PayloadConfig {
     /// Keys of the attestation guest, after the leading `attest`.
-    pub const ATTEST_KEYS: &[&str] = &["requests", "interval-ms", "retry-ms", "max-busy-retries"];
+    pub const ATTEST_KEYS: &[&str] = &[
+        "requests",
+        "interval-ms",
+        "retry-ms",
+        "max-busy-retries",
+        "c-bit",
+    ];
     /// Cloud Hypervisor's `--payload` keys.
     pub const CH_KEYS: &[&str] = &[
         "firmware",
@@ -168,12 +174,14 @@ impl PayloadConfig {
     /// and Cloud Hypervisor's keys (which [`PayloadConfig::validate`]
     /// then refuses, except `host_data`).
     pub fn parse(input: &str) -> Result<PayloadConfig, OptionError> {
-        let kind_first = || OptionError::InvalidValue {
+        let kind_first = || {
+            OptionError::InvalidValue {
             key: "payload".to_owned(),
             value: input.to_owned(),
             reason:
-                "the test guest comes first, as in attest,requests=3; known test guests: attest"
+                "the test guest comes first, as in attest,requests=3; known test guests: attest, snp-attest"
                     .to_owned(),
+        }
         };
         let known: Vec<&str> = Self::ATTEST_KEYS
             .iter()
@@ -186,7 +194,25 @@ impl PayloadConfig {
         })?;
         let has_attest_keys = Self::ATTEST_KEYS.iter().any(|k| o.get(k).is_some());
         let test_guest = match o.kind() {
-            Some("attest") => Some(Self::parse_attest(&o)?),
+            Some("attest") => {
+                let (requests, interval_ms, retry_ms, max_busy_retries) = Self::parse_params(&o)?;
+                Some(TestGuestConfig::Attest {
+                    requests,
+                    interval_ms,
+                    retry_ms,
+                    max_busy_retries,
+                })
+            }
+            Some("snp-attest") => {
+                let (requests, interval_ms, retry_ms, max_busy_retries) = Self::parse_params(&o)?;
+                Some(TestGuestConfig::SnpAttest {
+                    requests,
+                    interval_ms,
+                    retry_ms,
+                    max_busy_retries,
+                    c_bit: o.parsed("c-bit")?,
+                })
+            }
             Some(_) => return Err(kind_first()),
             None if has_attest_keys => return Err(kind_first()),
             None => None,
@@ -203,31 +229,17 @@ impl PayloadConfig {
         })
     }
 
-    fn parse_attest(o: &Options) -> Result<TestGuestConfig, OptionError> {
-        let TestGuestConfig::Attest {
-            mut requests,
-            mut interval_ms,
-            mut retry_ms,
-            mut max_busy_retries,
-        } = TestGuestConfig::attest();
-        if let Some(n) = o.parsed("requests")? {
-            requests = n;
-        }
-        if let Some(ms) = o.parsed("interval-ms")? {
-            interval_ms = ms;
-        }
-        if let Some(ms) = o.parsed("retry-ms")? {
-            retry_ms = ms;
-        }
-        if let Some(n) = o.parsed("max-busy-retries")? {
-            max_busy_retries = n;
-        }
-        Ok(TestGuestConfig::Attest {
-            requests,
-            interval_ms,
-            retry_ms,
-            max_busy_retries,
-        })
+    /// The guests' shared parameters, each at its default when absent:
+    /// `(requests, interval-ms, retry-ms, max-busy-retries)`.
+    fn parse_params(o: &Options) -> Result<(u32, u32, u32, u32), OptionError> {
+        use crate::payload::{DEFAULT_MAX_BUSY_RETRIES, DEFAULT_REQUESTS, DEFAULT_RETRY_MS};
+        Ok((
+            o.parsed("requests")?.unwrap_or(DEFAULT_REQUESTS),
+            o.parsed("interval-ms")?.unwrap_or(0),
+            o.parsed("retry-ms")?.unwrap_or(DEFAULT_RETRY_MS),
+            o.parsed("max-busy-retries")?
+                .unwrap_or(DEFAULT_MAX_BUSY_RETRIES),
+        ))
     }
 }
 

@@ -299,6 +299,18 @@ impl VmConfig {
     pub fn test_guest(&self) -> Option<&TestGuestConfig> {
         self.payload.as_ref().and_then(|p| p.test_guest.as_ref())
     }
+
+    /// `payload.host_data` as the 32 bytes an SNP launch takes; `None`
+    /// when absent (or malformed, which [`VmConfig::validate`] refuses).
+    pub fn host_data(&self) -> Option<[u8; 32]> {
+        let hex = self.payload.as_ref()?.host_data.as_deref()?;
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).ok()?;
+            *byte = u8::from_str_radix(pair, 16).ok()?;
+        }
+        (hex.len() == 64).then_some(out)
+    }
 }
 
 #[cfg(test)]

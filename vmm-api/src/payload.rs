@@ -73,18 +73,46 @@ pub enum TestGuestConfig {
         #[serde(default = "default_max_busy_retries")]
         max_busy_retries: u32,
     },
+    /// The SEV-SNP attestation guest (needs `platform.sev_snp`): 64-bit,
+    /// asks through the real certificate exit (`SVM_VMGEXIT_EXT_GUEST_REQUEST`),
+    /// with the same parameters as `attest`.
+    SnpAttest {
+        /// Requests to make before terminating, at least 1. Default 1.
+        #[serde(default = "default_requests")]
+        requests: u32,
+        /// Pause between requests in milliseconds. Default 0.
+        #[serde(default)]
+        interval_ms: u32,
+        /// Pause before retrying a busy answer, in milliseconds. Default 10.
+        #[serde(default = "default_retry_ms")]
+        retry_ms: u32,
+        /// Busy answers retried per request before giving up. Default 100.
+        #[serde(default = "default_max_busy_retries")]
+        max_busy_retries: u32,
+        /// The encryption bit's position in page-table entries (CPUID
+        /// 0x8000001F EBX[5:0] on the host). Default 51.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        c_bit: Option<u8>,
+    },
 }
 
+/// Default `requests` of the test guests.
+pub const DEFAULT_REQUESTS: u32 = 1;
+/// Default `retry_ms` of the test guests.
+pub const DEFAULT_RETRY_MS: u32 = 10;
+/// Default `max_busy_retries` of the test guests.
+pub const DEFAULT_MAX_BUSY_RETRIES: u32 = 100;
+
 fn default_retry_ms() -> u32 {
-    10
+    DEFAULT_RETRY_MS
 }
 
 fn default_max_busy_retries() -> u32 {
-    100
+    DEFAULT_MAX_BUSY_RETRIES
 }
 
 fn default_requests() -> u32 {
-    1
+    DEFAULT_REQUESTS
 }
 
 impl TestGuestConfig {
@@ -102,6 +130,7 @@ impl TestGuestConfig {
     pub fn name(&self) -> &'static str {
         match self {
             TestGuestConfig::Attest { .. } => "attest",
+            TestGuestConfig::SnpAttest { .. } => "snp-attest",
         }
     }
 }
@@ -135,7 +164,10 @@ impl PayloadConfig {
             }
         }
         match self.test_guest {
-            Some(TestGuestConfig::Attest { requests: 0, .. }) => Err(PayloadError::NoRequests),
+            Some(
+                TestGuestConfig::Attest { requests: 0, .. }
+                | TestGuestConfig::SnpAttest { requests: 0, .. },
+            ) => Err(PayloadError::NoRequests),
             _ => Ok(()),
         }
     }

@@ -19,6 +19,10 @@ pub enum BackendChoice {
     Kvm,
     /// The mock: guest logic written in Rust, no real vCPUs.
     Mock,
+    /// The mock simulating an SEV-SNP host with certificate requests, so
+    /// the SNP launch and the SNP guest's requests run end to end without
+    /// SNP hardware (tests and demonstrations only).
+    MockSnp,
 }
 
 impl FromStr for BackendChoice {
@@ -29,8 +33,9 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "kvm" => Ok(BackendChoice::Kvm),
             "mock" => Ok(BackendChoice::Mock),
+            "mock-snp" => Ok(BackendChoice::MockSnp),
             other => Err(format!(
-                "unknown hypervisor {other:?}: use auto, kvm or mock"
+                "unknown hypervisor {other:?}: use kvm, mock, mock-snp or auto"
             )),
         }
     }
@@ -42,6 +47,7 @@ impl fmt::Display for BackendChoice {
             BackendChoice::Auto => "auto",
             BackendChoice::Kvm => "kvm",
             BackendChoice::Mock => "mock",
+            BackendChoice::MockSnp => "mock-snp",
         })
     }
 }
@@ -67,6 +73,7 @@ impl Backend {
     pub fn open(choice: BackendChoice) -> Result<(Backend, Option<String>), HypervisorError> {
         match choice {
             BackendChoice::Mock => Ok((Backend::Mock(MockHypervisor::new().with_snp(false)), None)),
+            BackendChoice::MockSnp => Ok((Backend::Mock(MockHypervisor::new()), None)),
             BackendChoice::Kvm => Ok((Backend::Kvm(KvmHypervisor::new()?), None)),
             BackendChoice::Auto => match KvmHypervisor::new() {
                 Ok(kvm) => Ok((Backend::Kvm(kvm), None)),

@@ -47,7 +47,8 @@ fn vm_error(e: VmError) -> ApiError {
     match e {
         VmError::Certs(certs) => config_error(certs),
         VmError::Config(_)
-        | VmError::SevSnpUnsupported
+        | VmError::PlatformMismatch { .. }
+        | VmError::Hypervisor(hypervisor::HypervisorError::SnpUnsupported { .. })
         | VmError::Payload(_)
         | VmError::DoorbellNeeded(_)
         | VmError::NoCertsExit

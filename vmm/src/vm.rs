@@ -47,10 +47,14 @@ pub enum VmError {
     /// The payload could not be built, loaded or attached.
     #[error("Payload refused")]
     Payload(#[from] PayloadError),
-    /// `platform.sev_snp` asks for an SNP guest, which this build cannot
-    /// launch yet.
-    #[error("SEV-SNP VMs are not supported by this build yet")]
-    SevSnpUnsupported,
+    /// The payload and `platform.sev_snp` disagree.
+    #[error("The {payload} payload runs {}", if *.snp { "only in SEV-SNP VMs: add --platform sev_snp=on (platform.sev_snp)" } else { "only in VMs without SEV-SNP (it asks through the emulated doorbell)" })]
+    PlatformMismatch {
+        /// The payload.
+        payload: &'static str,
+        /// Whether it needs an SNP VM.
+        snp: bool,
+    },
     /// The payload needs the doorbell on this host.
     #[error(
         "The {0} payload needs snp doorbell=on: this VM has no other way to ask for certificates"
@@ -122,14 +126,24 @@ impl Vm {
         cancel: Arc<AtomicBool>,
     ) -> Result<Vm, VmError> {
         config.validate()?;
-        if config.platform.sev_snp {
-            return Err(VmError::SevSnpUnsupported);
+        let snp = config.platform.sev_snp;
+        if snp && !backend.hypervisor().snp_supported() {
+            return Err(VmError::Hypervisor(HypervisorError::SnpUnsupported {
+                reason: "KVM does not offer the SNP VM type (KVM_X86_SNP_VM): see snp-vmm --check-host",
+                source: None,
+            }));
         }
         let payload = config
             .test_guest()
             .map(|guest| payloads.build(guest))
             .transpose()?;
         if let Some(payload) = &payload {
+            if payload.needs_snp() != snp {
+                return Err(VmError::PlatformMismatch {
+                    payload: payload.name(),
+                    snp: payload.needs_snp(),
+                });
+            }
             if payload.needs_doorbell() && !config.snp.doorbell {
                 return Err(VmError::DoorbellNeeded(payload.name()));
             }
@@ -151,7 +165,6 @@ impl Vm {
             payload.load(&memory)?;
         }
 
-        let snp = payload.as_ref().is_some_and(|p| p.needs_snp());
         let hv = backend.hypervisor();
         let vm: Arc<dyn hypervisor::Vm> =
             Arc::from(hv.create_vm(if snp { VmType::Snp } else { VmType::Default })?);
@@ -191,13 +204,17 @@ impl Vm {
             };
             runners.push((VcpuRunner::new(id, vcpu, shared.clone()), start));
         }
-        if let (Some(payload), Some(launch)) = (&payload, vm.snp()) {
+        if let Some(launch) = vm.snp() {
+            let ranges = payload
+                .as_ref()
+                .map(|p| p.snp_launch_ranges())
+                .unwrap_or_default();
             snp_launch::launch(
                 launch,
                 &shared.memory,
-                &payload.snp_launch_ranges(),
+                &ranges,
                 hypervisor::DEFAULT_SNP_POLICY,
-                [0; 32],
+                config.host_data().unwrap_or([0; 32]),
             )?;
         }
         events.event(

@@ -154,6 +154,11 @@ impl Hypervisor for KvmHypervisor {
         snp_ops::probe_req_certs(&self.kvm)
     }
 
+    fn snp_supported(&self) -> bool {
+        let types = self.kvm.check_extension_raw(snp::KVM_CAP_VM_TYPES as _);
+        types > 0 && types & (1 << snp::KVM_X86_SNP_VM) != 0
+    }
+
     fn create_vm(&self, vm_type: VmType) -> Result<Box<dyn Vm>, HypervisorError> {
         Ok(Box::new(self.create_kvm_vm(vm_type)?))
     }

@@ -294,6 +294,10 @@ impl Hypervisor for MockHypervisor {
         Ok(self.snp && self.snp_req_certs)
     }
 
+    fn snp_supported(&self) -> bool {
+        self.snp
+    }
+
     fn create_vm(&self, vm_type: VmType) -> Result<Box<dyn Vm>, HypervisorError> {
         if vm_type == VmType::Snp && !self.snp {
             return Err(HypervisorError::SnpUnsupported {

@@ -58,14 +58,22 @@ pub fn info(i: &VmInfo) -> String {
     };
     let _ = writeln!(s, "platform: {platform}");
     match c.test_guest() {
-        Some(TestGuestConfig::Attest {
-            requests,
-            interval_ms,
-            ..
-        }) => {
+        Some(
+            guest @ (TestGuestConfig::Attest {
+                requests,
+                interval_ms,
+                ..
+            }
+            | TestGuestConfig::SnpAttest {
+                requests,
+                interval_ms,
+                ..
+            }),
+        ) => {
             let _ = writeln!(
                 s,
-                "payload: attest, {requests} requests, {interval_ms} ms apart"
+                "payload: {}, {requests} requests, {interval_ms} ms apart",
+                guest.name()
             );
         }
         None => {

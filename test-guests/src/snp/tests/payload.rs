@@ -9,8 +9,8 @@ use event_monitor::EventSender;
 use hypervisor::mock::{MockEvent, MockHypervisor};
 use hypervisor::{Hypervisor, SnpCertsCompletion, SnpPageType, VmType};
 use vmm::backend::Backend;
-use vmm::payload::{Payload, PayloadError, PayloadFactory, VcpuStart};
-use vmm_api::{PayloadConfig, VmConfig};
+use vmm::payload::{Payload, VcpuStart};
+use vmm_api::VmConfig;
 
 use super::super::layout::{
     self, BUFFER_GPA, CODE_GPA, CODE_MAX_SIZE, PAGE_SIZE, PML4_GPA, PT_GPA, SHARED_PAGES,
@@ -127,15 +127,6 @@ fn vcpu_zero_starts_in_long_mode_and_the_others_idle() {
     assert!(payload.mock_guest(0).is_some() && payload.mock_guest(1).is_none());
 }
 
-/// A factory that builds the SNP guest whatever the configuration says.
-struct SnpFactory(TestGuests, AttestParams);
-
-impl PayloadFactory for SnpFactory {
-    fn build(&self, _config: &PayloadConfig) -> Result<Box<dyn Payload>, PayloadError> {
-        Ok(self.0.snp_attest(self.1))
-    }
-}
-
 #[test]
 fn the_whole_vmm_runs_the_twin_on_the_mock_backend() {
     let certs = table([1400, 1700, 1700]);
@@ -145,15 +136,14 @@ fn the_whole_vmm_runs_the_twin_on_the_mock_backend() {
     let hv = MockHypervisor::new();
     let log = hv.log();
     let backend = Backend::Mock(hv);
-    let params = AttestParams::default();
-    let factory = SnpFactory(TestGuests::new(false), params);
-    // The payload kind is only there to have the factory called (built
-    // from JSON so a reshaped PayloadConfig does not break the build).
+    let factory = TestGuests::new(false);
+    // The configuration a user gives: an SNP VM running the SNP guest.
     let config: VmConfig = serde_json::from_value(serde_json::json!({
-        "cpus": {"boot": 1},
+        "cpus": {"boot_vcpus": 1},
         "memory": {"size": 1 << 20},
+        "platform": {"sev_snp": true},
         "snp": {"certs_file": path},
-        "payload": {"kind": "attest"},
+        "payload": {"test_guest": {"kind": "snp-attest"}},
     }))
     .unwrap();
     let mut vm = vmm::vm::Vm::create(
@@ -262,7 +252,7 @@ fn the_whole_vmm_runs_the_twin_on_the_mock_backend() {
     );
     assert_eq!(log.snp_completions(0)[0].1.npages, 2);
     // The report matches what was delivered; the termination is last.
-    let records = factory.0.last_log().unwrap().records();
+    let records = factory.last_log().unwrap().records();
     assert_eq!(records.len(), 1);
     assert!(records[0].matches, "{:?}", records[0]);
     let (entries, table_len, checksum) = expected_report_for(&certs).unwrap();

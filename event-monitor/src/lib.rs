@@ -40,6 +40,14 @@
 //! [`EventSender::dropped`] and [`EventSender::written`] expose the counters;
 //! once the queue is drained, every event sent is counted in exactly one.
 //!
+//! Starting never blocks either: `path=` is opened non-blocking
+//! (`O_NONBLOCK | O_NOCTTY`). A regular file is created or appended to. A
+//! FIFO must already have a reader (the consumer starts first): a FIFO
+//! nobody has open for reading is refused at once with
+//! [`Error::NoReader`] instead of hanging start-up in `open(2)` until one
+//! comes. A FIFO with a reader is written like a pipe (a full pipe holds up
+//! the writer thread, never a sender).
+//!
 //! # Example
 //!
 //! ```

@@ -5,7 +5,8 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -36,6 +37,12 @@ pub enum Error {
         path: PathBuf,
         /// What open(2) said.
         source: io::Error,
+    },
+    /// The output path is a FIFO that no process has open for reading.
+    #[error("Event monitor FIFO {} has no reader; start its consumer first", path.display())]
+    NoReader {
+        /// The FIFO.
+        path: PathBuf,
     },
     /// The fd is not an open file descriptor. It was left alone.
     #[error("Event monitor fd {fd} is not an open file descriptor")]
@@ -99,14 +106,7 @@ impl EventMonitor {
     pub fn start(config: &EventMonitorConfig) -> Result<(EventMonitor, EventSender)> {
         config.validate()?;
         let file = match &config.target {
-            EventTarget::Path(path) => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| Error::Open {
-                    path: path.clone(),
-                    source,
-                })?,
+            EventTarget::Path(path) => open_path(path)?,
             EventTarget::Fd(fd) => take_fd(*fd)?,
         };
         Self::spawn(Output::File(file), config.capacity)
@@ -241,6 +241,28 @@ impl fmt::Debug for EventMonitor {
     }
 }
 
+/// Opens `path` for appending without ever blocking (see the crate docs):
+/// on a FIFO without a reader, `open(2)` fails with `ENXIO` at once.
+fn open_path(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| {
+            if source.raw_os_error() == Some(libc::ENXIO) {
+                Error::NoReader {
+                    path: path.to_owned(),
+                }
+            } else {
+                Error::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })
+}
+
 /// Validates `fd` and takes ownership of it.
 fn take_fd(fd: RawFd) -> Result<File> {
     // SAFETY: F_GETFD only reads the descriptor flags; any integer is safe to
@@ -363,5 +385,7 @@ impl fmt::Debug for EventSender {
 
 #[cfg(test)]
 mod fd_tests;
+#[cfg(test)]
+mod fifo_tests;
 #[cfg(test)]
 mod tests;

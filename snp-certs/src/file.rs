@@ -6,7 +6,8 @@
 //! 1. Open the file read-only and non-blocking, and refuse anything that is
 //!    not a regular file (a FIFO or device would block or never end). The
 //!    descriptor is kept open across requests while the file is unchanged.
-//! 2. Take a whole-file shared OFD lock, waiting at most the timeout.
+//! 2. Take the shared OFD lock (behind any writer that announced itself,
+//!    see [`crate::lock`]), waiting at most the timeout.
 //! 3. Compare `stat(path)` with `fstat(fd)` (device and inode). If the path
 //!    now names another file (renamed over) or nothing (unlinked), the lock
 //!    protects nothing: unlock, reopen and go to 2.

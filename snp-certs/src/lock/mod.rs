@@ -1,4 +1,5 @@
-//! Whole-file OFD locks with a bounded wait that does not poll.
+//! OFD locks on the certs file with a bounded wait that does not poll,
+//! and writers that new readers queue behind.
 //!
 //! # The lock protocol
 //!
@@ -41,6 +42,59 @@
 //! `SA_RESTART` (as most signal crates do), which the kernel restarts the
 //! wait after instead of interrupting it; they cost one wake-up per slice
 //! and only for waits that can be cancelled.
+//!
+//! # Writers first: the intent byte
+//!
+//! Linux grants a shared lock to a newcomer whenever it does not conflict
+//! with the locks *held*, even while a writer is blocked waiting: readers
+//! that overlap each other without pause (guests that hammer the request)
+//! would keep a plain writer out until its timeout. So a writer announces
+//! itself first, and our readers queue behind it:
+//!
+//! * the **intent byte** is the one byte at [`INTENT_OFFSET`] (2^62), far
+//!   beyond the end of any real certs file;
+//! * our **writer** ([`LockKind::Exclusive`]) first takes an exclusive lock
+//!   on the intent byte (waiting, within its timeout, for an earlier writer
+//!   of ours), then the exclusive lock on the whole file (`l_len = 0`, the
+//!   range QEMU and every plain tool use), which covers the intent byte
+//!   too. If the second wait fails, the intent byte is released before
+//!   returning;
+//! * our **reader** ([`LockKind::Shared`]) first asks (`F_OFD_GETLK`, which
+//!   takes nothing) whether a shared lock on the intent byte would
+//!   conflict; if so, a writer holds or waits, and the reader waits
+//!   (within its timeout, with the same timer) for a shared lock on the
+//!   intent byte, which it drops at once. Then it takes its shared lock on
+//!   `[0, INTENT_OFFSET)`, every byte a certs file can have, but not the
+//!   intent byte.
+//!
+//! Every pairing, ours with ours and ours with whole-file lockers such as
+//! QEMU's `qemu_lock_fd` (rows hold, columns ask):
+//!
+//! | held by \ asked by | our reader | plain reader | our writer | plain writer |
+//! | --- | --- | --- | --- | --- |
+//! | our reader | shares | shares | waits | waits |
+//! | plain reader | shares | shares | waits (at the intent byte) | waits |
+//! | our writer | waits (at the intent byte) | waits | waits (at the intent byte) | waits |
+//! | plain writer | waits (at the intent byte) | waits | waits (at the intent byte) | waits |
+//!
+//! While our writer **waits** for readers to go, new readers of ours wait
+//! at the intent byte instead of extending the overlap, and so do plain
+//! readers (their whole-file range covers the byte). Readers already
+//! holding a lock keep it; the writer waits for them, within its timeout.
+//! A plain writer that waits gets no such priority over our readers (it
+//! announces nothing), as before. No pairing that
+//! conflicted with whole-file locks stops conflicting: our reader's range
+//! and our writer's whole file both overlap any whole-file lock.
+//!
+//! A reader's [lease](crate::Lease) is its range lock; [`unlock`] drops
+//! every lock the description holds, intent byte included. A reader that
+//! passed the intent byte just before a writer announced itself still
+//! takes its range lock, and the writer waits for it as for any reader
+//! holding a lease: one request's worth. A reader never holds the intent
+//! byte beyond its lock call, so it cannot hold off a writer's
+//! announcement. Converting a description's exclusive lock to shared
+//! leaves the bytes from the intent byte on exclusive until [`unlock`];
+//! nothing in this crate does that.
 
 mod holders;
 mod timer;
@@ -105,18 +159,40 @@ fn fmt_wait(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn whole_file(kind: libc::c_short) -> libc::flock {
+/// Offset of the writer's intent byte (see the module docs): 2^62, beyond
+/// the end of any file a file system can hold.
+pub const INTENT_OFFSET: i64 = 1 << 62;
+
+/// A lock request on `len` bytes from `start` (`len` 0: to the end of any
+/// file).
+fn range(kind: libc::c_short, start: i64, len: i64) -> libc::flock {
     // SAFETY: `flock` is plain old data; all-zero is a valid value
-    // (whole file from offset 0, l_pid 0 as OFD locks require).
+    // (from offset 0, l_pid 0 as OFD locks require).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
     fl
 }
 
+/// The whole file, as plain lockers (QEMU) take it.
+fn whole_file(kind: libc::c_short) -> libc::flock {
+    range(kind, 0, 0)
+}
+
+/// The intent byte.
+fn intent(kind: libc::c_short) -> libc::flock {
+    range(kind, INTENT_OFFSET, 1)
+}
+
+/// What our reader's lease covers: everything below the intent byte.
+fn reader_range(kind: libc::c_short) -> libc::flock {
+    range(kind, 0, INTENT_OFFSET)
+}
+
 /// Issues one `F_OFD_SETLK`/`F_OFD_SETLKW` call.
-fn setlk(file: &File, kind: libc::c_short, wait: bool) -> io::Result<()> {
-    let fl = whole_file(kind);
+fn setlk(file: &File, fl: &libc::flock, wait: bool) -> io::Result<()> {
     let cmd = if wait {
         libc::F_OFD_SETLKW
     } else {
@@ -124,7 +200,7 @@ fn setlk(file: &File, kind: libc::c_short, wait: bool) -> io::Result<()> {
     };
     // SAFETY: the fd is valid for the lifetime of `file`, and `fl` is a
     // properly initialised `flock` that outlives the call.
-    let ret = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), cmd, fl) };
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
@@ -132,26 +208,124 @@ fn setlk(file: &File, kind: libc::c_short, wait: bool) -> io::Result<()> {
     }
 }
 
+/// Whether another description holds a lock that conflicts with `fl`
+/// (`F_OFD_GETLK`, which takes nothing).
+fn conflicts(file: &File, fl: &libc::flock) -> io::Result<bool> {
+    let mut probe = *fl;
+    // SAFETY: the fd is valid for the lifetime of `file`, and `probe` is a
+    // properly initialised `flock` the kernel overwrites in place.
+    let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut probe) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+}
+
 fn is_conflict(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES))
 }
 
-/// Tries once to take the lock. `Ok(false)` when another holder conflicts.
-pub fn try_lock(file: &File, kind: LockKind) -> io::Result<bool> {
-    match setlk(file, kind.fcntl_type(), false) {
+/// One non-blocking try; `Ok(false)` on a conflict.
+fn try_one(file: &File, fl: &libc::flock) -> io::Result<bool> {
+    match setlk(file, fl, false) {
         Ok(()) => Ok(true),
         Err(e) if is_conflict(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Takes a whole-file OFD lock on `file`, waiting at most `timeout` for a
-/// conflicting holder to let go. Returns how long it waited.
+fn unlock_intent(file: &File) {
+    if let Err(e) = setlk(file, &intent(libc::F_UNLCK as libc::c_short), false) {
+        // Unlocking cannot conflict; closing the description drops it too.
+        log::warn!("Releasing the writer intent byte failed: {e}");
+    }
+}
+
+/// Tries once to take the lock. `Ok(false)` when another holder conflicts
+/// (for a reader: also when a writer of ours is waiting).
+pub fn try_lock(file: &File, kind: LockKind) -> io::Result<bool> {
+    let t = kind.fcntl_type();
+    match kind {
+        LockKind::Shared => {
+            if conflicts(file, &intent(t))? {
+                return Ok(false);
+            }
+            try_one(file, &reader_range(t))
+        }
+        LockKind::Exclusive => {
+            if !try_one(file, &intent(t))? {
+                return Ok(false);
+            }
+            match try_one(file, &whole_file(t)) {
+                Ok(true) => Ok(true),
+                other => {
+                    unlock_intent(file);
+                    other
+                }
+            }
+        }
+    }
+}
+
+/// Takes the lock on `file` (see the module docs for the ranges), waiting
+/// at most `timeout` for a conflicting holder to let go. Returns how long
+/// it waited.
 ///
 /// Taking a lock the same open file description already holds converts
-/// it (shared to exclusive or back) and succeeds at once.
+/// it (shared to exclusive) and succeeds at once.
 pub fn lock(file: &File, kind: LockKind, timeout: Duration) -> Result<Duration, LockError> {
     lock_or_cancel(file, kind, timeout, None)
+}
+
+/// The deadline and cancel flag of one lock call.
+struct Wait<'a> {
+    start: Instant,
+    deadline: Option<Instant>,
+    timeout: Duration,
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl Wait<'_> {
+    /// Waits for `fl`: a blocking `F_OFD_SETLKW` cut off by the timer.
+    fn wait_for(&self, file: &File, fl: &libc::flock) -> Result<(), LockError> {
+        loop {
+            let now = Instant::now();
+            let remaining = match self.deadline {
+                Some(deadline) if now >= deadline => {
+                    // The holder may have let go as the timer fired: one
+                    // last try, so that race does not cost the guest a
+                    // retry.
+                    if try_one(file, fl).map_err(LockError::Fcntl)? {
+                        return Ok(());
+                    }
+                    return Err(LockError::Timeout {
+                        waited: now - self.start,
+                    });
+                }
+                Some(deadline) => deadline - now,
+                None => self.timeout,
+            };
+            let remaining = match self.cancel {
+                Some(_) => remaining.min(CANCEL_CHECK),
+                None => remaining,
+            };
+            let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
+            let result = setlk(file, fl, true);
+            drop(armed);
+            match result {
+                Ok(()) => return Ok(()),
+                // Our timer, or any other signal: re-check the deadline.
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
+                    if self.cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+                        return Err(LockError::Cancelled {
+                            waited: self.start.elapsed(),
+                        });
+                    }
+                }
+                Err(e) => return Err(LockError::Fcntl(e)),
+            }
+        }
+    }
 }
 
 /// [`lock`], but a wait also ends, with [`LockError::Cancelled`], when
@@ -164,66 +338,76 @@ pub fn lock_or_cancel(
     timeout: Duration,
     cancel: Option<&AtomicBool>,
 ) -> Result<Duration, LockError> {
-    if try_lock(file, kind).map_err(LockError::Fcntl)? {
+    let t = kind.fcntl_type();
+    // The first try. A writer keeps the intent byte if it got it: it
+    // announces itself before it starts waiting for the readers.
+    let mut has_intent = false;
+    let taken = match kind {
+        LockKind::Shared => try_lock(file, kind).map_err(LockError::Fcntl)?,
+        LockKind::Exclusive => {
+            has_intent = try_one(file, &intent(t)).map_err(LockError::Fcntl)?;
+            has_intent && try_one(file, &whole_file(t)).map_err(LockError::Fcntl)?
+        }
+    };
+    if taken {
         return Ok(Duration::ZERO);
     }
     let start = Instant::now();
-    // Never start waiting once the caller is stopping.
-    if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
-        return Err(LockError::Cancelled {
+    let early = if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+        // Never start waiting once the caller is stopping.
+        Some(LockError::Cancelled {
             waited: Duration::ZERO,
-        });
-    }
-    if timeout.is_zero() {
-        return Err(LockError::Timeout {
+        })
+    } else if timeout.is_zero() {
+        Some(LockError::Timeout {
             waited: Duration::ZERO,
-        });
+        })
+    } else {
+        None
+    };
+    if let Some(e) = early {
+        if has_intent {
+            unlock_intent(file);
+        }
+        return Err(e);
     }
-    // A timeout too large to add is as good as none (years).
-    let deadline = start.checked_add(timeout);
-    loop {
-        let now = Instant::now();
-        let remaining = match deadline {
-            Some(deadline) if now >= deadline => {
-                // The holder may have let go as the timer fired: one last
-                // try, so that race does not cost the guest a retry.
-                if try_lock(file, kind).map_err(LockError::Fcntl)? {
-                    return Ok(start.elapsed());
-                }
-                return Err(LockError::Timeout {
-                    waited: now - start,
-                });
+    let wait = Wait {
+        start,
+        // A timeout too large to add is as good as none (years).
+        deadline: start.checked_add(timeout),
+        timeout,
+        cancel,
+    };
+    match kind {
+        LockKind::Shared => {
+            if conflicts(file, &intent(t)).map_err(LockError::Fcntl)? {
+                // A writer holds or waits: queue behind it, then let go of
+                // the byte at once so the next writer can announce itself.
+                wait.wait_for(file, &intent(t))?;
+                unlock_intent(file);
             }
-            Some(deadline) => deadline - now,
-            None => timeout,
-        };
-        let remaining = match cancel {
-            Some(_) => remaining.min(CANCEL_CHECK),
-            None => remaining,
-        };
-        let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
-        let result = setlk(file, kind.fcntl_type(), true);
-        drop(armed);
-        match result {
-            Ok(()) => return Ok(start.elapsed()),
-            // Our timer, or any other signal: re-check the deadline.
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
-                if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
-                    return Err(LockError::Cancelled {
-                        waited: start.elapsed(),
-                    });
-                }
+            wait.wait_for(file, &reader_range(t))?;
+        }
+        LockKind::Exclusive => {
+            if !has_intent {
+                wait.wait_for(file, &intent(t))?;
             }
-            Err(e) => return Err(LockError::Fcntl(e)),
+            if let Err(e) = wait.wait_for(file, &whole_file(t)) {
+                unlock_intent(file);
+                return Err(e);
+            }
         }
     }
+    Ok(start.elapsed())
 }
 
 /// Releases whatever OFD lock `file`'s open file description holds.
 /// Closing the last descriptor of the description releases it too.
 pub fn unlock(file: &File) -> io::Result<()> {
-    setlk(file, libc::F_UNLCK as libc::c_short, false)
+    setlk(file, &whole_file(libc::F_UNLCK as libc::c_short), false)
 }
 
+#[cfg(test)]
+mod intent_tests;
 #[cfg(test)]
 mod tests;

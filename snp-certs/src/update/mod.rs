@@ -11,7 +11,9 @@
 //! 1. opens the file read-write (a regular file, or a symlink to one; the
 //!    open does not block on FIFOs and does not take a controlling tty);
 //! 2. takes the **exclusive** OFD lock on the whole file, waiting at most
-//!    the timeout for readers to finish;
+//!    the timeout for readers to finish; it announces itself first on the
+//!    writer intent byte, so readers arriving meanwhile queue behind it
+//!    instead of starving it (see [`crate::lock`]);
 //! 3. re-checks that the path still names the locked inode (device and
 //!    inode of `stat(path)` against `fstat(fd)`), reopening if not, exactly
 //!    as readers do, so that the lock is on the inode guests are served

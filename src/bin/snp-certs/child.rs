@@ -10,13 +10,58 @@
 //! directly and are not sent twice. The command starts with an empty
 //! signal mask. The exit status is reported as a shell does: the exit
 //! code, or 128 + the signal number.
+//!
+//! Once the command has ended, the signal mask is restored, so a `SIGINT`
+//! or `SIGTERM` arriving afterwards (while the tool reads a new table or
+//! rewrites the file) ends the tool as usual; the kernel releases its lock
+//! when it dies, and an in-place rewrite defers them until the file is
+//! whole (see `snp_certs::update`). [`stop_requested`] tells whether a stop
+//! signal was forwarded, so the caller can skip what it would have done
+//! after the command.
 
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use anyhow::{Context, Result};
+
+/// The last stop signal (`SIGINT`, `SIGTERM`, `SIGHUP`) forwarded to a
+/// command, 0 if none.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The stop signal forwarded to the command, if one was: the operator or a
+/// service manager asked this tool to stop while the command ran.
+pub fn stop_requested() -> Option<libc::c_int> {
+    match STOP_SIGNAL.load(Ordering::Relaxed) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// Gives `SIGINT` and `SIGTERM` their default action and unblocks them,
+/// whatever the parent left (a shell starts background jobs with `SIGINT`
+/// ignored): a tool that holds, or waits for, a lock others wait for must
+/// stop when asked. The kernel releases its locks when it dies.
+pub fn default_stop_signals() -> io::Result<()> {
+    let mut set = empty_set();
+    // SAFETY: `set` is an initialised signal set; setting the default
+    // disposition installs no handler; pthread_sigmask changes only this
+    // thread's mask and `set` outlives the call.
+    unsafe {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            libc::sigaddset(&mut set, signal);
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        let ret = libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+    }
+    Ok(())
+}
 
 /// The signals waited for while the command runs.
 const WAITED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
@@ -45,17 +90,30 @@ fn empty_set() -> libc::sigset_t {
 /// Blocks the waited-for signals on this (the only) thread, and makes
 /// sure `SIGCHLD` is not ignored (an inherited `SIG_IGN` would make the
 /// kernel reap the command behind our back). The command is started with
-/// an empty mask (see `run`).
-fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
+/// an empty mask (see `run`). Returns the mask before.
+fn block_signals(set: &libc::sigset_t) -> io::Result<libc::sigset_t> {
+    let mut old = empty_set();
     // SAFETY: setting SIGCHLD to its default disposition installs no
-    // handler; `set` is initialised and outlives the call, and
+    // handler; `set` and `old` are initialised and outlive the call, and
     // pthread_sigmask changes only this thread's mask.
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        let ret = libc::pthread_sigmask(libc::SIG_BLOCK, set, std::ptr::null_mut());
+        let ret = libc::pthread_sigmask(libc::SIG_BLOCK, set, &mut old);
         if ret != 0 {
             return Err(io::Error::from_raw_os_error(ret));
         }
+    }
+    Ok(old)
+}
+
+/// Restores the mask `block_signals` returned. Signals that arrived since
+/// the last wait (pending) take effect now.
+fn restore_signals(old: &libc::sigset_t) -> io::Result<()> {
+    // SAFETY: `old` is an initialised set that outlives the call;
+    // pthread_sigmask changes only this thread's mask.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
     }
     Ok(())
 }
@@ -98,8 +156,11 @@ fn supervise(mut child: Child, set: &libc::sigset_t) -> Result<ExitStatus> {
             return Ok(status);
         }
         let (signal, code) = wait_signal(set).context("cannot wait for signals")?;
-        if signal != libc::SIGCHLD && code != libc::SI_KERNEL {
-            forward(&child, signal);
+        if signal != libc::SIGCHLD {
+            STOP_SIGNAL.store(signal, Ordering::Relaxed);
+            if code != libc::SI_KERNEL {
+                forward(&child, signal);
+            }
         }
     }
 }
@@ -118,7 +179,17 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 /// found, else 126 (the message is printed).
 pub fn run(program: &OsString, args: &[OsString]) -> Result<Result<ExitStatus, u8>> {
     let set = signal_set();
-    block_signals(&set).context("cannot block signals")?;
+    let old = block_signals(&set).context("cannot block signals")?;
+    let result = spawn_and_supervise(program, args, &set);
+    restore_signals(&old).context("cannot restore the signal mask")?;
+    result
+}
+
+fn spawn_and_supervise(
+    program: &OsString,
+    args: &[OsString],
+    set: &libc::sigset_t,
+) -> Result<Result<ExitStatus, u8>> {
     let mut command = Command::new(program);
     command.args(args);
     let empty = empty_set();
@@ -148,5 +219,5 @@ pub fn run(program: &OsString, args: &[OsString]) -> Result<Result<ExitStatus, u
             return Ok(Err(code));
         }
     };
-    supervise(child, &set).map(Ok)
+    supervise(child, set).map(Ok)
 }

@@ -4,7 +4,9 @@
 //! tool never looks at a half-updated table.
 //!
 //! Inputs (certificates, new tables) are plain files read whole, with a
-//! size cap so a wrong path (a device, a huge log) fails fast. A new certs
+//! size cap so a wrong path (a device, a huge log) fails fast. They are
+//! opened non-blocking and refused unless they are regular files, so no
+//! input (a FIFO nobody writes to, a terminal) can hang a tool. A new certs
 //! file is written to a temporary file in the same directory, synced, and
 //! then linked into place with `renameat2(RENAME_NOREPLACE)`, which fails
 //! if the name exists: a file that exists may be live (a VMM may be serving
@@ -15,6 +17,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -88,15 +91,49 @@ pub fn check_guest_limit(size: usize, allow_large: bool, what: &Path) -> Result<
     Ok(())
 }
 
-/// Reads a whole input file of at most 1 MiB.
-pub fn read_input(path: &Path) -> Result<Vec<u8>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+/// What a file that is not a regular file is, for messages.
+fn file_type_name(ft: fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// Opens a file the user named for reading without ever blocking
+/// (`O_NONBLOCK | O_NOCTTY`: a FIFO nobody writes to, a tty or a device
+/// cannot hang the tool), and refuses at once anything that is not a
+/// regular file ("NAME is a FIFO, not a regular file").
+pub fn open_input(path: &Path) -> Result<File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let meta = file
         .metadata()
         .with_context(|| format!("cannot stat {}", path.display()))?;
     if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
+        bail!(
+            "{} is a {}, not a regular file",
+            path.display(),
+            file_type_name(meta.file_type())
+        );
     }
+    Ok(file)
+}
+
+/// Reads a whole input file of at most 1 MiB (opened with [`open_input`]).
+pub fn read_input(path: &Path) -> Result<Vec<u8>> {
+    let file = open_input(path)?;
     let mut bytes = Vec::new();
     file.take(MAX_INPUT + 1)
         .read_to_end(&mut bytes)

@@ -16,12 +16,22 @@
 //!   directly and are not sent a second time.
 //!
 //! The exit status is the command's: its exit code, or 128 + the signal
-//! number if a signal killed it, as a shell reports it. If this process is
+//! number if a signal killed it, as a shell reports it.
+//!
+//! No input can hang the tool while it holds the lock: with
+//! `--update-from NEW`, a NEW that exists already is opened non-blocking,
+//! refused unless it is a regular file, and validated **before** the lock
+//! is taken (and read again after the command, which may rewrite it).
+//! `SIGINT` and `SIGTERM` keep their default action outside the command's
+//! lifetime (an inherited ignore is reset), so a stop request while
+//! waiting for the lock or reading NEW ends the tool at once and the
+//! kernel releases the lock; a stop request while the command runs is
+//! forwarded to it, and then nothing is updated. If this process is
 //! killed with `SIGKILL`, the kernel closes its descriptors and so releases
 //! the lock; the command keeps running, unprotected.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,11 +69,31 @@ pub struct LockArgs {
     command: Vec<OsString>,
 }
 
+/// Reads and checks NEW before the lock is taken, if it exists already:
+/// a NEW that is not a regular file, or not a valid table, is refused
+/// before anyone is made to wait. `Ok(None)` when its chain fails (the
+/// problems are printed); `Ok(Some(None))` when NEW does not exist yet
+/// (the command is expected to write it).
+fn precheck_new(new_path: &Path, args: &NewTableArgs) -> Result<Option<Option<Vec<u8>>>> {
+    match std::fs::symlink_metadata(new_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(None)),
+        _ => Ok(check_new_table(new_path, args)?.map(Some)),
+    }
+}
+
 /// Runs `lock`.
 pub fn run(args: &LockArgs) -> Result<ExitCode> {
     let Some((program, rest)) = args.command.split_first() else {
         bail!("no command given after --");
     };
+    child::default_stop_signals().context("cannot reset SIGINT and SIGTERM")?;
+    if let Some(new_path) = &args.update_from {
+        match precheck_new(new_path, &args.check) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(ExitCode::from(1)),
+            Err(e) => return Err(e.context("the command was not run")),
+        }
+    }
     let lock = match ExclusiveLock::acquire(&args.file, Duration::from_millis(args.timeout)) {
         Ok(lock) => lock,
         Err(e) if is_lock_timeout(&e) => {
@@ -85,12 +115,25 @@ pub fn run(args: &LockArgs) -> Result<ExitCode> {
     };
     let code = child::exit_code(status);
     if let Some(new_path) = &args.update_from {
+        if let Some(signal) = child::stop_requested() {
+            eprintln!(
+                "snp-certs: stopped by signal {signal} while the command ran; {} was not updated",
+                args.file.display()
+            );
+            let code = if status.success() {
+                u8::try_from(128 + signal).unwrap_or(255)
+            } else {
+                code
+            };
+            return Ok(ExitCode::from(code));
+        }
         if !status.success() {
             eprintln!(
                 "snp-certs: the command failed ({status}); {} was not updated",
                 args.file.display()
             );
         } else {
+            // Read again: the command may have written NEW.
             let Some(new) = check_new_table(new_path, &args.check)? else {
                 return Ok(ExitCode::from(1));
             };

@@ -1,0 +1,4 @@
+//! libFuzzer entry point for [`snp_certs_fuzz::table_parse`].
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| snp_certs_fuzz::table_parse(data));

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every snp-certs fuzz target (fuzz/, see fuzz/src/lib.rs for what
+# each checks) for SECONDS each.
+#
+# Usage: scripts/fuzz.sh [--libfuzzer] SECONDS [SEED]
+#
+#   (default)    the stable driver (fuzz/src/bin/driver.rs): seeded random
+#                and mutated inputs, no coverage feedback; prints the
+#                executions and the answers reached. Runs on stable Rust.
+#   --libfuzzer  cargo-fuzz (libFuzzer, coverage-guided), installed with
+#                `cargo install --locked cargo-fuzz` if missing. Needs a
+#                nightly toolchain; without one, RUSTC_BOOTSTRAP=1 makes
+#                stable accept cargo-fuzz's unstable flags. No sanitizer
+#                (`-s none`): the targets are safe Rust.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+libfuzzer=0
+if [ "${1:-}" = "--libfuzzer" ]; then
+    libfuzzer=1
+    shift
+fi
+seconds="${1:?usage: scripts/fuzz.sh [--libfuzzer] SECONDS [SEED]}"
+seed="${2:-$(date +%s)}"
+targets=(table_parse serve_path)
+
+if [ "$libfuzzer" = 1 ]; then
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install --locked cargo-fuzz
+    fi
+    toolchain=()
+    if rustup run nightly rustc --version >/dev/null 2>&1; then
+        toolchain=(+nightly)
+    else
+        export RUSTC_BOOTSTRAP=1
+    fi
+    cd fuzz
+    for t in "${targets[@]}"; do
+        cargo "${toolchain[@]}" fuzz run -s none --features libfuzzer "$t" -- \
+            -max_total_time="$seconds" -seed="$seed"
+    done
+    exit 0
+fi
+
+cargo build --release --manifest-path fuzz/Cargo.toml --target-dir target --bin driver
+for t in "${targets[@]}"; do
+    target/release/driver "$t" "$seconds" "$seed"
+done

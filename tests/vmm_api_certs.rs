@@ -415,6 +415,14 @@ fn bad_inputs_are_refused_and_change_nothing() {
             message: "Certs file a.bin must be an absolute path".into(),
         },
         Refusal {
+            what: "a file on procfs (reading it fails or has side effects)",
+            method: "PUT",
+            endpoint: "vm.snp-certs",
+            body: put(r#"{"certs_file": "/proc/self/mem"}"#),
+            status: 400,
+            message: "Certs file /proc/self/mem is a file on procfs, not a regular file".into(),
+        },
+        Refusal {
             what: "timeout above the maximum",
             method: "PUT",
             endpoint: "vm.snp-certs",

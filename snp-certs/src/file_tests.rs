@@ -194,3 +194,32 @@ fn a_second_read_with_a_live_lease_uses_its_own_lock() {
     drop(second);
     assert!(other_fd_can_lock_exclusive(&path));
 }
+
+#[test]
+fn files_on_pseudo_file_systems_are_refused_unread() {
+    for path in [
+        "/proc/self/mem",
+        "/proc/kmsg",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ] {
+        let path = Path::new(path);
+        if !path.exists() {
+            continue;
+        }
+        match open_regular(path) {
+            Err(CertsFileError::NotRegular { file_type, .. }) => {
+                assert!(
+                    file_type.contains("procfs") || file_type.contains("sysfs"),
+                    "{file_type}"
+                );
+            }
+            // Not even openable (permissions): refused all the same.
+            Err(CertsFileError::Open { .. }) => {}
+            other => panic!("{path:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        open_regular(Path::new("/proc/self/status")),
+        Err(CertsFileError::NotRegular { .. })
+    ));
+}

@@ -369,7 +369,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             body: file_body(d),
             status: 400,
             message: format!(
-                "Certs file {} is a directory, not a regular file",
+                "{} is a directory, not a regular file",
                 d.display()
             ),
         },
@@ -380,7 +380,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             body: file_body(&fifo),
             status: 400,
             message: format!(
-                "Certs file {} is a FIFO, not a regular file",
+                "{} is a FIFO, not a regular file",
                 fifo.display()
             ),
         },
@@ -420,7 +420,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             endpoint: "vm.snp-certs",
             body: put(r#"{"certs_file": "/proc/self/mem"}"#),
             status: 400,
-            message: "Certs file /proc/self/mem is a file on procfs, not a regular file".into(),
+            message: "/proc/self/mem is a file on procfs, not a regular file".into(),
         },
         Refusal {
             what: "timeout above the maximum",

@@ -58,7 +58,7 @@ pub enum CertsFileError {
         source: io::Error,
     },
     /// The path names a directory, FIFO, socket or device.
-    #[error("Certs file {path} is a {file_type}, not a regular file")]
+    #[error("{path} is a {file_type}, not a regular file")]
     NotRegular {
         /// The path.
         path: PathBuf,

@@ -309,7 +309,8 @@ fn a_file_replaced_more_than_max_reopens_times_keeps_changing() {
     }
     let times = MAX_REOPENS + 1;
     assert!(
-        err.to_string().contains(&format!("was replaced {times} times")),
+        err.to_string()
+            .contains(&format!("was replaced {times} times")),
         "{err}"
     );
 }

@@ -236,7 +236,10 @@ fn deferred_holds_termination_signals_pending_until_dropped() {
             assert!(has(&mask, signal), "{signal} not blocked");
             // SAFETY: pthread_self is this live thread; the signal has a
             // handler installed above.
-            assert_eq!(unsafe { libc::pthread_kill(libc::pthread_self(), signal) }, 0);
+            assert_eq!(
+                unsafe { libc::pthread_kill(libc::pthread_self(), signal) },
+                0
+            );
         }
         let (_, pending) = mask_and_pending();
         for signal in signals {

@@ -236,10 +236,8 @@ fn deferred_holds_termination_signals_pending_until_dropped() {
             assert!(has(&mask, signal), "{signal} not blocked");
             // SAFETY: pthread_self is this live thread; the signal has a
             // handler installed above.
-            assert_eq!(
-                unsafe { libc::pthread_kill(libc::pthread_self(), signal) },
-                0
-            );
+            let sent = unsafe { libc::pthread_kill(libc::pthread_self(), signal) };
+            assert_eq!(sent, 0);
         }
         let (_, pending) = mask_and_pending();
         for signal in signals {

@@ -329,3 +329,12 @@ fn put_snp_certs_lists_409_for_a_locked_file() {
         "{description}"
     );
 }
+
+/// Every reason `snp-certs` can give is named in `docs/api.md`.
+#[test]
+fn docs_name_every_reason() {
+    let doc = include_str!("../../docs/api.md");
+    for reason in snp_certs::serve::Reason::ALL {
+        assert!(doc.contains(&format!("`{}`", reason.as_str())), "{reason}");
+    }
+}

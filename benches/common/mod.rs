@@ -472,10 +472,7 @@ pub fn start_floor_responder(socket: &std::path::Path) {
             let mut chunk = [0u8; 1024];
             // Read the head, then Content-Length bytes of body.
             let mut need: Option<usize> = None;
-            loop {
-                let Ok(n) = stream.read(&mut chunk) else {
-                    break;
-                };
+            while let Ok(n) = stream.read(&mut chunk) {
                 if n == 0 {
                     break;
                 }

@@ -234,3 +234,57 @@ fn update_from_replaces_the_file_under_the_same_lock() {
     assert!(stderr(&out).contains("was not updated"), "{}", stderr(&out));
     assert_eq!(fs::read(&path).unwrap(), turin);
 }
+
+#[test]
+fn sigint_and_sighup_to_the_tool_are_forwarded_to_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs(dir.path());
+    for signal in [libc::SIGINT, libc::SIGHUP] {
+        let (mut child, _out, line) = start_lock(&path, "echo running $$; exec sleep 120", &[]);
+        let command = pid_of(&line);
+        kill(child.id(), signal);
+        // The tool survives the signal, passes it on, and reports the
+        // command's death by that very signal.
+        assert_eq!(child.wait().unwrap().code(), Some(128 + signal), "{signal}");
+        assert!(!alive(command), "{signal}");
+        assert_eq!(probe(&path), 0);
+    }
+}
+
+#[test]
+fn a_command_that_cannot_be_executed_gives_126_and_a_missing_one_127() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs(dir.path());
+    let script = dir.path().join("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    for (command, code) in [
+        (script.clone(), 126),
+        (dir.path().to_owned(), 126),
+        (dir.path().join("no-such-command"), 127),
+        (PathBuf::from("no-such-command-on-the-path"), 127),
+    ] {
+        let out = snp_certs()
+            .arg("lock")
+            .arg(&path)
+            .arg("--")
+            .arg(&command)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}: {}",
+            command.display(),
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).is_empty(),
+            "{}: no message",
+            command.display()
+        );
+        // The lock went with the failed start.
+        assert_eq!(probe(&path), 0);
+    }
+}

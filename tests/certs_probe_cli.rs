@@ -237,3 +237,48 @@ fn probe_is_busy_while_another_process_holds_the_lock_then_served_on_release() {
     let waited = v["lock_wait_us"].as_u64().unwrap();
     assert!(waited > 0 && waited < 10_000_000, "waited {waited} us");
 }
+
+#[test]
+fn probe_exit_codes_3_for_a_small_buffer_and_4_for_a_host_side_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs_file(dir.path());
+    // A buffer offered but too small: 3, with the pages needed.
+    let out = snp_certs()
+        .args(["probe", "--npages", "1", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "need-pages");
+    assert_eq!(v["reason"], "buffer-too-small");
+    assert_eq!(v["npages"], 2);
+    // A table Linux guests cannot receive: a host-side fault, busy (4),
+    // not failed, even with a buffer large enough for it.
+    let big = dir.path().join("big.bin");
+    let mut b = TableBuilder::new();
+    let mut data = vec![0x5b; 17 * 1024];
+    data[0] = 0x30;
+    b.add(CertKind::Vcek, data).unwrap();
+    fs::write(&big, b.build().unwrap()).unwrap();
+    let out = snp_certs()
+        .args(["probe", "--npages", "8", "--json"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v = json(&out);
+    assert_eq!(v["outcome"], "busy");
+    assert_eq!(v["reason"], "exceeds-guest-limit");
+    // An invalid file is busy too (4): nothing the probe's own buffer
+    // does can make a guest-side failure (5).
+    let bad = dir.path().join("bad.bin");
+    fs::write(&bad, b"garbage").unwrap();
+    let out = snp_certs()
+        .args(["probe", "--json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(json(&out)["reason"], "file-invalid");
+}

@@ -369,7 +369,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             body: file_body(d),
             status: 400,
             message: format!(
-                "Certs file {} is a directory, not a regular file",
+                "{} is a directory, not a regular file",
                 d.display()
             ),
         },
@@ -380,7 +380,7 @@ fn bad_inputs_are_refused_and_change_nothing() {
             body: file_body(&fifo),
             status: 400,
             message: format!(
-                "Certs file {} is a FIFO, not a regular file",
+                "{} is a FIFO, not a regular file",
                 fifo.display()
             ),
         },
@@ -413,6 +413,14 @@ fn bad_inputs_are_refused_and_change_nothing() {
             body: put(r#"{"certs_file": "a.bin"}"#),
             status: 400,
             message: "Certs file a.bin must be an absolute path".into(),
+        },
+        Refusal {
+            what: "a file on procfs (reading it fails or has side effects)",
+            method: "PUT",
+            endpoint: "vm.snp-certs",
+            body: put(r#"{"certs_file": "/proc/self/mem"}"#),
+            status: 400,
+            message: "/proc/self/mem is a file on procfs, not a regular file".into(),
         },
         Refusal {
             what: "timeout above the maximum",

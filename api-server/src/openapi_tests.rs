@@ -315,3 +315,17 @@ fn defaults_match() {
         }
     }
 }
+
+#[test]
+fn put_snp_certs_lists_409_for_a_locked_file() {
+    let doc = document();
+    let conflict = &doc["paths"]["/vm.snp-certs"]["put"]["responses"]["409"];
+    assert_eq!(conflict["$ref"], "#/components/responses/Conflict");
+    let description = doc["components"]["responses"]["Conflict"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        description.contains("locked by an update in progress"),
+        "{description}"
+    );
+}

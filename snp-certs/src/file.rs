@@ -23,6 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,7 +58,7 @@ pub enum CertsFileError {
         source: io::Error,
     },
     /// The path names a directory, FIFO, socket or device.
-    #[error("Certs file {path} is a {file_type}, not a regular file")]
+    #[error("{path} is a {file_type}, not a regular file")]
     NotRegular {
         /// The path.
         path: PathBuf,
@@ -247,7 +248,44 @@ pub(crate) fn open_certs(path: &Path, writable: bool) -> Result<File, CertsFileE
             file_type: file_type_name(meta.file_type()),
         });
     }
+    if let Some(name) = pseudo_file_system(&file) {
+        return Err(CertsFileError::NotRegular {
+            path: path.to_owned(),
+            file_type: name,
+        });
+    }
     Ok(file)
+}
+
+/// The kind of pseudo file system `file` lives on, if any: files there
+/// look regular but are not data (`/proc/self/mem` fails to read,
+/// `/proc/kmsg` consumes the kernel log), so they are refused before a
+/// single byte is read.
+fn pseudo_file_system(file: &File) -> Option<&'static str> {
+    // Magic numbers from include/uapi/linux/magic.h.
+    const KINDS: [(i64, &str); 6] = [
+        (0x9fa0, "file on procfs"),
+        (0x6265_6572, "file on sysfs"),
+        (0x6462_6720, "file on debugfs"),
+        (0x7472_6163, "file on tracefs"),
+        (0x6367_7270, "file on cgroup2"),
+        (0x7363_6673, "file on securityfs"),
+    ];
+    // SAFETY: `statfs` is plain old data, valid all-zero; fstatfs writes
+    // one into it for a descriptor that `file` keeps open.
+    let (ret, fs) = unsafe {
+        let mut fs: libc::statfs = std::mem::zeroed();
+        (libc::fstatfs(file.as_raw_fd(), &mut fs), fs)
+    };
+    if ret != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target.
+    let kind = fs.f_type as i64;
+    KINDS
+        .iter()
+        .find(|(magic, _)| *magic == kind)
+        .map(|(_, name)| *name)
 }
 
 /// The size of the file open as `file` if `path` still names it, `None`

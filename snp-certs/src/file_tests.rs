@@ -194,3 +194,123 @@ fn a_second_read_with_a_live_lease_uses_its_own_lock() {
     drop(second);
     assert!(other_fd_can_lock_exclusive(&path));
 }
+
+#[test]
+fn files_on_pseudo_file_systems_are_refused_unread() {
+    for path in [
+        "/proc/self/mem",
+        "/proc/kmsg",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ] {
+        let path = Path::new(path);
+        if !path.exists() {
+            continue;
+        }
+        match open_regular(path) {
+            Err(CertsFileError::NotRegular { file_type, .. }) => {
+                assert!(
+                    file_type.contains("procfs") || file_type.contains("sysfs"),
+                    "{file_type}"
+                );
+            }
+            // Not even openable (permissions): refused all the same.
+            Err(CertsFileError::Open { .. }) => {}
+            other => panic!("{path:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        open_regular(Path::new("/proc/self/status")),
+        Err(CertsFileError::NotRegular { .. })
+    ));
+}
+
+/// Polls `/proc/locks` until some lock request is blocked on inode `ino`.
+fn wait_for_waiter_on(ino: u64) {
+    let needle = format!(":{ino} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&needle))
+        {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("no lock waiter blocked on inode {ino}");
+}
+
+/// Makes a reader find its file replaced `times` times in one request:
+/// every version of the file is held exclusively by this test; once the
+/// reader is blocked on version `k` (seen in `/proc/locks`), version
+/// `k + 1` is renamed over the path and `k` unlocked, so the reader's
+/// re-check after locking finds the path naming another file. The last
+/// version is unlocked once the reader waits for it too (if it gets there).
+fn read_while_replaced(times: usize) -> Result<u32, CertsFileError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs");
+    let mut versions = Vec::new();
+    for k in 0..=times {
+        let staged = write(dir.path(), &format!("v{k}"), &table(k as u8, 100));
+        let file = fs::OpenOptions::new().write(true).open(&staged).unwrap();
+        assert!(lock::try_lock(&file, LockKind::Exclusive).unwrap());
+        versions.push((staged, file));
+    }
+    fs::rename(&versions[0].0, &path).unwrap();
+    let reader = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            CertsReader::new()
+                .lock_and_read(&path, Duration::from_secs(60))
+                .map(|locked| locked.reopened)
+        }
+    });
+    for k in 0..times {
+        wait_for_waiter_on(versions[k].1.metadata().unwrap().ino());
+        fs::rename(&versions[k + 1].0, &path).unwrap();
+        lock::unlock(&versions[k].1).unwrap();
+    }
+    let last = &versions[times].1;
+    let last_ino = last.metadata().unwrap().ino();
+    // Either the reader gave up (it never waits for the last version), or
+    // it waits for it: let it through then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        let needle = format!(":{last_ino} ");
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&needle))
+        {
+            lock::unlock(last).unwrap();
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader neither gave up nor waited"
+        );
+        std::thread::yield_now();
+    }
+    reader.join().unwrap()
+}
+
+#[test]
+fn a_file_replaced_more_than_max_reopens_times_keeps_changing() {
+    let max = MAX_REOPENS as usize;
+    // Replaced exactly MAX_REOPENS times in one request: still served, from
+    // the last version.
+    assert_eq!(read_while_replaced(max).unwrap(), MAX_REOPENS);
+    // One more: the reader gives up instead of chasing it for ever.
+    let err = read_while_replaced(max + 1).unwrap_err();
+    match &err {
+        CertsFileError::KeepsChanging { times, .. } => assert_eq!(*times, MAX_REOPENS + 1),
+        other => panic!("expected KeepsChanging, got {other:?}"),
+    }
+    let times = MAX_REOPENS + 1;
+    assert!(
+        err.to_string()
+            .contains(&format!("was replaced {times} times")),
+        "{err}"
+    );
+}

@@ -617,3 +617,16 @@ fn an_invalid_file_found_after_a_wait_reports_the_wait() {
     );
     assert!(lock_wait > Duration::ZERO, "{lock_wait:?}");
 }
+
+#[test]
+fn a_file_that_keeps_changing_is_reason_file_keeps_changing_and_transient() {
+    let error = CertsFileError::KeepsChanging {
+        path: PathBuf::from("/certs"),
+        times: 9,
+    };
+    let reason = Reason::of(&error);
+    assert_eq!(reason, Reason::FileKeepsChanging);
+    assert_eq!(reason.as_str(), "file-keeps-changing");
+    // Someone is replacing the file: busy while the budget lasts.
+    assert_eq!(reason.fault(), Some(Fault::Transient));
+}

@@ -23,6 +23,11 @@ pub struct SnpCertsInfo {
     pub on_error: OnError,
     /// Whether tables above 16 KiB are accepted.
     pub allow_large: bool,
+    /// Whether guests' certificate requests reach the VMM. `false` only on
+    /// an SEV-SNP VM whose host lacks the certificate exit (Linux before
+    /// 7.0): KVM then answers every request with an empty table itself,
+    /// and a certs file cannot be set.
+    pub requests_reach_vmm: bool,
     /// How many times the configuration was replaced since the VM was
     /// created.
     pub generation: u64,

@@ -48,6 +48,7 @@ impl RequestSource {
 #[derive(Debug)]
 pub struct CertsService {
     config: SharedCertsConfig,
+    reaches_vmm: std::sync::atomic::AtomicBool,
     budget: BusyBudget,
     stats: RequestStats,
     events: EventSender,
@@ -58,10 +59,23 @@ impl CertsService {
     pub fn new(active: ActiveCerts, events: EventSender) -> CertsService {
         CertsService {
             config: SharedCertsConfig::new(active),
+            reaches_vmm: std::sync::atomic::AtomicBool::new(true),
             budget: BusyBudget::new(),
             stats: RequestStats::default(),
             events,
         }
+    }
+
+    /// Records that guests' requests never reach the VMM (an SNP VM on a
+    /// host without the certificate exit): certs files are refused.
+    pub fn set_unreachable(&self) {
+        self.reaches_vmm
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether guests' requests reach the VMM.
+    pub fn reaches_vmm(&self) -> bool {
+        self.reaches_vmm.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The current configuration with its file's warnings.

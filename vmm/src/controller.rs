@@ -60,8 +60,11 @@ fn vm_error(e: VmError) -> ApiError {
 }
 
 /// A refused certs configuration: 409 while a management tool holds or
-/// replaces the file (try again), 500 for host faults, 400 for everything
-/// wrong with the input.
+/// replaces the file (try again), everywhere (start-up and `PUT
+/// vm.snp-certs` alike); 500 only when the lock call itself fails; 400 for
+/// everything wrong with the value the client gave (a path that is
+/// missing, unreadable, not a regular file, on procfs or sysfs, or not a
+/// valid table).
 fn config_error(e: ConfigError) -> ApiError {
     let kind = match e {
         ConfigError::File(CertsFileError::Lock {
@@ -83,9 +86,9 @@ fn config_error(e: ConfigError) -> ApiError {
             error.chain.push("The VMM is exiting".to_owned());
             return error;
         }
-        ConfigError::File(CertsFileError::Lock { .. } | CertsFileError::Read { .. }) => {
-            ApiErrorKind::Internal
-        }
+        // The lock call itself failed: the host's fault, not the path's.
+        ConfigError::File(CertsFileError::Lock { .. }) => ApiErrorKind::Internal,
+        // The client named a file that cannot be read: its value at fault.
         ConfigError::TimeoutTooLarge(_)
         | ConfigError::BudgetTooLarge(_)
         | ConfigError::TooLargeForGuests { .. }
@@ -93,6 +96,7 @@ fn config_error(e: ConfigError) -> ApiError {
         | ConfigError::File(
             CertsFileError::Missing { .. }
             | CertsFileError::Open { .. }
+            | CertsFileError::Read { .. }
             | CertsFileError::NotRegular { .. }
             | CertsFileError::TooLarge { .. }
             | CertsFileError::Invalid { .. },
@@ -228,6 +232,12 @@ impl Vmm {
     /// other API calls go on meanwhile; the swap itself is atomic.
     fn put_snp_certs(&self, update: SnpCertsUpdate) -> Result<VmmData, ApiError> {
         let certs = self.with_vm(|vm| Ok(Arc::clone(vm.certs())))?;
+        if matches!(update.certs_file, Some(Some(_))) && !certs.reaches_vmm() {
+            return Err(ApiError::from_error(
+                ApiErrorKind::Conflict,
+                &VmError::NoCertsExit,
+            ));
+        }
         if !update.is_empty() {
             certs
                 .update(update.rereads_file(), |current| update.apply(current))

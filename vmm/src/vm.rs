@@ -169,8 +169,8 @@ impl Vm {
         let vm: Arc<dyn hypervisor::Vm> =
             Arc::from(hv.create_vm(if snp { VmType::Snp } else { VmType::Default })?);
         vm.map_memory(Arc::clone(&memory))?;
-        if snp {
-            enable_certs_exit(hv, vm.as_ref(), &config)?;
+        if snp && !enable_certs_exit(hv, vm.as_ref(), &config)? {
+            certs.set_unreachable();
         }
         let stop = Arc::new(StopSignal::default());
         let mut bus = PioBus::new();
@@ -464,6 +464,7 @@ pub fn certs_info(certs: &CertsService) -> SnpCertsInfo {
         busy_budget: config.busy_budget,
         on_error: config.on_error,
         allow_large: config.allow_large,
+        requests_reach_vmm: certs.reaches_vmm(),
         generation: certs.generation(),
         warnings: active.warnings.iter().map(ToString::to_string).collect(),
         stats: certs.stats(),
@@ -473,15 +474,15 @@ pub fn certs_info(certs: &CertsService) -> SnpCertsInfo {
 /// Enables the certificate exit on a new SNP VM, before any vCPU, when the
 /// host supports it: then a certs file can be set at any time. A host
 /// without it is said so loudly; its guests get KVM's own empty table, so
-/// a certs file is refused.
+/// a certs file is refused. Returns whether the exit is enabled.
 fn enable_certs_exit(
     hv: &dyn hypervisor::Hypervisor,
     vm: &dyn hypervisor::Vm,
     config: &VmConfig,
-) -> Result<(), VmError> {
+) -> Result<bool, VmError> {
     if hv.snp_req_certs_supported()? {
         vm.enable_snp_req_certs()?;
-        return Ok(());
+        return Ok(true);
     }
     log::warn!(
         "this host's KVM has no SNP certificate requests (Linux 7.0+): guests get KVM's empty table"
@@ -489,7 +490,7 @@ fn enable_certs_exit(
     if config.snp.certs_file.is_some() {
         return Err(VmError::NoCertsExit);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Validates the certs part of `config` for a new VM. A management tool

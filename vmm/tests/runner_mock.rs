@@ -402,3 +402,101 @@ fn io_in_gets_all_ones_and_unknown_exits_fail_the_vcpu() {
         data: vec![0xff, 0xff]
     }));
 }
+
+/// A vCPU whose certificate completions fail (as `KVM_RUN` preconditions
+/// or a bad `ret` could make them), recording whether the certs file was
+/// still locked by the VMM at that moment.
+struct FailingCompletion {
+    inner: Box<dyn hypervisor::Vcpu>,
+    path: PathBuf,
+    locked_at_failure: Arc<Mutex<Option<bool>>>,
+}
+
+impl hypervisor::Vcpu for FailingCompletion {
+    fn setup_real_mode(&mut self, entry: u64) -> Result<(), hypervisor::HypervisorError> {
+        self.inner.setup_real_mode(entry)
+    }
+
+    fn setup_long_mode(
+        &mut self,
+        entry: u64,
+        page_table: u64,
+    ) -> Result<(), hypervisor::HypervisorError> {
+        self.inner.setup_long_mode(entry, page_table)
+    }
+
+    fn run(&mut self) -> Result<VmExit, hypervisor::HypervisorError> {
+        self.inner.run()
+    }
+
+    fn complete_io_in(&mut self, data: &[u8]) -> Result<(), hypervisor::HypervisorError> {
+        self.inner.complete_io_in(data)
+    }
+
+    fn complete_snp_req_certs(
+        &mut self,
+        _c: SnpCertsCompletion,
+    ) -> Result<(), hypervisor::HypervisorError> {
+        *self.locked_at_failure.lock().unwrap() = Some(!exclusive_free(&self.path));
+        Err(hypervisor::HypervisorError::NoPendingExit(
+            "SNP certificate request",
+        ))
+    }
+
+    fn complete_hypercall(&mut self, ret: u64) -> Result<(), hypervisor::HypervisorError> {
+        self.inner.complete_hypercall(ret)
+    }
+
+    fn set_immediate_exit(&mut self, on: bool) {
+        self.inner.set_immediate_exit(on);
+    }
+
+    fn kicker(&self) -> hypervisor::VcpuKicker {
+        self.inner.kicker()
+    }
+}
+
+#[test]
+fn the_lease_is_released_when_completing_the_exit_fails() {
+    let bytes = table();
+    let (_dir, path) = certs_dir(&bytes);
+    let hv = MockHypervisor::new().with_guest(0, script(vec![req(0x10000, 2)]));
+    let log = hv.log();
+    let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
+    let vm: Arc<dyn hypervisor::Vm> = Arc::from(hv.create_vm(VmType::Default).unwrap());
+    vm.map_memory(Arc::clone(&memory)).unwrap();
+    let active = CertsConfig::with_file(&path)
+        .validate(Duration::ZERO)
+        .unwrap();
+    let certs = Arc::new(CertsService::new(active, EventSender::disabled()));
+    let shared = VcpuShared {
+        memory: Arc::clone(&memory),
+        certs: Arc::clone(&certs),
+        stop: Arc::new(StopSignal::default()),
+        bus: Arc::new(PioBus::new()),
+        observer: None,
+        doorbell: false,
+        vm: Arc::clone(&vm),
+        shared_pages: None,
+    };
+    let locked_at_failure = Arc::new(Mutex::new(None));
+    let vcpu = Box::new(FailingCompletion {
+        inner: vm.create_vcpu(0).unwrap(),
+        path: path.clone(),
+        locked_at_failure: Arc::clone(&locked_at_failure),
+    });
+    let end = VcpuRunner::new(0, vcpu, shared).run();
+    match &end {
+        VcpuEnd::Failed(why) => assert!(why.contains("SNP certificate request"), "{why}"),
+        other => panic!("expected the vCPU to fail, got {other:?}"),
+    }
+    // The answer was a delivery under the lease, which was still held when
+    // the completion failed...
+    assert_eq!(*locked_at_failure.lock().unwrap(), Some(true));
+    // ...and released through the service (counted), with no
+    // immediate-exit run for a request KVM never took.
+    let stats = certs.stats();
+    assert_eq!((stats.leases_held, stats.leases_released), (0, 1));
+    assert_eq!(immediate_exit_runs(&log.events()), 0);
+    assert!(exclusive_free(&path));
+}

@@ -80,6 +80,7 @@ impl FakeVmm {
             busy_budget: state.certs.busy_budget,
             on_error: state.certs.on_error,
             allow_large: state.certs.allow_large,
+            requests_reach_vmm: true,
             generation: state.generation,
             warnings: Vec::new(),
             stats: counters(),

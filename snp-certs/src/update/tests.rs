@@ -174,3 +174,100 @@ fn notices_a_file_renamed_over_while_locked() {
     assert!(matches!(err, UpdateError::Replaced { .. }), "{err}");
     assert_eq!(fs::read(&path).unwrap(), table(3, 100));
 }
+
+/// Signals the handler below saw, one bit per signal number.
+static DELIVERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn record_signal(signal: libc::c_int) {
+    DELIVERED.fetch_or(1 << signal, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// This thread's blocked and pending signal sets.
+fn mask_and_pending() -> (libc::sigset_t, libc::sigset_t) {
+    // SAFETY: both sets are initialised by sigemptyset before use; a null
+    // `set` makes pthread_sigmask only report the mask.
+    unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        libc::sigemptyset(&mut pending);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask),
+            0
+        );
+        assert_eq!(libc::sigpending(&mut pending), 0);
+        (mask, pending)
+    }
+}
+
+fn has(set: &libc::sigset_t, signal: libc::c_int) -> bool {
+    // SAFETY: `set` is an initialised signal set.
+    unsafe { libc::sigismember(set, signal) == 1 }
+}
+
+#[test]
+fn deferred_holds_termination_signals_pending_until_dropped() {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    // A fresh thread, so no other test's mask is touched; a handler that
+    // records instead of the default action, so delivery does not end
+    // the test process.
+    std::thread::spawn(move || {
+        let mut old = Vec::new();
+        for signal in signals {
+            // SAFETY: a zeroed sigaction with an empty mask and a handler
+            // that only does an atomic OR is a valid, async-signal-safe
+            // disposition; the previous one is saved to be restored.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = record_signal as extern "C" fn(libc::c_int) as usize;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut previous: libc::sigaction = std::mem::zeroed();
+                assert_eq!(libc::sigaction(signal, &action, &mut previous), 0);
+                old.push((signal, previous));
+            }
+        }
+        let (before, _) = mask_and_pending();
+        for signal in signals {
+            assert!(!has(&before, signal), "{signal} blocked already");
+        }
+        let deferred = signals::Deferred::block();
+        let (mask, _) = mask_and_pending();
+        for signal in signals {
+            assert!(has(&mask, signal), "{signal} not blocked");
+            // SAFETY: pthread_self is this live thread; the signal has a
+            // handler installed above.
+            let sent = unsafe { libc::pthread_kill(libc::pthread_self(), signal) };
+            assert_eq!(sent, 0);
+        }
+        let (_, pending) = mask_and_pending();
+        for signal in signals {
+            assert!(has(&pending, signal), "{signal} not pending");
+            assert_eq!(
+                DELIVERED.load(std::sync::atomic::Ordering::SeqCst) & (1 << signal),
+                0,
+                "{signal} was delivered while deferred"
+            );
+        }
+        drop(deferred);
+        // Unblocking delivers what was pending before pthread_sigmask
+        // returns; the mask is the one from before.
+        let (after, pending) = mask_and_pending();
+        for signal in signals {
+            assert!(!has(&after, signal), "{signal} still blocked");
+            assert!(!has(&pending, signal), "{signal} still pending");
+            assert_ne!(
+                DELIVERED.load(std::sync::atomic::Ordering::SeqCst) & (1 << signal),
+                0,
+                "{signal} was not delivered after the drop"
+            );
+        }
+        for (signal, previous) in old {
+            // SAFETY: restores the disposition saved above.
+            unsafe {
+                assert_eq!(libc::sigaction(signal, &previous, std::ptr::null_mut()), 0);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+}

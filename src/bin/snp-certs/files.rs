@@ -17,7 +17,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -91,44 +91,13 @@ pub fn check_guest_limit(size: usize, allow_large: bool, what: &Path) -> Result<
     Ok(())
 }
 
-/// What a file that is not a regular file is, for messages.
-fn file_type_name(ft: fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "special file"
-    }
-}
-
 /// Opens a file the user named for reading without ever blocking
 /// (`O_NONBLOCK | O_NOCTTY`: a FIFO nobody writes to, a tty or a device
 /// cannot hang the tool), and refuses at once anything that is not a
-/// regular file ("NAME is a FIFO, not a regular file").
+/// regular file ("NAME is a FIFO, not a regular file"): the library's own
+/// check, the one the VMM applies to certs files.
 pub fn open_input(path: &Path) -> Result<File> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let meta = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?;
-    if !meta.is_file() {
-        bail!(
-            "{} is a {}, not a regular file",
-            path.display(),
-            file_type_name(meta.file_type())
-        );
-    }
-    Ok(file)
+    Ok(snp_certs::file::open_regular(path)?)
 }
 
 /// Reads a whole input file of at most 1 MiB (opened with [`open_input`]).

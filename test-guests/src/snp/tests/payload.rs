@@ -277,3 +277,44 @@ fn the_whole_vmm_runs_the_twin_on_the_mock_backend() {
         }
     );
 }
+
+/// On an SNP host without the certificate exit (Linux before 7.0) the VM
+/// runs, says requests do not reach the VMM, and refuses a certs file at
+/// creation and over the API.
+#[test]
+fn a_host_without_the_certificate_exit_refuses_certs_files() {
+    use vmm::controller::Vmm;
+    use vmm_api::{SnpCertsUpdate, VmmAction, VmmApi, VmmData};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    std::fs::write(&path, table([1400, 1700, 1700])).unwrap();
+    let config = |certs: Option<&std::path::Path>| -> VmConfig {
+        serde_json::from_value(serde_json::json!({
+            "memory": {"size": 1 << 20},
+            "platform": {"sev_snp": true},
+            "snp": {"certs_file": certs},
+            "payload": {"test_guest": {"kind": "snp-attest"}},
+        }))
+        .unwrap()
+    };
+    let vmm = Vmm::new(
+        Backend::Mock(MockHypervisor::new().with_snp_req_certs(false)),
+        EventSender::disabled(),
+        Arc::new(TestGuests::new(false)),
+    );
+    let err = vmm.create_vm(config(Some(&path))).unwrap_err();
+    assert!(
+        err.to_string().contains("KVM_SEV_SNP_ENABLE_REQ_CERTS"),
+        "{err}"
+    );
+    vmm.create_vm(config(None)).unwrap();
+    let Ok(VmmData::SnpCerts(info)) = vmm.handle(VmmAction::GetSnpCerts) else {
+        panic!("no certs info");
+    };
+    assert!(!info.requests_reach_vmm);
+    let refused = vmm
+        .handle(VmmAction::PutSnpCerts(SnpCertsUpdate::set_file(&path)))
+        .unwrap_err();
+    assert_eq!(refused.kind.status(), 409, "{refused}");
+}

@@ -50,6 +50,9 @@
 //! end-to-end variants (with the file and the stub host in alternating
 //! order), each on a fresh VM.
 //!
+//! Every figure also goes to `target/bench/results.json` (µs; requests
+//! with the stub host as reference and the exit floor as floor).
+//!
 //! # Knobs
 //!
 //! * `DOORBELL_E2E_ROUNDS` (default 5): rounds.
@@ -67,7 +70,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Summary, by_mode, env_usize, f, print_context, print_table, ratio, summarize};
+use common::{
+    Figure, Summary, baseline, by_mode, env_usize, f, print_context, print_table, ratio, record,
+    summarize,
+};
 use event_monitor::EventSender;
 use hypervisor::kvm::KvmHypervisor;
 use hypervisor::{GuestMemoryMmap, Vcpu, Vm as _, VmExit, VmType};
@@ -371,6 +377,39 @@ fn main() {
     let empty = summarize(&no_file);
     let on_mock = summarize(&mock);
     let floor_request = 3.0 * exit.median + ie.median;
+    // results.json: µs per request / operation, over rounds.
+    let to_us = |t: &Summary| -> Summary {
+        Summary {
+            n: t.n,
+            min: t.min / 1e3,
+            median: t.median / 1e3,
+            p90: t.p90 / 1e3,
+            p99: t.p99 / 1e3,
+            max: t.max / 1e3,
+            mean: t.mean / 1e3,
+        }
+    };
+    let params = serde_json::json!({"rounds": rounds, "requests": requests, "exits": exits});
+    let floor_base = baseline(
+        "floor per guest request (3 exits + 1 EINTR run)",
+        floor_request / 1e3,
+    );
+    let stub_base = baseline("same guest, stub host", stubbed.median / 1e3);
+    for (figure, t, per_request) in [
+        ("I/O exit round trip", &exit, false),
+        ("KVM_RUN with immediate_exit", &ie, false),
+        ("16-bit guest loop iteration", &guest_loop, false),
+        ("e2e, certs file", &e2e, true),
+        ("same guest, stub host", &stubbed, true),
+        ("e2e, no certs file", &empty, true),
+        ("VMM alone, mock backend", &on_mock, true),
+    ] {
+        let mut fig = Figure::new("doorbell_e2e", figure, params.clone(), "us", to_us(t));
+        if per_request {
+            fig = fig.reference(stub_base.clone()).floor(floor_base.clone());
+        }
+        record(fig);
+    }
 
     println!();
     println!(

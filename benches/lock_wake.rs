@@ -66,8 +66,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Jitter, Summary, by_mode, env_usize, f, mono_ns, print_context, print_table, ratio, summarize,
-    thread_cpu_ns, thread_voluntary_switches,
+    Figure, Jitter, Summary, baseline, by_mode, env_usize, f, mono_ns, print_context, print_table,
+    ratio, record, summarize, thread_cpu_ns, thread_voluntary_switches,
 };
 use snp_certs::lock::{self, LockKind};
 
@@ -407,6 +407,43 @@ fn main() {
         ],
         &rows,
     );
+    // results.json: latencies in µs, with raw samples for the CDF plot.
+    let to_us = |samples: &[Sample], pick: fn(&Sample) -> f64| -> Vec<f64> {
+        samples.iter().map(|s| pick(s) / 1e3).collect()
+    };
+    let floor_base = baseline("wake_floor_setlkw", s_floor.median / 1e3);
+    let ref_base = baseline("wake_qemu_v1_returns", s_qemu_ret.median / 1e3);
+    let params = serde_json::json!({"hold_ms": "1.5-2.5", "iters": iters});
+    for (figure, samples, pick) in [
+        (
+            "wake_ours",
+            &ours,
+            (|s: &Sample| s.taken_ns) as fn(&Sample) -> f64,
+        ),
+        ("wake_floor_setlkw", &floor, |s: &Sample| s.taken_ns),
+        ("wake_qemu_v1_taken", &qemu, |s: &Sample| s.taken_ns),
+        ("wake_qemu_v1_returns", &qemu, |s: &Sample| s.returned_ns),
+    ] {
+        let v = to_us(samples, pick);
+        record(
+            Figure::new("lock_wake", figure, params.clone(), "us", summarize(&v))
+                .reference(ref_base.clone())
+                .floor(floor_base.clone())
+                .samples(&v),
+        );
+    }
+    let cpu_floor = summarize(&to_us(&floor, |s| s.cpu_ns)).median;
+    for (figure, samples) in [
+        ("cpu_per_wait_ours", &ours),
+        ("cpu_per_wait_floor", &floor),
+        ("cpu_per_wait_qemu_v1", &qemu),
+    ] {
+        let v = to_us(samples, |s| s.cpu_ns);
+        record(
+            Figure::new("lock_wake", figure, params.clone(), "us", summarize(&v))
+                .floor(baseline("cpu_per_wait_floor", cpu_floor)),
+        );
+    }
     println!();
     println!("## Ratios (medians; p99 in brackets)");
     let ratio_row = |name: &str, a: &Summary, b: &Summary| -> Vec<String> {
@@ -451,6 +488,14 @@ fn main() {
             let sw_a = summarize(&a.iter().map(|s| s.switches).collect::<Vec<_>>());
             let sw_b = summarize(&b.iter().map(|s| s.switches).collect::<Vec<_>>());
             let lat_b = summarize(&b.iter().map(|s| s.returned_ns).collect::<Vec<_>>());
+            let cpu_us: Vec<f64> = b.iter().map(|s| s.cpu_ns / 1e3).collect();
+            record(Figure::new(
+                "lock_wake",
+                &format!("cpu_per_wait_{}", name.replace(' ', "_").to_lowercase()),
+                serde_json::json!({"hold_ms": long_hold.as_millis() as u64, "iters": long_iters}),
+                "us",
+                summarize(&cpu_us),
+            ));
             rows.push(vec![
                 name.to_owned(),
                 us(cpu_a.median),

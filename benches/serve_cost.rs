@@ -39,6 +39,10 @@
 //! * **QEMU v1 without its sleep**: the same syscalls, no sleep: what its
 //!   request would cost had it not slept.
 //!
+//! Every row also goes to `target/bench/results.json` (values over
+//! rounds, ns/request; floor: open per request; reference: QEMU v1
+//! without its sleep).
+//!
 //! # Knobs
 //!
 //! * `SERVE_COST_ROUNDS` (default 21): rounds.
@@ -58,7 +62,9 @@ use std::hint::black_box;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
-use common::{by_mode, env_usize, f, print_context, print_table, ratio, summarize};
+use common::{
+    Figure, baseline, by_mode, env_usize, f, print_context, print_table, ratio, record, summarize,
+};
 use snp_certs::serve::{CertsRequest, OutcomeKind};
 use snp_certs::{CertTable, CertsConfig, CertsReader, serve};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -356,6 +362,28 @@ fn main() {
             continue;
         }
         let s = summarize(&results[idx]);
+        let floor_idx = ROWS.iter().position(|r| *r == Row::FloorOpen).unwrap_or(0);
+        let ref_idx = ROWS
+            .iter()
+            .position(|r| *r == Row::QemuV1NoSleep)
+            .unwrap_or(0);
+        record(
+            Figure::new(
+                "serve_cost",
+                name(*row).trim(),
+                serde_json::json!({"table_bytes": TABLE.len(), "rounds": rounds, "iters": iters}),
+                "ns",
+                s,
+            )
+            .reference(baseline(
+                name(Row::QemuV1NoSleep),
+                summarize(&results[ref_idx]).median,
+            ))
+            .floor(baseline(
+                name(Row::FloorOpen),
+                summarize(&results[floor_idx]).median,
+            )),
+        );
         rows.push(vec![
             name(*row).to_owned(),
             f(s.median, 0),

@@ -59,10 +59,27 @@ fn status_name(status: u32) -> &'static str {
     }
 }
 
-/// All reports of one VM, and what each vCPU was delivered last.
+/// How many recent reports an [`AttestLog`] keeps; the totals count them
+/// all, so a guest that runs for days does not grow the VMM.
+pub const RECORDS_KEPT: usize = 1024;
+
+/// What all the reports of a run amount to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttestTotals {
+    /// Reports made.
+    pub reports: usize,
+    /// Reports with status ok that matched what the VMM delivered.
+    pub matched: usize,
+    /// The checksum of the last report with status ok.
+    pub last_ok_checksum: Option<u32>,
+}
+
+/// All reports of one VM (the most recent [`RECORDS_KEPT`] of them, and
+/// totals of all), and what each vCPU was delivered last.
 #[derive(Debug, Default)]
 pub struct AttestLog {
-    records: Mutex<Vec<AttestRecord>>,
+    records: Mutex<std::collections::VecDeque<AttestRecord>>,
+    totals: Mutex<AttestTotals>,
     delivered: Mutex<HashMap<u8, Expected>>,
 }
 
@@ -104,19 +121,35 @@ impl AttestLog {
             expected,
             matches,
         };
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record.clone());
+        {
+            let mut totals = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
+            totals.reports += 1;
+            totals.matched += usize::from(matches);
+            if ok {
+                totals.last_ok_checksum = Some(report.checksum);
+            }
+        }
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        if records.len() == RECORDS_KEPT {
+            records.pop_front();
+        }
+        records.push_back(record.clone());
         record
     }
 
-    /// Every report so far.
+    /// What every report so far amounts to.
+    pub fn totals(&self) -> AttestTotals {
+        *self.totals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recent reports (all of them, up to [`RECORDS_KEPT`]).
     pub fn records(&self) -> Vec<AttestRecord> {
         self.records
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -150,5 +183,41 @@ impl AttestRecord {
         )
         .trim_end()
         .to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_count_every_report_while_records_keep_the_recent_ones() {
+        let log = AttestLog::default();
+        let expected = Expected {
+            entries: 1,
+            table_len: 48,
+            checksum: 7,
+        };
+        let ok = GuestReport {
+            entries: 1,
+            table_len: 48,
+            checksum: 7,
+            ..GuestReport::default()
+        };
+        for seq in 0..(RECORDS_KEPT as u32 + 10) {
+            log.record(0, &GuestReport { seq, ..ok }, Some(expected));
+        }
+        let failed = GuestReport {
+            status: ReportStatus::Failed as u32,
+            ..GuestReport::default()
+        };
+        log.record(0, &failed, None);
+        let totals = log.totals();
+        assert_eq!(totals.reports, RECORDS_KEPT + 11);
+        assert_eq!(totals.matched, RECORDS_KEPT + 10);
+        assert_eq!(totals.last_ok_checksum, Some(7));
+        let records = log.records();
+        assert_eq!(records.len(), RECORDS_KEPT);
+        assert_eq!(records.last().map(|r| r.status.as_str()), Some("failed"));
     }
 }

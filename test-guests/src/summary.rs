@@ -11,7 +11,7 @@ use snp_certs::CertsReader;
 use vmm_api::VmCounters;
 
 use crate::attest;
-use crate::record::{AttestRecord, Expected};
+use crate::record::{AttestTotals, Expected};
 
 /// What the run amounted to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,18 +55,14 @@ fn file_expectation(path: &Path, timeout: std::time::Duration) -> Option<Expecte
 
 /// Builds the summary of a run.
 pub fn summarize(
-    records: &[AttestRecord],
+    totals: &AttestTotals,
     counters: &VmCounters,
     certs_file: Option<&Path>,
     timeout: std::time::Duration,
 ) -> Summary {
-    let matched = records.iter().filter(|r| r.matches).count();
-    let bad = records.len() - matched;
-    let guest_checksum = records
-        .iter()
-        .rev()
-        .find(|r| r.status == "ok")
-        .map(|r| r.report.checksum);
+    let matched = totals.matched;
+    let bad = totals.reports - matched;
+    let guest_checksum = totals.last_ok_checksum;
     let file = certs_file.and_then(|p| file_expectation(p, timeout));
     let r = &counters.requests;
     let w = &counters.lock_wait_us;
@@ -74,7 +70,7 @@ pub fn summarize(
     let _ = writeln!(
         text,
         "summary: {} guest requests reported: {matched} received exactly what was delivered, {bad} did not",
-        records.len()
+        totals.reports
     );
     let _ = writeln!(
         text,
@@ -128,7 +124,7 @@ pub fn summarize(
         }
     }
     Summary {
-        reports: records.len(),
+        reports: totals.reports,
         matched,
         bad,
         guest_checksum,

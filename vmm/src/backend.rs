@@ -52,6 +52,16 @@ impl fmt::Display for BackendChoice {
     }
 }
 
+/// How many of its recent calls a mock that serves a VM keeps in its log
+/// (it is read by tests, not by `snp-vmm`; without a bound it would grow
+/// with every guest request).
+const MOCK_LOG_LIMIT: usize = 4096;
+
+/// A mock backend for `snp-vmm` (as opposed to a test's): a bounded log.
+fn serving_mock() -> MockHypervisor {
+    MockHypervisor::new().with_log_limit(MOCK_LOG_LIMIT)
+}
+
 /// The backend in use.
 pub enum Backend {
     /// Linux KVM.
@@ -72,13 +82,13 @@ impl Backend {
     /// so the caller can say it plainly.
     pub fn open(choice: BackendChoice) -> Result<(Backend, Option<String>), HypervisorError> {
         match choice {
-            BackendChoice::Mock => Ok((Backend::Mock(MockHypervisor::new().with_snp(false)), None)),
-            BackendChoice::MockSnp => Ok((Backend::Mock(MockHypervisor::new()), None)),
+            BackendChoice::Mock => Ok((Backend::Mock(serving_mock().with_snp(false)), None)),
+            BackendChoice::MockSnp => Ok((Backend::Mock(serving_mock()), None)),
             BackendChoice::Kvm => Ok((Backend::Kvm(KvmHypervisor::new()?), None)),
             BackendChoice::Auto => match KvmHypervisor::new() {
                 Ok(kvm) => Ok((Backend::Kvm(kvm), None)),
                 Err(e @ HypervisorError::KvmUnavailable { .. }) => Ok((
-                    Backend::Mock(MockHypervisor::new().with_snp(false)),
+                    Backend::Mock(serving_mock().with_snp(false)),
                     Some(error_chain(&e)),
                 )),
                 Err(e) => Err(e),

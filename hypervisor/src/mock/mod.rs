@@ -160,27 +160,53 @@ pub enum MockEvent {
     },
 }
 
-/// The shared, ordered event log of a [`MockHypervisor`].
+/// The shared, ordered event log of a [`MockHypervisor`]. Unbounded by
+/// default (tests read all of it); a mock serving a long-running VM keeps
+/// only its most recent events ([`MockHypervisor::with_log_limit`]).
 #[derive(Debug, Clone, Default)]
-pub struct MockLog(Arc<Mutex<Vec<MockEvent>>>);
+pub struct MockLog(Arc<Mutex<LogState>>);
+
+#[derive(Debug, Default)]
+struct LogState {
+    events: Vec<MockEvent>,
+    /// Keep at most this many events (the oldest go first).
+    limit: Option<usize>,
+}
+
+impl std::ops::Deref for LogState {
+    type Target = Vec<MockEvent>;
+
+    fn deref(&self) -> &Vec<MockEvent> {
+        &self.events
+    }
+}
 
 impl MockLog {
-    fn lock(&self) -> MutexGuard<'_, Vec<MockEvent>> {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn push(&self, event: MockEvent) {
-        self.lock().push(event);
+        let mut log = self.lock();
+        if let Some(limit) = log.limit {
+            if log.events.len() >= limit.max(1) {
+                // Drop the older half at once: amortised O(1) per event.
+                let keep = limit / 2;
+                let cut = log.events.len() - keep;
+                log.events.drain(..cut);
+            }
+        }
+        log.events.push(event);
     }
 
-    /// A copy of all events so far.
+    /// A copy of all events so far (the most recent ones, with a limit).
     pub fn events(&self) -> Vec<MockEvent> {
-        self.lock().clone()
+        self.lock().events.clone()
     }
 
     /// Removes and returns all events so far.
     pub fn take(&self) -> Vec<MockEvent> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut self.lock().events)
     }
 
     /// The completions given to vCPU `vcpu` for certificate requests, in
@@ -277,6 +303,13 @@ impl MockHypervisor {
     /// [`Self::set_guest`] for a guest already boxed.
     pub fn set_boxed_guest(&self, id: u8, guest: Box<dyn MockGuest>) {
         lock(&self.guests).insert(id, guest);
+    }
+
+    /// Keeps only about the `limit` most recent events in the log, so a
+    /// mock serving a VM for hours does not grow without bound.
+    pub fn with_log_limit(self, limit: usize) -> Self {
+        self.log.lock().limit = Some(limit);
+        self
     }
 
     /// The shared event log.

@@ -475,3 +475,24 @@ fn snp_launch_order_is_enforced() {
     let events = hv.log().events();
     assert!(events.contains(&MockEvent::SnpLaunchFinish { host_data: [7; 32] }));
 }
+
+#[test]
+fn a_log_limit_keeps_the_most_recent_events() {
+    let hv = MockHypervisor::new().with_log_limit(10);
+    let log = hv.log();
+    for _ in 0..100 {
+        hv.create_vm(VmType::Default).unwrap();
+    }
+    let events = log.events();
+    assert!(!events.is_empty() && events.len() <= 10, "{}", events.len());
+    assert!(events.iter().all(|e| *e
+        == MockEvent::CreateVm {
+            vm_type: VmType::Default
+        }));
+    // Without a limit, everything is kept.
+    let all = MockHypervisor::new();
+    for _ in 0..100 {
+        all.create_vm(VmType::Default).unwrap();
+    }
+    assert_eq!(all.log().events().len(), 100);
+}

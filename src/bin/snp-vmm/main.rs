@@ -219,10 +219,10 @@ fn run_once(
                 }
             }
             vm.shutdown();
-            let records = guests.last_log().map(|l| l.records()).unwrap_or_default();
+            let totals = guests.last_log().map(|l| l.totals()).unwrap_or_default();
             let counters = vm.certs().stats();
             Ok((
-                summarize(&records, &counters, certs_file.as_deref(), wait),
+                summarize(&totals, &counters, certs_file.as_deref(), wait),
                 counters,
             ))
         })

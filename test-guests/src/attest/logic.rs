@@ -6,14 +6,10 @@
 //! ([`super::program`]) must do. It does no I/O: it says what to do next
 //! ([`Step`]) and is told what the VMM answered.
 
+use hypervisor::SnpCertsCompletion;
+
 use super::layout::{BUFFER_PAGES, PAGE_SIZE};
 use crate::report::{GuestReport, ReportStatus, fnv1a32};
-
-/// The `ret` values the guest tells apart (`libc` errno numbers, as KVM
-/// passes them).
-const RET_OK: u64 = 0;
-const RET_ENOSPC: u64 = libc::ENOSPC as u64;
-const RET_EAGAIN: u64 = libc::EAGAIN as u64;
 
 /// Size of a certificate table entry and of its terminator.
 const ENTRY_SIZE: usize = 24;
@@ -172,11 +168,11 @@ impl AttestMachine {
         match ret {
             // A size query answered 0: no table configured. Ask for one
             // page to receive the empty table.
-            RET_OK if asked == 0 => {
+            SnpCertsCompletion::RET_OK if asked == 0 => {
                 self.report.npages = 1;
                 self.ring()
             }
-            RET_OK => {
+            SnpCertsCompletion::RET_OK => {
                 let offered = usize::try_from(asked * PAGE_SIZE).unwrap_or(usize::MAX);
                 match check_table(buffer.get(..offered).unwrap_or(buffer)) {
                     Some((entries, table_len, checksum)) => {
@@ -188,7 +184,7 @@ impl AttestMachine {
                     None => self.finish(ReportStatus::BadTable),
                 }
             }
-            RET_EAGAIN => {
+            SnpCertsCompletion::RET_EAGAIN => {
                 if self.report.busy_retries >= self.params.max_busy_retries {
                     return self.finish(ReportStatus::GaveUpBusy);
                 }
@@ -201,13 +197,13 @@ impl AttestMachine {
                     ms: self.params.retry_ms,
                 }
             }
-            RET_ENOSPC if npages > BUFFER_PAGES => {
+            SnpCertsCompletion::RET_ENOSPC if npages > BUFFER_PAGES => {
                 self.report.npages = u32::try_from(npages).unwrap_or(u32::MAX);
                 self.finish(ReportStatus::TooBig)
             }
             // The count must grow, or the exchange could go on for ever.
-            RET_ENOSPC if npages <= asked => self.finish(ReportStatus::Failed),
-            RET_ENOSPC => {
+            SnpCertsCompletion::RET_ENOSPC if npages <= asked => self.finish(ReportStatus::Failed),
+            SnpCertsCompletion::RET_ENOSPC => {
                 // npages <= BUFFER_PAGES here.
                 self.report.npages = npages as u32;
                 self.ring()

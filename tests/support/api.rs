@@ -324,6 +324,17 @@ impl ApiVmm {
         let ping: Value = serde_json::from_str(&ping).unwrap();
         assert_eq!(ping["pid"], vmm.child.0.id(), "{ping}");
         assert_eq!(ping["hypervisor"], hypervisor, "{ping}");
+        // The API answers before the command line's VM exists (its start-up
+        // wait for the certs file can be interrupted over the API too): wait
+        // for the VM itself when one was asked for.
+        if !vm_args.is_empty() {
+            poll(DEADLINE_SECS, "the command line's VM to exist", || {
+                if let Some(status) = vmm.child.0.try_wait().unwrap() {
+                    panic!("snp-vmm exited with {status}: {}", vmm.stderr());
+                }
+                (snp_remote(&vmm.socket, None, &["--json", "info"]).code == 0).then_some(())
+            });
+        }
         eprintln!(
             "snp-vmm on {hypervisor} answered ping after {:?}",
             started.elapsed()

@@ -1,12 +1,13 @@
 //! The test guests' devices: the report and delay ports on the port-I/O
-//! bus, and the observer that notes what each vCPU was delivered.
+//! bus, and the observer that notes what each vCPU was delivered. Both
+//! guests attach the same set ([`ReportDevices`]).
 //!
 //! The observer runs after the request's lease was released (see
 //! [`vmm::payload::RequestObserver`]): reading the guest's buffer back and
 //! hashing it never happens while the certs file is locked.
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use event_monitor::EventSender;
@@ -14,16 +15,65 @@ use hypervisor::GuestMemoryMmap;
 use serde_json::json;
 use snp_certs::OutcomeKind;
 use vm_memory::{Bytes, GuestAddress};
-use vmm::payload::{Answered, RequestObserver};
-use vmm::pio::PioDevice;
+use vmm::payload::{Answered, DeviceContext, PayloadError, RequestObserver};
+use vmm::pio::{PioBus, PioDevice};
 use vmm::stop::StopSignal;
 
 use crate::attest::expected_report_for;
 use crate::record::{AttestLog, Expected};
-use crate::report::{DELAY_PORT, REPORT_PORT, read_report};
+use crate::report::{DELAY_PORT, PORTS, REPORT_PORT, read_report};
 
 /// Event source name of the test guests' reports.
 pub const EVENT_SOURCE: &str = "attest-guest";
+
+/// The devices of a test guest's payload, all recording into one log: the
+/// report and delay ports ([`GuestPorts`]) and, once attached, the
+/// [`DeliveryObserver`] the vCPU loop calls after each answer.
+pub struct ReportDevices {
+    log: Arc<AttestLog>,
+    print_reports: bool,
+    observer: OnceLock<Arc<DeliveryObserver>>,
+}
+
+impl ReportDevices {
+    /// Devices recording into `log` and, if `print_reports`, printing each
+    /// report on stdout.
+    pub fn new(log: Arc<AttestLog>, print_reports: bool) -> ReportDevices {
+        ReportDevices {
+            log,
+            print_reports,
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// The log the devices record into.
+    pub fn log(&self) -> &Arc<AttestLog> {
+        &self.log
+    }
+
+    /// Puts the ports on `bus` and makes the observer for the VM of `ctx`
+    /// (what [`vmm::payload::Payload::attach`] does for a test guest).
+    pub fn attach(&self, ctx: &DeviceContext, bus: &mut PioBus) -> Result<(), PayloadError> {
+        let ports = GuestPorts::new(
+            Arc::clone(&ctx.memory),
+            Arc::clone(&ctx.stop),
+            ctx.events.clone(),
+            Arc::clone(&self.log),
+            self.print_reports,
+        );
+        bus.attach(PORTS.0, PORTS.1, Arc::new(ports))?;
+        let observer = DeliveryObserver::new(Arc::clone(&ctx.memory), Arc::clone(&self.log));
+        let _ = self.observer.set(Arc::new(observer));
+        Ok(())
+    }
+
+    /// The observer made by [`Self::attach`], if it ran.
+    pub fn observer(&self) -> Option<Arc<dyn RequestObserver>> {
+        self.observer
+            .get()
+            .map(|o| Arc::clone(o) as Arc<dyn RequestObserver>)
+    }
+}
 
 /// The report and delay ports of one VM.
 pub struct GuestPorts {

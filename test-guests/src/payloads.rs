@@ -1,7 +1,7 @@
 //! The test guests as payloads of the VMM: the factory `snp-vmm` passes to
 //! [`vmm::controller::Vmm`], and the attestation guest's payload.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hypervisor::mock::{MockGuest, ScriptedGuest};
 use hypervisor::{GuestMemoryMmap, HypervisorError, Vcpu, VmExit};
@@ -13,9 +13,8 @@ use vmm::pio::PioBus;
 use vmm_api::TestGuestConfig;
 
 use crate::attest::{self, AttestParams, MockAttestGuest};
-use crate::devices::{DeliveryObserver, GuestPorts};
+use crate::devices::ReportDevices;
 use crate::record::AttestLog;
-use crate::report::PORTS;
 
 /// Where vCPUs other than 0 start: a single `hlt` (0xf4). Only vCPU 0 runs
 /// the guest; the others would share its mailbox and buffer.
@@ -36,6 +35,16 @@ impl TestGuests {
             print_reports,
             logs: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A log for a new guest, kept for [`Self::last_log`].
+    fn new_log(&self) -> Arc<AttestLog> {
+        let log = Arc::new(AttestLog::default());
+        self.logs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&log));
+        log
     }
 
     /// The log of the attestation guest built last.
@@ -63,16 +72,9 @@ impl PayloadFactory for TestGuests {
                     retry_ms,
                     max_busy_retries,
                 };
-                let log = Arc::new(AttestLog::default());
-                self.logs
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(Arc::clone(&log));
                 Ok(Box::new(AttestPayload {
                     params,
-                    log,
-                    print_reports: self.print_reports,
-                    observer: OnceLock::new(),
+                    devices: ReportDevices::new(self.new_log(), self.print_reports),
                 }))
             }
             TestGuestConfig::SnpAttest {
@@ -97,9 +99,7 @@ impl PayloadFactory for TestGuests {
 /// The real-mode attestation guest on vCPU 0, halted stubs elsewhere.
 struct AttestPayload {
     params: AttestParams,
-    log: Arc<AttestLog>,
-    print_reports: bool,
-    observer: OnceLock<Arc<DeliveryObserver>>,
+    devices: ReportDevices,
 }
 
 impl Payload for AttestPayload {
@@ -145,23 +145,11 @@ impl Payload for AttestPayload {
     }
 
     fn attach(&self, ctx: &DeviceContext, bus: &mut PioBus) -> Result<(), PayloadError> {
-        let ports = GuestPorts::new(
-            Arc::clone(&ctx.memory),
-            Arc::clone(&ctx.stop),
-            ctx.events.clone(),
-            Arc::clone(&self.log),
-            self.print_reports,
-        );
-        bus.attach(PORTS.0, PORTS.1, Arc::new(ports))?;
-        let observer = DeliveryObserver::new(Arc::clone(&ctx.memory), Arc::clone(&self.log));
-        let _ = self.observer.set(Arc::new(observer));
-        Ok(())
+        self.devices.attach(ctx, bus)
     }
 
     fn observer(&self) -> Option<Arc<dyn RequestObserver>> {
-        self.observer
-            .get()
-            .map(|o| Arc::clone(o) as Arc<dyn RequestObserver>)
+        self.devices.observer()
     }
 }
 
@@ -189,13 +177,8 @@ impl TestGuests {
         params: AttestParams,
         c_bit: u8,
     ) -> Result<Box<dyn Payload>, PayloadError> {
-        let log = Arc::new(AttestLog::default());
         let payload =
-            crate::snp::SnpPayload::new(params, c_bit, Arc::clone(&log), self.print_reports)?;
-        self.logs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(log);
+            crate::snp::SnpPayload::new(params, c_bit, self.new_log(), self.print_reports)?;
         Ok(Box::new(payload))
     }
 }

@@ -1,6 +1,6 @@
 //! The SNP guest as a payload of the VMM.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use hypervisor::mock::MockGuest;
 use hypervisor::{GuestMemoryMmap, HypervisorError, Vcpu};
@@ -11,9 +11,8 @@ use vmm::pio::PioBus;
 use super::layout::{self, CODE_GPA, MIN_MEMORY, PML4_GPA};
 use super::{MockSnpGuest, SnpError, program};
 use crate::attest::AttestParams;
-use crate::devices::{DeliveryObserver, GuestPorts};
+use crate::devices::ReportDevices;
 use crate::record::AttestLog;
-use crate::report::PORTS;
 
 /// The SNP attestation guest on vCPU 0; the other vCPUs stay idle (they
 /// never run, so they need no code, GHCB or page tables of their own).
@@ -21,9 +20,7 @@ pub struct SnpPayload {
     params: AttestParams,
     code: Vec<u8>,
     page_tables: Vec<u8>,
-    log: Arc<AttestLog>,
-    print_reports: bool,
-    observer: OnceLock<Arc<DeliveryObserver>>,
+    devices: ReportDevices,
 }
 
 impl std::fmt::Debug for SnpPayload {
@@ -57,15 +54,13 @@ impl SnpPayload {
             params,
             code: program(&params).map_err(load)?,
             page_tables: layout::page_tables(c_bit).map_err(load)?,
-            log,
-            print_reports,
-            observer: OnceLock::new(),
+            devices: ReportDevices::new(log, print_reports),
         })
     }
 
     /// The log of this guest's reports.
     pub fn log(&self) -> Arc<AttestLog> {
-        Arc::clone(&self.log)
+        Arc::clone(self.devices.log())
     }
 }
 
@@ -113,23 +108,11 @@ impl Payload for SnpPayload {
     }
 
     fn attach(&self, ctx: &DeviceContext, bus: &mut PioBus) -> Result<(), PayloadError> {
-        let ports = GuestPorts::new(
-            Arc::clone(&ctx.memory),
-            Arc::clone(&ctx.stop),
-            ctx.events.clone(),
-            Arc::clone(&self.log),
-            self.print_reports,
-        );
-        bus.attach(PORTS.0, PORTS.1, Arc::new(ports))?;
-        let observer = DeliveryObserver::new(Arc::clone(&ctx.memory), Arc::clone(&self.log));
-        let _ = self.observer.set(Arc::new(observer));
-        Ok(())
+        self.devices.attach(ctx, bus)
     }
 
     fn observer(&self) -> Option<Arc<dyn RequestObserver>> {
-        self.observer
-            .get()
-            .map(|o| Arc::clone(o) as Arc<dyn RequestObserver>)
+        self.devices.observer()
     }
 }
 

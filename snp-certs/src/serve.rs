@@ -515,3 +515,7 @@ fn host_trouble<M: GuestMemory + ?Sized>(
 #[cfg(test)]
 #[path = "serve_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "serve_fallback_tests.rs"]
+mod fallback_tests;

@@ -26,6 +26,7 @@ use hypervisor::kvm::host::{HostItem, HostReport, ItemStatus, probe_host};
 use snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS;
 use snp_certs::table::LINUX_GUEST_MAX_SIZE;
 use snp_certs::{CertTable, CertsReader, TableWarning};
+use vmm_api::error_chain;
 
 /// Exit status when the host can serve SNP guests with certificates.
 pub const EXIT_CAN_SERVE: u8 = 0;
@@ -152,18 +153,6 @@ pub fn to_text(report: &HostReport) -> String {
             "verdict: this host CANNOT serve SEV-SNP guests with certificates (missing: {})\n",
             missing.join(", ")
         ));
-    }
-    text
-}
-
-/// An error and its sources, joined with ": ".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
     }
     text
 }

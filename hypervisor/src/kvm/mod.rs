@@ -214,13 +214,25 @@ impl KvmVm {
     /// makes the memory private, for SNP VMs; on other VMs this checks the
     /// host's guest_memfd support on its own.
     pub fn bind_guest_memfd(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
+        self.map_with_guest_memfd(memory, snp_launch::bind_guest_memfd)
+    }
+
+    /// Maps `memory` with `bind`, which gives each region a guest_memfd
+    /// and a slot from the one passed on, and keeps the guest_memfds as
+    /// long as the VM.
+    fn map_with_guest_memfd(
+        &self,
+        memory: Arc<GuestMemoryMmap>,
+        bind: fn(&VmFd, &GuestMemoryMmap, u32) -> Result<Vec<File>, HypervisorError>,
+    ) -> Result<(), HypervisorError> {
+        // Kept first, as in `map_memory`.
         self.shared
             .memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::clone(&memory));
         let mut state = self.shared.state();
-        let files = snp_launch::bind_guest_memfd(&self.shared.fd, &memory, state.next_slot)?;
+        let files = bind(&self.shared.fd, &memory, state.next_slot)?;
         state.next_slot += u32::try_from(files.len()).unwrap_or(u32::MAX);
         self.shared
             .guest_memfds
@@ -246,6 +258,9 @@ impl KvmVm {
 
 impl Vm for KvmVm {
     fn map_memory(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
+        if self.shared.vm_type == VmType::Snp {
+            return self.map_with_guest_memfd(memory, snp_launch::map_private);
+        }
         // Kept first, so that even a partly failed map (some slots
         // registered) never leaves KVM pointing at a freed mapping.
         self.shared
@@ -254,16 +269,6 @@ impl Vm for KvmVm {
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::clone(&memory));
         let mut state = self.shared.state();
-        if self.shared.vm_type == VmType::Snp {
-            let files = snp_launch::map_private(&self.shared.fd, &memory, state.next_slot)?;
-            state.next_slot += u32::try_from(files.len()).unwrap_or(u32::MAX);
-            self.shared
-                .guest_memfds
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(files);
-            return Ok(());
-        }
         for region in memory.iter() {
             let gpa = region.start_addr().0;
             let size = region.len();

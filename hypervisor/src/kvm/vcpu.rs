@@ -5,7 +5,7 @@ use std::mem::offset_of;
 use std::ptr;
 use std::sync::Arc;
 
-use kvm_bindings::kvm_run;
+use kvm_bindings::{kvm_run, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::VmShared;
@@ -66,6 +66,18 @@ impl KvmVcpu {
         &self.fd
     }
 
+    /// Loads `sregs` and points the vCPU at `entry`, with only the
+    /// always-set bit of RFLAGS set (interrupts off).
+    fn start_at(&mut self, sregs: &kvm_sregs, entry: u64) -> Result<(), HypervisorError> {
+        self.fd
+            .set_sregs(sregs)
+            .map_err(HypervisorError::Registers)?;
+        let mut regs = self.fd.get_regs().map_err(HypervisorError::Registers)?;
+        regs.rip = entry;
+        regs.rflags = 2;
+        self.fd.set_regs(&regs).map_err(HypervisorError::Registers)
+    }
+
     fn decode_snp_req_certs(&mut self) -> VmExit {
         let p = snp_req_certs_ptr(self.fd.get_kvm_run());
         // SAFETY: `p` lies inside the live kvm_run mapping owned by `self.fd`
@@ -94,13 +106,7 @@ impl Vcpu for KvmVcpu {
             seg.base = 0;
             seg.selector = 0;
         }
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(HypervisorError::Registers)?;
-        let mut regs = self.fd.get_regs().map_err(HypervisorError::Registers)?;
-        regs.rip = entry;
-        regs.rflags = 2;
-        self.fd.set_regs(&regs).map_err(HypervisorError::Registers)
+        self.start_at(&sregs, entry)
     }
 
     fn setup_long_mode(&mut self, entry: u64, page_table: u64) -> Result<(), HypervisorError> {
@@ -145,13 +151,7 @@ impl Vcpu for KvmVcpu {
         sregs.cr4 |= CR4_PAE;
         sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
         sregs.efer |= EFER_LME | EFER_LMA;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(HypervisorError::Registers)?;
-        let mut regs = self.fd.get_regs().map_err(HypervisorError::Registers)?;
-        regs.rip = entry;
-        regs.rflags = 2;
-        self.fd.set_regs(&regs).map_err(HypervisorError::Registers)
+        self.start_at(&sregs, entry)
     }
 
     fn run(&mut self) -> Result<VmExit, HypervisorError> {

@@ -60,11 +60,11 @@ mod common;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::floor::ofd_lock;
 use common::{
     Figure, Jitter, Summary, baseline, by_mode, env_usize, f, mono_ns, print_context, print_table,
     ratio, record, summarize, thread_cpu_ns, thread_voluntary_switches,
@@ -77,28 +77,6 @@ const WRITER_ENV: &str = "SNP_BENCH_LOCK_WAKE_WRITER";
 /// The timeout passed to our lock: the default `certs_timeout`. Never
 /// reached here (holds are far shorter).
 const TIMEOUT: Duration = Duration::from_millis(100);
-
-/// `l_type` values as `fcntl` wants them.
-const RDLCK: libc::c_short = libc::F_RDLCK as libc::c_short;
-const WRLCK: libc::c_short = libc::F_WRLCK as libc::c_short;
-const UNLCK: libc::c_short = libc::F_UNLCK as libc::c_short;
-
-/// One raw whole-file OFD lock call.
-fn ofd(file: &File, kind: libc::c_short, cmd: libc::c_int) -> io::Result<()> {
-    // SAFETY: all-zero is a valid `flock` (whole file, l_pid 0 as OFD
-    // locks require); the type and whence are set below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: the descriptor is open for the lifetime of `file` and `fl`
-    // is an initialised `flock` that outlives the call.
-    let ret = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 // ---------------------------------------------------------------- writer
 
@@ -122,12 +100,12 @@ fn writer_main(path: &str) {
         let hold = Duration::from_micros(u64::from(u32::from_le_bytes([
             cmd[1], cmd[2], cmd[3], cmd[4],
         ])));
-        ofd(&file, WRLCK, libc::F_OFD_SETLKW).expect("writer: exclusive lock");
+        ofd_lock(&file, libc::F_WRLCK, libc::F_OFD_SETLKW).expect("writer: exclusive lock");
         output.write_all(b"k").unwrap();
         output.flush().unwrap();
         std::thread::sleep(hold);
         let t0 = mono_ns();
-        ofd(&file, UNLCK, libc::F_OFD_SETLK).expect("writer: unlock");
+        ofd_lock(&file, libc::F_UNLCK, libc::F_OFD_SETLK).expect("writer: unlock");
         output.write_all(&t0.to_le_bytes()).unwrap();
         output.flush().unwrap();
     }
@@ -198,7 +176,7 @@ const METHODS: [Method; 3] = [Method::Ours, Method::Floor, Method::QemuV1];
 /// close it again when another holder conflicts.
 fn qemu_open_certs_locked(path: &Path) -> io::Result<Option<File>> {
     let file = File::open(path)?;
-    match ofd(&file, RDLCK, libc::F_OFD_SETLK) {
+    match ofd_lock(&file, libc::F_RDLCK, libc::F_OFD_SETLK) {
         Ok(()) => Ok(Some(file)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
             drop(file); // out_close: close(fd)
@@ -261,7 +239,7 @@ fn sample(method: Method, writer: &mut Writer, path: &Path, kept: &File, hold: D
             (t, t, None)
         }
         Method::Floor => {
-            ofd(kept, RDLCK, libc::F_OFD_SETLKW).expect("floor: lock");
+            ofd_lock(kept, libc::F_RDLCK, libc::F_OFD_SETLKW).expect("floor: lock");
             let t = mono_ns();
             (t, t, None)
         }
@@ -275,7 +253,7 @@ fn sample(method: Method, writer: &mut Writer, path: &Path, kept: &File, hold: D
     // Release before the writer may lock again (QEMU: unlock and close).
     match file {
         Some(file) => {
-            ofd(&file, UNLCK, libc::F_OFD_SETLK).unwrap();
+            ofd_lock(&file, libc::F_UNLCK, libc::F_OFD_SETLK).unwrap();
             drop(file);
         }
         None => lock::unlock(kept).unwrap(),

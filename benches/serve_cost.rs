@@ -62,6 +62,7 @@ use std::hint::black_box;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
+use common::floor::{close_raw, floor_open, ofd_set, open_raw, pread_raw};
 use common::{
     Figure, baseline, by_mode, env_usize, f, print_context, print_table, ratio, record, summarize,
 };
@@ -77,56 +78,11 @@ const BUFFER_PAGES: u64 = 2;
 /// The most a Linux guest takes; the floor reads into a buffer this big.
 const READ_BUF: usize = 16 * 1024;
 
-/// One raw whole-file OFD lock call on a raw descriptor; panics on error
-/// (nothing conflicts here).
-fn ofd(fd: libc::c_int, kind: libc::c_int) {
-    // SAFETY: all-zero is a valid `flock` (whole file, l_pid 0 as OFD
-    // locks require); the type and whence are set below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: `fd` is an open descriptor owned by the caller for the
-    // duration of the call; `fl` is initialised and outlives the call.
-    let ret = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) };
-    assert_eq!(ret, 0, "fcntl: {}", std::io::Error::last_os_error());
-}
-
-fn open_raw(path: &CString) -> libc::c_int {
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
-    fd
-}
-
-fn close_raw(fd: libc::c_int) {
-    // SAFETY: `fd` was opened by `open_raw` and is closed exactly once.
-    unsafe { libc::close(fd) };
-}
-
-/// One `pread` from offset 0 into `buf`; returns the bytes read.
-fn pread_raw(fd: libc::c_int, buf: &mut [u8]) -> usize {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes and outlives
-    // the call; `fd` is open.
-    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert!(n >= 0, "pread: {}", std::io::Error::last_os_error());
-    n as usize
-}
-
-/// The floor: open, shared lock, read, unlock, close.
-fn floor_open(path: &CString, buf: &mut [u8]) -> usize {
-    let fd = open_raw(path);
-    ofd(fd, libc::F_RDLCK);
-    let n = pread_raw(fd, buf);
-    ofd(fd, libc::F_UNLCK);
-    close_raw(fd);
-    n
-}
-
 /// The floor with the descriptor kept: shared lock, read, unlock.
 fn floor_kept(fd: libc::c_int, buf: &mut [u8]) -> usize {
-    ofd(fd, libc::F_RDLCK);
+    ofd_set(fd, libc::F_RDLCK);
     let n = pread_raw(fd, buf);
-    ofd(fd, libc::F_UNLCK);
+    ofd_set(fd, libc::F_UNLCK);
     n
 }
 
@@ -134,7 +90,7 @@ fn floor_kept(fd: libc::c_int, buf: &mut [u8]) -> usize {
 /// lock protocol asks for (QEMU RFC v2 does it too): shared lock,
 /// `fstat(fd)` + `stat(path)`, read, unlock.
 fn floor_kept_recheck(fd: libc::c_int, path: &CString, buf: &mut [u8]) -> usize {
-    ofd(fd, libc::F_RDLCK);
+    ofd_set(fd, libc::F_RDLCK);
     // SAFETY: all-zero `stat` buffers are valid; each call only writes
     // into its buffer, which outlives the call; `path` is NUL-terminated.
     let same = unsafe {
@@ -147,7 +103,7 @@ fn floor_kept_recheck(fd: libc::c_int, path: &CString, buf: &mut [u8]) -> usize 
     };
     assert!(same, "the file was replaced");
     let n = pread_raw(fd, buf);
-    ofd(fd, libc::F_UNLCK);
+    ofd_set(fd, libc::F_UNLCK);
     n
 }
 
@@ -162,7 +118,7 @@ fn floor_kept_recheck(fd: libc::c_int, path: &CString, buf: &mut [u8]) -> usize 
 unsafe fn qemu_v1_request(path: &CString, guest_buf: *mut u8, buf_sz: usize, sleep: bool) -> usize {
     // open_certs_locked(): qemu_open + qemu_lock_fd(fd, 0, 0, false).
     let fd = open_raw(path);
-    ofd(fd, libc::F_RDLCK);
+    ofd_set(fd, libc::F_RDLCK);
     // The loop's g_usleep(1000), also after the successful try.
     if sleep {
         std::thread::sleep(Duration::from_micros(1000));
@@ -189,7 +145,7 @@ unsafe fn qemu_v1_request(path: &CString, guest_buf: *mut u8, buf_sz: usize, sle
         len += n as usize;
     }
     // snp_release_certs_lock() at the immediate exit: close_certs().
-    ofd(fd, libc::F_UNLCK);
+    ofd_set(fd, libc::F_UNLCK);
     close_raw(fd);
     len
 }

@@ -43,6 +43,7 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
+use common::floor::{floor_open, process_cpu_ns};
 use common::{
     Figure, baseline, by_mode, env_usize, f, print_context, print_table, ratio, record, summarize,
 };
@@ -54,42 +55,6 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 const BUFFER_GPA: u64 = 0x8000;
 const BUFFER_PAGES: u64 = 4;
 const READ_BUF: usize = 16 * 1024;
-
-fn ofd(fd: libc::c_int, kind: libc::c_int) {
-    // SAFETY: all-zero is a valid `flock` (whole file, l_pid 0 as OFD
-    // locks require); the type and whence are set below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: `fd` is open for the duration of the call; `fl` is
-    // initialised and outlives it.
-    let ret = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) };
-    assert_eq!(ret, 0, "fcntl: {}", std::io::Error::last_os_error());
-}
-
-/// The floor: open, shared lock, one pread, unlock, close.
-fn floor_open(path: &CString, buf: &mut [u8]) -> usize {
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    assert!(fd >= 0);
-    ofd(fd, libc::F_RDLCK);
-    // SAFETY: `buf` is valid for writes of its length; `fd` is open.
-    let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert!(n > 0);
-    ofd(fd, libc::F_UNLCK);
-    // SAFETY: `fd` was opened above and is closed once.
-    unsafe { libc::close(fd) };
-    n as usize
-}
-
-fn process_cpu_ns() -> u64 {
-    // SAFETY: all-zero is a valid `rusage`; getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is valid and writable for the duration of the call.
-    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0);
-    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
 
 /// A table of exactly `size` bytes: one VCEK entry plus the terminator.
 fn table_of(size: usize) -> Vec<u8> {

@@ -56,6 +56,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use common::floor::{ofd_lock, process_cpu_ns};
 use common::{
     Figure, Summary, baseline, by_mode, env_usize, f, mono_ns, print_context, print_table, ratio,
     record, summarize,
@@ -92,35 +93,12 @@ impl Method {
     }
 }
 
-/// One raw whole-file OFD lock call; returns whether it succeeded.
-fn ofd(file: &File, kind: libc::c_int, cmd: libc::c_int) -> bool {
-    // SAFETY: all-zero is a valid `flock` (whole file, l_pid 0 as OFD
-    // locks require); the type and whence are set below.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: the descriptor is open for the lifetime of `file`; `fl` is
-    // initialised and outlives the call.
-    unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) == 0 }
-}
-
 fn pread_all(file: &File, buf: &mut [u8]) -> usize {
     // SAFETY: `buf` is valid for writes of its length and outlives the
     // call; the descriptor is open.
     let n = unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     assert!(n > 0, "pread: {}", std::io::Error::last_os_error());
     n as usize
-}
-
-/// User + system CPU of this process so far, ns.
-fn process_cpu_ns() -> u64 {
-    // SAFETY: all-zero is a valid `rusage`; getrusage only writes into it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is valid and writable for the duration of the call.
-    let ret = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    assert_eq!(ret, 0);
-    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// One waiter thread: waits with `method`, returns when served.
@@ -136,22 +114,22 @@ fn wait_once(method: Method, path: &Path, timeout: Duration) -> u64 {
         }
         Method::Floor => {
             let file = File::open(path).unwrap();
-            assert!(ofd(&file, libc::F_RDLCK, libc::F_OFD_SETLKW));
+            assert!(ofd_lock(&file, libc::F_RDLCK, libc::F_OFD_SETLKW).is_ok());
             pread_all(&file, &mut buf);
             let t = mono_ns();
-            ofd(&file, libc::F_UNLCK, libc::F_OFD_SETLK);
+            let _ = ofd_lock(&file, libc::F_UNLCK, libc::F_OFD_SETLK);
             t
         }
         Method::QemuV1 => {
             let deadline = Instant::now() + timeout;
             loop {
                 let file = File::open(path).unwrap();
-                let got = ofd(&file, libc::F_RDLCK, libc::F_OFD_SETLK);
+                let got = ofd_lock(&file, libc::F_RDLCK, libc::F_OFD_SETLK).is_ok();
                 std::thread::sleep(Duration::from_millis(1)); // g_usleep(1000)
                 if got {
                     pread_all(&file, &mut buf);
                     let t = mono_ns();
-                    ofd(&file, libc::F_UNLCK, libc::F_OFD_SETLK);
+                    let _ = ofd_lock(&file, libc::F_UNLCK, libc::F_OFD_SETLK);
                     return t;
                 }
                 drop(file);
@@ -229,7 +207,7 @@ fn sample(method: Method, path: &Path, ino: u64, waiters: usize, hold: Duration)
                 .write(true)
                 .open(path)
                 .unwrap();
-            assert!(ofd(&file, libc::F_WRLCK, libc::F_OFD_SETLK));
+            assert!(ofd_lock(&file, libc::F_WRLCK, libc::F_OFD_SETLK).is_ok());
             Held::Raw(file)
         }
     };
@@ -273,7 +251,7 @@ fn sample(method: Method, path: &Path, ino: u64, waiters: usize, hold: Duration)
             lock.release();
         }
         Held::Raw(file) => {
-            ofd(&file, libc::F_UNLCK, libc::F_OFD_SETLK);
+            let _ = ofd_lock(&file, libc::F_UNLCK, libc::F_OFD_SETLK);
         }
     }
     let mut last = 0u64;

@@ -1,10 +1,12 @@
 //! Helpers shared by the benchmarks: clocks, per-thread CPU time, order
 //! statistics, environment knobs, the quick mode, table printing, and
 //! [`record`], the one way every bench writes its figures into
-//! `target/bench/results.json` (schema in docs/performance.md). Each bench
-//! uses a subset.
+//! `target/bench/results.json` (schema in docs/performance.md), and the raw
+//! system-call floor ([`floor`]). Each bench uses a subset.
 
 #![allow(dead_code)]
+
+pub mod floor;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use certs_support::{AT, fixture, snp_certs, stderr};
+use certs_support::{AT, closed_pipe, fixture, snp_certs, stderr};
 use serde_json::Value;
 
 fn example_table() -> PathBuf {
@@ -246,22 +246,4 @@ fn import_dir_takes_snphost_crl_and_snpguest_other_names() {
         entries.iter().any(|e| e["guid"] == guid),
         "no extra entry: {entries:?}"
     );
-}
-
-/// A pipe's write end whose read end is already closed, as stdout of
-/// `cmd | head -0`.
-fn closed_pipe() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors were just created and are owned here only.
-    let (reader, writer) = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
-    drop(reader);
-    writer
 }

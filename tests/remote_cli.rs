@@ -2,12 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod certs_support;
 #[path = "../api-server/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use certs_support::closed_pipe;
 use common::{Harness, write_file};
 use serde_json::Value;
 use vmm_api::{CpusConfig, PayloadConfig, TestGuestConfig, VmState, VmmAction};
@@ -365,22 +367,4 @@ fn usage_and_connection_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-}
-
-/// A pipe's write end whose read end is already closed, as stdout of
-/// `cmd | head -0`.
-fn closed_pipe() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both descriptors were just created and are owned here only.
-    let (reader, writer) = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
-    drop(reader);
-    writer
 }

@@ -68,7 +68,8 @@ fn maxrss_of(cmd: &mut Command) -> u64 {
 }
 
 fn build_cmd(out: &Path, pad: Option<&Path>) -> Command {
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("snp-certs/tests/fixtures/amd/milan");
+    let fx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("snp-certs-verify/tests/fixtures/amd/milan");
     let mut c = Command::new(env!("CARGO_BIN_EXE_snp-certs"));
     c.arg("build")
         .arg("--ark")

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use common::*;
 use snp_certs::table::CertTable;
-use snp_certs::x509::{DocumentKind, to_pem};
+use snp_certs_verify::x509::{DocumentKind, to_pem};
 
 fn build(dir: &Path, product: &str, out: &str, extra: &[&str]) -> std::process::Output {
     snp_certs()

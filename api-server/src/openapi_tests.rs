@@ -150,7 +150,7 @@ fn schemas_match_the_rust_types() {
         certs_file: Some(Some("/c".into())),
         certs_timeout: Some(1),
         busy_budget: Some(1),
-        on_error: Some(snp_certs::OnError::Busy),
+        on_error: Some(snp_certs_types::OnError::Busy),
         allow_large: Some(true),
     };
     let info = VmInfo {
@@ -334,7 +334,7 @@ fn put_snp_certs_lists_409_for_a_locked_file() {
 #[test]
 fn docs_name_every_reason() {
     let doc = include_str!("../../docs/api.md");
-    for reason in snp_certs::serve::Reason::ALL {
+    for reason in snp_certs_types::Reason::ALL {
         assert!(doc.contains(&format!("`{}`", reason.as_str())), "{reason}");
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::de::DeserializeOwned;
 
-use snp_certs::CertsConfig;
+use snp_certs_types::CertsConfig;
 use vmm_api::{ApiError, ApiErrorKind, SnpCertsUpdate, VmConfig, VmmAction};
 
 /// Prefix of every endpoint path.

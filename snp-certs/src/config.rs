@@ -2,31 +2,12 @@
 //! check of a certs file when it is set, and the handle that swaps the
 //! configuration at run time.
 //!
-//! # The settings
-//!
-//! | setting | meaning | default | range |
-//! | --- | --- | --- | --- |
-//! | `certs_file` | the certificate table to serve; none: guests get an empty table | none | an absolute path |
-//! | `certs_timeout` | the maximum time in milliseconds one request waits for the shared lock (0: a single try) | [`DEFAULT_CERTS_TIMEOUT_MS`] | up to [`MAX_CERTS_TIMEOUT_MS`] |
-//! | `busy_budget` | the longest time in milliseconds a guest is answered busy without a break | [`DEFAULT_BUSY_BUDGET_MS`] | up to [`MAX_BUSY_BUDGET_MS`] |
-//! | `on_error` | the fallback answer when busy can no longer help | [`OnError::Empty`] | `empty` or `busy` |
-//! | `allow_large` | accept tables above the 16 KiB a Linux guest can receive | false | |
-//!
-//! These rules live here and nowhere else: the VMM's command line, the
-//! REST API and `snp-remote` all call [`CertsConfig::check`] (the
-//! structural rules) and [`CertsConfig::validate`] (the file itself).
-//!
-//! # Why these numbers
-//!
-//! A Linux guest asks for certificates with interrupts disabled, so every
-//! millisecond a request waits for the lock freezes that vCPU: its timer,
-//! its IPIs, and the other vCPUs spinning on them. Waiting longer gains
-//! nothing: a busy answer makes the guest sleep 2 s and ask again. So the
-//! timeout is short (100 ms, as in the QEMU series) and capped at one
-//! second. The guest gives up after 60 s of busy answers and then disables
-//! its VMPCK key for good, so the busy budget (30 s by default) is capped
-//! at 50 s: below 60 s with room for the 2 s retry period and the lock
-//! waits themselves.
+//! The settings themselves, their defaults, limits and structural rules
+//! are [`snp_certs_types::settings`], re-exported here. This module adds
+//! what needs the file: [`ActiveCerts::validate`] reads the table under
+//! the shared lock, as a guest request would, before a configuration is
+//! used; the VMM's command line, the REST API and `snp-remote` all go
+//! through it.
 //!
 //! # Swapping at run time
 //!
@@ -43,78 +24,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use snp_certs_types::settings::{
+    CertsConfig, DEFAULT_BUSY_BUDGET_MS, DEFAULT_CERTS_TIMEOUT_MS, MAX_BUSY_BUDGET_MS,
+    MAX_CERTS_TIMEOUT_MS, OnError, SettingsError, check_budget, check_timeout,
+};
 use thiserror::Error;
 
 use crate::file::{CertsFileError, CertsReader};
 use crate::table::{CertTable, LINUX_GUEST_MAX_SIZE, TableWarning};
 
-/// Default `certs_timeout`: 100 ms.
-pub const DEFAULT_CERTS_TIMEOUT_MS: u64 = 100;
-
-/// Largest accepted `certs_timeout`: 1 s (see the module docs).
-pub const MAX_CERTS_TIMEOUT_MS: u64 = 1_000;
-
-/// Default `busy_budget`: 30 s.
-pub const DEFAULT_BUSY_BUDGET_MS: u64 = 30_000;
-
-/// Largest accepted `busy_budget`: 50 s, below the 60 s after which a
-/// Linux guest gives up and disables its key.
-pub const MAX_BUSY_BUDGET_MS: u64 = 50_000;
-
-/// What a guest is answered when busy can no longer help: the file is
-/// missing or invalid (retrying cannot fix that), or the busy budget is
-/// spent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnError {
-    /// The empty table with `ret` 0, as KVM answers when the exit is off:
-    /// the guest gets its report without certificates and keeps its key.
-    #[default]
-    Empty,
-    /// Busy (`EAGAIN`) for as long as the fault lasts. A Linux guest that
-    /// is told busy for 60 s disables its VMPCK key for good.
-    Busy,
-}
-
-impl OnError {
-    /// The kebab-case name, as on the command line and in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnError::Empty => "empty",
-            OnError::Busy => "busy",
-        }
-    }
-}
-
-impl std::str::FromStr for OnError {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<OnError, String> {
-        match s {
-            "empty" => Ok(OnError::Empty),
-            "busy" => Ok(OnError::Busy),
-            _ => Err("expected empty or busy".to_owned()),
-        }
-    }
-}
-
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// `certs_timeout` is above [`MAX_CERTS_TIMEOUT_MS`].
-    #[error(
-        "Certs timeout {0} ms is above the maximum of {MAX_CERTS_TIMEOUT_MS} ms (the vCPU waits with interrupts disabled)"
-    )]
-    TimeoutTooLarge(u64),
-    /// `busy_budget` is above [`MAX_BUSY_BUDGET_MS`].
-    #[error(
-        "Busy budget {0} ms is above the maximum of {MAX_BUSY_BUDGET_MS} ms (a Linux guest gives up after 60 s of busy answers)"
-    )]
-    BudgetTooLarge(u64),
-    /// `certs_file` is a relative path.
-    #[error("Certs file {0} must be an absolute path")]
-    RelativePath(PathBuf),
+    /// A setting breaks a structural rule.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// The table is larger than a Linux guest can receive.
     #[error(
         "Certs file {path} holds a {size}-byte table: Linux guests cannot receive more than {LINUX_GUEST_MAX_SIZE} bytes (allow-large accepts it for guests known to offer more)"
@@ -130,47 +54,6 @@ pub enum ConfigError {
     File(#[from] CertsFileError),
 }
 
-/// A VM's certs configuration (see the module docs for each setting).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertsConfig {
-    /// The certificate table to serve; `None` serves an empty table.
-    #[serde(default)]
-    pub certs_file: Option<PathBuf>,
-    /// Maximum time in milliseconds to wait for the shared lock.
-    #[serde(default = "default_timeout")]
-    pub certs_timeout: u64,
-    /// Longest time in milliseconds a guest is answered busy in a row.
-    #[serde(default = "default_budget")]
-    pub busy_budget: u64,
-    /// The answer when busy can no longer help.
-    #[serde(default)]
-    pub on_error: OnError,
-    /// Accept tables above 16 KiB.
-    #[serde(default)]
-    pub allow_large: bool,
-}
-
-fn default_timeout() -> u64 {
-    DEFAULT_CERTS_TIMEOUT_MS
-}
-
-fn default_budget() -> u64 {
-    DEFAULT_BUSY_BUDGET_MS
-}
-
-impl Default for CertsConfig {
-    fn default() -> CertsConfig {
-        CertsConfig {
-            certs_file: None,
-            certs_timeout: DEFAULT_CERTS_TIMEOUT_MS,
-            busy_budget: DEFAULT_BUSY_BUDGET_MS,
-            on_error: OnError::Empty,
-            allow_large: false,
-        }
-    }
-}
-
 /// A configuration whose file was read and found valid, with that file's
 /// warnings.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -181,79 +64,31 @@ pub struct ActiveCerts {
     pub warnings: Vec<TableWarning>,
 }
 
-impl CertsConfig {
-    /// A configuration serving `certs_file` with the defaults.
-    pub fn with_file(certs_file: impl Into<PathBuf>) -> CertsConfig {
-        CertsConfig {
-            certs_file: Some(certs_file.into()),
-            ..CertsConfig::default()
-        }
-    }
-
-    /// `certs_timeout` as a duration.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.certs_timeout)
-    }
-
-    /// `busy_budget` as a duration.
-    pub fn budget(&self) -> Duration {
-        Duration::from_millis(self.busy_budget)
-    }
-
-    /// The structural rules: the timeout and the budget in range, the path
-    /// absolute. Does not open the file.
-    pub fn check(&self) -> Result<(), ConfigError> {
-        check_timeout(self.certs_timeout)?;
-        check_budget(self.busy_budget)?;
-        match &self.certs_file {
-            Some(path) if !path.is_absolute() => Err(ConfigError::RelativePath(path.clone())),
-            _ => Ok(()),
-        }
-    }
-
+impl ActiveCerts {
     /// [`CertsConfig::check`], then the file as a guest request would find
     /// it: a regular file holding a valid table, read under the shared lock
     /// (waiting at most `wait`), and no larger than a Linux guest can take
     /// unless `allow_large`.
-    pub fn validate(self, wait: Duration) -> Result<ActiveCerts, ConfigError> {
-        self.validate_cancellable(wait, None)
+    pub fn validate(config: CertsConfig, wait: Duration) -> Result<ActiveCerts, ConfigError> {
+        ActiveCerts::validate_cancellable(config, wait, None)
     }
 
-    /// [`CertsConfig::validate`], but a lock wait ends early (a
+    /// [`ActiveCerts::validate`], but a lock wait ends early (a
     /// [`LockError::Cancelled`](crate::lock::LockError::Cancelled) error)
     /// once `cancel` is set: a VMM passes its "exiting" flag, so SIGINT
     /// during a long start-up wait ends it promptly.
     pub fn validate_cancellable(
-        self,
+        config: CertsConfig,
         wait: Duration,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<ActiveCerts, ConfigError> {
-        self.check()?;
-        let warnings = match &self.certs_file {
-            Some(path) => validate_file(path, wait, self.allow_large, cancel)?,
+        config.check()?;
+        let warnings = match &config.certs_file {
+            Some(path) => validate_file(path, wait, config.allow_large, cancel)?,
             None => Vec::new(),
         };
-        Ok(ActiveCerts {
-            config: self,
-            warnings,
-        })
+        Ok(ActiveCerts { config, warnings })
     }
-}
-
-/// Checks a `certs_timeout` value.
-pub fn check_timeout(ms: u64) -> Result<(), ConfigError> {
-    if ms > MAX_CERTS_TIMEOUT_MS {
-        return Err(ConfigError::TimeoutTooLarge(ms));
-    }
-    Ok(())
-}
-
-/// Checks a `busy_budget` value.
-pub fn check_budget(ms: u64) -> Result<(), ConfigError> {
-    if ms > MAX_BUSY_BUDGET_MS {
-        return Err(ConfigError::BudgetTooLarge(ms));
-    }
-    Ok(())
 }
 
 /// Reads `path` under the shared lock (waiting at most `wait`, or until
@@ -346,7 +181,7 @@ impl SharedCertsConfig {
             let config = change(&previous.config);
             let active = if rereads_file {
                 let wait = config.timeout();
-                config.validate(wait)?
+                ActiveCerts::validate(config, wait)?
             } else {
                 config.check()?;
                 ActiveCerts {

@@ -20,34 +20,21 @@ fn valid_file(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn check_enforces_every_structural_rule() {
-    CertsConfig::default().check().unwrap();
-    let at_limits = CertsConfig {
-        certs_timeout: MAX_CERTS_TIMEOUT_MS,
-        busy_budget: MAX_BUSY_BUDGET_MS,
-        ..CertsConfig::default()
-    };
-    at_limits.check().unwrap();
+fn validate_checks_the_structural_rules_before_the_file() {
+    // A relative path is refused without being opened (there is no such
+    // file either, which would be a different error).
+    let relative = CertsConfig::with_file("no-such-certs.bin");
+    assert!(matches!(
+        ActiveCerts::validate(relative, Duration::ZERO),
+        Err(ConfigError::Settings(SettingsError::RelativePath(_)))
+    ));
     let timeout = CertsConfig {
         certs_timeout: MAX_CERTS_TIMEOUT_MS + 1,
         ..CertsConfig::default()
     };
     assert!(matches!(
-        timeout.check(),
-        Err(ConfigError::TimeoutTooLarge(_))
-    ));
-    let budget = CertsConfig {
-        busy_budget: MAX_BUSY_BUDGET_MS + 1,
-        ..CertsConfig::default()
-    };
-    assert!(matches!(
-        budget.check(),
-        Err(ConfigError::BudgetTooLarge(_))
-    ));
-    let relative = CertsConfig::with_file("certs.bin");
-    assert!(matches!(
-        relative.check(),
-        Err(ConfigError::RelativePath(_))
+        ActiveCerts::validate(timeout, Duration::ZERO),
+        Err(ConfigError::Settings(SettingsError::TimeoutTooLarge(_)))
     ));
 }
 
@@ -55,13 +42,11 @@ fn check_enforces_every_structural_rule() {
 fn validate_reads_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = valid_file(dir.path());
-    let active = CertsConfig::with_file(&path)
-        .validate(Duration::ZERO)
-        .unwrap();
+    let active = ActiveCerts::validate(CertsConfig::with_file(&path), Duration::ZERO).unwrap();
     assert!(active.warnings.is_empty());
     let missing = CertsConfig::with_file(dir.path().join("nope"));
     assert!(matches!(
-        missing.validate(Duration::ZERO),
+        ActiveCerts::validate(missing, Duration::ZERO),
         Err(ConfigError::File(CertsFileError::Missing { .. }))
     ));
 }
@@ -70,9 +55,7 @@ fn validate_reads_the_file() {
 fn tables_above_16_kib_need_allow_large() {
     let dir = tempfile::tempdir().unwrap();
     let path = table_file(dir.path(), "big.bin", 17 * 1024);
-    let err = CertsConfig::with_file(&path)
-        .validate(Duration::ZERO)
-        .unwrap_err();
+    let err = ActiveCerts::validate(CertsConfig::with_file(&path), Duration::ZERO).unwrap_err();
     assert!(matches!(err, ConfigError::TooLargeForGuests { size, .. } if size > 17 * 1024));
     assert!(
         err.to_string().contains("Linux guests cannot receive"),
@@ -82,7 +65,7 @@ fn tables_above_16_kib_need_allow_large() {
         allow_large: true,
         ..CertsConfig::with_file(&path)
     };
-    let active = allowed.validate(Duration::ZERO).unwrap();
+    let active = ActiveCerts::validate(allowed, Duration::ZERO).unwrap();
     assert!(
         active
             .warnings
@@ -91,9 +74,7 @@ fn tables_above_16_kib_need_allow_large() {
     );
     // Exactly 16 KiB is fine.
     let exact = table_file(dir.path(), "exact.bin", LINUX_GUEST_MAX_SIZE - 48);
-    CertsConfig::with_file(&exact)
-        .validate(Duration::ZERO)
-        .unwrap();
+    ActiveCerts::validate(CertsConfig::with_file(&exact), Duration::ZERO).unwrap();
 }
 
 #[test]
@@ -129,9 +110,7 @@ fn update_is_all_or_nothing_and_counts_generations() {
 fn a_timeout_only_update_does_not_touch_the_locked_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = valid_file(dir.path());
-    let active = CertsConfig::with_file(&path)
-        .validate(Duration::ZERO)
-        .unwrap();
+    let active = ActiveCerts::validate(CertsConfig::with_file(&path), Duration::ZERO).unwrap();
     let shared = SharedCertsConfig::new(active);
     let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
     lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();

@@ -19,14 +19,16 @@
 //!   swappable at run time.
 //! * [`budget`]: how long a guest may be told busy.
 //! * [`serve`]: one guest request, start to finish, and the answer policy.
-//! * [`x509`]: certificates and CRLs in tables: PEM/DER, descriptions,
-//!   signature checks.
-//! * [`chain`]: checking the AMD endorsement chain a table carries.
 //! * [`update`]: the writer half of the lock protocol: rewriting a live
 //!   certs file in place under the exclusive lock.
+//!
+//! The settings and answer vocabulary comes from `snp-certs-types` and is
+//! re-exported here ([`CertsConfig`], [`OnError`], [`OutcomeKind`],
+//! [`Reason`]), so an embedding VMM needs only this crate. Serving a table
+//! needs no X.509 or RSA: checking the certificates a table carries is
+//! `snp-certs-verify`'s, for the operator tool.
 
 pub mod budget;
-pub mod chain;
 pub mod config;
 pub mod file;
 pub mod guid;
@@ -34,10 +36,6 @@ pub mod lock;
 pub mod serve;
 pub mod table;
 pub mod update;
-pub mod x509;
-
-#[cfg(test)]
-mod test_fixtures;
 
 pub use budget::BusyBudget;
 pub use config::{ActiveCerts, CertsConfig, OnError, SharedCertsConfig};

@@ -261,7 +261,7 @@ fn a_file_that_keeps_changing_is_reason_file_keeps_changing_and_transient() {
         path: PathBuf::from("/certs"),
         times: 9,
     };
-    let reason = Reason::of(&error);
+    let reason = reason_of(&error);
     assert_eq!(reason, Reason::FileKeepsChanging);
     assert_eq!(reason.as_str(), "file-keeps-changing");
     // Someone is replacing the file: busy while the budget lasts.

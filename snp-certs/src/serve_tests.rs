@@ -106,7 +106,7 @@ fn page_math_is_exact() {
         assert_eq!(out.reason, Reason::SizeQuery);
         assert_eq!(
             (out.ret(), out.npages, out.bytes),
-            (OutcomeKind::NeedPages.ret(), pages, size)
+            (ret_of(OutcomeKind::NeedPages), pages, size)
         );
         assert!(out.lease.is_none());
         assert!(can_lock_exclusive(&s.path), "no lease on a size answer");
@@ -215,7 +215,7 @@ fn buffer_running_past_the_end_of_ram_fails() {
         (
             OutcomeKind::Failed,
             Reason::OutsideGuestRam,
-            OutcomeKind::Failed.ret()
+            ret_of(OutcomeKind::Failed)
         )
     );
     assert!(out.lease.is_none());
@@ -309,7 +309,7 @@ fn overflowing_and_misaligned_requests_fail() {
             (
                 OutcomeKind::Failed,
                 Reason::BufferOverflows,
-                OutcomeKind::Failed.ret()
+                ret_of(OutcomeKind::Failed)
             ),
             "{gpa:#x} {npages}"
         );

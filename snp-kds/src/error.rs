@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use snp_certs::lock::LockError;
 use snp_certs::table::TableError;
-use snp_certs::x509::X509Error;
+use snp_certs_verify::x509::X509Error;
 use thiserror::Error;
 
 /// Why a fetch failed.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use snp_certs::CertKind;
-use snp_certs::x509::{DocumentKind, ParsedCrl, to_der};
+use snp_certs_verify::x509::{DocumentKind, ParsedCrl, to_der};
 
 use crate::cache::{Cache, DEFAULT_DIR};
 use crate::client::{Client, ClientOptions};

@@ -2,7 +2,7 @@
 //!
 //! * A `cert_chain` answer is two PEM certificates, the CA key (ASK or
 //!   ASVK) first, then the ARK. Both are checked with
-//!   [`snp_certs::chain::verify_table`] on a table holding just them (the
+//!   [`snp_certs_verify::chain::verify_table`] on a table holding just them (the
 //!   "no report signer" finding aside): RSA 4096 keys, the ARK
 //!   self-signed, the ARK's signature over the CA key, validity, and the
 //!   product line, which must be the one asked for.
@@ -17,9 +17,9 @@
 use std::time::SystemTime;
 
 use snp_certs::CertKind;
-use snp_certs::chain::{ChainProblem, ChainReport, verify_table};
 use snp_certs::table::{CertTable, TableBuilder};
-use snp_certs::x509::{CertInfo, DocumentKind, EntryInfo, describe, to_der};
+use snp_certs_verify::chain::{ChainProblem, ChainReport, verify_table};
+use snp_certs_verify::x509::{CertInfo, DocumentKind, EntryInfo, describe, to_der};
 
 use crate::error::KdsError;
 use crate::identity::PlatformId;
@@ -79,13 +79,14 @@ pub fn parse_chain(url: &str, family: Family, data: &[u8]) -> Result<Chain, KdsE
 pub fn chain_pem(chain: &Chain) -> Result<Vec<u8>, KdsError> {
     let mut out = String::new();
     for der in [&chain.ask, &chain.ark] {
-        let pem = snp_certs::x509::to_pem(der, DocumentKind::Certificate).map_err(|source| {
-            KdsError::Invalid {
-                url: "cache".to_owned(),
-                what: "certificate",
-                source,
-            }
-        })?;
+        let pem =
+            snp_certs_verify::x509::to_pem(der, DocumentKind::Certificate).map_err(|source| {
+                KdsError::Invalid {
+                    url: "cache".to_owned(),
+                    what: "certificate",
+                    source,
+                }
+            })?;
         out.push_str(&pem);
     }
     Ok(out.into_bytes())

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fake_kds::{FakeKds, Throttle, chain_pem, fixture, vcek_identity, vcek_tcb};
 use snp_certs::CertKind;
-use snp_certs::chain::verify_table;
 use snp_certs::table::CertTable;
+use snp_certs_verify::chain::verify_table;
 use snp_kds::clock::Clock;
 use snp_kds::retry::RetryPolicy;
 use snp_kds::{FetchRequest, Hwid, Kds, KdsConfig, KdsError, PlatformId, Product, TcbLevels};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use snp_certs::CertKind;
 use snp_certs::table::TableBuilder;
-use snp_certs::x509::{DocumentKind, to_der};
+use snp_certs_verify::x509::{DocumentKind, to_der};
 
 /// 2027-06-01T00:00:00Z: every fixture certificate is valid then.
 pub const AT: &str = "1811808000";
@@ -22,7 +22,7 @@ pub fn snp_certs() -> Command {
 
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("snp-certs/tests/fixtures")
+        .join("snp-certs-verify/tests/fixtures")
         .join(rel)
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use snp_certs::config::{CertsConfig, OnError};
-use snp_certs::serve::{OutcomeKind, Reason};
+use snp_certs_types::answer::{OutcomeKind, Reason};
+use snp_certs_types::settings::{CertsConfig, OnError};
 
 /// `GET vm.snp-certs`, the answer to `PUT vm.snp-certs`, and the `certs`
 /// part of `GET vm.info`.

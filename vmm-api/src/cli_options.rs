@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(c.snp.certs_file, Some(PathBuf::from("/c.bin")));
         assert_eq!(c.snp.certs_timeout, 50);
         assert_eq!(c.snp.busy_budget, 500);
-        assert_eq!(c.snp.on_error, snp_certs::OnError::Busy);
+        assert_eq!(c.snp.on_error, snp_certs_types::OnError::Busy);
         assert!(c.snp.allow_large);
         assert_eq!(c.snp.startup_wait, 10);
         assert!(c.snp.doorbell);

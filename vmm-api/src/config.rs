@@ -24,7 +24,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use snp_certs::config::{CertsConfig, DEFAULT_BUSY_BUDGET_MS, DEFAULT_CERTS_TIMEOUT_MS, OnError};
+use snp_certs_types::settings::{
+    CertsConfig, DEFAULT_BUSY_BUDGET_MS, DEFAULT_CERTS_TIMEOUT_MS, OnError,
+};
 use thiserror::Error;
 
 use crate::payload::{PayloadConfig, PayloadError, TestGuestConfig};
@@ -163,11 +165,11 @@ pub struct SnpConfig {
     #[serde(default)]
     pub certs_file: Option<PathBuf>,
     /// Maximum time in milliseconds to wait for the shared lock, at most
-    /// [`snp_certs::config::MAX_CERTS_TIMEOUT_MS`]. Default [`DEFAULT_CERTS_TIMEOUT_MS`].
+    /// [`snp_certs_types::settings::MAX_CERTS_TIMEOUT_MS`]. Default [`DEFAULT_CERTS_TIMEOUT_MS`].
     #[serde(default = "default_certs_timeout")]
     pub certs_timeout: u64,
     /// Longest time in milliseconds the guest is answered busy in a row,
-    /// at most [`snp_certs::config::MAX_BUSY_BUDGET_MS`]. Default [`DEFAULT_BUSY_BUDGET_MS`].
+    /// at most [`snp_certs_types::settings::MAX_BUSY_BUDGET_MS`]. Default [`DEFAULT_BUSY_BUDGET_MS`].
     #[serde(default = "default_busy_budget")]
     pub busy_budget: u64,
     /// The fallback answer when busy cannot help: `empty` (default) or
@@ -252,7 +254,7 @@ pub enum ConfigError {
     MemoryAlign(u64),
     /// A certs setting breaks snp-certs's rules.
     #[error("snp")]
-    Certs(#[source] snp_certs::config::ConfigError),
+    Certs(#[source] snp_certs_types::SettingsError),
     /// `snp.startup_wait` too large.
     #[error("snp.startup_wait must be at most {MAX_STARTUP_WAIT_MS} ms, got {0}")]
     StartupWait(u64),

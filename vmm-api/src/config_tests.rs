@@ -1,7 +1,7 @@
 //! Tests of the VM configuration.
 
 use serde_json::json;
-use snp_certs::config::{MAX_BUSY_BUDGET_MS, MAX_CERTS_TIMEOUT_MS};
+use snp_certs_types::settings::{MAX_BUSY_BUDGET_MS, MAX_CERTS_TIMEOUT_MS};
 
 use super::*;
 

@@ -89,10 +89,8 @@ fn config_error(e: ConfigError) -> ApiError {
         // The lock call itself failed: the host's fault, not the path's.
         ConfigError::File(CertsFileError::Lock { .. }) => ApiErrorKind::Internal,
         // The client named a file that cannot be read: its value at fault.
-        ConfigError::TimeoutTooLarge(_)
-        | ConfigError::BudgetTooLarge(_)
+        ConfigError::Settings(_)
         | ConfigError::TooLargeForGuests { .. }
-        | ConfigError::RelativePath(_)
         | ConfigError::File(
             CertsFileError::Missing { .. }
             | CertsFileError::Open { .. }

@@ -500,7 +500,7 @@ fn enable_certs_exit(
 fn validate_certs(config: &VmConfig, cancel: Arc<AtomicBool>) -> Result<ActiveCerts, VmError> {
     let certs = config.snp.certs_config();
     let wait = Duration::from_millis(config.snp.startup_wait);
-    match certs.clone().validate(Duration::ZERO) {
+    match ActiveCerts::validate(certs.clone(), Duration::ZERO) {
         Err(snp_certs::config::ConfigError::File(e)) if e.is_lock_timeout() && !wait.is_zero() => {
             let path = certs.certs_file.clone().unwrap_or_default();
             let holders = snp_certs::lock::holders(&path).unwrap_or_default();
@@ -519,7 +519,11 @@ fn validate_certs(config: &VmConfig, cancel: Arc<AtomicBool>) -> Result<ActiveCe
                 who,
                 path.display()
             );
-            Ok(certs.validate_cancellable(wait, Some(cancel))?)
+            Ok(ActiveCerts::validate_cancellable(
+                certs,
+                wait,
+                Some(cancel),
+            )?)
         }
         other => Ok(other?),
     }

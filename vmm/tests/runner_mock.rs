@@ -14,7 +14,7 @@ use hypervisor::{
     GuestMemoryMmap, Hypervisor, SnpCertsCompletion, SnpCertsRequest, VmExit, VmType,
 };
 use snp_certs::lock::{self, LockKind};
-use snp_certs::{CertKind, CertsConfig, OnError, TableBuilder};
+use snp_certs::{ActiveCerts, CertKind, CertsConfig, OnError, TableBuilder};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::certs_service::CertsService;
 use vmm::doorbell::{DOORBELL_PORT, Mailbox};
@@ -63,7 +63,7 @@ fn run_with(config: CertsConfig, guest: impl MockGuest + 'static) -> (Rig, VcpuE
     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
     let vm: Arc<dyn hypervisor::Vm> = Arc::from(hv.create_vm(VmType::Default).unwrap());
     vm.map_memory(Arc::clone(&memory)).unwrap();
-    let active = config.validate(Duration::ZERO).unwrap();
+    let active = ActiveCerts::validate(config, Duration::ZERO).unwrap();
     let certs = Arc::new(CertsService::new(active, EventSender::disabled()));
     let shared = VcpuShared {
         memory: Arc::clone(&memory),
@@ -465,9 +465,7 @@ fn the_lease_is_released_when_completing_the_exit_fails() {
     let memory = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MIB)]).unwrap());
     let vm: Arc<dyn hypervisor::Vm> = Arc::from(hv.create_vm(VmType::Default).unwrap());
     vm.map_memory(Arc::clone(&memory)).unwrap();
-    let active = CertsConfig::with_file(&path)
-        .validate(Duration::ZERO)
-        .unwrap();
+    let active = ActiveCerts::validate(CertsConfig::with_file(&path), Duration::ZERO).unwrap();
     let certs = Arc::new(CertsService::new(active, EventSender::disabled()));
     let shared = VcpuShared {
         memory: Arc::clone(&memory),

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_server::{ApiClient, ApiServer};
-use snp_certs::config::CertsConfig;
-use snp_certs::serve::{OutcomeKind, Reason};
+use snp_certs_types::CertsConfig;
+use snp_certs_types::{OutcomeKind, Reason};
 use vmm_api::{
     ApiError, PingResponse, SnpCertsInfo, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
     VmmAction, VmmApi, VmmData,

@@ -274,7 +274,7 @@ impl Hwid {
 
     /// Lower-case hex, as in KDS URLs and cache paths.
     pub fn to_hex(&self) -> String {
-        snp_certs::x509::hex(&self.0)
+        snp_certs_verify::x509::hex(&self.0)
     }
 }
 
@@ -412,7 +412,7 @@ impl TcbLevels {
     }
 
     /// Whether a certificate's TCB extensions name exactly these levels.
-    pub fn matches(&self, cert: &snp_certs::x509::Tcb) -> bool {
+    pub fn matches(&self, cert: &snp_certs_verify::x509::Tcb) -> bool {
         let want = |v: u8| Some(u32::from(v));
         cert.bootloader == want(self.bootloader)
             && cert.tee == want(self.tee)

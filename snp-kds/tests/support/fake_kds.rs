@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use snp_certs::x509::{DocumentKind, EntryInfo, describe, to_der};
+use snp_certs_verify::x509::{DocumentKind, EntryInfo, describe, to_der};
 
 /// When to answer 429.
 #[derive(Debug, Clone, Default)]
@@ -81,11 +81,11 @@ fn canonical(target: &str) -> String {
 pub fn fixtures() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     root.ancestors()
-        .map(|dir| dir.join("snp-certs/tests/fixtures"))
+        .map(|dir| dir.join("snp-certs-verify/tests/fixtures"))
         .find(|dir| dir.is_dir())
         .unwrap_or_else(|| {
             panic!(
-                "snp-certs/tests/fixtures not found above {}",
+                "snp-certs-verify/tests/fixtures not found above {}",
                 root.display()
             )
         })

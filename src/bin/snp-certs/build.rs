@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
 use snp_certs::CertKind;
 use snp_certs::table::{CertTable, TableBuilder};
-use snp_certs::x509::{DocumentKind, to_der};
+use snp_certs_verify::x509::{DocumentKind, to_der};
 use uuid::Uuid;
 
 use crate::chain_report::{self, ChainTime};

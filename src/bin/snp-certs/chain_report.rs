@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use snp_certs::chain::{self, ChainReport, ChainStatus};
 use snp_certs::table::CertTable;
+use snp_certs_verify::chain::{self, ChainReport, ChainStatus};
 
 /// When to check certificate validity.
 #[derive(Debug, Clone, Args)]

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use snp_certs::CertKind;
-use snp_certs::x509::{DocumentKind, to_der, to_pem};
+use snp_certs_verify::x509::{DocumentKind, to_der, to_pem};
 
 use crate::build::{Role, role_of};
 use crate::files;

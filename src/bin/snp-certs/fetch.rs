@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{ArgGroup, Args};
 use snp_certs::CertKind;
 use snp_certs::table::CertTable;
-use snp_certs::x509::{DocumentKind, to_pem};
+use snp_certs_verify::x509::{DocumentKind, to_pem};
 use snp_kds::cache::write_atomic;
 use snp_kds::{Bundle, FetchRequest, Kds, SignerRequest};
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use snp_certs::CertsReader;
 use snp_certs::table::{CertTable, LINUX_GUEST_MAX_SIZE, MAX_TABLE_SIZE};
-use snp_certs::x509::{ParsedCert, ParsedCrl};
+use snp_certs_verify::x509::{ParsedCert, ParsedCrl};
 
 /// Largest input file read (a certificate, CRL or table): 1 MiB.
 const MAX_INPUT: u64 = MAX_TABLE_SIZE as u64;

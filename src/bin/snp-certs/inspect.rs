@@ -8,9 +8,9 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 use snp_certs::CertKind;
-use snp_certs::chain::ChainReport;
 use snp_certs::table::{CertTable, Encoding, TableWarning};
-use snp_certs::x509::{self, EntryInfo};
+use snp_certs_verify::chain::ChainReport;
+use snp_certs_verify::x509::{self, EntryInfo};
 
 use vmm_api::error_chain;
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use snp_certs::CertKind;
 use snp_certs::table::CertTable;
-use snp_certs::x509::{CertInfo, EntryInfo, describe};
+use snp_certs_verify::x509::{CertInfo, EntryInfo, describe};
 use snp_kds::client::ClientOptions;
 use snp_kds::identity::{host, report};
 use snp_kds::retry::RetryPolicy;

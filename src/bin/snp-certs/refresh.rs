@@ -34,7 +34,7 @@ use clap::Args;
 use snp_certs::CertKind;
 use snp_certs::table::{CertTable, TableBuilder};
 use snp_certs::update::{ExclusiveLock, UpdateOptions};
-use snp_certs::x509::CertInfo;
+use snp_certs_verify::x509::CertInfo;
 use snp_kds::identity::host;
 use snp_kds::{FetchRequest, Hwid, Kds, PlatformId, Product, SignerRequest, TcbLevels};
 

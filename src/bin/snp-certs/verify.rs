@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
-use snp_certs::chain::ChainReport;
 use snp_certs::table::{LINUX_GUEST_MAX_SIZE, TableWarning};
+use snp_certs_verify::chain::ChainReport;
 
 use crate::chain_report::{self, ChainTime};
 use crate::files;

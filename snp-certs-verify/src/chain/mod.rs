@@ -29,10 +29,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::guid::CertKind;
-use crate::table::CertTable;
 use crate::x509::info::{CertInfo, KeyType, cert_info, key_type, time};
 use crate::x509::{ParsedCert, ParsedCrl, common_name, hex, product_line, signature};
+use snp_certs::guid::CertKind;
+use snp_certs::table::CertTable;
 
 pub use problem::ChainProblem;
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::table::TableBuilder;
+use snp_certs::table::TableBuilder;
 
 use crate::test_fixtures::*;
 

@@ -30,7 +30,7 @@ use x509_cert::Certificate;
 use x509_cert::crl::CertificateList;
 use x509_cert::name::Name;
 
-use crate::table::Encoding;
+use snp_certs::table::Encoding;
 
 pub use info::{CertInfo, CrlInfo, EntryInfo, KeyType, Tcb, describe, product_line};
 

@@ -4,9 +4,9 @@ use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
-use crate::guid::CertKind;
 use crate::x509::X509Error;
 use crate::x509::signature::SignatureError;
+use snp_certs::guid::CertKind;
 
 /// One thing wrong with a table's chain.
 ///

@@ -30,6 +30,7 @@ use super::ghcb::{
     VMM_ERR_GENERIC, VMM_ERR_INVALID_LEN, ioio_out, psc_request, register_request,
     register_response, termination_request, valid_bitmap,
 };
+use super::ghcb::msg;
 use super::layout::{
     BUFFER_GPA, BUFFER_PAGES, BUFFER_SIZE, CODE_GPA, CODE_MAX_SIZE, FW_ERROR_OFFSET, GHCB_GPA,
     PRIVATE_ALIAS, REPORT_GPA, REQUEST_GPA, RESPONSE_GPA, SHARED_PAGES,
@@ -296,6 +297,19 @@ impl Emitter {
         a.mov(rax, FILL)?;
         a.rep().stosq()?;
         a.set_label(&mut filled)?;
+        // The message header: an attestation report request (msg_type 5),
+        // VMPCK 0, sequence number the request's.
+        a.mov(
+            dword_ptr((REQUEST_GPA + msg::ALGO_OFFSET) as u32),
+            msg::ALGO_WORD,
+        )?;
+        a.mov(
+            dword_ptr((REQUEST_GPA + msg::MSG_TYPE_OFFSET) as u32),
+            msg::MSG_TYPE_WORD,
+        )?;
+        a.mov(byte_ptr((REQUEST_GPA + msg::VMPCK_OFFSET) as u32), 0u32)?;
+        a.mov(eax, report(SEQ))?;
+        a.mov(qword_ptr((REQUEST_GPA + msg::SEQNO_OFFSET) as u32), rax)?;
         self.ghcb_exit(&GhcbExit {
             exit_code: EXT_GUEST_REQUEST,
             info_1: REQUEST_GPA,

@@ -60,14 +60,14 @@ mod asm;
 pub mod ghcb;
 pub mod harness;
 pub mod layout;
-mod mock;
 mod payload;
+mod twin;
 
 use vm_memory::GuestMemoryError;
 
 pub use asm::program;
 pub use layout::{DEFAULT_C_BIT, MIN_MEMORY};
-pub use mock::MockSnpGuest;
+pub use twin::MockSnpGuest;
 pub use payload::{SnpPayload, Unloadable, payload_error, snp_payload};
 
 #[cfg(doc)]

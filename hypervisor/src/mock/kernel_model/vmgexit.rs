@@ -442,8 +442,13 @@ impl SevVcpuModel {
             .write_slice(&[0u8; 4096], GuestAddress(resp))
             .map_err(|_| Errno::new(libc::EIO))?;
         if let Some(out) = &mut self.out {
+            // svm_vmgexit_no_action writes the mapped GHCB at once.
             out.info_1 = 0;
             out.info_2 = u64::from(fw_error);
+            memory
+                .write_obj(0u64, GuestAddress(out.gpa + ghcb::SW_EXIT_INFO_1))
+                .and_then(|()| memory.write_obj(out.info_2, GuestAddress(out.gpa + ghcb::SW_EXIT_INFO_2)))
+                .map_err(|_| Errno::new(libc::EIO))?;
         }
         Ok(())
     }

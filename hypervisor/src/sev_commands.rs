@@ -95,8 +95,11 @@ pub struct SevCommandError {
 /// mock backend's kernel model.
 pub trait MemoryEncryptOp: Send + Sync {
     /// Issues `command` with `kvm_sev_cmd.sev_fd` = `sev_fd`.
-    fn memory_encrypt_op(&self, sev_fd: u32, command: SevCommand<'_>)
-    -> Result<(), SevCommandError>;
+    fn memory_encrypt_op(
+        &self,
+        sev_fd: u32,
+        command: SevCommand<'_>,
+    ) -> Result<(), SevCommandError>;
 }
 
 /// The SEV commands of one VM: its [`MemoryEncryptOp`] and its `sev_fd`.
@@ -161,7 +164,11 @@ impl<'a> SnpCommands<'a> {
         self.target
             .memory_encrypt_op(self.sev_fd, SevCommand::Init2(&mut init))
             .map_err(|e| {
-                log::debug!("KVM_SEV_INIT2 failed: {} (firmware error {:#x})", e.errno, e.fw_error);
+                log::debug!(
+                    "KVM_SEV_INIT2 failed: {} (firmware error {:#x})",
+                    e.errno,
+                    e.fw_error
+                );
                 HypervisorError::SnpInit(e.errno)
             })
     }

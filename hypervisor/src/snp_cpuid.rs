@@ -74,7 +74,19 @@ pub const QEMU_MASKS: [(u32, Option<u32>, CpuidReg, u32); 4] = [
 pub fn is_indexed(function: u32) -> bool {
     matches!(
         function,
-        4 | 7 | 0xb | 0xd | 0xf | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1d | 0x1e | 0x1f | 0x24
+        4 | 7
+            | 0xb
+            | 0xd
+            | 0xf
+            | 0x10
+            | 0x12
+            | 0x14
+            | 0x17
+            | 0x18
+            | 0x1d
+            | 0x1e
+            | 0x1f
+            | 0x24
             | 0x8000_001d
             | 0x8000_0020
             | 0x8000_0026
@@ -166,10 +178,7 @@ pub fn decode_page(page: &[u8]) -> (u32, Vec<CpuidEntry>) {
 pub fn mismatches(provided: &[u8], written_back: &[u8]) -> Vec<(CpuidEntry, CpuidEntry)> {
     let (_, old) = decode_page(provided);
     let (_, new) = decode_page(written_back);
-    old.into_iter()
-        .zip(new)
-        .filter(|(a, b)| a != b)
-        .collect()
+    old.into_iter().zip(new).filter(|(a, b)| a != b).collect()
 }
 
 #[cfg(test)]

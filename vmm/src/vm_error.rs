@@ -54,4 +54,3 @@ pub enum VmError {
     #[error("Cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
 }
-

@@ -105,7 +105,12 @@ pub(super) fn bind_guest_memfd(
 
 /// `KVM_SET_MEMORY_ATTRIBUTES`: `len` bytes at `gpa` become private or
 /// shared.
-pub(super) fn set_attributes(vm: &VmFd, gpa: u64, len: u64, private: bool) -> Result<(), HypervisorError> {
+pub(super) fn set_attributes(
+    vm: &VmFd,
+    gpa: u64,
+    len: u64,
+    private: bool,
+) -> Result<(), HypervisorError> {
     let attr = kvm_memory_attributes {
         address: gpa,
         size: len,

@@ -452,7 +452,10 @@ fn snp_launch_order_is_enforced() {
     ));
     vm.map_memory(memory()).unwrap();
     snp.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
-    assert!(snp.launch_start(crate::DEFAULT_SNP_POLICY).is_err(), "twice");
+    assert!(
+        snp.launch_start(crate::DEFAULT_SNP_POLICY).is_err(),
+        "twice"
+    );
     assert!(
         snp.launch_update(0, 100, crate::SnpPageType::Normal)
             .is_err()

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::errno::Error as Errno;
 
+use super::MockEvent;
 use super::kernel_model::vmgexit::{Outcome, SevVcpuModel, VmmAnswer};
 use super::sev_guest::{GuestStop, SevGuest};
-use super::MockEvent;
 use super::vm::MockVmShared;
 use crate::kick::KickTarget;
 use crate::{HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VcpuKicker, VmExit};
@@ -169,8 +169,7 @@ impl MockVcpu {
         vm: Arc<MockVmShared>,
         mut guest: Box<dyn MockGuest>,
     ) -> Result<Self, HypervisorError> {
-        let sev = (vm.model().is_some() && guest.sev_guest().is_some())
-            .then(SevVcpuModel::default);
+        let sev = (vm.model().is_some() && guest.sev_guest().is_some()).then(SevVcpuModel::default);
         Ok(Self {
             id,
             vm,
@@ -193,7 +192,9 @@ impl MockVcpu {
     /// (`kvm_arch_vcpu_ioctl_set_regs`, `kvm_arch_vcpu_ioctl_set_sregs`).
     fn check_registers_writable(&self) -> Result<(), HypervisorError> {
         match self.vm.model() {
-            Some(model) if model.finished => Err(HypervisorError::Registers(Errno::new(libc::EINVAL))),
+            Some(model) if model.finished => {
+                Err(HypervisorError::Registers(Errno::new(libc::EINVAL)))
+            }
             _ => Ok(()),
         }
     }
@@ -201,7 +202,11 @@ impl MockVcpu {
     /// Writes the certificate request's answer into "`kvm_run`" as given,
     /// unchecked, as a VMM writing the structure itself would: for the
     /// conformance tests of what KVM makes of values it does not accept.
-    pub fn write_snp_req_certs_raw(&mut self, ret: u64, npages: u64) -> Result<(), HypervisorError> {
+    pub fn write_snp_req_certs_raw(
+        &mut self,
+        ret: u64,
+        npages: u64,
+    ) -> Result<(), HypervisorError> {
         let Awaiting::SnpReqCerts { completion, .. } = &mut self.awaiting else {
             return Err(HypervisorError::NoPendingExit("SNP certificate request"));
         };
@@ -216,12 +221,12 @@ impl MockVcpu {
         let answer = match awaiting.clone() {
             Awaiting::None => VmmAnswer::Nothing,
             Awaiting::IoIn { data, .. } => data.map_or(VmmAnswer::Nothing, VmmAnswer::IoIn),
-            Awaiting::SnpReqCerts { completion, .. } => completion.map_or(VmmAnswer::Nothing, |c| {
-                VmmAnswer::ReqCerts {
+            Awaiting::SnpReqCerts { completion, .. } => {
+                completion.map_or(VmmAnswer::Nothing, |c| VmmAnswer::ReqCerts {
                     ret: c.ret,
                     npages: c.npages,
-                }
-            }),
+                })
+            }
             Awaiting::Hypercall { ret } => ret.map_or(VmmAnswer::Nothing, VmmAnswer::Hypercall),
         };
         let (Some(sev), Some(guest)) = (self.sev.as_mut(), self.guest.sev_guest()) else {

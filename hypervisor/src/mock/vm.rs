@@ -88,7 +88,8 @@ impl MockVm {
         let (model, sev) = match vm_type {
             VmType::Default => (None, None),
             VmType::Snp => {
-                let mut model = KernelModel::new(vm_type, config).map_err(HypervisorError::CreateVm)?;
+                let mut model =
+                    KernelModel::new(vm_type, config).map_err(HypervisorError::CreateVm)?;
                 let sev = SevDevice::open_path(model.device().path())?;
                 model.enable_map_gpa_range_exit();
                 let model = Mutex::new(model);
@@ -190,7 +191,9 @@ impl Vm for MockVm {
         } else if !self.shared.snp_req_certs {
             // A kernel without the sub-command: sev_mem_enc_ioctl's
             // default case.
-            Err(HypervisorError::SnpReqCertsRejected(Errno::new(libc::EINVAL)))
+            Err(HypervisorError::SnpReqCertsRejected(Errno::new(
+                libc::EINVAL,
+            )))
         } else {
             drop(state);
             self.shared.commands().and_then(|c| c.enable_req_certs())

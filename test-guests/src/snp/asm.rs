@@ -23,6 +23,7 @@ use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
 use super::SnpError;
+use super::ghcb::msg;
 use super::ghcb::{
     EXT_GUEST_REQUEST, GHCB_MSR, GHCB_USAGE, GHCB_VERSION, INFO_MASK, IOIO, PROTOCOL_VERSION,
     PSC_RESP, RAX, RBX, SW_EXIT_CODE, SW_EXIT_INFO_1, SW_EXIT_INFO_2, TERM_DONE, TERM_GHCB,
@@ -30,7 +31,6 @@ use super::ghcb::{
     VMM_ERR_GENERIC, VMM_ERR_INVALID_LEN, ioio_out, psc_request, register_request,
     register_response, termination_request, valid_bitmap,
 };
-use super::ghcb::msg;
 use super::layout::{
     BUFFER_GPA, BUFFER_PAGES, BUFFER_SIZE, CODE_GPA, CODE_MAX_SIZE, FW_ERROR_OFFSET, GHCB_GPA,
     PRIVATE_ALIAS, REPORT_GPA, REQUEST_GPA, RESPONSE_GPA, SHARED_PAGES,

@@ -116,7 +116,14 @@ pub fn run_mock<F>(
 where
     F: FnMut(&Mailbox) -> Answer,
 {
-    run_mock_with(guest, params, KernelModelConfig::default(), convert_ret, max_exits, answer)
+    run_mock_with(
+        guest,
+        params,
+        KernelModelConfig::default(),
+        convert_ret,
+        max_exits,
+        answer,
+    )
 }
 
 /// [`run_mock`] on a kernel model with the knobs `model`.
@@ -136,7 +143,8 @@ where
         .with_guest(0, guest);
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MIN_MEMORY as usize)])
         .map_err(SnpError::Ram)?;
-    let payload = snp_payload(params, model.c_bit).map_err(|e| SnpError::UnexpectedExit(e.to_string()))?;
+    let payload =
+        snp_payload(params, model.c_bit).map_err(|e| SnpError::UnexpectedExit(e.to_string()))?;
     payload
         .load(&memory)
         .map_err(|e| SnpError::UnexpectedExit(e.to_string()))?;
@@ -147,7 +155,9 @@ where
     let mut vcpu = vm.create_vcpu(0).map_err(SnpError::Hypervisor)?;
     vcpu.setup_long_mode(CODE_GPA, PML4_GPA)
         .map_err(SnpError::Hypervisor)?;
-    let snp = vm.snp().ok_or(SnpError::UnexpectedExit("no SNP VM".to_owned()))?;
+    let snp = vm
+        .snp()
+        .ok_or(SnpError::UnexpectedExit("no SNP VM".to_owned()))?;
     vmm::snp_launch_sequence::launch(
         snp,
         &payload.snp_launch_ranges(),

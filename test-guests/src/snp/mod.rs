@@ -67,8 +67,8 @@ use vm_memory::GuestMemoryError;
 
 pub use asm::program;
 pub use layout::{DEFAULT_C_BIT, MIN_MEMORY};
-pub use twin::MockSnpGuest;
 pub use payload::{SnpPayload, Unloadable, payload_error, snp_payload};
+pub use twin::MockSnpGuest;
 
 #[cfg(doc)]
 use crate::attest::{AttestMachine, AttestParams, check_table};

@@ -159,7 +159,12 @@ impl MockSnpGuest {
         Ok(self.machine.answer(result.ret, rbx, &buffer))
     }
 
-    fn perform(&mut self, step: Step, cpu: &mut SevCpu, memory: &GuestMemoryMmap) -> Result<GuestStop, String> {
+    fn perform(
+        &mut self,
+        step: Step,
+        cpu: &mut SevCpu,
+        memory: &GuestMemoryMmap,
+    ) -> Result<GuestStop, String> {
         let write = |gpa: u64, bytes: &[u8]| {
             memory
                 .write_slice(bytes, GuestAddress(gpa))
@@ -170,13 +175,27 @@ impl MockSnpGuest {
                 if npages > 0 {
                     write(BUFFER_GPA, &[BUFFER_FILL; BUFFER_SIZE as usize])?;
                 }
-                write(REQUEST_GPA + msg::ALGO_OFFSET, &msg::ALGO_WORD.to_le_bytes())?;
-                write(REQUEST_GPA + msg::MSG_TYPE_OFFSET, &msg::MSG_TYPE_WORD.to_le_bytes())?;
+                write(
+                    REQUEST_GPA + msg::ALGO_OFFSET,
+                    &msg::ALGO_WORD.to_le_bytes(),
+                )?;
+                write(
+                    REQUEST_GPA + msg::MSG_TYPE_OFFSET,
+                    &msg::MSG_TYPE_WORD.to_le_bytes(),
+                )?;
                 write(REQUEST_GPA + msg::VMPCK_OFFSET, &[0])?;
                 let seq = u64::from(self.machine.seq());
                 write(REQUEST_GPA + msg::SEQNO_OFFSET, &seq.to_le_bytes())?;
                 self.phase = Phase::Asked(npages);
-                ghcb_exit(cpu, memory, EXT_GUEST_REQUEST, REQUEST_GPA, RESPONSE_GPA, BUFFER_GPA, Some(npages))?;
+                ghcb_exit(
+                    cpu,
+                    memory,
+                    EXT_GUEST_REQUEST,
+                    REQUEST_GPA,
+                    RESPONSE_GPA,
+                    BUFFER_GPA,
+                    Some(npages),
+                )?;
                 return Ok(GuestStop::Vmgexit);
             }
             Step::Delay { ms } => (DELAY_PORT, ms),
@@ -234,7 +253,10 @@ fn ghcb_exit(
             .map_err(|e| format!("GHCB: {e}"))?;
     }
     memory
-        .write_obj(GHCB_VERSION, GuestAddress(GHCB_GPA + ghcb::PROTOCOL_VERSION))
+        .write_obj(
+            GHCB_VERSION,
+            GuestAddress(GHCB_GPA + ghcb::PROTOCOL_VERSION),
+        )
         .and_then(|()| memory.write_obj(0u32, GuestAddress(GHCB_GPA + ghcb::GHCB_USAGE)))
         .map_err(|e| format!("GHCB: {e}"))?;
     cpu.ghcb_msr = GHCB_GPA;

@@ -41,7 +41,9 @@ pub(super) fn sev_device_item(path: &Path) -> (HostItem, bool) {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (
             HostItem::missing(
                 ITEM_SEV_DEVICE,
-                format!("{shown} exists but this user cannot open it read-write ({e}); the VMM needs it for every SNP VM"),
+                format!(
+                    "{shown} exists but this user cannot open it read-write ({e}); the VMM needs it for every SNP VM"
+                ),
                 "give the user access through a group and a udev rule (KERNEL==\"sev\", GROUP=\"sev\", MODE=\"0660\"), or run the VMM as root",
             ),
             false,

@@ -99,7 +99,10 @@ impl KernelModel {
             return Err(errno(libc::EINVAL));
         }
         // The backing memslot must be a guest_memfd slot.
-        let gpa = update.gfn_start.checked_mul(4096).ok_or(errno(libc::EINVAL))?;
+        let gpa = update
+            .gfn_start
+            .checked_mul(4096)
+            .ok_or(errno(libc::EINVAL))?;
         let Some(slot) = self
             .slots
             .iter()
@@ -168,7 +171,9 @@ impl KernelModel {
             let offset = src.checked_sub(slot.uaddr).ok_or(0u32)?;
             let page_gpa = GuestAddress(slot.gpa + offset);
             let mut page = vec![0u8; 4096];
-            slot.memory.read_slice(&mut page, page_gpa).map_err(|_| 0u32)?;
+            slot.memory
+                .read_slice(&mut page, page_gpa)
+                .map_err(|_| 0u32)?;
             if let Some(expected) = cpuid::check_page(&page) {
                 // Firmware leaves its expected values; KVM copies them back.
                 if slot.memory.write_slice(&expected, page_gpa).is_err() {

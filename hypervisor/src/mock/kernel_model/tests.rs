@@ -69,9 +69,11 @@ fn ext_request(msg_type: u8, npages: u64) -> Action {
             mem.write_obj(v, GuestAddress(GHCB + o)).unwrap();
         }
         // Valid bits: rax (63) | rbx (99), exit code (114), info (115, 116).
-        mem.write_obj(1u64 << 63, GuestAddress(GHCB + ghcb::VALID_BITMAP)).unwrap();
+        mem.write_obj(1u64 << 63, GuestAddress(GHCB + ghcb::VALID_BITMAP))
+            .unwrap();
         let high: u64 = (1 << 35) | (1 << 50) | (1 << 51) | (1 << 52);
-        mem.write_obj(high, GuestAddress(GHCB + ghcb::VALID_BITMAP + 8)).unwrap();
+        mem.write_obj(high, GuestAddress(GHCB + ghcb::VALID_BITMAP + 8))
+            .unwrap();
         cpu.ghcb_msr = GHCB;
         GuestStop::Vmgexit
     })
@@ -83,7 +85,10 @@ fn ghcb_field(mem: &GuestMemoryMmap, offset: u64) -> u64 {
 
 /// A launched SNP VM with 1 MiB of memory and the certificate exit on,
 /// its vCPU 0 running `steps`.
-fn launched(config: KernelModelConfig, steps: Vec<Action>) -> (MockVm, MockVcpu, Arc<GuestMemoryMmap>) {
+fn launched(
+    config: KernelModelConfig,
+    steps: Vec<Action>,
+) -> (MockVm, MockVcpu, Arc<GuestMemoryMmap>) {
     let hv = MockHypervisor::new()
         .with_kernel_model(config)
         .with_guest(0, Steps(steps.into()));
@@ -93,7 +98,8 @@ fn launched(config: KernelModelConfig, steps: Vec<Action>) -> (MockVm, MockVcpu,
     vm.enable_snp_req_certs().unwrap();
     let vcpu = vm.create_mock_vcpu(0).unwrap();
     vm.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
-    vm.launch_update(0x1000, 0x4000, SnpPageType::Normal).unwrap();
+    vm.launch_update(0x1000, 0x4000, SnpPageType::Normal)
+        .unwrap();
     vm.launch_finish([0; 32]).unwrap();
     (vm, vcpu, mem)
 }
@@ -126,16 +132,30 @@ fn kernel_model_commands_without_the_sev_device_fail() {
     let vm = hv.create_mock_vm(VmType::Snp).unwrap();
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
     vm.map_memory(mem).unwrap();
-    let model = std::sync::Mutex::new(super::KernelModel::new(VmType::Snp, KernelModelConfig::default()).unwrap());
+    let model = std::sync::Mutex::new(
+        super::KernelModel::new(VmType::Snp, KernelModelConfig::default()).unwrap(),
+    );
     let dev = SevDevice::open_path(model.lock().unwrap().device().path()).unwrap();
     SnpCommands::new(&model, dev.sev_fd()).init2().unwrap();
-    let err = SnpCommands::new(&model, 0).launch_start(crate::DEFAULT_SNP_POLICY).unwrap_err();
-    assert_eq!(err.errno(), Some(libc::ENOTTY), "snp_context_create fails: {err}");
+    let err = SnpCommands::new(&model, 0)
+        .launch_start(crate::DEFAULT_SNP_POLICY)
+        .unwrap_err();
+    assert_eq!(
+        err.errno(),
+        Some(libc::ENOTTY),
+        "snp_context_create fails: {err}"
+    );
     // A file that is not the device is refused like a closed fd.
     let other = std::fs::File::open("/proc/self/stat").unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&other).unsigned_abs();
-    assert!(SnpCommands::new(&model, fd).launch_start(crate::DEFAULT_SNP_POLICY).is_err());
-    SnpCommands::new(&model, dev.sev_fd()).launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
+    assert!(
+        SnpCommands::new(&model, fd)
+            .launch_start(crate::DEFAULT_SNP_POLICY)
+            .is_err()
+    );
+    SnpCommands::new(&model, dev.sev_fd())
+        .launch_start(crate::DEFAULT_SNP_POLICY)
+        .unwrap();
 }
 
 #[test]
@@ -188,14 +208,25 @@ fn kernel_model_certificate_exit_only_for_report_requests_and_enospc_sets_rbx() 
     let exit = vcpu.run().unwrap();
     assert_eq!(
         exit,
-        VmExit::SnpReqCerts(crate::SnpCertsRequest { gpa: BUF, npages: 2 })
+        VmExit::SnpReqCerts(crate::SnpCertsRequest {
+            gpa: BUF,
+            npages: 2
+        })
     );
     vcpu.complete_snp_req_certs(SnpCertsCompletion::need_pages(3))
         .unwrap();
     assert!(matches!(vcpu.run().unwrap(), VmExit::Terminated { .. }));
     let seen = seen.lock().unwrap();
-    assert_eq!(seen[0], (0, u64::from(SEV_RET_INVALID_PARAM), 2), "firmware's answer");
-    assert_eq!(seen[1], (0, 1 << 32, 3), "ENOSPC: RBX = npages, INVALID_LEN");
+    assert_eq!(
+        seen[0],
+        (0, u64::from(SEV_RET_INVALID_PARAM), 2),
+        "firmware's answer"
+    );
+    assert_eq!(
+        seen[1],
+        (0, 1 << 32, 3),
+        "ENOSPC: RBX = npages, INVALID_LEN"
+    );
 }
 
 #[test]
@@ -204,7 +235,8 @@ fn kernel_model_unaligned_buffer_is_bad_input_not_an_exit() {
     let unaligned: Action = Box::new(|cpu, mem| {
         let mut step = ext_request(5, 1);
         let stop = step(cpu, mem);
-        mem.write_obj(BUF + 8, GuestAddress(GHCB + ghcb::RAX)).unwrap();
+        mem.write_obj(BUF + 8, GuestAddress(GHCB + ghcb::RAX))
+            .unwrap();
         stop
     });
     let (_vm, mut vcpu, _mem) = launched(
@@ -212,7 +244,11 @@ fn kernel_model_unaligned_buffer_is_bad_input_not_an_exit() {
         vec![register(GHCB), unaligned, observe(&seen, terminate())],
     );
     assert!(matches!(vcpu.run().unwrap(), VmExit::Terminated { .. }));
-    assert_eq!(seen.lock().unwrap()[0].0, 2, "SW_EXITINFO1: malformed input");
+    assert_eq!(
+        seen.lock().unwrap()[0].0,
+        2,
+        "SW_EXITINFO1: malformed input"
+    );
 }
 
 #[test]
@@ -222,7 +258,8 @@ fn kernel_model_bad_ret_fails_kvm_run_with_einval() {
         vec![register(GHCB), ext_request(5, 1)],
     );
     assert!(matches!(vcpu.run().unwrap(), VmExit::SnpReqCerts(_)));
-    vcpu.write_snp_req_certs_raw(libc::EINVAL as u64, 0).unwrap();
+    vcpu.write_snp_req_certs_raw(libc::EINVAL as u64, 0)
+        .unwrap();
     for _ in 0..2 {
         let err = vcpu.run().unwrap_err();
         assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
@@ -237,14 +274,21 @@ fn kernel_model_completion_and_firmware_call_happen_in_the_immediate_exit_run() 
     );
     mem.write_slice(&[0xaa; 16], GuestAddress(RESP)).unwrap();
     assert!(matches!(vcpu.run().unwrap(), VmExit::SnpReqCerts(_)));
-    vcpu.complete_snp_req_certs(SnpCertsCompletion::ok()).unwrap();
+    vcpu.complete_snp_req_certs(SnpCertsCompletion::ok())
+        .unwrap();
     // The lease-release run: no guest code runs, yet firmware answered.
     vcpu.set_immediate_exit(true);
     assert_eq!(vcpu.run().unwrap(), VmExit::Interrupted);
     let mut resp = [0u8; 16];
     mem.read_slice(&mut resp, GuestAddress(RESP)).unwrap();
-    assert_eq!(resp, [0; 16], "firmware's response page written in that run");
-    assert_eq!(ghcb_field(&mem, ghcb::SW_EXIT_INFO_2), u64::from(SEV_RET_INVALID_PARAM));
+    assert_eq!(
+        resp, [0; 16],
+        "firmware's response page written in that run"
+    );
+    assert_eq!(
+        ghcb_field(&mem, ghcb::SW_EXIT_INFO_2),
+        u64::from(SEV_RET_INVALID_PARAM)
+    );
 }
 
 #[test]
@@ -266,17 +310,23 @@ fn kernel_model_init2_and_req_certs_only_before_vcpus() {
     drop(model);
     let mut guard = vm.kernel_model().unwrap();
     // snp_enable_certs: vCPUs exist.
-    let err = guard.encrypt_op(fd, SevCommand::EnableReqCerts).unwrap_err();
+    let err = guard
+        .encrypt_op(fd, SevCommand::EnableReqCerts)
+        .unwrap_err();
     assert_eq!(err.errno.errno(), libc::EINVAL);
     // sev_mem_enc_ioctl: INIT2 again on an SNP VM is EPERM.
     let mut init = kvm_bindings::kvm_sev_init::default();
-    let err = guard.encrypt_op(fd, SevCommand::Init2(&mut init)).unwrap_err();
+    let err = guard
+        .encrypt_op(fd, SevCommand::Init2(&mut init))
+        .unwrap_err();
     assert_eq!(err.errno.errno(), libc::EPERM);
     // __sev_guest_init: no INIT2 once a vCPU exists.
     let mut fresh = super::KernelModel::new(VmType::Snp, KernelModelConfig::default()).unwrap();
     fresh.vcpu_created();
     let dev = SevDevice::open_path(fresh.device().path()).unwrap();
-    let err = fresh.encrypt_op(dev.sev_fd(), SevCommand::Init2(&mut init)).unwrap_err();
+    let err = fresh
+        .encrypt_op(dev.sev_fd(), SevCommand::Init2(&mut init))
+        .unwrap_err();
     assert_eq!(err.errno.errno(), libc::EINVAL);
 }
 
@@ -288,7 +338,9 @@ fn kernel_model_launch_update_needs_private_memory() {
     vm.map_memory(mem).unwrap();
     vm.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
     vm.set_private(0x2000, 0x1000, false).unwrap();
-    let err = vm.launch_update(0x1000, 0x2000, SnpPageType::Normal).unwrap_err();
+    let err = vm
+        .launch_update(0x1000, 0x2000, SnpPageType::Normal)
+        .unwrap_err();
     // The first page is done; the shared one ends the call, the retry
     // fails on it: kvm_gmem_populate's error, reported as EIO.
     assert_eq!(err.errno(), Some(libc::EIO), "{err}");
@@ -313,12 +365,33 @@ fn kernel_model_cpuid_page_is_checked_against_the_masks() {
     // A page the way the VMM built it before: raw supported CPUID, with
     // TSC_DEADLINE in 1.ECX and an index on a leaf without subleaves.
     let raw = [
-        CpuidEntry { eax_in: 1, ecx: (1 << 24) | 1, ..Default::default() },
-        CpuidEntry { eax_in: 0x8000_0008, ecx_in: 3, ebx: 1 << 25, ..Default::default() },
+        CpuidEntry {
+            eax_in: 1,
+            ecx: (1 << 24) | 1,
+            ..Default::default()
+        },
+        CpuidEntry {
+            eax_in: 0x8000_0008,
+            ecx_in: 3,
+            ebx: 1 << 25,
+            ..Default::default()
+        },
     ];
-    mem.write_slice(&encode_page(&raw).unwrap(), GuestAddress(0x8000)).unwrap();
-    let err = vm.launch_update(0x8000, 0x1000, SnpPageType::Cpuid).unwrap_err();
-    assert!(matches!(err, HypervisorError::SnpCommand { fw_error: SEV_RET_INVALID_PARAM, .. }), "{err}");
+    mem.write_slice(&encode_page(&raw).unwrap(), GuestAddress(0x8000))
+        .unwrap();
+    let err = vm
+        .launch_update(0x8000, 0x1000, SnpPageType::Cpuid)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HypervisorError::SnpCommand {
+                fw_error: SEV_RET_INVALID_PARAM,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Firmware's corrected page was written back for the VMM to report.
     let mut page = vec![0u8; 4096];
     mem.read_slice(&mut page, GuestAddress(0x8000)).unwrap();
@@ -327,11 +400,23 @@ fn kernel_model_cpuid_page_is_checked_against_the_masks() {
     assert_eq!((fixed[1].ecx_in, fixed[1].ebx), (0, 0));
     // The page built the QEMU way is accepted.
     let masked = [
-        CpuidEntry { eax_in: 1, ecx: 1, ..Default::default() },
-        CpuidEntry { eax_in: 0xd, ecx_in: 1, xcr0_in: 1, ebx: 0x240, ..Default::default() },
+        CpuidEntry {
+            eax_in: 1,
+            ecx: 1,
+            ..Default::default()
+        },
+        CpuidEntry {
+            eax_in: 0xd,
+            ecx_in: 1,
+            xcr0_in: 1,
+            ebx: 0x240,
+            ..Default::default()
+        },
     ];
-    mem.write_slice(&encode_page(&masked).unwrap(), GuestAddress(0x9000)).unwrap();
-    vm.launch_update(0x9000, 0x1000, SnpPageType::Cpuid).unwrap();
+    mem.write_slice(&encode_page(&masked).unwrap(), GuestAddress(0x9000))
+        .unwrap();
+    vm.launch_update(0x9000, 0x1000, SnpPageType::Cpuid)
+        .unwrap();
 }
 
 #[test]

@@ -165,7 +165,10 @@ impl SevVcpuModel {
             (ghcb::RDX, out.regs[3]),
         ];
         for (offset, value) in fields {
-            if memory.write_obj(value, GuestAddress(out.gpa + offset)).is_err() {
+            if memory
+                .write_obj(value, GuestAddress(out.gpa + offset))
+                .is_err()
+            {
                 log::debug!("model: GHCB at {:#x} cannot be written", out.gpa);
             }
         }
@@ -265,7 +268,12 @@ impl SevVcpuModel {
         let get = |o: u64| if valid(o) { field(o) } else { 0 };
         // sev_es_sync_from_ghcb: registers and exit information, then the
         // bitmap is cleared.
-        let regs = [get(ghcb::RAX), get(ghcb::RBX), get(ghcb::RCX), get(ghcb::RDX)];
+        let regs = [
+            get(ghcb::RAX),
+            get(ghcb::RBX),
+            get(ghcb::RCX),
+            get(ghcb::RDX),
+        ];
         let exit_code = field(ghcb::SW_EXIT_CODE);
         let info_1 = field(ghcb::SW_EXIT_INFO_1);
         let info_2 = field(ghcb::SW_EXIT_INFO_2);
@@ -293,7 +301,10 @@ impl SevVcpuModel {
         // sev_es_validate_vmgexit.
         if usage != 0 {
             bad(&mut out, GHCB_ERR_INVALID_USAGE);
-        } else if !valid(ghcb::SW_EXIT_CODE) || !valid(ghcb::SW_EXIT_INFO_1) || !valid(ghcb::SW_EXIT_INFO_2) {
+        } else if !valid(ghcb::SW_EXIT_CODE)
+            || !valid(ghcb::SW_EXIT_INFO_1)
+            || !valid(ghcb::SW_EXIT_INFO_2)
+        {
             bad(&mut out, GHCB_ERR_MISSING_INPUT);
         } else {
             match exit_code {
@@ -312,7 +323,14 @@ impl SevVcpuModel {
                         self.out = Some(out);
                         return self.request_outcome(model, memory, info_1, info_2);
                     } else {
-                        return self.ext_guest_request(model, memory, out, valid(ghcb::RAX) && valid(ghcb::RBX), info_1, info_2);
+                        return self.ext_guest_request(
+                            model,
+                            memory,
+                            out,
+                            valid(ghcb::RAX) && valid(ghcb::RBX),
+                            info_1,
+                            info_2,
+                        );
                     }
                 }
                 SVM_VMGEXIT_TERM_REQUEST => {
@@ -412,7 +430,11 @@ impl SevVcpuModel {
                     npages: data_npages,
                 }));
             }
-            if data_npages != 0 && memory.write_slice(&[0u8; 24], GuestAddress(data_gpa)).is_err() {
+            if data_npages != 0
+                && memory
+                    .write_slice(&[0u8; 24], GuestAddress(data_gpa))
+                    .is_err()
+            {
                 return Outcome::Error(Errno::new(libc::EIO));
             }
         }
@@ -420,7 +442,13 @@ impl SevVcpuModel {
         self.request_outcome(model, memory, req, resp)
     }
 
-    fn request_outcome(&mut self, model: &KernelModel, memory: &GuestMemoryMmap, req: u64, resp: u64) -> Outcome {
+    fn request_outcome(
+        &mut self,
+        model: &KernelModel,
+        memory: &GuestMemoryMmap,
+        req: u64,
+        resp: u64,
+    ) -> Outcome {
         match self.guest_request(model, memory, req, resp) {
             Ok(()) => Outcome::Resume,
             Err(e) => Outcome::Error(e),
@@ -430,7 +458,13 @@ impl SevVcpuModel {
     /// `snp_handle_guest_req`: the request page to firmware through
     /// `sev->fd`, the response page back, the firmware's status in
     /// `SW_EXITINFO2`.
-    fn guest_request(&mut self, model: &KernelModel, memory: &GuestMemoryMmap, req: u64, resp: u64) -> Result<(), Errno> {
+    fn guest_request(
+        &mut self,
+        model: &KernelModel,
+        memory: &GuestMemoryMmap,
+        req: u64,
+        resp: u64,
+    ) -> Result<(), Errno> {
         let mut page = vec![0u8; 4096];
         memory
             .read_slice(&mut page, GuestAddress(req))
@@ -447,7 +481,9 @@ impl SevVcpuModel {
             out.info_2 = u64::from(fw_error);
             memory
                 .write_obj(0u64, GuestAddress(out.gpa + ghcb::SW_EXIT_INFO_1))
-                .and_then(|()| memory.write_obj(out.info_2, GuestAddress(out.gpa + ghcb::SW_EXIT_INFO_2)))
+                .and_then(|()| {
+                    memory.write_obj(out.info_2, GuestAddress(out.gpa + ghcb::SW_EXIT_INFO_2))
+                })
                 .map_err(|_| Errno::new(libc::EIO))?;
         }
         Ok(())
@@ -457,9 +493,21 @@ impl SevVcpuModel {
     /// the guest's page tables, which must map it private (C-bit set);
     /// the page must be private and of the asked size; CF when the
     /// validation state does not change.
-    pub fn pvalidate(&self, model: &mut KernelModel, memory: &GuestMemoryMmap, vaddr: u64, huge: bool, validate: bool) -> PvalidateAnswer {
-        let fail = |eax| PvalidateAnswer { eax, no_update: false };
-        let Some((gpa, private, leaf_huge)) = translate(memory, self.page_table, vaddr, model.config.c_bit) else {
+    pub fn pvalidate(
+        &self,
+        model: &mut KernelModel,
+        memory: &GuestMemoryMmap,
+        vaddr: u64,
+        huge: bool,
+        validate: bool,
+    ) -> PvalidateAnswer {
+        let fail = |eax| PvalidateAnswer {
+            eax,
+            no_update: false,
+        };
+        let Some((gpa, private, leaf_huge)) =
+            translate(memory, self.page_table, vaddr, model.config.c_bit)
+        else {
             return fail(PVALIDATE_FAIL_INPUT);
         };
         if huge && !leaf_huge {
@@ -474,14 +522,22 @@ impl SevVcpuModel {
         } else {
             model.validated.remove(&frame)
         };
-        PvalidateAnswer { eax: 0, no_update: !changed }
+        PvalidateAnswer {
+            eax: 0,
+            no_update: !changed,
+        }
     }
 }
 
 /// A four-level walk of `vaddr` from the PML4 at `cr3`: the physical
 /// address, whether the leaf maps it private (its C-bit), and whether the
 /// leaf is a 2 MiB page.
-fn translate(memory: &GuestMemoryMmap, cr3: u64, vaddr: u64, c_bit: u8) -> Option<(u64, bool, bool)> {
+fn translate(
+    memory: &GuestMemoryMmap,
+    cr3: u64,
+    vaddr: u64,
+    c_bit: u8,
+) -> Option<(u64, bool, bool)> {
     let c = 1u64.checked_shl(u32::from(c_bit))?;
     let addr_mask = (c - 1) & !0xfff;
     let mut table = cr3 & addr_mask;

@@ -54,19 +54,26 @@ fn executes_the_guest_bytes_as_its_twin_behaves() {
     assert_eq!(reports.len(), 2);
     for r in reports {
         assert_eq!(r.status, ReportStatus::Ok as u32, "{r:?}");
-        assert_eq!((r.entries, r.table_len, r.checksum), (entries, table_len, checksum));
+        assert_eq!(
+            (r.entries, r.table_len, r.checksum),
+            (entries, table_len, checksum)
+        );
     }
     assert_eq!(bytes.delays(), [5, 3]);
 }
 
 /// Decodes the program; `which` picks an instruction, `patch` changes its
 /// bytes (given the instruction's offset in the code).
-fn mutated(which: impl Fn(&iced_x86::Instruction) -> bool, patch: impl Fn(&mut [u8], usize, &iced_x86::Instruction)) -> Vec<u8> {
+fn mutated(
+    which: impl Fn(&iced_x86::Instruction) -> bool,
+    patch: impl Fn(&mut [u8], usize, &iced_x86::Instruction),
+) -> Vec<u8> {
     let mut code = program(&params()).unwrap();
-    let found: Vec<iced_x86::Instruction> = Decoder::with_ip(64, &code, CODE_GPA, DecoderOptions::NONE)
-        .into_iter()
-        .filter(|i| which(i))
-        .collect();
+    let found: Vec<iced_x86::Instruction> =
+        Decoder::with_ip(64, &code, CODE_GPA, DecoderOptions::NONE)
+            .into_iter()
+            .filter(|i| which(i))
+            .collect();
     assert!(!found.is_empty(), "nothing to mutate");
     for i in found {
         let at = (i.ip() - CODE_GPA) as usize;
@@ -79,16 +86,19 @@ fn got_certificates(t: &SnpTranscript) -> bool {
     let certs = table([1400, 1700, 1700]);
     let (entries, _, checksum) = expected_report_for(&certs).unwrap();
     !t.reports().is_empty()
-        && t.reports()
-            .iter()
-            .all(|r| r.status == ReportStatus::Ok as u32 && r.entries == entries && r.checksum == checksum)
+        && t.reports().iter().all(|r| {
+            r.status == ReportStatus::Ok as u32 && r.entries == entries && r.checksum == checksum
+        })
 }
 
 #[test]
 fn emulated_guest_without_its_header_gets_no_certificates() {
     // `mov dword [request + 0x34], msg_type word`: msg_type 0 instead of 5.
     let code = mutated(
-        |i| i.op0_kind() == OpKind::Memory && i.memory_displacement64() == REQUEST_GPA + ghcb::msg::MSG_TYPE_OFFSET,
+        |i| {
+            i.op0_kind() == OpKind::Memory
+                && i.memory_displacement64() == REQUEST_GPA + ghcb::msg::MSG_TYPE_OFFSET
+        },
         |code, at, i| {
             let imm = at + i.len() - 4;
             code[imm] = 0;
@@ -99,23 +109,39 @@ fn emulated_guest_without_its_header_gets_no_certificates() {
     assert!(got_certificates(&good));
     let bad = run_bytes(EmulatedGuest::with_code(code), vec![], Some(certs));
     assert!(!got_certificates(&bad), "{bad:?}");
-    assert!(bad.requests().is_empty(), "no certificate exit without the header");
+    assert!(
+        bad.requests().is_empty(),
+        "no certificate exit without the header"
+    );
 }
 
 #[test]
 fn emulated_guest_registering_another_ghcb_fails() {
     let wanted = register_request(GHCB_GPA);
     let code = mutated(
-        |i| i.mnemonic() == Mnemonic::Mov && i.op1_kind() == OpKind::Immediate64 && i.immediate64() == wanted,
+        |i| {
+            i.mnemonic() == Mnemonic::Mov
+                && i.op1_kind() == OpKind::Immediate64
+                && i.immediate64() == wanted
+        },
         |code, at, i| {
             let imm = at + i.len() - 8;
             code[imm..imm + 8].copy_from_slice(&register_request(GHCB_GPA + 0x1000).to_le_bytes());
         },
     );
     let certs = table([1400, 1700, 1700]);
-    let result = run_mock(EmulatedGuest::with_code(code), params(), 0, 2000, scripted(vec![], Some(certs)));
+    let result = run_mock(
+        EmulatedGuest::with_code(code),
+        params(),
+        0,
+        2000,
+        scripted(vec![], Some(certs)),
+    );
     match result {
-        Ok(t) => assert!(!got_certificates(&t) && t.events.last() != Some(&DONE), "{t:?}"),
+        Ok(t) => assert!(
+            !got_certificates(&t) && t.events.last() != Some(&DONE),
+            "{t:?}"
+        ),
         Err(e) => assert!(e.to_string().contains("Hypervisor"), "{e}"),
     }
 }
@@ -124,14 +150,22 @@ fn emulated_guest_registering_another_ghcb_fails() {
 fn emulated_guest_misreading_rbx_after_enospc_fails() {
     // `mov rax, [ghcb + RBX]` made `mov rax, [ghcb + RAX]`.
     let code = mutated(
-        |i| i.op1_kind() == OpKind::Memory && i.memory_displacement64() == GHCB_GPA + ghcb::RBX && i.mnemonic() == Mnemonic::Mov,
+        |i| {
+            i.op1_kind() == OpKind::Memory
+                && i.memory_displacement64() == GHCB_GPA + ghcb::RBX
+                && i.mnemonic() == Mnemonic::Mov
+        },
         |code, at, i| {
             let disp = at + i.len() - 4;
             code[disp..disp + 4].copy_from_slice(&((GHCB_GPA + ghcb::RAX) as u32).to_le_bytes());
         },
     );
     let certs = table([1400, 1700, 1700]);
-    let good = run_bytes(EmulatedGuest::new(), vec![Answer::need_pages(2)], Some(certs.clone()));
+    let good = run_bytes(
+        EmulatedGuest::new(),
+        vec![Answer::need_pages(2)],
+        Some(certs.clone()),
+    );
     assert!(got_certificates(&good));
     // It asks with the buffer's address as its page count, or faults.
     let bad = run_mock(
@@ -141,5 +175,8 @@ fn emulated_guest_misreading_rbx_after_enospc_fails() {
         2000,
         scripted(vec![Answer::need_pages(2)], Some(certs)),
     );
-    assert!(bad.as_ref().map_or(true, |t| !got_certificates(t)), "{bad:?}");
+    assert!(
+        bad.as_ref().map_or(true, |t| !got_certificates(t)),
+        "{bad:?}"
+    );
 }

@@ -55,7 +55,11 @@ impl EmulatedGuest {
         let (to, requests) = channel::<Request>();
         let (replies, from) = channel::<Reply>();
         std::thread::spawn(move || emulator(requests, replies));
-        EmulatedGuest { to, from, code: None }
+        EmulatedGuest {
+            to,
+            from,
+            code: None,
+        }
     }
 
     /// Runs `code` instead of the loaded program.
@@ -86,9 +90,13 @@ fn emulator(requests: Receiver<Request>, replies: Sender<Reply>) {
         return;
     }
     let mut pvalidating = false;
-    while let Ok(Request { mut cpu, mut memory }) = requests.recv() {
-        let stop = run(&mut uc, &mut cpu, &mut memory, &mut pvalidating)
-            .unwrap_or_else(GuestStop::Fault);
+    while let Ok(Request {
+        mut cpu,
+        mut memory,
+    }) = requests.recv()
+    {
+        let stop =
+            run(&mut uc, &mut cpu, &mut memory, &mut pvalidating).unwrap_or_else(GuestStop::Fault);
         if replies.send(Reply { cpu, memory, stop }).is_err() {
             return;
         }
@@ -118,10 +126,18 @@ fn run(
     let e = |e| format!("emulator: {e:?}");
     uc.mem_write(0, memory).map_err(e)?;
     if std::mem::take(pvalidating) {
-        let answer = cpu.pvalidate.unwrap_or(PvalidateAnswer { eax: 1, no_update: false });
-        uc.reg_write(RegisterX86::RAX, u64::from(answer.eax)).map_err(e)?;
+        let answer = cpu.pvalidate.unwrap_or(PvalidateAnswer {
+            eax: 1,
+            no_update: false,
+        });
+        uc.reg_write(RegisterX86::RAX, u64::from(answer.eax))
+            .map_err(e)?;
         let flags = uc.reg_read(RegisterX86::EFLAGS).map_err(e)?;
-        let flags = if answer.no_update { flags | 1 } else { flags & !1 };
+        let flags = if answer.no_update {
+            flags | 1
+        } else {
+            flags & !1
+        };
         uc.reg_write(RegisterX86::EFLAGS, flags).map_err(e)?;
     }
     let stop = loop {
@@ -149,8 +165,10 @@ fn run(
                     let hi = reg(uc, RegisterX86::RDX)? & 0xffff_ffff;
                     cpu.ghcb_msr = (hi << 32) | lo;
                 } else {
-                    uc.reg_write(RegisterX86::RAX, cpu.ghcb_msr & 0xffff_ffff).map_err(e)?;
-                    uc.reg_write(RegisterX86::RDX, cpu.ghcb_msr >> 32).map_err(e)?;
+                    uc.reg_write(RegisterX86::RAX, cpu.ghcb_msr & 0xffff_ffff)
+                        .map_err(e)?;
+                    uc.reg_write(RegisterX86::RDX, cpu.ghcb_msr >> 32)
+                        .map_err(e)?;
                 }
                 uc.reg_write(RegisterX86::RIP, at + len).map_err(e)?;
             }
@@ -186,8 +204,14 @@ impl SevGuest for EmulatedGuest {
         if let Err(e) = memory.read_slice(&mut bytes, GuestAddress(0)) {
             return GuestStop::Fault(format!("guest memory: {e}"));
         }
-        let sent = self.to.send(Request { cpu: *cpu, memory: bytes });
-        let Ok(reply) = sent.map_err(|_| ()).and_then(|()| self.from.recv().map_err(|_| ())) else {
+        let sent = self.to.send(Request {
+            cpu: *cpu,
+            memory: bytes,
+        });
+        let Ok(reply) = sent
+            .map_err(|_| ())
+            .and_then(|()| self.from.recv().map_err(|_| ()))
+        else {
             return GuestStop::Fault("the emulator thread is gone".to_owned());
         };
         *cpu = reply.cpu;

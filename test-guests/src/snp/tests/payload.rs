@@ -31,7 +31,11 @@ fn launch_ranges_are_whole_disjoint_pages_inside_memory() {
     }
     let count = |t| ranges.iter().filter(|r| r.page_type == t).count();
     assert_eq!(count(SnpPageType::Secrets), 1);
-    assert_eq!(count(SnpPageType::Cpuid), 0, "the guest never executes CPUID");
+    assert_eq!(
+        count(SnpPageType::Cpuid),
+        0,
+        "the guest never executes CPUID"
+    );
     for r in ranges
         .iter()
         .filter(|r| matches!(r.page_type, SnpPageType::Secrets))

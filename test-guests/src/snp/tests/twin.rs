@@ -9,12 +9,12 @@ use super::super::ghcb::{
     register_response, termination_request, valid_bitmap,
 };
 use super::super::harness::{SnpEvent, SnpTranscript, run_mock, run_mock_with};
-use hypervisor::mock::KernelModelConfig;
 use super::super::layout::{BUFFER_GPA, PAGE_SIZE, SHARED_PAGES};
 use super::table;
 use crate::attest::harness::{Answer, scripted};
 use crate::attest::{AttestParams, expected_report_for};
 use crate::report::{GuestReport, ReportStatus};
+use hypervisor::mock::KernelModelConfig;
 
 const ENOSPC: u64 = libc::ENOSPC as u64;
 
@@ -31,7 +31,12 @@ fn run(guest: MockSnpGuest, prefix: Vec<Answer>, table: Option<Vec<u8>>) -> SnpT
     run_p(guest, params(), prefix, table)
 }
 
-fn run_p(guest: MockSnpGuest, p: AttestParams, prefix: Vec<Answer>, table: Option<Vec<u8>>) -> SnpTranscript {
+fn run_p(
+    guest: MockSnpGuest,
+    p: AttestParams,
+    prefix: Vec<Answer>,
+    table: Option<Vec<u8>>,
+) -> SnpTranscript {
     run_mock(guest, p, 0, 1000, scripted(prefix, table)).unwrap()
 }
 
@@ -166,7 +171,15 @@ fn the_firmware_error_is_reported_not_failed() {
         guest_request_fw_error: 0x27,
         ..Default::default()
     };
-    let t = run_mock_with(MockSnpGuest::new(params()), params(), model, 0, 1000, scripted([], Some(certs.clone()))).unwrap();
+    let t = run_mock_with(
+        MockSnpGuest::new(params()),
+        params(),
+        model,
+        0,
+        1000,
+        scripted([], Some(certs.clone())),
+    )
+    .unwrap();
     let reports: Vec<(GuestReport, u32)> = t
         .events
         .iter()

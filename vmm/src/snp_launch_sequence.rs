@@ -57,7 +57,7 @@ pub fn with_host_c_bit(
         c_bit,
     } = *guest
     else {
-        return Ok(guest.clone());
+        return Ok(*guest);
     };
     let host = hv.snp_c_bit().ok_or(HypervisorError::SnpUnsupported {
         reason: "the host reports no C-bit position (CPUID 0x8000001F): see snp-vmm --check-host",

@@ -24,6 +24,8 @@ const RESP: u64 = 0xb000;
 const BUF: u64 = 0x10000;
 
 type Action = Box<dyn FnMut(&mut SevCpu, &GuestMemoryMmap) -> GuestStop + Send>;
+/// What `observe` saw: (SW_EXITINFO1, SW_EXITINFO2, RBX) per step.
+type Seen = Arc<std::sync::Mutex<Vec<(u64, u64, u64)>>>;
 
 /// A guest made of steps, each ending in a VMGEXIT; then it stops for
 /// good with a fault.
@@ -173,7 +175,7 @@ fn kernel_model_guest_requests_need_the_launch_fd_still_open() {
 
 /// A step that records (SW_EXITINFO1, SW_EXITINFO2, RBX) of the GHCB as
 /// the guest finds it, then makes `next`.
-fn observe(seen: &Arc<std::sync::Mutex<Vec<(u64, u64, u64)>>>, mut next: Action) -> Action {
+fn observe(seen: &Seen, mut next: Action) -> Action {
     let seen = Arc::clone(seen);
     Box::new(move |cpu, mem| {
         seen.lock().unwrap().push((

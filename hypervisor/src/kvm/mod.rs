@@ -104,9 +104,6 @@ impl KvmHypervisor {
 
     /// Opens `/dev/sev`, creates the SNP VM and initialises it.
     fn create_snp_vm(&self) -> Result<(VmFd, SevDevice), HypervisorError> {
-        // First: without the device no SNP VM can be launched, and saying
-        // so beats a firmware error later.
-        let sev = SevDevice::open()?;
         let fd = self
             .kvm
             .create_vm_with_type(snp::KVM_X86_SNP_VM)
@@ -122,6 +119,9 @@ impl KvmHypervisor {
                     source: Some(e),
                 }
             })?;
+        // Before any command: without the device no SNP VM can be
+        // launched, and saying so beats a firmware error later.
+        let sev = SevDevice::open()?;
         SnpCommands::new(&fd, sev.sev_fd()).init2()?;
         private_memory::enable_map_gpa_range_exit(&fd)?;
         Ok((fd, sev))

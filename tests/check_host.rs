@@ -144,7 +144,7 @@ fn check_host_json_gives_this_hosts_verdict() {
         assert_eq!(status(&json, "memory-attributes"), "missing");
     }
     if !Path::new("/dev/sev").exists() {
-        assert_eq!(status(&json, "sev-device"), "warn");
+        assert_eq!(status(&json, "sev-device"), "missing");
         assert!(detail(&json, "sev-device").starts_with("/dev/sev does not exist"));
         assert_eq!(status(&json, "sev-firmware"), "skipped");
     }

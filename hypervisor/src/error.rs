@@ -29,6 +29,18 @@ pub enum HypervisorError {
         #[source]
         source: Option<Errno>,
     },
+    /// The SEV device an SNP VM needs could not be opened read-write.
+    #[error(
+        "Cannot open {} read-write: an SNP VM sends its launch commands and guest requests to firmware through it",
+        path.display()
+    )]
+    SevDeviceUnavailable {
+        /// The device path that was tried.
+        path: PathBuf,
+        /// Why opening it failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The SNP certificate-request attribute query failed unexpectedly.
     #[error("Failed to query SNP certificate-request support")]
     ProbeSnpReqCerts(#[source] Errno),
@@ -154,6 +166,7 @@ impl HypervisorError {
             | Self::GuestMemfd { source, .. }
             | Self::MemoryAttributes { source, .. } => Some(source.errno()),
             Self::SnpUnsupported { source, .. } => source.map(|e| e.errno()),
+            Self::SevDeviceUnavailable { source, .. } => source.raw_os_error(),
             Self::ProbeSnpReqCerts(e)
             | Self::CreateVm(e)
             | Self::SnpInit(e)

@@ -61,14 +61,18 @@ mod exit;
 pub mod kick;
 pub mod kvm;
 pub mod mock;
-pub mod snp_launch;
+pub mod sev_commands;
+pub mod sev_device;
+pub mod snp_cpuid;
+pub mod snp_interface;
 
 use std::sync::Arc;
 
 pub use error::HypervisorError;
 pub use exit::{SnpCertsCompletion, SnpCertsRequest, VmExit, VmType};
 pub use kick::{VcpuKicker, kick_signal};
-pub use snp_launch::{CpuidLeaf, DEFAULT_SNP_POLICY, SnpLaunch, SnpPageType};
+pub use sev_device::{SEV_DEVICE, SevDevice};
+pub use snp_interface::{DEFAULT_SNP_POLICY, SnpLaunch, SnpPageType};
 pub use vm_memory::GuestMemoryMmap;
 /// The errno-carrying error type of the KVM ioctls, used as `#[source]` in
 /// [`HypervisorError`].
@@ -90,6 +94,12 @@ pub trait Hypervisor: Send + Sync {
     /// Whether the host offers SEV-SNP VMs at all (KVM: the SNP VM type in
     /// `KVM_CAP_VM_TYPES`).
     fn snp_supported(&self) -> bool;
+
+    /// The position of the encryption bit (C-bit) in an SNP guest's page
+    /// table entries: KVM reads the host's CPUID `0x8000_001F` EBX\[5:0\]
+    /// (AMD APM vol. 2, "Memory Encryption"), as QEMU does; `None` where
+    /// the host does not report one (no SEV).
+    fn snp_c_bit(&self) -> Option<u8>;
 
     /// Creates a VM of the given type.
     ///

@@ -90,7 +90,14 @@ impl PayloadFactory for TestGuests {
                     retry_ms,
                     max_busy_retries,
                 };
-                self.snp_attest_c_bit(params, c_bit.unwrap_or(crate::snp::DEFAULT_C_BIT))
+                // The VMM fills in the host's position before it builds
+                // the payload; without it there is nothing to assume.
+                let c_bit = c_bit.ok_or_else(|| {
+                    PayloadError::Invalid(
+                        "the SNP guest needs the host's C-bit position (c-bit=N)".to_owned(),
+                    )
+                })?;
+                self.snp_attest_c_bit(params, c_bit)
             }
         }
     }

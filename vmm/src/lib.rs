@@ -20,7 +20,8 @@
 //! * [`doorbell`]: the emulated guest-request doorbell for hosts without SNP.
 //! * [`pio`]: the port-I/O bus payloads attach their devices to.
 //! * [`shared_pages`]: which pages an SNP guest shared with the host.
-//! * [`snp_launch`]: launching a payload in an SEV-SNP VM.
+//! * [`snp_launch_sequence`]: the VMM's launch sequence of an SEV-SNP VM.
+//! * [`vm_error`]: why a VM could not be created or booted.
 //! * [`payload`]: what a payload (a guest program) provides.
 //! * [`controller`]: the VMM's side of the REST API.
 //!
@@ -35,8 +36,9 @@ pub mod exit_dispatch;
 pub mod payload;
 pub mod pio;
 pub mod shared_pages;
-pub mod snp_launch;
+pub mod snp_launch_sequence;
 pub mod stats;
 pub mod stop;
 pub mod vcpu_runner;
 pub mod vm;
+pub mod vm_error;

@@ -63,8 +63,9 @@ pub struct LaunchRange {
     pub gpa: u64,
     /// Bytes (whole pages).
     pub len: u64,
-    /// What it holds. The VMM fills a [`SnpPageType::Cpuid`] page itself
-    /// from the host's supported CPUID before the update.
+    /// What it holds. The VMM builds no CPUID page: a
+    /// [`SnpPageType::Cpuid`] range is refused
+    /// ([`crate::snp_launch_sequence`]).
     pub page_type: SnpPageType,
 }
 

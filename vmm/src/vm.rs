@@ -17,12 +17,15 @@ use vmm_api::{SnpCertsInfo, VcpuInfo, VmConfig, VmInfo, VmState};
 use crate::backend::Backend;
 use crate::certs_service::CertsService;
 use crate::exit_dispatch::VcpuEnd;
-use crate::payload::{DeviceContext, Payload, PayloadError, PayloadFactory, VcpuStart};
+use crate::payload::{DeviceContext, Payload, PayloadFactory, VcpuStart};
 use crate::pio::PioBus;
 use crate::shared_pages::SharedPages;
-use crate::snp_launch;
+use crate::snp_launch_sequence;
 use crate::stop::StopSignal;
 use crate::vcpu_runner::{VcpuRunner, VcpuShared};
+/// Kept here too, where it lived before `vm_error`, for the modules that
+/// name it through `vm`.
+pub use crate::vm_error::VmError;
 
 /// How long a shutdown keeps kicking vCPUs that have not stopped yet
 /// before it gives up on them (and logs it).
@@ -34,55 +37,6 @@ const REKICK_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Event source name of VM lifecycle events.
 pub const VM_EVENT_SOURCE: &str = "vm";
-
-/// Why a VM could not be created or booted.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    /// The configuration is structurally invalid.
-    #[error("Invalid VM configuration")]
-    Config(#[from] vmm_api::ConfigError),
-    /// The certs configuration was refused.
-    #[error("Invalid certs configuration")]
-    Certs(#[from] snp_certs::config::ConfigError),
-    /// The payload could not be built, loaded or attached.
-    #[error("Payload refused")]
-    Payload(#[from] PayloadError),
-    /// The payload and `platform.sev_snp` disagree.
-    #[error("The {payload} payload runs {}", if *.snp { "only in SEV-SNP VMs: add --platform sev_snp=on (platform.sev_snp)" } else { "only in VMs without SEV-SNP (it asks through the emulated doorbell)" })]
-    PlatformMismatch {
-        /// The payload.
-        payload: &'static str,
-        /// Whether it needs an SNP VM.
-        snp: bool,
-    },
-    /// The payload needs the doorbell on this host.
-    #[error(
-        "The {0} payload needs snp doorbell=on: this VM has no other way to ask for certificates"
-    )]
-    DoorbellNeeded(&'static str),
-    /// Memory is too small for the payload.
-    #[error("Memory size must be at least {size} bytes for the {payload} payload")]
-    MemoryTooSmall {
-        /// The payload.
-        payload: &'static str,
-        /// The least size.
-        size: u64,
-    },
-    /// A certs file was given for an SNP VM on a host without the exit.
-    #[error(
-        "This host's KVM cannot send SNP certificate requests to the VMM (KVM_SEV_SNP_ENABLE_REQ_CERTS, Linux 7.0+): a certs file cannot be served"
-    )]
-    NoCertsExit,
-    /// Guest memory could not be allocated.
-    #[error("Cannot allocate guest memory")]
-    Memory(#[source] vm_memory::mmap::FromRangesError),
-    /// A hypervisor call failed.
-    #[error("Hypervisor call failed")]
-    Hypervisor(#[from] HypervisorError),
-    /// A vCPU thread could not be started.
-    #[error("Cannot start a vCPU thread")]
-    Thread(#[source] std::io::Error),
-}
 
 /// How each vCPU ended, with a condvar to wait for all of them.
 #[derive(Debug, Default)]
@@ -133,10 +87,14 @@ impl Vm {
                 source: None,
             }));
         }
-        let payload = config
-            .test_guest()
-            .map(|guest| payloads.build(guest))
-            .transpose()?;
+        let guest = match config.test_guest() {
+            Some(guest) if snp => Some(snp_launch_sequence::with_host_c_bit(
+                guest,
+                backend.hypervisor(),
+            )?),
+            other => other.cloned(),
+        };
+        let payload = guest.map(|guest| payloads.build(&guest)).transpose()?;
         if let Some(payload) = &payload {
             if payload.needs_snp() != snp {
                 return Err(VmError::PlatformMismatch {
@@ -209,9 +167,8 @@ impl Vm {
                 .as_ref()
                 .map(|p| p.snp_launch_ranges())
                 .unwrap_or_default();
-            snp_launch::launch(
+            snp_launch_sequence::launch(
                 launch,
-                &shared.memory,
                 &ranges,
                 hypervisor::DEFAULT_SNP_POLICY,
                 config.host_data().unwrap_or([0; 32]),

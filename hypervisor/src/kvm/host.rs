@@ -27,11 +27,11 @@ use std::path::{Path, PathBuf};
 use kvm_ioctls::Kvm;
 
 use super::KvmHypervisor;
+use super::req_certs_probe::{ReqCertsAnswer, query_req_certs};
 use super::snp::{
     KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
     KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_X86_SNP_VM,
 };
-use super::snp_ops::{ReqCertsAnswer, query_req_certs};
 use crate::HypervisorError;
 
 mod firmware;

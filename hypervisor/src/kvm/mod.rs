@@ -2,24 +2,27 @@
 //!
 //! * [`KvmHypervisor::new`] opens `/dev/kvm`; a missing or unopenable device
 //!   is [`HypervisorError::KvmUnavailable`].
-//! * [`VmType::Snp`] creates a `KVM_X86_SNP_VM` and initialises it with
+//! * [`VmType::Snp`] opens `/dev/sev` read-write (failing clearly when it
+//!   cannot), creates a `KVM_X86_SNP_VM` and initialises it with
 //!   `KVM_SEV_INIT2` (default features), the state in which KVM accepts
-//!   `KVM_SEV_SNP_ENABLE_REQ_CERTS`. Launching an SNP guest (private memory,
-//!   `KVM_SEV_SNP_LAUNCH_*`) is outside this crate.
+//!   `KVM_SEV_SNP_ENABLE_REQ_CERTS`. The device stays open for the VM's
+//!   life and goes into every SEV command ([`crate::sev_commands`]); the
+//!   launch itself is [`crate::SnpLaunch`] on the VM ([`snp_vm`]).
 //! * [`host::probe_host`] reports, item by item, whether this host can
 //!   serve SNP guests with certificates (`snp-vmm --check-host`).
 //! * The certificate exit arrives from kvm-ioctls as `VcpuExit::Unsupported(43)`;
 //!   [`KvmVcpu`] reads and answers it through the overlay in [`snp`].
 
+mod encrypt_op;
 pub mod host;
+mod private_memory;
+mod req_certs_probe;
 pub mod snp;
-mod snp_launch;
-mod snp_ops;
+mod snp_vm;
 mod vcpu;
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +34,8 @@ use vmm_sys_util::errno::Error as Errno;
 
 pub use vcpu::KvmVcpu;
 
-use crate::{Hypervisor, HypervisorError, Vcpu, Vm, VmType};
+use crate::sev_commands::SnpCommands;
+use crate::{Hypervisor, HypervisorError, SevDevice, Vcpu, Vm, VmType};
 
 /// Default KVM device node.
 pub const KVM_DEVICE: &str = "/dev/kvm";
@@ -68,7 +72,7 @@ impl KvmHypervisor {
     /// Creates a VM and returns the concrete KVM type (gives access to the
     /// raw [`VmFd`] through [`KvmVm::vm_fd`]).
     pub fn create_kvm_vm(&self, vm_type: VmType) -> Result<KvmVm, HypervisorError> {
-        let fd = match vm_type {
+        let (fd, sev) = match vm_type {
             VmType::Default => {
                 let fd = self
                     .kvm
@@ -79,19 +83,18 @@ impl KvmHypervisor {
                 if let Err(e) = fd.set_tss_address(0xfffb_d000) {
                     log::debug!("KVM_SET_TSS_ADDR failed (ignored): {e}");
                 }
-                fd
+                (fd, None)
             }
-            VmType::Snp => self.create_snp_vm()?,
-        };
-        let cpuid = match vm_type {
-            VmType::Snp => self.supported_cpuid()?,
-            VmType::Default => Vec::new(),
+            VmType::Snp => {
+                let (fd, sev) = self.create_snp_vm()?;
+                (fd, Some(sev))
+            }
         };
         Ok(KvmVm {
             shared: Arc::new(VmShared {
                 fd,
+                sev,
                 vm_type,
-                cpuid,
                 state: Mutex::new(VmState::default()),
                 memory: Mutex::new(Vec::new()),
                 guest_memfds: Mutex::new(Vec::new()),
@@ -99,7 +102,8 @@ impl KvmHypervisor {
         })
     }
 
-    fn create_snp_vm(&self) -> Result<VmFd, HypervisorError> {
+    /// Opens `/dev/sev`, creates the SNP VM and initialises it.
+    fn create_snp_vm(&self) -> Result<(VmFd, SevDevice), HypervisorError> {
         let fd = self
             .kvm
             .create_vm_with_type(snp::KVM_X86_SNP_VM)
@@ -115,33 +119,12 @@ impl KvmHypervisor {
                     source: Some(e),
                 }
             })?;
-        // /dev/sev is not needed by KVM_SEV_INIT2 but is passed when present,
-        // as QEMU does.
-        let sev = File::open("/dev/sev").ok();
-        let sev_fd = sev.as_ref().map_or(u32::MAX, |f| f.as_raw_fd() as u32);
-        snp_ops::sev_init2(&fd, sev_fd).map_err(HypervisorError::SnpInit)?;
-        snp_launch::enable_map_gpa_range_exit(&fd)?;
-        Ok(fd)
-    }
-
-    /// The CPUID leaves KVM supports on this host (`KVM_GET_SUPPORTED_CPUID`).
-    fn supported_cpuid(&self) -> Result<Vec<crate::CpuidLeaf>, HypervisorError> {
-        let cpuid = self
-            .kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(HypervisorError::Registers)?;
-        Ok(cpuid
-            .as_slice()
-            .iter()
-            .map(|e| crate::CpuidLeaf {
-                function: e.function,
-                index: e.index,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-            })
-            .collect())
+        // Before any command: without the device no SNP VM can be
+        // launched, and saying so beats a firmware error later.
+        let sev = SevDevice::open()?;
+        SnpCommands::new(&fd, sev.sev_fd()).init2()?;
+        private_memory::enable_map_gpa_range_exit(&fd)?;
+        Ok((fd, sev))
     }
 }
 
@@ -151,7 +134,11 @@ impl Hypervisor for KvmHypervisor {
     }
 
     fn snp_req_certs_supported(&self) -> Result<bool, HypervisorError> {
-        snp_ops::probe_req_certs(&self.kvm)
+        req_certs_probe::probe_req_certs(&self.kvm)
+    }
+
+    fn snp_c_bit(&self) -> Option<u8> {
+        snp_vm::host_c_bit()
     }
 
     fn snp_supported(&self) -> bool {
@@ -171,14 +158,15 @@ struct VmState {
 }
 
 /// State shared by a VM and its vCPUs. Field order matters: the VM fd is
-/// closed before the guest memory is unmapped, and vCPUs hold an `Arc` so
-/// neither goes away while a vCPU exists.
+/// closed before `/dev/sev` (so its number is never reused while KVM may
+/// still use it) and before the guest memory is unmapped, and vCPUs hold
+/// an `Arc` so none of them goes away while a vCPU exists.
 #[derive(Debug)]
 struct VmShared {
     fd: VmFd,
+    /// An SNP VM's `/dev/sev`: the `sev_fd` of its SEV commands.
+    sev: Option<SevDevice>,
     vm_type: VmType,
-    /// The supported CPUID leaves, for an SNP VM's CPUID page.
-    cpuid: Vec<crate::CpuidLeaf>,
     state: Mutex<VmState>,
     memory: Mutex<Vec<Arc<GuestMemoryMmap>>>,
     /// An SNP VM's private memory; closed after the VM fd.
@@ -214,7 +202,7 @@ impl KvmVm {
     /// makes the memory private, for SNP VMs; on other VMs this checks the
     /// host's guest_memfd support on its own.
     pub fn bind_guest_memfd(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
-        self.map_with_guest_memfd(memory, snp_launch::bind_guest_memfd)
+        self.map_with_guest_memfd(memory, private_memory::bind_guest_memfd)
     }
 
     /// Maps `memory` with `bind`, which gives each region a guest_memfd
@@ -259,7 +247,7 @@ impl KvmVm {
 impl Vm for KvmVm {
     fn map_memory(&self, memory: Arc<GuestMemoryMmap>) -> Result<(), HypervisorError> {
         if self.shared.vm_type == VmType::Snp {
-            return self.map_with_guest_memfd(memory, snp_launch::map_private);
+            return self.map_with_guest_memfd(memory, private_memory::map_private);
         }
         // Kept first, so that even a partly failed map (some slots
         // registered) never leaves KVM pointing at a freed mapping.
@@ -300,7 +288,7 @@ impl Vm for KvmVm {
         if state.vcpus > 0 {
             return Err(HypervisorError::VcpusAlreadyCreated);
         }
-        snp_ops::enable_req_certs(&self.shared.fd)
+        self.snp_commands()?.enable_req_certs()
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>, HypervisorError> {

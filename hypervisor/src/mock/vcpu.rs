@@ -1,11 +1,21 @@
 //! Mock vCPUs and the guests that drive them.
+//!
+//! A vCPU of an SNP VM whose guest is an [`SevGuest`] runs it against the
+//! kernel model ([`super::kernel_model::vmgexit`]): each `run` first
+//! completes the pending exit with what the VMM answered (failing as
+//! `KVM_RUN` fails), then, unless the run is cut short, runs the guest
+//! through its VMGEXITs until one needs the VMM.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::errno::Error as Errno;
 
-use super::{MockEvent, MockVmShared};
+use super::MockEvent;
+use super::kernel_model::vmgexit::{Outcome, SevVcpuModel, VmmAnswer};
+use super::sev_guest::{GuestStop, SevGuest};
+use super::vm::MockVmShared;
 use crate::kick::KickTarget;
 use crate::{HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VcpuKicker, VmExit};
 
@@ -51,6 +61,12 @@ pub enum MockCompletion {
 pub trait MockGuest: Send {
     /// Produces the next exit.
     fn next_exit(&mut self, last: &MockCompletion, memory: &GuestMemoryMmap) -> VmExit;
+
+    /// The guest as an SEV-SNP program, if it is one: on an SNP VM it then
+    /// runs against the kernel model instead of returning exits itself.
+    fn sev_guest(&mut self) -> Option<&mut dyn SevGuest> {
+        None
+    }
 }
 
 impl<F> MockGuest for F
@@ -85,7 +101,7 @@ impl MockGuest for ScriptedGuest {
 }
 
 /// The exit waiting for the VMM's answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Awaiting {
     None,
     IoIn {
@@ -120,11 +136,17 @@ impl Awaiting {
     }
 }
 
+/// How many in-kernel VMGEXITs one run handles before it gives up on a
+/// guest that never needs the VMM.
+const MAX_IN_KERNEL_STEPS: usize = 1_000_000;
+
 /// A mock vCPU.
 pub struct MockVcpu {
     id: u8,
     vm: Arc<MockVmShared>,
     guest: Box<dyn MockGuest>,
+    /// The kernel's state of this vCPU, for an SEV guest on an SNP VM.
+    sev: Option<SevVcpuModel>,
     immediate_exit: bool,
     awaiting: Awaiting,
     delivered: MockCompletion,
@@ -145,12 +167,14 @@ impl MockVcpu {
     pub(super) fn new(
         id: u8,
         vm: Arc<MockVmShared>,
-        guest: Box<dyn MockGuest>,
+        mut guest: Box<dyn MockGuest>,
     ) -> Result<Self, HypervisorError> {
+        let sev = (vm.model().is_some() && guest.sev_guest().is_some()).then(SevVcpuModel::default);
         Ok(Self {
             id,
             vm,
             guest,
+            sev,
             immediate_exit: false,
             awaiting: Awaiting::None,
             delivered: MockCompletion::Nothing,
@@ -161,51 +185,115 @@ impl MockVcpu {
     fn log(&self, event: MockEvent) {
         self.vm.log().push(event);
     }
+
+    /// `KVM_SET_REGS`/`KVM_SET_SREGS` on an SNP VM after LAUNCH_FINISH:
+    /// the registers are in the encrypted save area
+    /// (`guest_state_protected`), so KVM refuses with `EINVAL`
+    /// (`kvm_arch_vcpu_ioctl_set_regs`, `kvm_arch_vcpu_ioctl_set_sregs`).
+    fn check_registers_writable(&self) -> Result<(), HypervisorError> {
+        match self.vm.model() {
+            Some(model) if model.finished => {
+                Err(HypervisorError::Registers(Errno::new(libc::EINVAL)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the certificate request's answer into "`kvm_run`" as given,
+    /// unchecked, as a VMM writing the structure itself would: for the
+    /// conformance tests of what KVM makes of values it does not accept.
+    pub fn write_snp_req_certs_raw(
+        &mut self,
+        ret: u64,
+        npages: u64,
+    ) -> Result<(), HypervisorError> {
+        let Awaiting::SnpReqCerts { completion, .. } = &mut self.awaiting else {
+            return Err(HypervisorError::NoPendingExit("SNP certificate request"));
+        };
+        *completion = Some(SnpCertsCompletion { ret, npages });
+        Ok(())
+    }
+
+    /// One `KVM_RUN` of an SEV guest against the kernel model.
+    fn run_sev(&mut self, immediate_exit: bool) -> Result<VmExit, HypervisorError> {
+        let memory = self.vm.memory();
+        let awaiting = std::mem::replace(&mut self.awaiting, Awaiting::None);
+        let answer = match awaiting.clone() {
+            Awaiting::None => VmmAnswer::Nothing,
+            Awaiting::IoIn { data, .. } => data.map_or(VmmAnswer::Nothing, VmmAnswer::IoIn),
+            Awaiting::SnpReqCerts { completion, .. } => {
+                completion.map_or(VmmAnswer::Nothing, |c| VmmAnswer::ReqCerts {
+                    ret: c.ret,
+                    npages: c.npages,
+                })
+            }
+            Awaiting::Hypercall { ret } => ret.map_or(VmmAnswer::Nothing, VmmAnswer::Hypercall),
+        };
+        let (Some(sev), Some(guest)) = (self.sev.as_mut(), self.guest.sev_guest()) else {
+            return Err(HypervisorError::NoPendingExit("SEV guest"));
+        };
+        {
+            let Some(model) = self.vm.model() else {
+                return Err(HypervisorError::NotSnpVm);
+            };
+            if let Err(errno) = sev.complete(&model, &memory, answer) {
+                // What the VMM wrote stays in kvm_run: the next run fails too.
+                self.awaiting = awaiting;
+                return Err(HypervisorError::Run(errno));
+            }
+        }
+        if immediate_exit {
+            return Ok(VmExit::Interrupted);
+        }
+        for _ in 0..MAX_IN_KERNEL_STEPS {
+            sev.resume(&memory);
+            let stop = guest.run(&mut sev.cpu, &memory);
+            let Some(mut model) = self.vm.model() else {
+                return Err(HypervisorError::NotSnpVm);
+            };
+            match stop {
+                GuestStop::Vmgexit => match sev.vmgexit(&model, &memory) {
+                    Outcome::Resume => {}
+                    Outcome::Exit(exit) => return Ok(exit),
+                    Outcome::Error(errno) => return Err(HypervisorError::Run(errno)),
+                },
+                GuestStop::Pvalidate {
+                    vaddr,
+                    huge,
+                    validate,
+                } => {
+                    sev.cpu.pvalidate =
+                        Some(sev.pvalidate(&mut model, &memory, vaddr, huge, validate));
+                }
+                GuestStop::Fault(why) => return Ok(VmExit::Other(format!("guest fault: {why}"))),
+            }
+        }
+        Ok(VmExit::Other(format!(
+            "the guest made {MAX_IN_KERNEL_STEPS} VMGEXITs without an exit to the VMM"
+        )))
+    }
 }
 
-impl Vcpu for MockVcpu {
-    fn setup_real_mode(&mut self, entry: u64) -> Result<(), HypervisorError> {
-        self.log(MockEvent::SetupRealMode {
-            vcpu: self.id,
-            entry,
-        });
-        Ok(())
-    }
-
-    fn setup_long_mode(&mut self, entry: u64, page_table: u64) -> Result<(), HypervisorError> {
-        self.log(MockEvent::SetupLongMode {
-            vcpu: self.id,
-            entry,
-            page_table,
-        });
-        Ok(())
-    }
-
-    fn run(&mut self) -> Result<VmExit, HypervisorError> {
-        if !self.vm.may_run() {
-            return Err(HypervisorError::SnpLaunchOrder(
-                "a vCPU of an SNP VM ran before LAUNCH_FINISH",
-            ));
-        }
-        self.kick.bind_current_thread();
-        let immediate_exit = self.kick.immediate_exit_for_run(self.immediate_exit);
-        self.log(MockEvent::Run {
-            vcpu: self.id,
-            immediate_exit,
-        });
-        // Like KVM: the pending exit is completed first, whatever follows.
+impl MockVcpu {
+    /// A run of a guest that returns exits itself: the pending exit is
+    /// completed first (like KVM), whatever follows.
+    fn run_scripted(&mut self, immediate_exit: bool) -> VmExit {
         let answered = std::mem::replace(&mut self.awaiting, Awaiting::None);
         if !matches!(answered, Awaiting::None) {
             self.delivered = answered.into_completion();
         }
-        let exit = if immediate_exit {
+        if immediate_exit {
             VmExit::Interrupted
         } else {
             let last = std::mem::take(&mut self.delivered);
             let memory = self.vm.memory();
             self.guest.next_exit(&last, &memory)
-        };
-        match &exit {
+        }
+    }
+
+    /// Remembers which exit waits for an answer, and logs the exit.
+    fn after_exit(&mut self, exit: &VmExit) {
+        match exit {
             VmExit::IoIn { port, size } => {
                 self.awaiting = Awaiting::IoIn {
                     port: *port,
@@ -227,9 +315,52 @@ impl Vcpu for MockVcpu {
             vcpu: self.id,
             exit: exit.clone(),
         });
-        Ok(exit)
+    }
+}
+
+impl Vcpu for MockVcpu {
+    fn setup_real_mode(&mut self, entry: u64) -> Result<(), HypervisorError> {
+        self.check_registers_writable()?;
+        self.log(MockEvent::SetupRealMode {
+            vcpu: self.id,
+            entry,
+        });
+        Ok(())
     }
 
+    fn setup_long_mode(&mut self, entry: u64, page_table: u64) -> Result<(), HypervisorError> {
+        self.check_registers_writable()?;
+        if let Some(sev) = &mut self.sev {
+            sev.page_table = page_table;
+        }
+        self.log(MockEvent::SetupLongMode {
+            vcpu: self.id,
+            entry,
+            page_table,
+        });
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<VmExit, HypervisorError> {
+        if !self.vm.may_run() {
+            return Err(HypervisorError::SnpLaunchOrder(
+                "a vCPU of an SNP VM ran before LAUNCH_FINISH",
+            ));
+        }
+        self.kick.bind_current_thread();
+        let immediate_exit = self.kick.immediate_exit_for_run(self.immediate_exit);
+        self.log(MockEvent::Run {
+            vcpu: self.id,
+            immediate_exit,
+        });
+        let exit = if self.sev.is_some() {
+            self.run_sev(immediate_exit)?
+        } else {
+            self.run_scripted(immediate_exit)
+        };
+        self.after_exit(&exit);
+        Ok(exit)
+    }
     fn complete_io_in(&mut self, data: &[u8]) -> Result<(), HypervisorError> {
         let Awaiting::IoIn {
             port,

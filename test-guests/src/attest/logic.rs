@@ -137,6 +137,11 @@ impl AttestMachine {
         }
     }
 
+    /// The sequence number of the request in progress (1 for the first).
+    pub fn seq(&self) -> u32 {
+        self.report.seq
+    }
+
     /// The first step, and the step after a [`Step::Delay`] or
     /// [`Step::Report`]. After a [`Step::Ring`] it rings again.
     pub fn resume(&mut self) -> Step {

@@ -23,6 +23,7 @@ use iced_x86::IcedError;
 use iced_x86::code_asm::*;
 
 use super::SnpError;
+use super::ghcb::msg;
 use super::ghcb::{
     EXT_GUEST_REQUEST, GHCB_MSR, GHCB_USAGE, GHCB_VERSION, INFO_MASK, IOIO, PROTOCOL_VERSION,
     PSC_RESP, RAX, RBX, SW_EXIT_CODE, SW_EXIT_INFO_1, SW_EXIT_INFO_2, TERM_DONE, TERM_GHCB,
@@ -296,6 +297,19 @@ impl Emitter {
         a.mov(rax, FILL)?;
         a.rep().stosq()?;
         a.set_label(&mut filled)?;
+        // The message header: an attestation report request (msg_type 5),
+        // VMPCK 0, sequence number the request's.
+        a.mov(
+            dword_ptr((REQUEST_GPA + msg::ALGO_OFFSET) as u32),
+            msg::ALGO_WORD,
+        )?;
+        a.mov(
+            dword_ptr((REQUEST_GPA + msg::MSG_TYPE_OFFSET) as u32),
+            msg::MSG_TYPE_WORD,
+        )?;
+        a.mov(byte_ptr((REQUEST_GPA + msg::VMPCK_OFFSET) as u32), 0u32)?;
+        a.mov(eax, report(SEQ))?;
+        a.mov(qword_ptr((REQUEST_GPA + msg::SEQNO_OFFSET) as u32), rax)?;
         self.ghcb_exit(&GhcbExit {
             exit_code: EXT_GUEST_REQUEST,
             info_1: REQUEST_GPA,

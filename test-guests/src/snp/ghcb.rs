@@ -35,7 +35,10 @@
 //! The low 32 bits of `SW_EXITINFO1` are 0 after a successful exit.
 //!
 //! * The extended guest request ([`EXT_GUEST_REQUEST`], `0x8000_0012`):
-//!   `SW_EXITINFO1` the request message page, `SW_EXITINFO2` the response
+//!   `SW_EXITINFO1` the request message page (its header written first:
+//!   [`msg`], VMPCK 0, `msg_type` 5, the attestation report request; the
+//!   body is not encrypted, so firmware refuses the message after the
+//!   certificate exit), `SW_EXITINFO2` the response
 //!   page, RAX the certificate buffer, RBX its pages. The result comes back
 //!   in `SW_EXITINFO2` ([`decode_ext_result`]): the upper 32 bits are the
 //!   hypervisor's error (1: the buffer is too small, RBX holds the pages
@@ -127,6 +130,49 @@ pub const TERM_PSC: u8 = 0x82;
 pub const TERM_PVALIDATE: u8 = 0x83;
 /// A GHCB exit came back with an error in `SW_EXITINFO1`.
 pub const TERM_GHCB: u8 = 0x84;
+
+/// The guest request message header (`struct snp_guest_msg_hdr`, Linux
+/// `arch/x86/include/asm/sev.h`), at the start of the request page: KVM
+/// reads `msg_type` at [`MSG_TYPE_OFFSET`] to decide whether the request
+/// asks for an attestation report, the only kind that brings the
+/// certificate exit (`snp_handle_ext_guest_req`).
+pub mod msg {
+    /// `msg_seqno` (`u64`).
+    pub const SEQNO_OFFSET: u64 = 0x20;
+    /// `algo`, `hdr_version`, `hdr_sz` (`u8`, `u8`, `u16`).
+    pub const ALGO_OFFSET: u64 = 0x30;
+    /// `msg_type`, `msg_version`, `msg_sz` (`u8`, `u8`, `u16`).
+    pub const MSG_TYPE_OFFSET: u64 = 0x34;
+    /// `msg_vmpck` (`u8`).
+    pub const VMPCK_OFFSET: u64 = 0x3c;
+    /// `SNP_AEAD_AES_256_GCM`.
+    pub const ALGO_AES_256_GCM: u8 = 1;
+    /// `MSG_HDR_VER`.
+    pub const HDR_VERSION: u8 = 1;
+    /// `sizeof(struct snp_guest_msg_hdr)`.
+    pub const HDR_SIZE: u16 = 0x60;
+    /// `SNP_MSG_REPORT_REQ`.
+    pub const MSG_REPORT_REQ: u8 = 5;
+    /// The report request's message version.
+    pub const MSG_VERSION: u8 = 1;
+    /// `sizeof(struct snp_report_req)`: user data (64), VMPL (4),
+    /// reserved (28).
+    pub const REPORT_REQ_SIZE: u16 = 96;
+    /// The `u32` at [`ALGO_OFFSET`]: algorithm, header version and size.
+    pub const ALGO_WORD: u32 = u32::from_le_bytes([
+        ALGO_AES_256_GCM,
+        HDR_VERSION,
+        HDR_SIZE.to_le_bytes()[0],
+        HDR_SIZE.to_le_bytes()[1],
+    ]);
+    /// The `u32` at [`MSG_TYPE_OFFSET`]: type, version and size.
+    pub const MSG_TYPE_WORD: u32 = u32::from_le_bytes([
+        MSG_REPORT_REQ,
+        MSG_VERSION,
+        REPORT_REQ_SIZE.to_le_bytes()[0],
+        REPORT_REQ_SIZE.to_le_bytes()[1],
+    ]);
+}
 
 /// The valid-bitmap bit of the field at `offset`.
 pub const fn valid_bit(offset: u64) -> u128 {

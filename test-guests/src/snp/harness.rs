@@ -1,8 +1,11 @@
-//! Runs the SNP guest's mock twin against scripted answers.
+//! Runs an SNP guest (the Rust twin, or in tests the machine code in an
+//! emulator) against scripted answers, on the kernel model.
 //!
 //! Test support, independent of the VMM's request handler: [`run_mock`]
-//! creates a VM on a fresh [`MockHypervisor`] with a [`MockSnpGuest`] on
-//! vCPU 0 and runs it until it terminates, answering each page
+//! launches an SNP VM on a fresh [`MockHypervisor`] the way the VMM does
+//! (the guest's image loaded, memory private, the certificate exit
+//! enabled, vCPU 0 in long mode, the launch ranges updated), puts the guest
+//! on vCPU 0 and runs it until it terminates, answering each page
 //! conversion with `convert_ret` and each certificate request with what a
 //! closure says ([`Answer`], the real-mode harness's, given the request as
 //! a mailbox `{gpa, npages}`), and records every exit it made
@@ -10,13 +13,15 @@
 
 use std::sync::Arc;
 
-use hypervisor::mock::MockHypervisor;
+use hypervisor::mock::{KernelModelConfig, MockGuest, MockHypervisor};
 use hypervisor::{Hypervisor, SnpCertsCompletion, VmExit, VmType};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::doorbell::Mailbox;
+use vmm::payload::Payload;
 
-use super::layout::{FW_ERROR_OFFSET, MIN_MEMORY};
-use super::{MockSnpGuest, SnpError};
+use super::layout::{CODE_GPA, FW_ERROR_OFFSET, MIN_MEMORY, PML4_GPA};
+use super::{SnpError, snp_payload};
+use crate::attest::AttestParams;
 use crate::attest::harness::Answer;
 use crate::report::{DELAY_PORT, GuestReport, REPORT_PORT, read_report};
 
@@ -97,11 +102,35 @@ fn out_value(port: u16, data: &[u8]) -> Result<u32, SnpError> {
     Ok(u32::from_le_bytes(bytes))
 }
 
-/// Runs `guest` on vCPU 0 of a fresh mock VM with [`MIN_MEMORY`] of RAM,
-/// at most `max_exits` exits: conversions answered `convert_ret`,
-/// certificate requests as `answer` says.
+/// Runs `guest` (built for `params`) on vCPU 0 of a fresh SNP VM of the
+/// mock with [`MIN_MEMORY`] of RAM and the model's default knobs, at most
+/// `max_exits` exits: conversions answered `convert_ret`, certificate
+/// requests as `answer` says.
 pub fn run_mock<F>(
-    guest: MockSnpGuest,
+    guest: impl MockGuest + 'static,
+    params: AttestParams,
+    convert_ret: u64,
+    max_exits: usize,
+    answer: F,
+) -> Result<SnpTranscript, SnpError>
+where
+    F: FnMut(&Mailbox) -> Answer,
+{
+    run_mock_with(
+        guest,
+        params,
+        KernelModelConfig::default(),
+        convert_ret,
+        max_exits,
+        answer,
+    )
+}
+
+/// [`run_mock`] on a kernel model with the knobs `model`.
+pub fn run_mock_with<F>(
+    guest: impl MockGuest + 'static,
+    params: AttestParams,
+    model: KernelModelConfig,
     convert_ret: u64,
     max_exits: usize,
     mut answer: F,
@@ -109,17 +138,33 @@ pub fn run_mock<F>(
 where
     F: FnMut(&Mailbox) -> Answer,
 {
-    let hv = MockHypervisor::new().with_guest(0, guest);
+    let hv = MockHypervisor::new()
+        .with_kernel_model(model)
+        .with_guest(0, guest);
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MIN_MEMORY as usize)])
         .map_err(SnpError::Ram)?;
-    // A default VM: the twin does not need a launch, and its memory is
-    // then the one mapping both sides use.
-    let vm = hv
-        .create_vm(VmType::Default)
-        .map_err(SnpError::Hypervisor)?;
+    let payload =
+        snp_payload(params, model.c_bit).map_err(|e| SnpError::UnexpectedExit(e.to_string()))?;
+    payload
+        .load(&memory)
+        .map_err(|e| SnpError::UnexpectedExit(e.to_string()))?;
+    let vm = hv.create_vm(VmType::Snp).map_err(SnpError::Hypervisor)?;
     vm.map_memory(Arc::new(memory.clone()))
         .map_err(SnpError::Hypervisor)?;
+    vm.enable_snp_req_certs().map_err(SnpError::Hypervisor)?;
     let mut vcpu = vm.create_vcpu(0).map_err(SnpError::Hypervisor)?;
+    vcpu.setup_long_mode(CODE_GPA, PML4_GPA)
+        .map_err(SnpError::Hypervisor)?;
+    let snp = vm
+        .snp()
+        .ok_or(SnpError::UnexpectedExit("no SNP VM".to_owned()))?;
+    vmm::snp_launch_sequence::launch(
+        snp,
+        &payload.snp_launch_ranges(),
+        hypervisor::DEFAULT_SNP_POLICY,
+        [0; 32],
+    )
+    .map_err(|e| SnpError::UnexpectedExit(vmm_api::error_chain(&e)))?;
     let mut events = Vec::new();
     for _ in 0..max_exits {
         let exit = vcpu.run().map_err(SnpError::Hypervisor)?;

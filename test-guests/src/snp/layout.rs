@@ -6,7 +6,7 @@
 //! 0x0_1000 ..= 0x0_2fff   code (CODE_GPA)                    Normal
 //! 0x0_3000 ..= 0x0_6fff   PML4, PDPT, PD, PT                  Normal
 //! 0x0_7000 ..= 0x0_7fff   secrets page (firmware fills it)    Secrets
-//! 0x0_8000 ..= 0x0_8fff   CPUID page (the VMM fills it)       Cpuid
+//! 0x0_8000 ..= 0x0_8fff   unused (no CPUID page: the guest never executes CPUID)
 //! 0x0_9000 ..= 0x0_9fff   GHCB                                Zero, then shared
 //! 0x0_a000 ..= 0x0_afff   guest request message page          Zero, then shared
 //! 0x0_b000 ..= 0x0_bfff   guest response message page         Zero, then shared
@@ -54,8 +54,6 @@ pub const PT_GPA: u64 = 0x6000;
 pub const PAGE_TABLES_SIZE: u64 = 4 * PAGE_SIZE;
 /// The secrets page (SNP firmware writes the VMPCKs there at launch).
 pub const SECRETS_GPA: u64 = 0x7000;
-/// The CPUID page (the VMM fills it before its launch update).
-pub const CPUID_GPA: u64 = 0x8000;
 /// The guest-hypervisor communication block.
 pub const GHCB_GPA: u64 = 0x9000;
 /// The guest request message page (`SW_EXITINFO1` of the request).
@@ -80,7 +78,9 @@ pub const BUFFER_SIZE: u64 = BUFFER_PAGES * PAGE_SIZE;
 pub const MIN_MEMORY: u64 = BUFFER_GPA + BUFFER_SIZE;
 /// Virtual address of the private 2 MiB alias of guest-physical 0.
 pub const PRIVATE_ALIAS: u64 = 0x20_0000;
-/// The C-bit position used unless told otherwise (EPYC Milan/Genoa).
+/// The C-bit position of EPYC Milan and Genoa, which the mock-snp host
+/// reports; the VMM fills in the real host's position
+/// ([`hypervisor::Hypervisor::snp_c_bit`]).
 pub const DEFAULT_C_BIT: u8 = 51;
 
 /// The pages the guest makes shared, in order: the GHCB first (it must be
@@ -155,7 +155,6 @@ pub fn launch_ranges() -> Vec<LaunchRange> {
         range(CODE_GPA, CODE_MAX_SIZE as u64, SnpPageType::Normal),
         range(PML4_GPA, PAGE_TABLES_SIZE, SnpPageType::Normal),
         range(SECRETS_GPA, PAGE_SIZE, SnpPageType::Secrets),
-        range(CPUID_GPA, PAGE_SIZE, SnpPageType::Cpuid),
         range(
             GHCB_GPA,
             REPORT_GPA + PAGE_SIZE - GHCB_GPA,
@@ -169,7 +168,7 @@ pub fn launch_ranges() -> Vec<LaunchRange> {
 const _: () = {
     assert!(CODE_GPA + CODE_MAX_SIZE as u64 <= PML4_GPA);
     assert!(PML4_GPA + PAGE_TABLES_SIZE <= SECRETS_GPA);
-    assert!(CPUID_GPA < GHCB_GPA);
+    assert!(SECRETS_GPA < GHCB_GPA);
     assert!(REPORT_GPA + FW_ERROR_OFFSET + 4 <= REPORT_GPA + PAGE_SIZE);
     assert!(crate::report::REPORT_SIZE as u64 == FW_ERROR_OFFSET);
     assert!(REPORT_GPA + PAGE_SIZE <= BUFFER_GPA);

@@ -47,11 +47,11 @@
 //!    [`Terminated`](hypervisor::VmExit::Terminated).
 //!
 //! Two implementations must behave identically: [`program`], the machine
-//! code, and [`MockSnpGuest`], its Rust twin for the mock backend, which
-//! makes exactly the exits the machine code makes the VMM see. **This
-//! project's machines have no SEV-SNP**: the machine code is only
-//! assembled and decoded instruction by instruction in the tests, never
-//! run; the twin runs on the mock backend, alone and under the whole VMM.
+//! code, and [`MockSnpGuest`], its Rust twin for the mock backend. **This
+//! project's machines have no SEV-SNP**: in the tests the machine code
+//! runs in an x86-64 emulator against the mock backend's kernel model and
+//! must make exactly the exits the twin makes; the twin runs on the mock
+//! backend, alone and under the whole VMM (`--hypervisor mock-snp`).
 //!
 //! [`SnpPayload`] is the payload ([`snp_payload`]; in the factory,
 //! [`TestGuests::snp_attest`](crate::TestGuests::snp_attest)).
@@ -60,15 +60,15 @@ mod asm;
 pub mod ghcb;
 pub mod harness;
 pub mod layout;
-mod mock;
 mod payload;
+mod twin;
 
 use vm_memory::GuestMemoryError;
 
 pub use asm::program;
 pub use layout::{DEFAULT_C_BIT, MIN_MEMORY};
-pub use mock::MockSnpGuest;
 pub use payload::{SnpPayload, Unloadable, payload_error, snp_payload};
+pub use twin::MockSnpGuest;
 
 #[cfg(doc)]
 use crate::attest::{AttestMachine, AttestParams, check_table};

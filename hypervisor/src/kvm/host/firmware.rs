@@ -2,9 +2,11 @@
 //! and, through the virtee `sev` crate (no OpenSSL), the SNP firmware's
 //! version and TCB.
 //!
-//! The VMM itself does not open `/dev/sev` (`KVM_SEV_INIT2` works without
-//! it), so these items warn rather than block; the firmware's reported TCB
-//! is what decides which VCEK certificate the certs file must hold.
+//! The VMM opens `/dev/sev` read-write for every SNP VM: KVM sends the
+//! launch commands and every guest request to firmware through it. So a
+//! device that is missing or that this user cannot open read-write is
+//! `missing`. The firmware's reported TCB is what decides which VCEK
+//! certificate the certs file must hold.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -27,27 +29,29 @@ pub(super) fn sev_device_item(path: &Path) -> (HostItem, bool) {
             true,
         ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => (
-            HostItem::warn(
+            HostItem::missing(
                 ITEM_SEV_DEVICE,
                 format!(
-                    "{shown} does not exist: no AMD secure processor driver (ccp) offers SEV here, so the firmware's TCB cannot be read"
+                    "{shown} does not exist: no AMD secure processor driver (ccp) offers SEV here; SNP VMs send their launch commands and guest requests to firmware through it"
                 ),
-                "on an SNP host the ccp module creates it (modprobe ccp); it is needed for firmware status and TCB updates, not by the VMM",
+                "on an SNP host the ccp module creates it (modprobe ccp); the VMM opens it read-write for every SNP VM",
             ),
             false,
         ),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => (
-            HostItem::warn(
+            HostItem::missing(
                 ITEM_SEV_DEVICE,
-                format!("{shown} exists but this user cannot open it read-write ({e})"),
-                "give the user access through a group and a udev rule (KERNEL==\"sev\", GROUP=\"sev\", MODE=\"0660\"), or run the check as root",
+                format!(
+                    "{shown} exists but this user cannot open it read-write ({e}); the VMM needs it for every SNP VM"
+                ),
+                "give the user access through a group and a udev rule (KERNEL==\"sev\", GROUP=\"sev\", MODE=\"0660\"), or run the VMM as root",
             ),
             false,
         ),
         Err(e) => (
-            HostItem::warn(
+            HostItem::missing(
                 ITEM_SEV_DEVICE,
-                format!("{shown} cannot be opened: {e}"),
+                format!("{shown} cannot be opened read-write: {e}"),
                 "check that the ccp module loaded cleanly (dmesg | grep -i -e ccp -e sev)",
             ),
             false,

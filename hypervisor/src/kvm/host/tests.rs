@@ -242,8 +242,10 @@ fn probe_without_devices_skips_the_kvm_items() {
     let vm_types = report.item(ITEM_SNP_VM_TYPE).unwrap();
     assert_eq!(vm_types.status, ItemStatus::Skipped);
     let sev = report.item(ITEM_SEV_DEVICE).unwrap();
-    assert_eq!(sev.status, ItemStatus::Warn);
+    // Without /dev/sev no SNP VM can be launched: missing, not a warning.
+    assert_eq!(sev.status, ItemStatus::Missing);
     assert!(sev.detail.contains("does not exist"));
+    assert!(!report.can_serve_snp());
     assert_eq!(
         report.item(ITEM_SEV_FIRMWARE).unwrap().status,
         ItemStatus::Skipped

@@ -1,10 +1,13 @@
-//! Tests of the SNP guest: its machine code decoded ([`decode`]), its
+//! Tests of the SNP guest: its machine code decoded ([`decode`]) and
+//! executed in an emulator against the kernel model ([`emulated`]), its
 //! twin against scripted answers ([`twin`]), its payload and a run of the
 //! whole VMM on the mock backend ([`payload`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod decode;
+mod emulated;
+mod emulated_guest;
 mod payload;
 mod twin;
 

@@ -8,12 +8,13 @@ use super::super::ghcb::{
     TERM_DONE, TERM_PSC, decode_ext_result, kvm_exit_info_2, psc_request, register_request,
     register_response, termination_request, valid_bitmap,
 };
-use super::super::harness::{SnpEvent, SnpTranscript, run_mock};
+use super::super::harness::{SnpEvent, SnpTranscript, run_mock, run_mock_with};
 use super::super::layout::{BUFFER_GPA, PAGE_SIZE, SHARED_PAGES};
 use super::table;
 use crate::attest::harness::{Answer, scripted};
 use crate::attest::{AttestParams, expected_report_for};
 use crate::report::{GuestReport, ReportStatus};
+use hypervisor::mock::KernelModelConfig;
 
 const ENOSPC: u64 = libc::ENOSPC as u64;
 
@@ -27,7 +28,16 @@ fn params() -> AttestParams {
 }
 
 fn run(guest: MockSnpGuest, prefix: Vec<Answer>, table: Option<Vec<u8>>) -> SnpTranscript {
-    run_mock(guest, 0, 1000, scripted(prefix, table)).unwrap()
+    run_p(guest, params(), prefix, table)
+}
+
+fn run_p(
+    guest: MockSnpGuest,
+    p: AttestParams,
+    prefix: Vec<Answer>,
+    table: Option<Vec<u8>>,
+) -> SnpTranscript {
+    run_mock(guest, p, 0, 1000, scripted(prefix, table)).unwrap()
 }
 
 fn ok_report(npages: u32, busy_retries: u32, table: &[u8]) -> GuestReport {
@@ -107,7 +117,7 @@ fn busy_beyond_the_budget_gives_up() {
         retry_ms: 0,
         ..params()
     };
-    let t = run(MockSnpGuest::new(p), vec![Answer::busy(); 3], None);
+    let t = run_p(MockSnpGuest::new(p), p, vec![Answer::busy(); 3], None);
     assert_eq!(t.requests(), [0, 0, 0]);
     assert!(t.delays().is_empty(), "retry_ms 0 pauses not at all");
     let report = t.reports()[0];
@@ -157,8 +167,19 @@ fn no_certs_file_gets_the_empty_table_in_one_page() {
 #[test]
 fn the_firmware_error_is_reported_not_failed() {
     let certs = table([100, 200, 300]);
-    let guest = MockSnpGuest::new(params()).with_firmware_error(0x16);
-    let t = run(guest, vec![], Some(certs.clone()));
+    let model = KernelModelConfig {
+        guest_request_fw_error: 0x27,
+        ..Default::default()
+    };
+    let t = run_mock_with(
+        MockSnpGuest::new(params()),
+        params(),
+        model,
+        0,
+        1000,
+        scripted([], Some(certs.clone())),
+    )
+    .unwrap();
     let reports: Vec<(GuestReport, u32)> = t
         .events
         .iter()
@@ -167,7 +188,7 @@ fn the_firmware_error_is_reported_not_failed() {
             _ => None,
         })
         .collect();
-    assert_eq!(reports, [(ok_report(1, 0, &certs), 0x16)]);
+    assert_eq!(reports, [(ok_report(1, 0, &certs), 0x27)]);
 }
 
 #[test]
@@ -178,7 +199,7 @@ fn several_requests_pause_between_them() {
         ..params()
     };
     let certs = table([10, 20, 30]);
-    let t = run(MockSnpGuest::new(p), vec![], Some(certs));
+    let t = run_p(MockSnpGuest::new(p), p, vec![], Some(certs));
     let seqs: Vec<u32> = t.reports().iter().map(|r| r.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
     assert_eq!(t.delays(), [4, 4]);
@@ -189,6 +210,7 @@ fn several_requests_pause_between_them() {
 fn a_refused_conversion_terminates() {
     let t = run_mock(
         MockSnpGuest::new(params()),
+        params(),
         libc::EINVAL as u64,
         100,
         scripted([], None),

@@ -1,5 +1,7 @@
-//! Launching an SEV-SNP guest: the small, backend-neutral trait an SNP VM
-//! offers on top of [`crate::Vm`].
+//! The backend-neutral interface of an SEV-SNP VM: the small trait an SNP
+//! VM offers on top of [`crate::Vm`] to launch its guest and convert its
+//! pages. Every backend builds the commands with
+//! [`crate::sev_commands::SnpCommands`].
 //!
 //! The order the kernel documents (`Documentation/virt/kvm/x86/
 //! amd-memory-encryption.rst`) and every backend enforces:
@@ -14,7 +16,7 @@
 //! 5. [`SnpLaunch::launch_start`] with the guest policy;
 //! 6. [`SnpLaunch::launch_update`] for each range the guest starts with:
 //!    code and data as normal (measured) pages, zero pages, the secrets
-//!    page and the CPUID page;
+//!    page (and a CPUID page for guests that execute CPUID);
 //! 7. [`SnpLaunch::launch_finish`]: the vCPUs' registers go into their
 //!    encrypted save areas and the measurement is final; then the vCPUs
 //!    run.
@@ -44,23 +46,6 @@ pub enum SnpPageType {
 /// as the ABI requires, no debugging, no migration agent, ABI 0.0.
 pub const DEFAULT_SNP_POLICY: u64 = (1 << 16) | (1 << 17);
 
-/// One CPUID leaf for the SNP CPUID page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CpuidLeaf {
-    /// `EAX` input (the function).
-    pub function: u32,
-    /// `ECX` input (the index).
-    pub index: u32,
-    /// Output registers.
-    pub eax: u32,
-    /// Output registers.
-    pub ebx: u32,
-    /// Output registers.
-    pub ecx: u32,
-    /// Output registers.
-    pub edx: u32,
-}
-
 /// The launch and conversion commands of an SNP VM.
 pub trait SnpLaunch: Send + Sync {
     /// `KVM_SEV_SNP_LAUNCH_START` with the guest `policy`.
@@ -68,7 +53,8 @@ pub trait SnpLaunch: Send + Sync {
 
     /// `KVM_SEV_SNP_LAUNCH_UPDATE`: encrypts and measures `len` bytes at
     /// `gpa` (page aligned) as `page_type`, taking the bytes from the
-    /// VM's shared mapping of guest memory.
+    /// VM's shared mapping of guest memory; issued again until the kernel
+    /// has processed the whole range.
     fn launch_update(
         &self,
         gpa: u64,
@@ -83,7 +69,4 @@ pub trait SnpLaunch: Send + Sync {
     /// `KVM_SET_MEMORY_ATTRIBUTES`: makes `len` bytes at `gpa` private or
     /// shared.
     fn set_private(&self, gpa: u64, len: u64, private: bool) -> Result<(), HypervisorError>;
-
-    /// The CPUID leaves this host lets the guest see, for the CPUID page.
-    fn supported_cpuid(&self) -> Result<Vec<CpuidLeaf>, HypervisorError>;
 }

@@ -1,14 +1,17 @@
-//! SNP ioctls: probing, initialising an SNP VM and enabling the exit.
+//! Probing `/dev/kvm` for the SNP certificate-request exit
+//! (`KVM_HAS_DEVICE_ATTR` / `KVM_GET_DEVICE_ATTR`, group
+//! `KVM_X86_GRP_SEV`, attribute `KVM_X86_SEV_SNP_REQ_CERTS`).
 //!
-//! The numbers and structures live in [`super::snp`].
+//! The numbers and structures live in [`super::snp`]; the SEV commands of
+//! a VM in [`crate::sev_commands`].
 
-use kvm_bindings::{kvm_device_attr, kvm_sev_cmd, kvm_sev_init};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::kvm_device_attr;
+use kvm_ioctls::Kvm;
 use vmm_sys_util::errno::Error as Errno;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use super::snp::{
-    KVM_SEV_INIT2, KVM_SEV_SNP_ENABLE_REQ_CERTS, KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS,
+    KVM_X86_GRP_SEV, KVM_X86_SEV_SNP_REQ_CERTS,
     ioctls::{KVM_GET_DEVICE_ATTR, KVM_HAS_DEVICE_ATTR},
 };
 use crate::HypervisorError;
@@ -70,34 +73,4 @@ pub(super) fn query_req_certs(kvm: &Kvm) -> Result<ReqCertsAnswer, HypervisorErr
         };
     }
     Ok(ReqCertsAnswer::Value(value))
-}
-
-/// Issues `KVM_SEV_INIT2` with default features on a new SNP VM.
-pub(super) fn sev_init2(vm: &VmFd, sev_fd: u32) -> Result<(), Errno> {
-    let init = kvm_sev_init::default();
-    let mut cmd = kvm_sev_cmd {
-        id: KVM_SEV_INIT2,
-        data: &init as *const kvm_sev_init as u64,
-        sev_fd,
-        ..Default::default()
-    };
-    vm.encrypt_op_sev(&mut cmd).inspect_err(|e| {
-        log::debug!("KVM_SEV_INIT2 failed: {e} (firmware error {})", cmd.error);
-    })
-}
-
-/// Issues `KVM_SEV_SNP_ENABLE_REQ_CERTS`.
-pub(super) fn enable_req_certs(vm: &VmFd) -> Result<(), HypervisorError> {
-    let mut cmd = kvm_sev_cmd {
-        id: KVM_SEV_SNP_ENABLE_REQ_CERTS,
-        ..Default::default()
-    };
-    vm.encrypt_op_sev(&mut cmd).map_err(|e| match e.errno() {
-        libc::EINVAL => HypervisorError::SnpReqCertsRejected(e),
-        libc::ENOTTY => HypervisorError::SnpUnsupported {
-            reason: "KVM has no memory-encryption commands",
-            source: Some(e),
-        },
-        _ => HypervisorError::EnableSnpReqCerts(e),
-    })
 }

@@ -6,15 +6,18 @@
 # On a host without SNP it says why and exits 0 (skipped), unless
 # SNP_HOST_REQUIRED=1, in which case a missing SNP host is a failure.
 #
-# Either way it leaves a JUnit report in target/nextest/snp-host/junit.xml
-# (or $SNP_HOST_JUNIT): nextest's own when the tests run (the snp-host
-# profile), otherwise one test case, `snp_host_tests`, that is skipped with
-# the reason (or, with SNP_HOST_REQUIRED=1, failed with it), so CI systems
-# show why nothing ran.
+# Either way it leaves a JUnit report in
+# ${CARGO_TARGET_DIR:-target}/nextest/snp-host/junit.xml (or
+# $SNP_HOST_JUNIT): nextest's own when the tests run (the snp-host
+# profile), otherwise one test case, `snp_host_tests`, that is skipped
+# with the reason (or, with SNP_HOST_REQUIRED=1, failed with it), so CI
+# systems show why nothing ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-junit=${SNP_HOST_JUNIT:-target/nextest/snp-host/junit.xml}
+target_dir=${CARGO_TARGET_DIR:-target}
+report="$target_dir/nextest/snp-host/junit.xml"
+junit=${SNP_HOST_JUNIT:-$report}
 
 # Escapes text for an XML attribute.
 xml_escape() {
@@ -78,13 +81,14 @@ echo "  and delivery, busy while snp-certs lock holds the file, the empty-table"
 echo "  fallback after the busy budget, a start during an update, and the lease"
 echo "  released after the immediate exit (a writer gets in between requests)"
 cargo run --locked --quiet --bin snp-vmm -- --check-host || true
-rm -f target/nextest/snp-host/junit.xml
+rm -f "$report"
 status=0
-cargo nextest run --locked --workspace --profile snp-host --ignore-default-filter -E "test(/^snp_host_/)" --test-threads=1 || status=$?
-if [ -f target/nextest/snp-host/junit.xml ]; then
-    if [ "$junit" != target/nextest/snp-host/junit.xml ]; then
+# The snp_host_* tests are #[ignore]d everywhere else; run just them.
+cargo nextest run --locked --workspace --profile snp-host --run-ignored only -E "test(/^snp_host_/)" --test-threads=1 || status=$?
+if [ -f "$report" ]; then
+    if [ "$junit" != "$report" ]; then
         mkdir -p "$(dirname "$junit")"
-        cp target/nextest/snp-host/junit.xml "$junit"
+        cp "$report" "$junit"
     fi
     echo "run_snp_host_tests: JUnit report: $junit"
 else

@@ -289,16 +289,19 @@ fn an_api_socket_in_use_ends_the_vmm_before_any_vm_exists() {
 // guest in a real SEV-SNP VM asking through KVM_EXIT_SNP_REQ_CERTS.
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table() {
     a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on("kvm-snp");
 }
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
     a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on("kvm-snp");
 }
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_a_vmm_started_during_an_update_waits_for_it_and_serves() {
     a_vmm_started_during_an_update_waits_for_it_and_serves_on("kvm-snp");
 }

@@ -27,6 +27,7 @@ fn kvm_guest_receives_exactly_the_file_after_a_size_query() {
 
 /// On SNP hosts: the SNP guest in a real SEV-SNP VM.
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_guest_receives_exactly_the_file_after_a_size_query() {
     guest_receives_exactly_the_file_after_a_size_query_on("kvm-snp");
 }
@@ -169,6 +170,7 @@ fn kvm_leases_let_a_writer_in_right_after_each_request() {
 
 /// On SNP hosts: the SNP guest in a real SEV-SNP VM.
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_leases_let_a_writer_in_right_after_each_request() {
     leases_let_a_writer_in_right_after_each_request_on("kvm-snp");
 }

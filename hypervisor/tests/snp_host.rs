@@ -19,12 +19,14 @@ fn snp_host() -> KvmHypervisor {
 }
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_probe_reports_support() {
     let hv = snp_host();
     assert!(hv.snp_req_certs_supported().unwrap());
 }
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_enable_before_vcpus_succeeds_after_fails() {
     let hv = snp_host();
     let vm = hv.create_kvm_vm(VmType::Snp).unwrap();
@@ -48,6 +50,7 @@ fn snp_host_enable_before_vcpus_succeeds_after_fails() {
 }
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_boxed_snp_vm_through_the_trait() {
     let hv = snp_host();
     let vm = hv.create_vm(VmType::Snp).unwrap();
@@ -60,6 +63,7 @@ fn snp_host_boxed_snp_vm_through_the_trait() {
 }
 
 #[test]
+#[ignore = "needs an SEV-SNP host: scripts/run_snp_host_tests.sh runs it"]
 fn snp_host_check_host_says_it_can_serve() {
     let report = hypervisor::kvm::host::probe_host();
     let missing: Vec<_> = report

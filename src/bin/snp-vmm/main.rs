@@ -118,8 +118,10 @@ struct Args {
     /// files; its SNP guest is --payload snp-attest.
     #[arg(long, value_name = "PATH")]
     igvm: Option<PathBuf>,
-    /// JSON-lines event stream: path=FILE or fd=N.
-    #[arg(long, value_name = "path=FILE|fd=N")]
+    /// Event stream: path=FILE or fd=N, then optionally capacity=N and
+    /// format=json-lines (the default) or format=cloud-hypervisor (Cloud
+    /// Hypervisor's own event format).
+    #[arg(long, value_name = "path=FILE|fd=N[,format=F]")]
     event_monitor: Option<EventMonitorConfig>,
     /// Hypervisor backend: kvm, mock (no real vCPUs: a Rust model of the
     /// guest), or auto (KVM, else the mock, said loudly).

@@ -103,7 +103,11 @@ fn ch_remote_drives_the_whole_lifecycle() {
         .iter()
         .map(|w| w.as_str().unwrap().split(' ').next().unwrap())
         .collect();
-    assert_eq!(named, ["console", "memory.shared", "rng", "serial"], "{created}");
+    assert_eq!(
+        named,
+        ["console", "memory.shared", "rng", "serial"],
+        "{created}"
+    );
     // The same warnings in the VMM's log.
     assert!(
         vmm.stderr().contains("vm.create: memory.shared is ignored"),
@@ -117,14 +121,24 @@ fn ch_remote_drives_the_whole_lifecycle() {
     vmm.events.wait_named_from(0, "delivered", 3);
     let info: Value = serde_json::from_str(&ch_ok(&vmm, &["info"])).unwrap();
     assert_eq!(info["state"], "Running");
-    assert_eq!(info["config"]["serial"], json!({"mode": "Null"}), "shown back as given");
+    assert_eq!(
+        info["config"]["serial"],
+        json!({"mode": "Null"}),
+        "shown back as given"
+    );
     assert_eq!(info["config"]["memory"]["shared"], true);
     let counters: Value = serde_json::from_str(&ch_ok(&vmm, &["counters"])).unwrap();
-    assert!(counters["snp-certs"]["delivered"].as_u64() >= Some(3), "{counters}");
+    assert!(
+        counters["snp-certs"]["delivered"].as_u64() >= Some(3),
+        "{counters}"
+    );
 
     assert_eq!(ch_ok(&vmm, &["shutdown"]), "");
     let info: Value = serde_json::from_str(&ch_ok(&vmm, &["info"])).unwrap();
-    assert_eq!(info["state"], "Created", "as Cloud Hypervisor after a shutdown");
+    assert_eq!(
+        info["state"], "Created",
+        "as Cloud Hypervisor after a shutdown"
+    );
     // snp-remote prints exactly what ch-remote prints.
     for command in ["ping", "info", "counters"] {
         let theirs = ch_ok(&vmm, &[command]);
@@ -151,7 +165,10 @@ fn ch_remote_drives_the_whole_lifecycle() {
     assert_eq!(ch_ok(&vmm, &["delete"]), "");
     let run = ch_remote(&vmm.socket, &["info"]);
     assert_eq!((run.code, run.stdout.as_str()), (1, ""), "{run:?}");
-    assert!(run.stderr.contains("Server responded with NotFound"), "{run:?}");
+    assert!(
+        run.stderr.contains("Server responded with NotFound"),
+        "{run:?}"
+    );
     assert!(
         run.stderr
             .contains("No VM: create one with PUT /api/v1/vm.create"),
@@ -190,7 +207,10 @@ fn ch_remote_shows_our_error_chain() {
     }
     let run = ch_remote(&vmm.socket, &["boot"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("1: Server responded with NotFound"), "{run:?}");
+    assert!(
+        run.stderr.contains("1: Server responded with NotFound"),
+        "{run:?}"
+    );
 }
 
 /// Error messages may hold any text (here a certs file path in Greek,
@@ -203,13 +223,20 @@ fn ch_remote_reads_messages_in_any_script() {
     let dir = tempfile::tempdir().unwrap();
     let vmm = ApiVmm::start(dir.path(), "mock", &[]);
     for pad in 0..3 {
-        let path = format!("/nonexistent/{}{}.bin", "p".repeat(pad), "πιστοποιητικά…".repeat(20));
+        let path = format!(
+            "/nonexistent/{}{}.bin",
+            "p".repeat(pad),
+            "πιστοποιητικά…".repeat(20)
+        );
         let config = dir.path().join("vm.json");
         std::fs::write(&config, json!({"snp": {"certs_file": path}}).to_string()).unwrap();
         let run = ch_remote(&vmm.socket, &["create", config.to_str().unwrap()]);
         assert_eq!(run.code, 1, "{run:?}");
         assert!(!run.stderr.contains("panicked"), "{run:?}");
-        assert!(run.stderr.contains("Server responded with BadRequest"), "{run:?}");
+        assert!(
+            run.stderr.contains("Server responded with BadRequest"),
+            "{run:?}"
+        );
         assert!(run.stderr.contains(&path), "{run:?}");
     }
 }

@@ -159,8 +159,9 @@ fn create_from_json_file() {
     let r = run(&h, &["create", "bad.json"]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr
-            .starts_with("snp-remote: Invalid VM configuration in bad.json: cpus.max: unknown field `max`"),
+        r.stderr.starts_with(
+            "snp-remote: Invalid VM configuration in bad.json: cpus.max: unknown field `max`"
+        ),
         "{}",
         r.stderr
     );
@@ -395,12 +396,20 @@ fn create_prints_the_warnings() {
     let v: Value = serde_json::from_str(&out).unwrap();
     let warnings = v["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 2, "{v}");
-    assert!(warnings[0].as_str().unwrap().starts_with("memory.shared is ignored"));
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("memory.shared is ignored")
+    );
     // The settings went to the VMM as given.
     let (config, _) = h.vmm.state.lock().unwrap().vm.clone().unwrap();
     assert_eq!(config.warnings().len(), 2);
     ok(&h, &["delete"]);
     let out = ok(&h, &["--summary", "create", "ch.json"]);
-    assert!(out.starts_with("warning: memory.shared is ignored"), "{out}");
+    assert!(
+        out.starts_with("warning: memory.shared is ignored"),
+        "{out}"
+    );
     assert!(out.contains("\nwarning: rng is ignored"), "{out}");
 }

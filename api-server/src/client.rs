@@ -227,9 +227,7 @@ impl ApiClient {
         if response.body.is_empty() {
             return Ok(Vec::new());
         }
-        response
-            .json::<Warnings>("vm.create")
-            .map(|w| w.warnings)
+        response.json::<Warnings>("vm.create").map(|w| w.warnings)
     }
 
     /// `PUT vm.boot`.

@@ -294,9 +294,9 @@ fn schemas_match_the_rust_types() {
         VmState::Shutdown,
         VmState::Paused,
     ]
-        .iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .collect();
+    .iter()
+    .map(|s| serde_json::to_value(s).unwrap())
+    .collect();
     assert_eq!(schemas["VmState"]["enum"], Value::Array(states));
     // The error body is Cloud Hypervisor's array of strings.
     let error = serde_json::to_value(ErrorBody(vec!["a".into(), "b".into()])).unwrap();

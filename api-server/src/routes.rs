@@ -161,8 +161,7 @@ impl Route {
     /// update). `openapi.yaml` lists exactly these.
     pub fn error_statuses(&self) -> Vec<u16> {
         let mut statuses = vec![400, 405, 413, 500];
-        if self.endpoint.starts_with("vm.") && !matches!(self.endpoint, "vm.create" | "vm.delete")
-        {
+        if self.endpoint.starts_with("vm.") && !matches!(self.endpoint, "vm.create" | "vm.delete") {
             statuses.push(404);
         }
         let conflicts = matches!(

@@ -44,7 +44,11 @@ fn exchange(h: &Harness, method: &str, endpoint: &str, body: Option<&str>) -> St
             }
         }
     }
-    assert!(response.is_ascii(), "{}", String::from_utf8_lossy(&response));
+    assert!(
+        response.is_ascii(),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
     String::from_utf8(response).unwrap()
 }
 
@@ -69,7 +73,11 @@ fn status_line_carries_the_code_alone() {
         let (head, _) = head_and_body(&response);
         // `api_client` trims what follows `HTTP/1.1 ` and parses it as a
         // number: the reason phrase must be empty.
-        assert_eq!(head[0], format!("HTTP/1.1 {status} "), "{method} {endpoint}");
+        assert_eq!(
+            head[0],
+            format!("HTTP/1.1 {status} "),
+            "{method} {endpoint}"
+        );
     }
 }
 
@@ -103,7 +111,10 @@ fn headers_are_title_case_and_bodies_have_a_content_length() {
     let response = exchange(&h, "PUT", "vm.delete", None);
     let (head, body) = head_and_body(&response);
     assert!(body.is_empty());
-    assert!(!head.iter().any(|l| l.starts_with("Content-Length")), "{head:?}");
+    assert!(
+        !head.iter().any(|l| l.starts_with("Content-Length")),
+        "{head:?}"
+    );
 }
 
 #[test]
@@ -137,6 +148,9 @@ fn create_answers_the_ignored_cloud_hypervisor_settings() {
         .map(|w| w.as_str().unwrap())
         .collect();
     assert_eq!(warnings.len(), 2, "{warnings:?}");
-    assert!(warnings[0].starts_with("memory.shared is ignored"), "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("memory.shared is ignored"),
+        "{warnings:?}"
+    );
     assert!(warnings[1].starts_with("serial is ignored"), "{warnings:?}");
 }

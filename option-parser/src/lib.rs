@@ -152,7 +152,11 @@ impl Options {
         self.get(key)
             .map(|value| {
                 parse_switch(value).ok_or_else(|| {
-                    invalid(key, value, "expected on or off (or true or false)".to_owned())
+                    invalid(
+                        key,
+                        value,
+                        "expected on or off (or true or false)".to_owned(),
+                    )
                 })
             })
             .transpose()
@@ -319,7 +323,9 @@ mod tests {
         for on in ["on", "ON", "On", "true", "TRUE", "True", "yes", "1"] {
             assert_eq!(parse_switch(on), Some(true), "{on}");
         }
-        for off in ["off", "OFF", "Off", "false", "FALSE", "False", "no", "0", ""] {
+        for off in [
+            "off", "OFF", "Off", "false", "FALSE", "False", "no", "0", "",
+        ] {
             assert_eq!(parse_switch(off), Some(false), "{off}");
         }
         for bad in ["onn", "2", "enabled", " on"] {
@@ -335,7 +341,11 @@ mod tests {
         let o = Options::parse("certs_file=/a,certs-timeout=5", &known, false).unwrap();
         assert_eq!(o.get("certs_file"), Some("/a"));
         assert_eq!(o.get("certs_timeout"), Some("5"));
-        assert_eq!(o.get("certs-file"), None, "stored under the snake_case name");
+        assert_eq!(
+            o.get("certs-file"),
+            None,
+            "stored under the snake_case name"
+        );
         assert_eq!(
             Options::parse("certs-file=/a,certs_file=/b", &known, false).unwrap_err(),
             OptionError::DuplicateKey("certs_file".into())

@@ -417,10 +417,16 @@ mod tests {
     #[test]
     fn guest_visible_values_are_refused() {
         for (config, path) in [
-            (json!({"cpus": {"topology": {"packages": 1}}}), "cpus.topology"),
+            (
+                json!({"cpus": {"topology": {"packages": 1}}}),
+                "cpus.topology",
+            ),
             (json!({"cpus": {"kvm_hyperv": true}}), "cpus.kvm_hyperv"),
             (json!({"cpus": {"max_phys_bits": 39}}), "cpus.max_phys_bits"),
-            (json!({"memory": {"hotplug_size": 1073741824}}), "memory.hotplug_size"),
+            (
+                json!({"memory": {"hotplug_size": 1073741824}}),
+                "memory.hotplug_size",
+            ),
             (json!({"memory": {"zones": []}}), "memory.zones"),
             (json!({"platform": {"tdx": true}}), "platform.tdx"),
             (json!({"platform": {"uuid": "1-2"}}), "platform.uuid"),
@@ -430,7 +436,8 @@ mod tests {
             let err = ChFields::take_from(&mut config).check().unwrap_err();
             assert_eq!(err.path, path);
             assert!(
-                err.to_string().starts_with(&format!("{path} is not supported: ")),
+                err.to_string()
+                    .starts_with(&format!("{path} is not supported: ")),
                 "{err}"
             );
         }

@@ -347,7 +347,10 @@ mod tests {
         let err = MemoryConfig::parse("size=1X").unwrap_err();
         assert!(err.to_string().contains("for size"), "{err}");
         let err = SnpConfig::parse("certs_fil=/x").unwrap_err();
-        assert!(err.to_string().contains("certs_file, certs_timeout"), "{err}");
+        assert!(
+            err.to_string().contains("certs_file, certs_timeout"),
+            "{err}"
+        );
         let err = PayloadConfig::parse("linux").unwrap_err();
         assert!(
             err.to_string().contains("known test guests: attest"),

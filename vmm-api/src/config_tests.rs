@@ -204,7 +204,8 @@ fn cloud_hypervisor_settings_that_change_the_guest_are_refused() {
     let err = c.validate().unwrap_err();
     assert!(matches!(err, ConfigError::CloudHypervisor(_)), "{err:?}");
     assert!(
-        err.to_string().starts_with("cpus.topology is not supported: "),
+        err.to_string()
+            .starts_with("cpus.topology is not supported: "),
         "{err}"
     );
 }

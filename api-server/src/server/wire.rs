@@ -80,16 +80,23 @@ mod tests {
 
     #[test]
     fn non_ascii_is_escaped_and_reads_back_the_same() {
-        let value = json!({"chain": ["/tmp/été/certs.bin: no such file", "a — b", "🦀"], "ok": "plain"});
+        let value =
+            json!({"chain": ["/tmp/été/certs.bin: no such file", "a — b", "🦀"], "ok": "plain"});
         let bytes = to_ascii_json(&value).unwrap();
         assert!(bytes.is_ascii(), "{}", String::from_utf8_lossy(&bytes));
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains(r"\u00e9t\u00e9"), "{text}");
         assert!(text.contains(r"\u2014"), "{text}");
         assert!(text.contains(r"\ud83e\udd80"), "{text}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
         // Everything else as serde_json writes it.
         let plain = json!({"a": [1, true, null, "x\"y\n"]});
-        assert_eq!(to_ascii_json(&plain).unwrap(), serde_json::to_vec(&plain).unwrap());
+        assert_eq!(
+            to_ascii_json(&plain).unwrap(),
+            serde_json::to_vec(&plain).unwrap()
+        );
     }
 }

@@ -118,7 +118,10 @@ pub fn certs(c: &SnpCertsInfo) -> String {
 
 /// `create`: the settings the VMM ignores, one line each.
 pub fn warnings(w: &Warnings) -> String {
-    w.warnings.iter().map(|w| format!("warning: {w}\n")).collect()
+    w.warnings
+        .iter()
+        .map(|w| format!("warning: {w}\n"))
+        .collect()
 }
 
 /// `counters`: Cloud Hypervisor's map, one block per device.

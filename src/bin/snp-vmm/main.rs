@@ -36,8 +36,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use test_guests::TestGuests;
 use test_guests::summary::summarize;
-use vmm::backend::{Backend, BackendChoice};
 use vmm::api_impl::Vmm;
+use vmm::backend::{Backend, BackendChoice};
 use vmm_api::{VmConfig, VmOptions};
 
 /// Where the API listens: `--api-socket PATH`, `path=PATH` or `fd=N`.

@@ -211,6 +211,14 @@ fn ch_remote_shows_our_error_chain() {
         run.stderr.contains("1: Server responded with NotFound"),
         "{run:?}"
     );
+    // CH's commands snp-vmm does not have say so.
+    let run = ch_remote(&vmm.socket, &["pause"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("3: snp-vmm does not implement Cloud Hypervisor's vm.pause"),
+        "{run:?}"
+    );
 }
 
 /// Error messages may hold any text (here a certs file path in Greek,

@@ -38,9 +38,14 @@ fn states_after_the_guest_ends_as_in_cloud_hypervisor() {
     assert_eq!(vcpu_state(&vmm).0, "Created");
 
     let dir = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["--platform", "sev_snp=on", "--payload", "snp-attest,requests=1"]
-        .map(str::to_owned)
-        .to_vec();
+    let args: Vec<String> = [
+        "--platform",
+        "sev_snp=on",
+        "--payload",
+        "snp-attest,requests=1",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let vmm = ApiVmm::start(dir.path(), "mock-snp", &args);
     let (state, vcpu) = support::poll(DEADLINE, "the SNP guest to terminate", || {
         let (state, vcpu) = vcpu_state(&vmm);

@@ -194,11 +194,6 @@ impl Vmm {
         }
     }
 
-    /// The VM's state as the API shows it; `None` without a VM.
-    pub fn state(&self) -> Option<VmState> {
-        self.vm().as_ref().map(Slot::state)
-    }
-
     /// The flag that says the VMM is exiting; set it (as a SIGINT handler
     /// does) to end a VM creation that waits for the certs file.
     pub fn exiting(&self) -> Arc<AtomicBool> {

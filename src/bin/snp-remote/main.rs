@@ -248,13 +248,12 @@ fn show(summary: bool, endpoint: &str, response: ApiResponse) -> Result<(), Fail
         outln!("{}", response.text().trim_end());
         return Ok(());
     }
-    let decoded = |e: ClientError| Failure::Local(anyhow::Error::new(e));
     let text = match endpoint {
-        "vmm.ping" => output::ping(&response.json(endpoint).map_err(decoded)?),
-        "vm.create" => output::warnings(&response.json(endpoint).map_err(decoded)?),
-        "vm.info" => output::info(&response.json(endpoint).map_err(decoded)?),
-        "vm.snp-certs" => output::certs(&response.json(endpoint).map_err(decoded)?),
-        "vm.counters" => output::counters(&response.json(endpoint).map_err(decoded)?),
+        "vmm.ping" => output::ping(&response.json(endpoint)?),
+        "vm.create" => output::warnings(&response.json(endpoint)?),
+        "vm.info" => output::info(&response.json(endpoint)?),
+        "vm.snp-certs" => output::certs(&response.json(endpoint)?),
+        "vm.counters" => output::counters(&response.json(endpoint)?),
         _ => response.text(),
     };
     out!("{text}");

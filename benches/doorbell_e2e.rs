@@ -261,6 +261,7 @@ fn end_to_end(backend: &Backend, certs_file: Option<&Path>, requests: u32) -> f6
             retry_ms: 10,
             max_busy_retries: 100,
         })),
+        ..VmConfig::default()
     };
     let guests = TestGuests::new(false);
     let mut vm = Vm::create(

@@ -10,15 +10,16 @@ adds each as a <testcase> with a <skipped message="..."/> element:
 
 * an #[ignore = "reason"] test: "ignored: reason" (the reason is read from
   the test's source, the one place it is written);
-* a test a filter expression left out: the message given with
-  --filtered-reason.
+* a test a filter expression left out: the TEXT of the first
+  --filtered REGEX=TEXT whose REGEX matches its name, else the message
+  given with --filtered-reason.
 
 With --require-run REGEX, exits 1 (after writing the report) when any
 skipped test's name matches REGEX: .ci/run passes '^kvm_' where /dev/kvm
 is usable, so a kvm_* test can never be skipped there unnoticed.
 
-Usage: junit_skips.py JUNIT_XML NEXTEST_LIST_JSON [--filtered-reason TEXT]
-                      [--require-run REGEX]
+Usage: junit_skips.py JUNIT_XML NEXTEST_LIST_JSON [--filtered REGEX=TEXT]...
+                      [--filtered-reason TEXT] [--require-run REGEX]
 """
 
 import argparse
@@ -76,6 +77,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("junit")
     parser.add_argument("listing")
+    parser.add_argument("--filtered", action="append", default=[], metavar="REGEX=TEXT")
     parser.add_argument("--filtered-reason", default="left out by the run's filter")
     parser.add_argument("--require-run", default=None)
     args = parser.parse_args()
@@ -85,13 +87,22 @@ def main():
     tree = ET.parse(args.junit)
     report = tree.getroot()
     must_run = re.compile(args.require_run) if args.require_run else None
+    filtered = []
+    for rule in args.filtered:
+        pattern, sep, text = rule.partition("=")
+        if not sep:
+            parser.error(f"--filtered {rule!r}: expected REGEX=TEXT")
+        filtered.append((re.compile(pattern), text))
     added = 0
     offenders = []
     for suite_id, name, why in skipped_tests(listing):
         if why == "ignored":
             message = "ignored: " + reasons.get(name, "#[ignore] without a reason")
         else:
-            message = args.filtered_reason
+            message = next(
+                (text for pattern, text in filtered if pattern.search(name)),
+                args.filtered_reason,
+            )
         suite = suite_element(report, suite_id)
         case = ET.SubElement(suite, "testcase", name=name, classname=suite_id, time="0")
         ET.SubElement(case, "skipped", message=message)

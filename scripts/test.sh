@@ -6,7 +6,13 @@
 # out and the runner's summary counts them as skipped. Tests named
 # snp_host_* need SEV-SNP hardware: they are #[ignore]d with that reason
 # (skipped by every runner, plain `cargo test` included) and run only from
-# scripts/run_snp_host_tests.sh. Extra arguments go to nextest.
+# scripts/run_snp_host_tests.sh. Tests named ch_remote_* run Cloud
+# Hypervisor's own ch-remote, which scripts/build-ch-remote.sh builds from
+# the pinned sources in ../shared/third_party first (a few minutes the
+# first time, about a second after); they are left out, and counted as
+# skipped, only where those sources are not there (CH_REMOTE_REQUIRED=1
+# makes that a failure; CH_REMOTE=PATH uses that binary instead). A failed
+# build fails the run. Extra arguments go to nextest.
 #
 # NEXTEST_PROFILE=ci (as .ci/run sets) writes a JUnit report to
 # ${CARGO_TARGET_DIR:-target}/nextest/ci/junit.xml.
@@ -14,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-filter=()
+skip=()
 skips=(--filtered-reason "left out by the run's filter")
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     echo "test: /dev/kvm is usable: the kvm_* tests run for real"
@@ -22,8 +28,35 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     skips+=(--require-run '^kvm_')
 else
     echo "test: /dev/kvm is not usable: the kvm_* tests are skipped (the summary counts them)"
-    filter=(-E 'not test(/^kvm_/)')
-    skips=(--filtered-reason "needs /dev/kvm, which is not usable on this host")
+    skip+=('test(/^kvm_/)')
+    skips+=(--filtered "^kvm_=needs /dev/kvm, which is not usable on this host")
+fi
+
+if [ -z "${CH_REMOTE:-}" ]; then
+    status=0
+    CH_REMOTE="$(scripts/build-ch-remote.sh)" || status=$?
+    if [ "$status" = 3 ] && [ "${CH_REMOTE_REQUIRED:-0}" != 1 ]; then
+        echo "test: Cloud Hypervisor's sources are not there: the ch_remote_* tests are skipped (the summary counts them)"
+        skip+=('test(/^ch_remote_/)')
+        skips+=(--filtered "^ch_remote_=needs Cloud Hypervisor's pinned sources (../shared/third_party), which are not there")
+        CH_REMOTE=""
+    elif [ "$status" != 0 ]; then
+        echo "test: FAILED to build Cloud Hypervisor's ch-remote (scripts/build-ch-remote.sh)" >&2
+        exit 1
+    fi
+fi
+if [ -n "$CH_REMOTE" ]; then
+    echo "test: the ch_remote_* tests run Cloud Hypervisor's $("$CH_REMOTE" --version) ($CH_REMOTE)"
+    export CH_REMOTE
+fi
+
+filter=()
+if [ ${#skip[@]} -gt 0 ]; then
+    expr="${skip[0]}"
+    for s in "${skip[@]:1}"; do
+        expr="$expr or $s"
+    done
+    filter=(-E "not ($expr)")
 fi
 
 # Doc tests first (nextest does not run them), so the last line printed is

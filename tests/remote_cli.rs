@@ -46,10 +46,20 @@ fn ok(h: &Harness, args: &[&str]) -> String {
     r.stdout
 }
 
+/// As `ch-remote`: the VMM's JSON answer, as it came, on one line.
 #[test]
-fn ping_human_and_json() {
+fn ping_prints_the_json_answer_and_a_summary_on_request() {
     let h = Harness::start();
     let out = ok(&h, &["ping"]);
+    assert!(out.starts_with('{') && out.ends_with("}\n"), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hypervisor"], "mock");
+    assert_eq!(v["features"], serde_json::json!(["mock"]));
+    assert_eq!(v["pid"], std::process::id());
+    // --json changes nothing on success.
+    assert_eq!(ok(&h, &["--json", "ping"]), out);
+    let out = ok(&h, &["ping", "--summary"]);
     assert!(
         out.starts_with("snp-vmm 0.1.0 (build 0.1.0-test), pid "),
         "{out}"
@@ -60,10 +70,8 @@ fn ping_human_and_json() {
         out.contains("SNP certificate exits: not supported\n"),
         "{out}"
     );
-    let v: Value = serde_json::from_str(&ok(&h, &["ping", "--json"])).unwrap();
-    assert_eq!(v["hypervisor"], "mock");
-    let v: Value = serde_json::from_str(&ok(&h, &["--json", "ping"])).unwrap();
-    assert_eq!(v["pid"], std::process::id());
+    let r = run(&h, &["ping", "--summary", "--json"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
 }
 
 #[test]
@@ -79,14 +87,14 @@ fn lifecycle_with_options() {
             "--memory",
             "size=128M",
             "--snp",
-            "certs-file=c.bin,certs-timeout=50,doorbell=on",
+            "certs_file=c.bin,certs-timeout=50,doorbell=ON",
             "--payload",
-            "attest,requests=3,interval-ms=10",
+            "attest,requests=3,interval_ms=10",
         ],
     );
     assert_eq!(out, "");
     assert_eq!(ok(&h, &["boot"]), "");
-    let info = ok(&h, &["info"]);
+    let info = ok(&h, &["info", "--summary"]);
     for line in [
         "state: Running\n",
         "vcpus: 2 (0: running, 1: running)\n",
@@ -141,17 +149,19 @@ fn create_from_json_file() {
     );
     assert_eq!(v["state"], "Created");
 
-    // A bad file is refused before anything is sent.
+    // A bad file is refused before anything is sent (exit 1, as
+    // ch-remote's for a file it cannot use).
     std::fs::write(
         h.path("bad.json"),
         r#"{"cpus": {"boot_vcpus": 1, "max": 2}}"#,
     )
     .unwrap();
     let r = run(&h, &["create", "bad.json"]);
-    assert_eq!(r.code, 2);
+    assert_eq!(r.code, 1);
     assert!(
-        r.stderr
-            .starts_with("snp-remote: Invalid VM configuration in bad.json: unknown field `max`"),
+        r.stderr.starts_with(
+            "snp-remote: Invalid VM configuration in bad.json: cpus.max: unknown field `max`"
+        ),
         "{}",
         r.stderr
     );
@@ -162,7 +172,7 @@ fn create_from_json_file() {
     )
     .unwrap();
     let r = run(&h, &["--json", "create", "max.json"]);
-    assert_eq!(r.code, 2);
+    assert_eq!(r.code, 1);
     let v: Value = serde_json::from_str(r.stderr.trim()).unwrap();
     assert_eq!(v["error"][0], "Invalid VM configuration");
     assert!(
@@ -212,7 +222,7 @@ fn create_reads_stdin_like_ch_remote() {
     }
     let h = Harness::start();
     let r = run_with_stdin(&h, &["create", "-"], "{not json");
-    assert_eq!(r.code, 2);
+    assert_eq!(r.code, 1);
     assert!(
         r.stderr
             .starts_with("snp-remote: Invalid VM configuration in stdin"),
@@ -246,6 +256,7 @@ fn set_certs_clear_certs_certs_counters() {
     let out = ok(
         &h,
         &[
+            "--summary",
             "set-certs",
             "--certs-file",
             "v1.bin",
@@ -275,14 +286,14 @@ fn set_certs_clear_certs_certs_counters() {
     assert_eq!(v["certs_file"], abs.to_str().unwrap());
     assert_eq!(v["certs_timeout"], 0);
 
-    let out = ok(&h, &["certs"]);
+    let out = ok(&h, &["certs", "--summary"]);
     assert!(out.contains("generation: 2\n"), "{out}");
     assert!(
         out.contains("requests: 2 (delivered 1, need-pages 1, busy 0, failed 0)\n"),
         "{out}"
     );
 
-    let out = ok(&h, &["clear-certs"]);
+    let out = ok(&h, &["clear-certs", "--summary"]);
     assert!(
         out.contains("certs-file: none (guests get an empty table)\n"),
         "{out}"
@@ -290,7 +301,7 @@ fn set_certs_clear_certs_certs_counters() {
     let v: Value = serde_json::from_str(&ok(&h, &["certs", "--json"])).unwrap();
     assert_eq!(v["certs_file"], Value::Null);
 
-    let out = ok(&h, &["counters"]);
+    let out = ok(&h, &["counters", "--summary"]);
     assert!(out.starts_with("snp-certs:\n"), "{out}");
     assert!(out.contains("\n  reason_size_query:"), "{out}");
     assert!(out.contains("\n  lock_wait_max_us:"), "{out}");
@@ -328,8 +339,10 @@ fn api_errors_exit_1_with_the_servers_message() {
     );
 }
 
+/// As `ch-remote`: 2 for arguments the command line parser refuses, 1
+/// for every failure after that.
 #[test]
-fn usage_and_connection_errors_exit_2() {
+fn usage_errors_exit_2_and_other_failures_1() {
     let h = Harness::start();
     // set-certs needs at least one option.
     let r = run(&h, &["set-certs"]);
@@ -337,20 +350,20 @@ fn usage_and_connection_errors_exit_2() {
     assert!(r.stderr.contains("--certs-file"), "{}", r.stderr);
     let r = run(&h, &["frobnicate"]);
     assert_eq!(r.code, 2);
-    let r = run(&h, &["create", "--cpus", "boot=x"]);
+    let r = run(&h, &["create", "--config", "vm.json", "--cpus", "boot=1"]);
     assert_eq!(r.code, 2);
+    let r = run(&h, &["create", "--cpus", "boot=x"]);
+    assert_eq!(r.code, 1);
     assert!(
         r.stderr
             .starts_with("snp-remote: Invalid value \"x\" for boot"),
         "{}",
         r.stderr
     );
-    let r = run(&h, &["create", "--config", "vm.json", "--cpus", "boot=1"]);
-    assert_eq!(r.code, 2);
 
     let missing = h.path("nobody-here.sock");
     let out = snp_remote(&missing, h.dir.path(), &["ping"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
         stderr.starts_with(&format!(
@@ -367,4 +380,36 @@ fn usage_and_connection_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `create` prints the VMM's answer: the Cloud Hypervisor settings it
+/// ignores, as JSON, or one line each with `--summary`.
+#[test]
+fn create_prints_the_warnings() {
+    let h = Harness::start();
+    std::fs::write(
+        h.path("ch.json"),
+        r#"{"memory": {"size": 1048576, "shared": true}, "rng": {"src": "/dev/urandom"}}"#,
+    )
+    .unwrap();
+    let out = ok(&h, &["create", "ch.json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let warnings = v["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 2, "{v}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("memory.shared is ignored")
+    );
+    // The settings went to the VMM as given.
+    let (config, _) = h.vmm.state.lock().unwrap().vm.clone().unwrap();
+    assert_eq!(config.warnings().len(), 2);
+    ok(&h, &["delete"]);
+    let out = ok(&h, &["--summary", "create", "ch.json"]);
+    assert!(
+        out.starts_with("warning: memory.shared is ignored"),
+        "{out}"
+    );
+    assert!(out.contains("\nwarning: rng is ignored"), "{out}");
 }

@@ -57,7 +57,10 @@ fn certs_file_changes_while_the_guest_runs_reach_later_requests() {
     reports_with(sums[0], 0);
 
     // 1. snp-remote, with a path relative to its current directory.
-    let run = vmm.remote_in(dir.path(), &["set-certs", "--certs-file", "b.bin"]);
+    let run = vmm.remote_in(
+        dir.path(),
+        &["--summary", "set-certs", "--certs-file", "b.bin"],
+    );
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stdout
@@ -187,7 +190,7 @@ fn certs_timeout_changes_take_effect() {
     let vmm = ApiVmm::start(dir.path(), hv, &looping_guest(&a, ""));
     vmm.events.wait_named_from(0, "report", 2);
 
-    let run = vmm.remote(&["set-certs", "--certs-timeout", "0"]);
+    let run = vmm.remote(&["--summary", "set-certs", "--certs-timeout", "0"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("certs-timeout: 0 ms\n"), "{run:?}");
     let tool = ManagementLock::take(&a);

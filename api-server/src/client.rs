@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 
 use crate::routes::{API_ROOT, Method};
 use vmm_api::{
-    CounterMap, ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmInfo,
+    CounterMap, ErrorBody, PingResponse, SnpCertsInfo, SnpCertsUpdate, VmConfig, VmInfo, Warnings,
 };
 
 /// Default time limit for one call.
@@ -220,11 +220,14 @@ impl ApiClient {
         self.put_empty("vmm.shutdown")
     }
 
-    /// `PUT vm.create`.
-    pub fn create_vm(&self, config: &VmConfig) -> Result<(), ClientError> {
-        self.request(Method::Put, "vm.create", Some(config))?
-            .ok()
-            .map(drop)
+    /// `PUT vm.create`; returns the warnings about Cloud Hypervisor
+    /// settings the VMM ignores (none: empty).
+    pub fn create_vm(&self, config: &VmConfig) -> Result<Vec<String>, ClientError> {
+        let response = self.request(Method::Put, "vm.create", Some(config))?.ok()?;
+        if response.body.is_empty() {
+            return Ok(Vec::new());
+        }
+        response.json::<Warnings>("vm.create").map(|w| w.warnings)
     }
 
     /// `PUT vm.boot`.

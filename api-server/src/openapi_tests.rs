@@ -5,10 +5,41 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::routes::{Method, ROUTES, Success};
+use vmm_api::ch_fields::{ChFields, SECTIONS};
 use vmm_api::{
     COUNTERS_DEVICE, ErrorBody, LockWaitSummary, OutcomeCounts, PayloadConfig, PingResponse,
     SnpCertsInfo, SnpCertsUpdate, TestGuestConfig, VcpuInfo, VmConfig, VmCounters, VmInfo, VmState,
+    Warnings,
 };
+
+/// A configuration with every field set, Cloud Hypervisor's (at their
+/// defaults) included, so that it serialises every key the schemas list.
+fn full_config() -> VmConfig {
+    let mut cloud_hypervisor = ChFields::default();
+    for (section, fields) in SECTIONS {
+        for field in *fields {
+            let path = if section.is_empty() {
+                field.name.to_owned()
+            } else {
+                format!("{section}.{}", field.name)
+            };
+            cloud_hypervisor.insert(path, serde_json::from_str(field.default).unwrap());
+        }
+    }
+    VmConfig {
+        payload: Some(PayloadConfig {
+            test_guest: Some(TestGuestConfig::attest()),
+            firmware: Some("/f".into()),
+            kernel: Some("/k".into()),
+            cmdline: Some("c".into()),
+            initramfs: Some("/i".into()),
+            igvm: Some("/g".into()),
+            host_data: Some("00".repeat(32)),
+        }),
+        cloud_hypervisor,
+        ..VmConfig::default()
+    }
+}
 
 fn document() -> Value {
     let text = include_str!("../openapi.yaml");
@@ -88,6 +119,15 @@ fn bodies_and_responses_match_the_route_table() {
             }
             Success::NoContent => {
                 assert_eq!(successes, ["204"], "{what}");
+                assert!(responses["204"].get("content").is_none(), "{what}");
+            }
+            Success::NoContentOrJson(schema) => {
+                assert_eq!(successes, ["200", "204"], "{what}");
+                assert_eq!(
+                    responses["200"]["content"]["application/json"]["schema"]["$ref"],
+                    schema_ref(schema),
+                    "{what}"
+                );
                 assert!(responses["204"].get("content").is_none(), "{what}");
             }
         }
@@ -170,37 +210,18 @@ fn schemas_match_the_rust_types() {
         hypervisor: "kvm".into(),
         snp_req_certs_supported: true,
     };
+    let config = serde_json::to_value(full_config()).unwrap();
     let samples: BTreeMap<&str, Value> = BTreeMap::from([
+        ("VmConfig", config.clone()),
+        ("CpusConfig", config["cpus"].clone()),
+        ("MemoryConfig", config["memory"].clone()),
+        ("SnpConfig", config["snp"].clone()),
+        ("PlatformConfig", config["platform"].clone()),
+        ("PayloadConfig", config["payload"].clone()),
         (
-            "VmConfig",
-            serde_json::to_value(VmConfig::default()).unwrap(),
-        ),
-        (
-            "CpusConfig",
-            serde_json::to_value(VmConfig::default().cpus).unwrap(),
-        ),
-        (
-            "MemoryConfig",
-            serde_json::to_value(VmConfig::default().memory).unwrap(),
-        ),
-        (
-            "SnpConfig",
-            serde_json::to_value(VmConfig::default().snp).unwrap(),
-        ),
-        (
-            "PlatformConfig",
-            serde_json::to_value(VmConfig::default().platform).unwrap(),
-        ),
-        (
-            "PayloadConfig",
-            serde_json::to_value(PayloadConfig {
-                test_guest: Some(TestGuestConfig::attest()),
-                firmware: Some("/f".into()),
-                kernel: Some("/k".into()),
-                cmdline: Some("c".into()),
-                initramfs: Some("/i".into()),
-                igvm: Some("/g".into()),
-                host_data: Some("00".repeat(32)),
+            "Warnings",
+            serde_json::to_value(Warnings {
+                warnings: vec!["w".into()],
             })
             .unwrap(),
         ),
@@ -267,10 +288,15 @@ fn schemas_match_the_rust_types() {
     ] {
         assert_eq!(schemas[request]["additionalProperties"], false, "{request}");
     }
-    let states: Vec<Value> = [VmState::Created, VmState::Running, VmState::Shutdown]
-        .iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .collect();
+    let states: Vec<Value> = [
+        VmState::Created,
+        VmState::Running,
+        VmState::Shutdown,
+        VmState::Paused,
+    ]
+    .iter()
+    .map(|s| serde_json::to_value(s).unwrap())
+    .collect();
     assert_eq!(schemas["VmState"]["enum"], Value::Array(states));
     // The error body is Cloud Hypervisor's array of strings.
     let error = serde_json::to_value(ErrorBody(vec!["a".into(), "b".into()])).unwrap();

@@ -51,6 +51,9 @@ pub enum Success {
     Json(&'static str),
     /// 204 No Content.
     NoContent,
+    /// 204 No Content, or 200 with a JSON body of the named schema when
+    /// there is something to say (`vm.create`'s warnings).
+    NoContentOrJson(&'static str),
 }
 
 /// One (endpoint, method) pair.
@@ -110,7 +113,7 @@ pub const ROUTES: &[Route] = &[
         "vm.create",
         Put,
         Some("VmConfig"),
-        Success::NoContent,
+        Success::NoContentOrJson("Warnings"),
         parse_create
     ),
     route!("vm.boot", Put, None, Success::NoContent, |r, b| {
@@ -152,12 +155,13 @@ impl Route {
     /// Every error status this route can answer, by rule: 400 (a bad body,
     /// or any body where none is taken), 405 (the same path with another
     /// method), 413 and 500 everywhere; 404 (no VM) on every `vm.*`
-    /// endpoint but `vm.create`; 409 where the VM's state matters or a
-    /// certs file is validated (it may be locked for an update).
-    /// `openapi.yaml` lists exactly these.
+    /// endpoint but `vm.create` and `vm.delete` (which, as in Cloud
+    /// Hypervisor, succeeds without a VM); 409 where the VM's state
+    /// matters or a certs file is validated (it may be locked for an
+    /// update). `openapi.yaml` lists exactly these.
     pub fn error_statuses(&self) -> Vec<u16> {
         let mut statuses = vec![400, 405, 413, 500];
-        if self.endpoint.starts_with("vm.") && self.endpoint != "vm.create" {
+        if self.endpoint.starts_with("vm.") && !matches!(self.endpoint, "vm.create" | "vm.delete") {
             statuses.push(404);
         }
         let conflicts = matches!(
@@ -185,12 +189,46 @@ pub fn allowed_methods(path: &str) -> Vec<Method> {
         .collect()
 }
 
+/// Cloud Hypervisor's endpoints that snp-vmm does not offer; a call to
+/// one is a 404 (as CH answers an unknown endpoint) that says so.
+pub const CH_ONLY_ENDPOINTS: &[&str] = &[
+    "vm.add-device",
+    "vm.add-disk",
+    "vm.add-fs",
+    "vm.add-generic-vhost-user",
+    "vm.add-net",
+    "vm.add-pmem",
+    "vm.add-user-device",
+    "vm.add-vdpa",
+    "vm.add-vsock",
+    "vm.coredump",
+    "vm.nmi",
+    "vm.pause",
+    "vm.power-button",
+    "vm.reboot",
+    "vm.receive-migration",
+    "vm.remove-device",
+    "vm.resize",
+    "vm.resize-disk",
+    "vm.resize-zone",
+    "vm.restore",
+    "vm.resume",
+    "vm.send-migration",
+    "vm.snapshot",
+];
+
 /// Finds the route for `method` and `path`: 404 for an unknown path, 405
 /// for a method the path does not take.
 pub fn find(method: &str, path: &str) -> Result<&'static Route, ApiError> {
     let allowed = allowed_methods(path);
     if allowed.is_empty() {
-        return Err(ApiError::not_found(format!("Unknown endpoint {path}")));
+        let error = ApiError::not_found(format!("Unknown endpoint {path}"));
+        return Err(match path.strip_prefix(API_ROOT) {
+            Some(endpoint) if CH_ONLY_ENDPOINTS.contains(&endpoint) => error.context_inner(
+                format!("snp-vmm does not implement Cloud Hypervisor's {endpoint}"),
+            ),
+            _ => error,
+        });
     }
     let wanted = Method::from_name(method);
     ROUTES

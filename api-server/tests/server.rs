@@ -208,11 +208,21 @@ fn wrong_method_is_405_with_allow() {
 fn unknown_endpoint_is_404() {
     let h = Harness::start();
     let c = h.client();
-    for path in ["/api/v1/vm.resize", "/api/v2/vm.info", "/", "/api/v1/"] {
+    for path in ["/api/v1/vm.bogus", "/api/v2/vm.info", "/", "/api/v1/"] {
         let r = c.raw_request("GET", path, None).unwrap();
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.error_message(), format!("Unknown endpoint {path}"));
     }
+    // Cloud Hypervisor's endpoints that snp-vmm does not offer say so.
+    let r = c.raw_request("PUT", "/api/v1/vm.pause", None).unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.error_chain(),
+        [
+            "Unknown endpoint /api/v1/vm.pause",
+            "snp-vmm does not implement Cloud Hypervisor's vm.pause"
+        ]
+    );
     // A query string does not change the endpoint: this 404 is the VMM's.
     let r = c.raw_request("GET", "/api/v1/vm.info?x=1", None).unwrap();
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Where events go: `--event-monitor path=FILE|fd=N[,capacity=N]`.
+//! Where events go and how: `--event-monitor path=FILE|fd=N[,capacity=N][,format=F]`.
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use option_parser::{OptionError, Options};
 use serde::{Deserialize, Serialize};
+
+use crate::format::EventFormat;
 
 /// Queue capacity (in events) used when none is configured.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -43,6 +45,12 @@ pub enum ConfigError {
         max = MAX_CAPACITY
     )]
     InvalidCapacity(String),
+    /// `format=` with an unknown format.
+    #[error(
+        "Invalid event monitor format {0:?}: expected {names}",
+        names = EventFormat::NAMES.join(" or ")
+    )]
+    InvalidFormat(String),
 }
 
 /// The output events are written to.
@@ -61,10 +69,11 @@ pub enum EventTarget {
 /// Configuration of the event monitor.
 ///
 /// Parsed from the `--event-monitor` option value with [`FromStr`]
-/// (`path=FILE`, `fd=N`, optionally followed by `,capacity=N`), and carried in
-/// JSON as `{"path": "FILE"}` or `{"fd": N}` with an optional `"capacity"`;
-/// unknown JSON fields are refused. [`fmt::Display`] gives back the option
-/// syntax.
+/// (`path=FILE`, `fd=N`, optionally followed by `,capacity=N` and
+/// `,format=json-lines|cloud-hypervisor`), and carried in JSON as
+/// `{"path": "FILE"}` or `{"fd": N}` with an optional `"capacity"` and
+/// `"format"`; unknown JSON fields are refused. [`fmt::Display`] gives back
+/// the option syntax.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawConfig", into = "RawConfig")]
 pub struct EventMonitorConfig {
@@ -72,6 +81,8 @@ pub struct EventMonitorConfig {
     pub target: EventTarget,
     /// How many events may wait in the queue before new ones are dropped.
     pub capacity: usize,
+    /// How events are written (see [`EventFormat`]).
+    pub format: EventFormat,
 }
 
 impl EventMonitorConfig {
@@ -80,6 +91,7 @@ impl EventMonitorConfig {
         Self {
             target: EventTarget::Path(path.into()),
             capacity: DEFAULT_CAPACITY,
+            format: EventFormat::default(),
         }
     }
 
@@ -89,7 +101,14 @@ impl EventMonitorConfig {
         Self {
             target: EventTarget::Fd(fd),
             capacity: DEFAULT_CAPACITY,
+            format: EventFormat::default(),
         }
+    }
+
+    /// The same configuration writing in `format`.
+    #[must_use]
+    pub fn with_format(self, format: EventFormat) -> Self {
+        Self { format, ..self }
     }
 
     /// The same configuration with another queue capacity.
@@ -122,7 +141,7 @@ pub(crate) fn validate_capacity(capacity: usize) -> Result<(), ConfigError> {
 impl FromStr for EventMonitorConfig {
     type Err = ConfigError;
 
-    /// Parses `path=FILE|fd=N[,capacity=N]` with the workspace's one
+    /// Parses `path=FILE|fd=N[,capacity=N][,format=F]` with the workspace's one
     /// option parser, so a path holding a comma is quoted as everywhere
     /// else: `path="/var/log/a,b.jsonl"`.
     fn from_str(s: &str) -> Result<Self, ConfigError> {
@@ -141,17 +160,25 @@ impl FromStr for EventMonitorConfig {
                     .map_err(|_| ConfigError::InvalidCapacity(v.to_owned()))
             })
             .transpose()?;
+        let format = options
+            .get("format")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ConfigError::InvalidFormat(v.to_owned()))
+            })
+            .transpose()?;
         RawConfig {
             path: options.get("path").map(PathBuf::from),
             fd,
             capacity,
+            format,
         }
         .try_into()
     }
 }
 
 /// The keys of `--event-monitor`.
-const KEYS: &[&str] = &["path", "fd", "capacity"];
+const KEYS: &[&str] = &["path", "fd", "capacity", "format"];
 
 impl fmt::Display for EventMonitorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -169,6 +196,9 @@ impl fmt::Display for EventMonitorConfig {
         if self.capacity != DEFAULT_CAPACITY {
             write!(f, ",capacity={}", self.capacity)?;
         }
+        if self.format != EventFormat::default() {
+            write!(f, ",format={}", self.format)?;
+        }
         Ok(())
     }
 }
@@ -183,6 +213,8 @@ struct RawConfig {
     fd: Option<RawFd>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     capacity: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<EventFormat>,
 }
 
 impl TryFrom<RawConfig> for EventMonitorConfig {
@@ -198,6 +230,7 @@ impl TryFrom<RawConfig> for EventMonitorConfig {
         let config = Self {
             target,
             capacity: raw.capacity.unwrap_or(DEFAULT_CAPACITY),
+            format: raw.format.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -214,6 +247,7 @@ impl From<EventMonitorConfig> for RawConfig {
             path,
             fd,
             capacity: Some(config.capacity),
+            format: (config.format != EventFormat::default()).then_some(config.format),
         }
     }
 }
@@ -272,7 +306,7 @@ mod tests {
                 "file=/a",
                 Syntax(OptionError::UnknownKey {
                     key: "file".into(),
-                    known: "path, fd, capacity".into(),
+                    known: "path, fd, capacity, format".into(),
                 }),
             ),
             (
@@ -296,6 +330,7 @@ mod tests {
             ("fd=3,capacity=lots", InvalidCapacity("lots".into())),
             ("fd=3,capacity=-5", InvalidCapacity("-5".into())),
             ("fd=3,capacity=1048577", InvalidCapacity("1048577".into())),
+            ("fd=3,format=ch", InvalidFormat("ch".into())),
         ];
         for (input, expected) in cases {
             assert_eq!(parse(input).as_ref(), Err(expected), "input {input:?}");
@@ -308,7 +343,7 @@ mod tests {
         assert_eq!(err.to_string(), "Invalid event monitor option");
         assert_eq!(
             std::error::Error::source(&err).map(ToString::to_string),
-            Some("Unknown option \"file\", expected one of: path, fd, capacity".to_owned())
+            Some("Unknown option \"file\", expected one of: path, fd, capacity, format".to_owned())
         );
         assert!(
             InvalidCapacity("0".into())
@@ -325,6 +360,8 @@ mod tests {
             "fd=7,capacity=10",
             "path=a b,capacity=1",
             "path=\"/a,b\"",
+            "fd=7,format=cloud-hypervisor",
+            "path=/x,capacity=3,format=cloud-hypervisor",
         ] {
             let config = parse(input).unwrap();
             assert_eq!(config.to_string(), input);

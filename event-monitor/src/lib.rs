@@ -1,9 +1,12 @@
 //! A JSON-lines event stream for the VMM (`--event-monitor path=FILE|fd=N`).
 //!
 //! The VMM reports every certificate request outcome, configuration change,
-//! lock wait and VM lifecycle step as one event. Events go to a file or to a
-//! file descriptor handed over by a management process, one compact JSON
-//! object per line:
+//! lock wait and VM lifecycle step as one event, in the envelope of Cloud
+//! Hypervisor's event monitor (`timestamp`, `source`, `event`,
+//! `properties`). Events go to a file or to a file descriptor handed over
+//! by a management process, by default one compact JSON object per line
+//! (with `format=cloud-hypervisor`, exactly as Cloud Hypervisor writes
+//! them: see [`EventFormat`] for the two side by side):
 //!
 //! ```text
 //! {"timestamp":{"secs":12,"nanos":345678},"source":"snp-certs","event":"delivered","properties":{"npages":4,"vcpu":0}}
@@ -66,6 +69,7 @@
 
 mod config;
 mod counters;
+mod format;
 mod monitor;
 mod writer;
 
@@ -74,6 +78,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use config::{ConfigError, DEFAULT_CAPACITY, EventMonitorConfig, EventTarget, MAX_CAPACITY};
+pub use format::EventFormat;
 pub use monitor::{
     DEFAULT_SHUTDOWN_TIMEOUT, Error, EventMonitor, EventSender, Result, ShutdownReport,
 };

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::config::{ConfigError, EventMonitorConfig, EventTarget, validate_capacity};
 use crate::counters::Shared;
 use crate::writer::{Msg, Output, Writer};
-use crate::{Event, Properties};
+use crate::{Event, EventFormat, Properties};
 
 /// How long [`EventMonitor::shutdown`] (and dropping the monitor) waits for
 /// queued events to be written.
@@ -109,7 +109,7 @@ impl EventMonitor {
             EventTarget::Path(path) => open_path(path)?,
             EventTarget::Fd(fd) => take_fd(*fd)?,
         };
-        Self::spawn(Output::File(file), config.capacity)
+        Self::spawn(Output::File(file), config.capacity, config.format)
     }
 
     /// Starts a monitor that writes to `writer` instead of a file, for
@@ -119,11 +119,24 @@ impl EventMonitor {
         writer: impl Write + Send + 'static,
         capacity: usize,
     ) -> Result<(EventMonitor, EventSender)> {
-        validate_capacity(capacity)?;
-        Self::spawn(Output::Writer(Box::new(writer)), capacity)
+        Self::start_with_writer_in(writer, capacity, EventFormat::default())
     }
 
-    fn spawn(output: Output, capacity: usize) -> Result<(EventMonitor, EventSender)> {
+    /// [`EventMonitor::start_with_writer`] writing in `format`.
+    pub fn start_with_writer_in(
+        writer: impl Write + Send + 'static,
+        capacity: usize,
+        format: EventFormat,
+    ) -> Result<(EventMonitor, EventSender)> {
+        validate_capacity(capacity)?;
+        Self::spawn(Output::Writer(Box::new(writer)), capacity, format)
+    }
+
+    fn spawn(
+        output: Output,
+        capacity: usize,
+        format: EventFormat,
+    ) -> Result<(EventMonitor, EventSender)> {
         let shared = Arc::new(Shared {
             start: Instant::now(),
             closing: AtomicBool::new(false),
@@ -133,7 +146,7 @@ impl EventMonitor {
         });
         let (tx, rx) = mpsc::sync_channel(capacity);
         let (done_tx, done) = mpsc::channel::<Infallible>();
-        let writer = Writer::new(output, Arc::clone(&shared));
+        let writer = Writer::new(output, Arc::clone(&shared), format);
         let thread = thread::Builder::new()
             .name("event-monitor".into())
             .spawn(move || {

@@ -2,10 +2,11 @@
 //!
 //! Batching is done here rather than with a `BufWriter` so that the monitor
 //! knows exactly which events reached the output when a write fails: each
-//! line's end offset in the batch is kept, and after a failed write the lines
-//! wholly written are counted as written and the rest as dropped. A line cut
-//! short by a failed write is ended with a newline before the next batch, so a
-//! reader loses that one line and stays in step.
+//! event's end offset in the batch is kept, and after a failed write the
+//! events wholly written are counted as written and the rest as dropped. An
+//! event cut short by a failed write is ended with the format's terminator
+//! (a newline, or a blank line in Cloud Hypervisor's format) before the
+//! next batch, so a reader loses that one event and stays in step.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
-use crate::Event;
 use crate::counters::Shared;
+use crate::{Event, EventFormat};
 
 /// A batch is written once it holds this many bytes, even if more events wait.
 pub(crate) const BATCH_BYTES: usize = 64 * 1024;
@@ -113,6 +114,7 @@ fn write_out(out: &mut Output, data: &[u8]) -> (usize, io::Result<()>) {
 pub(crate) struct Writer {
     out: Output,
     shared: Arc<Shared>,
+    format: EventFormat,
     /// Serialised lines not yet written.
     buf: Vec<u8>,
     /// End offset in `buf` of each line.
@@ -126,10 +128,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(out: Output, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(out: Output, shared: Arc<Shared>, format: EventFormat) -> Self {
         Self {
             out,
             shared,
+            format,
             buf: Vec::with_capacity(BATCH_BYTES + 1024),
             ends: Vec::new(),
             torn: false,
@@ -163,11 +166,8 @@ impl Writer {
     fn push(&mut self, msg: Msg) {
         let Msg::Event(event) = msg else { return };
         let start = self.buf.len();
-        match serde_json::to_writer(&mut self.buf, &event) {
-            Ok(()) => {
-                self.buf.push(b'\n');
-                self.ends.push(self.buf.len());
-            }
+        match self.format.write(&event, &mut self.buf) {
+            Ok(()) => self.ends.push(self.buf.len()),
             Err(e) => {
                 // Cannot happen for this type (string keys only); count it anyway.
                 self.buf.truncate(start);
@@ -186,7 +186,7 @@ impl Writer {
             return;
         }
         let (done, result) = if self.torn {
-            match write_out(&mut self.out, b"\n") {
+            match write_out(&mut self.out, self.format.terminator()) {
                 (_, Ok(())) => {
                     self.torn = false;
                     write_out(&mut self.out, &self.buf)
@@ -211,7 +211,7 @@ impl Writer {
             }
             Ok(()) => {}
             Err(e) => {
-                if done > 0 && self.buf[done - 1] != b'\n' {
+                if done > 0 && !self.buf[..done].ends_with(self.format.terminator()) {
                     self.torn = true;
                 }
                 if !self.failing {

@@ -9,9 +9,15 @@
 //! * the first item may be a bare word without `=`, the option's kind
 //!   (`--payload attest,requests=3`), if the caller allows one;
 //! * a value may be put in double quotes to contain commas
-//!   (`certs-file="/a,b"`); the quotes are removed;
-//! * keys are checked against the caller's list, and each key may appear
-//!   once.
+//!   (`certs_file="/a,b"`); the quotes are removed;
+//! * keys are snake_case, as Cloud Hypervisor writes them (`certs_file`,
+//!   `sev_snp`); the kebab-case spelling of a key (`certs-file`) is the
+//!   same key, kept as an alias. Keys are checked against the caller's
+//!   list (given in snake_case), and each key may appear once, in either
+//!   spelling;
+//! * switches ([`Options::switch`]) take `on`/`off` and `true`/`false` in
+//!   any case, as Cloud Hypervisor's `Toggle` does (and `yes`/`no`,
+//!   `1`/`0`); an empty value is off, as there.
 //!
 //! [`parse_size`] reads sizes such as `64M`, `1G` or `4096`.
 
@@ -74,8 +80,10 @@ pub struct Options {
 }
 
 impl Options {
-    /// Parses `input`. `known` lists the accepted keys; if `allow_kind`,
-    /// the first item may be a bare word (see [`Options::kind`]).
+    /// Parses `input`. `known` lists the accepted keys in snake_case
+    /// (their kebab-case spellings are accepted too, and stored under the
+    /// snake_case name); if `allow_kind`, the first item may be a bare
+    /// word (see [`Options::kind`]).
     pub fn parse(input: &str, known: &[&str], allow_kind: bool) -> Result<Options, OptionError> {
         let mut options = Options::default();
         for (index, item) in split_items(input)?.into_iter().enumerate() {
@@ -89,16 +97,17 @@ impl Options {
                 }
                 return Err(OptionError::MissingValue(item));
             };
-            if !known.contains(&key) {
+            let canonical = key.replace('-', "_");
+            if !known.contains(&canonical.as_str()) {
                 return Err(OptionError::UnknownKey {
                     key: key.to_owned(),
                     known: known.join(", "),
                 });
             }
-            if options.get(key).is_some() {
-                return Err(OptionError::DuplicateKey(key.to_owned()));
+            if options.get(&canonical).is_some() {
+                return Err(OptionError::DuplicateKey(canonical));
             }
-            options.pairs.push((key.to_owned(), unquote(value)));
+            options.pairs.push((canonical, unquote(value)));
         }
         Ok(options)
     }
@@ -108,7 +117,7 @@ impl Options {
         self.kind.as_deref()
     }
 
-    /// The raw value of `key`, if given.
+    /// The raw value of `key` (its snake_case name), if given.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs
             .iter()
@@ -138,16 +147,30 @@ impl Options {
             .transpose()
     }
 
-    /// The value of `key` as a switch: `on`/`off`, `true`/`false`,
-    /// `yes`/`no`, `1`/`0`.
+    /// The value of `key` as a switch (see [`parse_switch`]).
     pub fn switch(&self, key: &str) -> Result<Option<bool>, OptionError> {
         self.get(key)
-            .map(|value| match value {
-                "on" | "true" | "yes" | "1" => Ok(true),
-                "off" | "false" | "no" | "0" => Ok(false),
-                _ => Err(invalid(key, value, "expected on or off".to_owned())),
+            .map(|value| {
+                parse_switch(value).ok_or_else(|| {
+                    invalid(
+                        key,
+                        value,
+                        "expected on or off (or true or false)".to_owned(),
+                    )
+                })
             })
             .transpose()
+    }
+}
+
+/// Reads a switch as Cloud Hypervisor's `Toggle` does: `on`, `true` (and
+/// `yes`, `1`) are on; `off`, `false` (and `no`, `0`) and the empty string
+/// are off; letters in any case. `None` for anything else.
+pub fn parse_switch(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "" | "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -219,14 +242,14 @@ mod tests {
     #[test]
     fn pairs_and_kind() {
         let o = Options::parse(
-            "attest,requests=3,interval-ms=10",
-            &["requests", "interval-ms"],
+            "attest,requests=3,interval_ms=10",
+            &["requests", "interval_ms"],
             true,
         )
         .unwrap();
         assert_eq!(o.kind(), Some("attest"));
         assert_eq!(o.get("requests"), Some("3"));
-        assert_eq!(o.parsed::<u32>("interval-ms").unwrap(), Some(10));
+        assert_eq!(o.parsed::<u32>("interval_ms").unwrap(), Some(10));
         assert_eq!(o.parsed::<u32>("missing").unwrap(), None);
     }
 
@@ -241,21 +264,21 @@ mod tests {
     #[test]
     fn quotes_protect_commas() {
         let o = Options::parse(
-            "certs-file=\"/a,b\",certs-timeout=5",
-            &["certs-file", "certs-timeout"],
+            "certs_file=\"/a,b\",certs_timeout=5",
+            &["certs_file", "certs_timeout"],
             false,
         )
         .unwrap();
-        assert_eq!(o.get("certs-file"), Some("/a,b"));
-        assert_eq!(o.get("certs-timeout"), Some("5"));
-        let err = Options::parse("certs-file=\"/a", &["certs-file"], false).unwrap_err();
+        assert_eq!(o.get("certs_file"), Some("/a,b"));
+        assert_eq!(o.get("certs_timeout"), Some("5"));
+        let err = Options::parse("certs_file=\"/a", &["certs_file"], false).unwrap_err();
         assert!(matches!(err, OptionError::UnterminatedQuote(_)));
     }
 
     #[test]
     fn values_may_contain_equals() {
-        let o = Options::parse("certs-file=/a=b", &["certs-file"], false).unwrap();
-        assert_eq!(o.get("certs-file"), Some("/a=b"));
+        let o = Options::parse("certs_file=/a=b", &["certs_file"], false).unwrap();
+        assert_eq!(o.get("certs_file"), Some("/a=b"));
     }
 
     #[test]
@@ -293,6 +316,45 @@ mod tests {
         assert_eq!(o.switch("b").unwrap(), Some(false));
         assert_eq!(o.switch("d").unwrap(), None);
         assert!(o.switch("c").is_err());
+    }
+
+    #[test]
+    fn switches_in_any_case_as_cloud_hypervisor() {
+        for on in ["on", "ON", "On", "true", "TRUE", "True", "yes", "1"] {
+            assert_eq!(parse_switch(on), Some(true), "{on}");
+        }
+        for off in [
+            "off", "OFF", "Off", "false", "FALSE", "False", "no", "0", "",
+        ] {
+            assert_eq!(parse_switch(off), Some(false), "{off}");
+        }
+        for bad in ["onn", "2", "enabled", " on"] {
+            assert_eq!(parse_switch(bad), None, "{bad}");
+        }
+        let o = Options::parse("doorbell=", &["doorbell"], false).unwrap();
+        assert_eq!(o.switch("doorbell").unwrap(), Some(false));
+    }
+
+    #[test]
+    fn snake_case_keys_with_kebab_case_aliases() {
+        let known = ["certs_file", "certs_timeout"];
+        let o = Options::parse("certs_file=/a,certs-timeout=5", &known, false).unwrap();
+        assert_eq!(o.get("certs_file"), Some("/a"));
+        assert_eq!(o.get("certs_timeout"), Some("5"));
+        assert_eq!(
+            o.get("certs-file"),
+            None,
+            "stored under the snake_case name"
+        );
+        assert_eq!(
+            Options::parse("certs-file=/a,certs_file=/b", &known, false).unwrap_err(),
+            OptionError::DuplicateKey("certs_file".into())
+        );
+        let err = Options::parse("certs-fil=/a", &known, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Unknown option \"certs-fil\", expected one of: certs_file, certs_timeout"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The test guests as payloads of the VMM: the factory `snp-vmm` passes to
-//! [`vmm::controller::Vmm`], and the attestation guest's payload.
+//! [`vmm::api_impl::Vmm`], and the attestation guest's payload.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -38,6 +38,10 @@ pub enum VmmAction {
 pub enum VmmData {
     /// Done, nothing to show: HTTP 204.
     Empty,
+    /// Done, with warnings about what was asked (for [`VmmAction::CreateVm`]:
+    /// the Cloud Hypervisor settings it ignores): HTTP 200 with a
+    /// [`Warnings`] body; none at all is answered as [`VmmData::Empty`].
+    Warnings(Warnings),
     /// For [`VmmAction::Ping`].
     Ping(PingResponse),
     /// For [`VmmAction::VmInfo`].
@@ -48,6 +52,27 @@ pub enum VmmData {
     /// For [`VmmAction::VmCounters`]: Cloud Hypervisor's map, device →
     /// counter → value.
     Counters(CounterMap),
+}
+
+/// The body of an answer that carries warnings:
+/// `{"warnings": ["serial is ignored (...)"]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warnings {
+    /// One sentence per warning.
+    pub warnings: Vec<String>,
+}
+
+impl VmmData {
+    /// [`VmmData::Warnings`] with `warnings`, or [`VmmData::Empty`] when
+    /// there are none.
+    pub fn with_warnings(warnings: Vec<String>) -> VmmData {
+        if warnings.is_empty() {
+            VmmData::Empty
+        } else {
+            VmmData::Warnings(Warnings { warnings })
+        }
+    }
 }
 
 /// The class of an [`ApiError`]; the server maps each to an HTTP status.
@@ -113,6 +138,13 @@ impl ApiError {
     /// The same error with `outer` in front of its chain.
     pub fn context(mut self, outer: impl Into<String>) -> ApiError {
         self.chain.insert(0, outer.into());
+        self
+    }
+
+    /// The same error with `inner` at the end of its chain, as the reason
+    /// for what is already there.
+    pub fn context_inner(mut self, inner: impl Into<String>) -> ApiError {
+        self.chain.push(inner.into());
         self
     }
 

@@ -1,14 +1,17 @@
 //! Cloud Hypervisor-style command-line options for [`VmConfig`]:
 //! `--cpus boot=N,max=N`, `--memory size=64M`, `--platform sev_snp=on`,
-//! `--snp certs-file=P,certs-timeout=MS,busy-budget=MS,on-error=empty,allow-large=on,startup-wait=MS,doorbell=on`
-//! and `--payload attest,requests=N,interval-ms=M,retry-ms=M,max-busy-retries=N,host_data=HEX`.
+//! `--snp certs_file=P,certs_timeout=MS,busy_budget=MS,on_error=empty,allow_large=on,startup_wait=MS,doorbell=on`
+//! and `--payload attest,requests=N,interval_ms=M,retry_ms=M,max_busy_retries=N,host_data=HEX`.
 //!
 //! Shared by the VMM's command line and `snp-remote create`, so both read
-//! the same strings the same way. The keys Cloud Hypervisor has are
-//! spelled as there (`boot`, `max`, `size`, `sev_snp`, and `--payload`'s
-//! `firmware`, `kernel`, `cmdline`, `initramfs`, `igvm`, `host_data`); our
-//! own keys are kebab-case, the JSON fields their snake_case twins. Values
-//! are taken as given: relative paths stay relative, and
+//! the same strings the same way. Keys are snake_case as Cloud Hypervisor
+//! writes them, each the name of its JSON field (`certs_file` is
+//! `snp.certs_file`); the keys Cloud Hypervisor has are its own (`boot`,
+//! `max`, `size`, `sev_snp`, and `--payload`'s `firmware`, `kernel`,
+//! `cmdline`, `initramfs`, `igvm`, `host_data`). The kebab-case spellings
+//! (`certs-file`, `interval-ms`) are accepted as aliases, and switches
+//! take on/off/true/false in any case (see [`option_parser`]). Values are
+//! taken as given: relative paths stay relative, and
 //! [`VmConfig::validate`] does the range checks.
 
 use std::path::PathBuf;
@@ -58,6 +61,7 @@ impl VmConfig {
                 .transpose()?
                 .unwrap_or_default(),
             payload: options.payload.map(PayloadConfig::parse).transpose()?,
+            cloud_hypervisor: Default::default(),
         })
     }
 }
@@ -113,35 +117,35 @@ impl MemoryConfig {
 impl SnpConfig {
     /// Keys of `--snp`.
     pub const KEYS: &[&str] = &[
-        "certs-file",
-        "certs-timeout",
-        "busy-budget",
-        "on-error",
-        "allow-large",
-        "startup-wait",
+        "certs_file",
+        "certs_timeout",
+        "busy_budget",
+        "on_error",
+        "allow_large",
+        "startup_wait",
         "doorbell",
     ];
 
-    /// Parses `certs-file=P,certs-timeout=MS,...`.
+    /// Parses `certs_file=P,certs_timeout=MS,...`.
     pub fn parse(input: &str) -> Result<SnpConfig, OptionError> {
         let o = Options::parse(input, Self::KEYS, false)?;
         let mut c = SnpConfig::default();
-        if let Some(path) = o.get("certs-file") {
+        if let Some(path) = o.get("certs_file") {
             c.certs_file = Some(PathBuf::from(path));
         }
-        if let Some(timeout) = o.parsed("certs-timeout")? {
+        if let Some(timeout) = o.parsed("certs_timeout")? {
             c.certs_timeout = timeout;
         }
-        if let Some(budget) = o.parsed("busy-budget")? {
+        if let Some(budget) = o.parsed("busy_budget")? {
             c.busy_budget = budget;
         }
-        if let Some(on_error) = o.parsed("on-error")? {
+        if let Some(on_error) = o.parsed("on_error")? {
             c.on_error = on_error;
         }
-        if let Some(allow) = o.switch("allow-large")? {
+        if let Some(allow) = o.switch("allow_large")? {
             c.allow_large = allow;
         }
-        if let Some(wait) = o.parsed("startup-wait")? {
+        if let Some(wait) = o.parsed("startup_wait")? {
             c.startup_wait = wait;
         }
         if let Some(doorbell) = o.switch("doorbell")? {
@@ -155,10 +159,10 @@ impl PayloadConfig {
     /// Keys of the attestation guest, after the leading `attest`.
     pub const ATTEST_KEYS: &[&str] = &[
         "requests",
-        "interval-ms",
-        "retry-ms",
-        "max-busy-retries",
-        "c-bit",
+        "interval_ms",
+        "retry_ms",
+        "max_busy_retries",
+        "c_bit",
     ];
     /// Cloud Hypervisor's `--payload` keys.
     pub const CH_KEYS: &[&str] = &[
@@ -170,7 +174,7 @@ impl PayloadConfig {
         "host_data",
     ];
 
-    /// Parses `[attest[,requests=N][,interval-ms=M][,retry-ms=M][,max-busy-retries=N]][,host_data=HEX]`
+    /// Parses `[attest[,requests=N][,interval_ms=M][,retry_ms=M][,max_busy_retries=N]][,host_data=HEX]`
     /// and Cloud Hypervisor's keys (which [`PayloadConfig::validate`]
     /// then refuses, except `host_data`).
     pub fn parse(input: &str) -> Result<PayloadConfig, OptionError> {
@@ -210,7 +214,7 @@ impl PayloadConfig {
                     interval_ms,
                     retry_ms,
                     max_busy_retries,
-                    c_bit: o.parsed("c-bit")?,
+                    c_bit: o.parsed("c_bit")?,
                 })
             }
             Some(_) => return Err(kind_first()),
@@ -230,14 +234,14 @@ impl PayloadConfig {
     }
 
     /// The guests' shared parameters, each at its default when absent:
-    /// `(requests, interval-ms, retry-ms, max-busy-retries)`.
+    /// `(requests, interval_ms, retry_ms, max_busy_retries)`.
     fn parse_params(o: &Options) -> Result<(u32, u32, u32, u32), OptionError> {
         use crate::payload::{DEFAULT_MAX_BUSY_RETRIES, DEFAULT_REQUESTS, DEFAULT_RETRY_MS};
         Ok((
             o.parsed("requests")?.unwrap_or(DEFAULT_REQUESTS),
-            o.parsed("interval-ms")?.unwrap_or(0),
-            o.parsed("retry-ms")?.unwrap_or(DEFAULT_RETRY_MS),
-            o.parsed("max-busy-retries")?
+            o.parsed("interval_ms")?.unwrap_or(0),
+            o.parsed("retry_ms")?.unwrap_or(DEFAULT_RETRY_MS),
+            o.parsed("max_busy_retries")?
                 .unwrap_or(DEFAULT_MAX_BUSY_RETRIES),
         ))
     }
@@ -253,8 +257,8 @@ mod tests {
             cpus: Some("boot=2,max=2"),
             memory: Some("size=128M"),
             platform: Some("sev_snp=off"),
-            snp: Some("certs-file=/c.bin,certs-timeout=50,busy-budget=500,on-error=busy,allow-large=on,startup-wait=10,doorbell=on"),
-            payload: Some("attest,requests=5,interval-ms=10"),
+            snp: Some("certs_file=/c.bin,certs_timeout=50,busy_budget=500,on_error=busy,allow_large=on,startup_wait=10,doorbell=on"),
+            payload: Some("attest,requests=5,interval_ms=10"),
         })
         .unwrap();
         assert_eq!(c.cpus, CpusConfig::with_boot(2));
@@ -280,9 +284,31 @@ mod tests {
     }
 
     #[test]
+    fn kebab_case_keys_are_aliases() {
+        let snake = VmConfig::from_options(&VmOptions {
+            snp: Some("certs_file=/c.bin,certs_timeout=50,busy_budget=500,on_error=busy,allow_large=ON,startup_wait=10,doorbell=True"),
+            payload: Some("attest,requests=5,interval_ms=10,retry_ms=3,max_busy_retries=7"),
+            ..VmOptions::default()
+        })
+        .unwrap();
+        let kebab = VmConfig::from_options(&VmOptions {
+            snp: Some("certs-file=/c.bin,certs-timeout=50,busy-budget=500,on-error=busy,allow-large=on,startup-wait=10,doorbell=on"),
+            payload: Some("attest,requests=5,interval-ms=10,retry-ms=3,max-busy-retries=7"),
+            ..VmOptions::default()
+        })
+        .unwrap();
+        assert_eq!(snake, kebab);
+        assert!(snake.snp.doorbell && snake.snp.allow_large);
+        assert_eq!(
+            SnpConfig::parse("doorbell=OFF,allow_large=FALSE").unwrap(),
+            SnpConfig::default()
+        );
+    }
+
+    #[test]
     fn cloud_hypervisor_keys() {
         assert!(PlatformConfig::parse("sev_snp=on").unwrap().sev_snp);
-        assert!(PlatformConfig::parse("sev-snp=on").is_err());
+        assert!(PlatformConfig::parse("sev_snp=ON").unwrap().sev_snp);
         assert_eq!(CpusConfig::parse("boot=2,max=4").unwrap().max_vcpus, 4);
         let p = PayloadConfig::parse("kernel=/vmlinux,cmdline=\"console=ttyS0\"").unwrap();
         assert_eq!(p.kernel, Some(PathBuf::from("/vmlinux")));
@@ -320,8 +346,11 @@ mod tests {
         assert!(err.to_string().contains("for boot"), "{err}");
         let err = MemoryConfig::parse("size=1X").unwrap_err();
         assert!(err.to_string().contains("for size"), "{err}");
-        let err = SnpConfig::parse("certs_file=/x").unwrap_err();
-        assert!(err.to_string().contains("certs-file"), "{err}");
+        let err = SnpConfig::parse("certs_fil=/x").unwrap_err();
+        assert!(
+            err.to_string().contains("certs_file, certs_timeout"),
+            "{err}"
+        );
         let err = PayloadConfig::parse("linux").unwrap_err();
         assert!(
             err.to_string().contains("known test guests: attest"),

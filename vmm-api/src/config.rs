@@ -16,19 +16,25 @@
 //! `cpus`, `memory`, `platform` and `payload` use Cloud Hypervisor's field
 //! names (see [`crate::payload`] for the payload). Every section and every
 //! field has a default, so `{}` is a valid configuration (a VM with no
-//! payload: its vCPUs stay idle); unknown fields are refused. [`VmConfig::validate`] does the structural checks,
-//! the certs rules among them through snp-certs's
-//! [`CertsConfig::check`]; whether the certs file holds a valid table is
-//! checked by the VMM with [`CertsConfig::validate`].
+//! payload: its vCPUs stay idle). Cloud Hypervisor's other fields
+//! (`serial`, `console`, `rng`, `disks`, `memory.shared`, ...) are
+//! accepted and kept aside, as [`crate::ch_fields`] says; any other
+//! unknown field is refused. [`VmConfig::validate`] does the structural
+//! checks, the certs rules among them through snp-certs's
+//! [`CertsConfig::check`], and refuses the Cloud Hypervisor settings
+//! snp-vmm cannot honour; [`VmConfig::warnings`] names the ones it
+//! ignores. Whether the certs file holds a valid table is checked by the
+//! VMM with [`CertsConfig::validate`].
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use snp_certs_types::settings::{
     CertsConfig, DEFAULT_BUSY_BUDGET_MS, DEFAULT_CERTS_TIMEOUT_MS, OnError,
 };
 use thiserror::Error;
 
+use crate::ch_fields::{ChFields, Unsupported};
 use crate::payload::{PayloadConfig, PayloadError, TestGuestConfig};
 
 /// Most vCPUs a configuration may ask for; the VMM may refuse fewer if KVM
@@ -48,26 +54,89 @@ pub const DEFAULT_STARTUP_WAIT_MS: u64 = 30_000;
 /// Largest `snp.startup_wait`: 5 minutes.
 pub const MAX_STARTUP_WAIT_MS: u64 = 300_000;
 
-/// A whole VM configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole VM configuration. Its JSON form is [`OwnFields`] with the
+/// Cloud Hypervisor fields of [`VmConfig::cloud_hypervisor`] in their
+/// places.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmConfig {
     /// vCPUs.
-    #[serde(default)]
     pub cpus: CpusConfig,
     /// Guest memory.
-    #[serde(default)]
     pub memory: MemoryConfig,
     /// The kind of VM (Cloud Hypervisor's `platform` section, the part of
     /// it that applies here).
-    #[serde(default)]
     pub platform: PlatformConfig,
     /// SNP certificate serving.
-    #[serde(default)]
     pub snp: SnpConfig,
     /// What the guest runs; none: the vCPUs stay idle.
-    #[serde(default)]
     pub payload: Option<PayloadConfig>,
+    /// Cloud Hypervisor's fields that snp-vmm does not implement, as
+    /// given (see [`crate::ch_fields`]).
+    pub cloud_hypervisor: ChFields,
+}
+
+/// The fields snp-vmm reads, as JSON carries them; unknown ones refused.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnFields {
+    #[serde(default)]
+    cpus: CpusConfig,
+    #[serde(default)]
+    memory: MemoryConfig,
+    #[serde(default)]
+    platform: PlatformConfig,
+    #[serde(default)]
+    snp: SnpConfig,
+    #[serde(default)]
+    payload: Option<PayloadConfig>,
+}
+
+impl TryFrom<serde_json::Value> for VmConfig {
+    type Error = String;
+
+    /// Takes Cloud Hypervisor's fields aside, then reads the rest; an
+    /// error names the field at fault by its path (`cpus.boot_vcpus: ...`).
+    fn try_from(mut value: serde_json::Value) -> Result<VmConfig, String> {
+        let cloud_hypervisor = ChFields::take_from(&mut value);
+        let own: OwnFields = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if matches!(path.as_str(), "" | "." | "?") {
+                e.into_inner().to_string()
+            } else {
+                format!("{path}: {}", e.into_inner())
+            }
+        })?;
+        Ok(VmConfig {
+            cpus: own.cpus,
+            memory: own.memory,
+            platform: own.platform,
+            snp: own.snp,
+            payload: own.payload,
+            cloud_hypervisor,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for VmConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<VmConfig, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        VmConfig::try_from(value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for VmConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let own = OwnFields {
+            cpus: self.cpus,
+            memory: self.memory.clone(),
+            platform: self.platform,
+            snp: self.snp.clone(),
+            payload: self.payload.clone(),
+        };
+        let mut value = serde_json::to_value(own).map_err(serde::ser::Error::custom)?;
+        self.cloud_hypervisor.put_into(&mut value);
+        value.serialize(serializer)
+    }
 }
 
 /// vCPU configuration (`--cpus boot=N,max=N`), in Cloud Hypervisor's
@@ -261,6 +330,14 @@ pub enum ConfigError {
     /// The payload cannot run here.
     #[error("Invalid payload")]
     Payload(#[source] PayloadError),
+    /// `payload.host_data` on a VM that is not an SEV-SNP guest.
+    #[error(
+        "payload.host_data is only used by SEV-SNP guests: add platform.sev_snp (--platform sev_snp=on)"
+    )]
+    HostDataWithoutSnp,
+    /// A Cloud Hypervisor setting snp-vmm cannot honour.
+    #[error(transparent)]
+    CloudHypervisor(#[from] Unsupported),
 }
 
 impl VmConfig {
@@ -291,10 +368,21 @@ impl VmConfig {
         if self.snp.startup_wait > MAX_STARTUP_WAIT_MS {
             return Err(ConfigError::StartupWait(self.snp.startup_wait));
         }
-        match &self.payload {
-            Some(payload) => payload.validate().map_err(ConfigError::Payload),
-            None => Ok(()),
+        self.cloud_hypervisor.check()?;
+        if let Some(payload) = &self.payload {
+            payload.validate().map_err(ConfigError::Payload)?;
+            if payload.host_data.is_some() && !self.platform.sev_snp {
+                return Err(ConfigError::HostDataWithoutSnp);
+            }
         }
+        Ok(())
+    }
+
+    /// One warning per Cloud Hypervisor setting that snp-vmm accepts and
+    /// ignores (`serial`, `memory.shared`, ...), saying why; empty when
+    /// there is none. The VMM logs them and `PUT vm.create` answers them.
+    pub fn warnings(&self) -> Vec<String> {
+        self.cloud_hypervisor.warnings()
     }
 
     /// The built-in test guest the VM runs, if any.

@@ -54,8 +54,10 @@ fn unknown_fields_are_refused() {
         json!({"cpu": {}}),
         json!({"cpus": {"boot_vcpus": 1, "max": 2}}),
         json!({"cpus": {"boot": 1}}),
-        json!({"platform": {"sev_snp": true, "tdx": true}}),
-        json!({"memory": {"size": 4096, "shared": true}}),
+        json!({"platform": {"sev_snp": true, "sgx": true}}),
+        json!({"memory": {"size": 4096, "sharde": true}}),
+        json!({"preserved_fds": [3]}),
+        json!({"snp": {"serial": null}}),
         json!({"snp": {"certs-file": "/x"}}),
         json!({"snp": {"on_error": "eio"}}),
         json!({"payload": {"test_guest": {"kind": "attest", "count": 1}}}),
@@ -146,4 +148,86 @@ fn max_vcpus_defaults_to_boot_vcpus() {
         c.validate(),
         Err(ConfigError::MaxCpus { boot: 2, max: 4 })
     ));
+}
+
+/// A configuration as Cloud Hypervisor writes one (its defaults for
+/// every section, from `vmm/src/vm_config.rs`), with the payload ours.
+fn cloud_hypervisor_config() -> serde_json::Value {
+    json!({
+        "cpus": {"boot_vcpus": 1, "max_vcpus": 1, "kvm_hyperv": false, "max_phys_bits": 46,
+                 "features": {"amx": false}, "nested": true, "core_scheduling": "Vm",
+                 "profile": "Host"},
+        "memory": {"size": 67108864, "mergeable": false, "hotplug_method": "Acpi",
+                   "shared": true, "hugepages": false, "prefault": false, "reserve": false,
+                   "thp": true},
+        "payload": {"test_guest": {"kind": "attest"}},
+        "rng": {"src": "/dev/urandom", "iommu": false},
+        "serial": {"mode": "Null", "iommu": false},
+        "console": {"mode": "Tty", "iommu": false},
+        "debug_console": {"mode": "Off", "iobase": 233},
+        "iommu": false, "pvpanic": false, "watchdog": false, "landlock_enable": false,
+        "platform": {"num_pci_segments": 1, "iommu_address_width_bits": 64, "sev_snp": false,
+                     "iommufd": false, "vfio_p2p_dma": true},
+    })
+}
+
+#[test]
+fn cloud_hypervisor_config_is_accepted_with_warnings() {
+    let v = cloud_hypervisor_config();
+    let c: VmConfig = serde_json::from_value(v.clone()).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.cpus, CpusConfig::with_boot(1));
+    assert_eq!(c.memory.size, 64 << 20);
+    let warnings = c.warnings();
+    let named: Vec<&str> = warnings
+        .iter()
+        .map(|w| w.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        named,
+        ["console", "debug_console", "memory.shared", "rng", "serial"],
+        "{warnings:#?}"
+    );
+    // Shown back as given.
+    assert_eq!(serde_json::to_value(&c).unwrap()["serial"], v["serial"]);
+    assert_eq!(serde_json::to_value(&c).unwrap()["memory"]["shared"], true);
+    let again: VmConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn cloud_hypervisor_settings_that_change_the_guest_are_refused() {
+    let mut v = cloud_hypervisor_config();
+    v["cpus"]["topology"] = json!({"threads_per_core": 1, "cores_per_die": 1,
+                                   "dies_per_package": 1, "packages": 1});
+    let c: VmConfig = serde_json::from_value(v).unwrap();
+    let err = c.validate().unwrap_err();
+    assert!(matches!(err, ConfigError::CloudHypervisor(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("cpus.topology is not supported: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_name_the_field_by_path() {
+    let err = serde_json::from_value::<VmConfig>(json!({"cpus": {"boot_vcpus": "two"}}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("cpus.boot_vcpus: invalid type"), "{err}");
+    let err = serde_json::from_value::<VmConfig>(json!({"memory": {"sharde": true}}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `sharde`"), "{err}");
+}
+
+#[test]
+fn host_data_needs_an_snp_guest() {
+    let hex = "ab".repeat(32);
+    let mut c: VmConfig = serde_json::from_value(json!({"payload": {"host_data": hex}})).unwrap();
+    assert!(matches!(c.validate(), Err(ConfigError::HostDataWithoutSnp)));
+    c.platform.sev_snp = true;
+    c.validate().unwrap();
+    assert_eq!(c.host_data(), Some([0xab; 32]));
 }

@@ -23,14 +23,16 @@
 //! * [`snp_launch_sequence`]: the VMM's launch sequence of an SEV-SNP VM.
 //! * [`vm_error`]: why a VM could not be created or booted.
 //! * [`payload`]: what a payload (a guest program) provides.
-//! * [`controller`]: the VMM's side of the REST API.
+//! * [`api_impl`]: [`api_impl::Vmm`], the VMM's implementation of
+//!   [`vmm_api::VmmApi`] (the REST API's side), with Cloud Hypervisor's
+//!   VM lifecycle.
 //!
 //! The VMM knows no HTTP (it implements [`vmm_api::VmmApi`]) and no guest
 //! program (payloads come from a [`payload::PayloadFactory`]).
 
+pub mod api_impl;
 pub mod backend;
 pub mod certs_service;
-pub mod controller;
 pub mod doorbell;
 pub mod exit_dispatch;
 pub mod payload;

@@ -1,7 +1,7 @@
 //! What a VM runs: the payload, attached when the VM is created.
 //!
 //! The VMM itself knows no guest program. A [`PayloadFactory`], given to
-//! the [`Vmm`](crate::controller::Vmm) by whoever builds it (the `snp-vmm`
+//! the [`Vmm`](crate::api_impl::Vmm) by whoever builds it (the `snp-vmm`
 //! binary passes the built-in test guests), turns the VM configuration's
 //! `payload` into a [`Payload`], which
 //!

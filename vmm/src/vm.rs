@@ -334,11 +334,28 @@ impl Vm {
         }
     }
 
-    /// Lifecycle state.
+    /// Lifecycle state, with Cloud Hypervisor's meaning: `Running` from
+    /// boot until the VM is stopped or the guest ends itself. A guest that
+    /// executed `hlt` is idle, not gone (as a halted guest in Cloud
+    /// Hypervisor stays `Running`); one that shut down, terminated or
+    /// failed on every vCPU is `Shutdown`.
     pub fn state(&self) -> VmState {
         if !self.booted {
-            VmState::Created
-        } else if self.shut_down || self.all_ended() {
+            return VmState::Created;
+        }
+        if self.shut_down {
+            return VmState::Shutdown;
+        }
+        let ends = self
+            .ends
+            .ends
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let all_ended = ends.iter().all(Option::is_some);
+        let guest_ended = ends
+            .iter()
+            .any(|end| !matches!(end, None | Some(VcpuEnd::Halted)));
+        if all_ended && guest_ended {
             VmState::Shutdown
         } else {
             VmState::Running

@@ -1,5 +1,6 @@
 //! One HTTP request: route, read the body under the size cap, call the
-//! VMM on a blocking thread, and build the JSON response.
+//! VMM on a blocking thread, and build the JSON response, in the bytes
+//! Cloud Hypervisor's client reads (see [`super::wire`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
+use super::wire::{empty_reason, to_ascii_json};
 use crate::routes::{self, MAX_BODY_SIZE};
 use vmm_api::{ApiError, ApiErrorKind, ErrorBody, VmmApi, VmmData};
 
@@ -81,6 +83,7 @@ where
 fn data_response(data: VmmData) -> Response<ResponseBody> {
     match data {
         VmmData::Empty => response(StatusCode::NO_CONTENT, None),
+        VmmData::Warnings(w) => json_response(StatusCode::OK, &w),
         VmmData::Ping(p) => json_response(StatusCode::OK, &p),
         VmmData::VmInfo(i) => json_response(StatusCode::OK, &i),
         VmmData::SnpCerts(c) => json_response(StatusCode::OK, &c),
@@ -111,7 +114,7 @@ pub(crate) fn error_response(error: &ApiError, path: &str) -> Response<ResponseB
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
-    match serde_json::to_vec(value) {
+    match to_ascii_json(value) {
         Ok(body) => response(status, Some(body)),
         Err(e) => {
             log::error!("Cannot encode an API response: {e}");
@@ -124,6 +127,7 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Respon
 fn response(status: StatusCode, json: Option<Vec<u8>>) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(Bytes::from(json.clone().unwrap_or_default())));
     *response.status_mut() = status;
+    empty_reason(&mut response);
     if json.is_some() {
         response
             .headers_mut()

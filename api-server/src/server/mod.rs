@@ -7,11 +7,14 @@
 //! [`VmmApi`] on tokio's blocking pool, so a slow VMM call never stalls
 //! the accept loop. [`ApiServer::shutdown`] stops accepting, lets requests
 //! in flight finish (for a short grace period), removes the socket file
-//! and joins the thread.
+//! and joins the thread. Responses are written so that Cloud Hypervisor's
+//! `ch-remote` reads them (status line, header case, ASCII bodies: see
+//! `wire`).
 
 pub mod socket;
 
 mod http;
+mod wire;
 
 use std::convert::Infallible;
 use std::io;
@@ -222,6 +225,8 @@ async fn serve(
                     });
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
+                        // `Content-Length`, as Cloud Hypervisor's client looks for it.
+                        .title_case_headers(true)
                         .header_read_timeout(HEADER_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
                     let connection = graceful.watch(connection);

@@ -42,7 +42,9 @@ impl Gate {
 }
 
 /// A fake VMM: one VM with a lifecycle, a certs configuration that is
-/// replaced only if the new file exists, and fixed counters.
+/// replaced only if the new file exists, and fixed counters. Deleting
+/// without a VM succeeds, as in Cloud Hypervisor; creating answers the
+/// configuration's warnings.
 #[derive(Default)]
 pub struct FakeVmm {
     pub state: Mutex<FakeState>,
@@ -114,8 +116,9 @@ impl VmmApi for FakeVmm {
                     return Err(ApiError::conflict("A VM already exists"));
                 }
                 s.certs = config.snp.certs_config();
+                let warnings = config.warnings();
                 s.vm = Some((*config, VmState::Created));
-                Ok(VmmData::Empty)
+                Ok(VmmData::with_warnings(warnings))
             }
             VmmAction::BootVm => match &mut s.vm {
                 None => Err(no_vm()),
@@ -150,7 +153,7 @@ impl VmmApi for FakeVmm {
                 }
             },
             VmmAction::DeleteVm => {
-                s.vm.take().ok_or_else(no_vm)?;
+                s.vm = None;
                 Ok(VmmData::Empty)
             }
             VmmAction::GetSnpCerts => {

@@ -35,6 +35,32 @@ pub(super) fn parse(line: &str) -> Event {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
+/// `format=cloud-hypervisor`: the file reads as Cloud Hypervisor's tests
+/// read CH's event file (split at blank lines), string property values.
+#[test]
+fn cloud_hypervisor_format_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ev.json");
+    let config: EventMonitorConfig = format!("path={},format=cloud-hypervisor", path.display())
+        .parse()
+        .unwrap();
+    let (monitor, events) = EventMonitor::start(&config).unwrap();
+    events.event("vm", "booted", [("vcpus", json!(2))]);
+    events.event("vmm", "stopped", []);
+    assert_eq!(monitor.shutdown().written, 2);
+    let text = fs::read_to_string(&path).unwrap();
+    let events: Vec<Value> = text
+        .trim()
+        .split("\n\n")
+        .map(|piece| serde_json::from_str(piece).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0]["event"], "booted");
+    assert_eq!(events[0]["properties"], json!({"vcpus": "2"}));
+    assert_eq!(events[1]["properties"], Value::Null);
+    assert!(events[1]["timestamp"]["nanos"].is_u64());
+}
+
 #[test]
 fn lines_parse_back_with_exact_fields() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,10 +1,17 @@
 //! `snp-remote`: drive a running `snp-vmm` through its API socket, like
 //! Cloud Hypervisor's `ch-remote`.
 //!
-//! Exit status: 0 on success, 1 when the VMM refused the request (its
-//! error chain is printed as `snp-remote: outer: inner`, or with `--json`
-//! as `{"error": ["outer", "inner"]}`, on stderr), 2 for usage errors and
-//! when the VMM cannot be reached.
+//! Output, as `ch-remote`'s: the VMM's JSON answer as it came, one line,
+//! for every command that has one (nothing for a 204), so `snp-remote info
+//! | jq` works as `ch-remote info | jq` does; `--summary` prints a human
+//! summary instead.
+//!
+//! Exit status, as `ch-remote`'s: 0 on success; 1 for any failure once the
+//! arguments are read (the VMM refused the request, it cannot be reached,
+//! an option string or a configuration file is invalid); 2 for arguments
+//! the command line parser refuses. Errors go to stderr on one line,
+//! `snp-remote: outer: inner` (the VMM's error chain for a refusal), or
+//! with `--json` as `{"error": ["outer", "inner"]}`.
 
 #[macro_use]
 #[path = "../../shared/stdout.rs"]
@@ -35,7 +42,11 @@ struct Cli {
     /// The VMM's API socket.
     #[arg(long, value_name = "PATH")]
     api_socket: PathBuf,
-    /// Print the server's JSON instead of a human-readable summary.
+    /// Print a human-readable summary instead of the VMM's JSON answer.
+    #[arg(long, global = true, conflicts_with = "json")]
+    summary: bool,
+    /// Print errors as JSON too (`{"error": [...]}` on stderr); answers
+    /// are JSON without it.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -88,10 +99,10 @@ struct CreateArgs {
     /// Platform: sev_snp=on|off.
     #[arg(long, value_name = "OPTIONS")]
     platform: Option<String>,
-    /// SNP: certs-file=PATH,certs-timeout=MS,doorbell=on|off.
+    /// SNP: certs_file=PATH,certs_timeout=MS,doorbell=on|off, ...
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Payload: attest,requests=N,interval-ms=M (keys optional),host_data=HEX.
+    /// Payload: attest,requests=N,interval_ms=M (keys optional),host_data=HEX.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
 }
@@ -119,39 +130,30 @@ struct SetCertsArgs {
 }
 
 fn parse_switch(s: &str) -> Result<bool, String> {
-    match s {
-        "on" | "true" | "yes" | "1" => Ok(true),
-        "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err(format!("{s:?}: expected on or off")),
-    }
+    option_parser::parse_switch(s).ok_or_else(|| format!("{s:?}: expected on or off"))
 }
 
-/// How a run failed, and so its exit status.
+/// How a run failed; either way the exit status is 1, as `ch-remote`'s.
 enum Failure {
-    /// The VMM refused: exit 1. Its error chain, outermost first.
+    /// The VMM refused; its error chain, outermost first.
     Api(Vec<String>),
-    /// Bad usage or no VMM to talk to: exit 2.
-    Usage(anyhow::Error),
+    /// Anything else: an invalid option string or file, no VMM to talk to.
+    Local(anyhow::Error),
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         match e {
             ClientError::Api { chain, .. } => Failure::Api(chain),
-            e @ ClientError::Decode { .. } => Failure::Api(chain(&anyhow::Error::new(e))),
-            e => Failure::Usage(anyhow::Error::new(e)),
+            e => Failure::Local(anyhow::Error::new(e)),
         }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        Failure::Usage(e)
+        Failure::Local(e)
     }
-}
-
-fn chain(e: &anyhow::Error) -> Vec<String> {
-    e.chain().map(|c| one_line(&c.to_string())).collect()
 }
 
 fn main() -> ExitCode {
@@ -162,15 +164,11 @@ fn main() -> ExitCode {
             stdout::print_chain("snp-remote", &messages, cli.json);
             ExitCode::from(1)
         }
-        Err(Failure::Usage(e)) => {
+        Err(Failure::Local(e)) => {
             stdout::print_error("snp-remote", &e, cli.json);
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
-}
-
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
@@ -236,21 +234,23 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             client.request(Method::Get, "vm.counters", no_body)?,
         ),
     };
-    show(cli.json, endpoint, response)
+    show(cli.summary, endpoint, response)
 }
 
-/// Prints a successful answer, or turns an error answer into a failure.
-fn show(json: bool, endpoint: &str, response: ApiResponse) -> Result<(), Failure> {
+/// Prints a successful answer (the body as it came, as `ch-remote` does,
+/// or a summary), or turns an error answer into a failure.
+fn show(summary: bool, endpoint: &str, response: ApiResponse) -> Result<(), Failure> {
     let response = response.ok()?;
     if response.body.is_empty() {
         return Ok(());
     }
-    if json {
+    if !summary {
         outln!("{}", response.text().trim_end());
         return Ok(());
     }
     let text = match endpoint {
         "vmm.ping" => output::ping(&response.json(endpoint)?),
+        "vm.create" => output::warnings(&response.json(endpoint)?),
         "vm.info" => output::info(&response.json(endpoint)?),
         "vm.snp-certs" => output::certs(&response.json(endpoint)?),
         "vm.counters" => output::counters(&response.json(endpoint)?),

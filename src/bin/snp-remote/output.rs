@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use vmm_api::{CounterMap, PingResponse, SnpCertsInfo, TestGuestConfig, VmInfo};
+use vmm_api::{CounterMap, PingResponse, SnpCertsInfo, TestGuestConfig, VmInfo, Warnings};
 
 /// `ping`.
 pub fn ping(p: &PingResponse) -> String {
@@ -114,6 +114,14 @@ pub fn certs(c: &SnpCertsInfo) -> String {
     );
     let _ = writeln!(s, "bytes delivered: {}", c.stats.bytes_delivered);
     s
+}
+
+/// `create`: the settings the VMM ignores, one line each.
+pub fn warnings(w: &Warnings) -> String {
+    w.warnings
+        .iter()
+        .map(|w| format!("warning: {w}\n"))
+        .collect()
 }
 
 /// `counters`: Cloud Hypervisor's map, one block per device.

@@ -9,6 +9,11 @@
 //! `vmm.shutdown`, creating and booting a VM at start if VM options are
 //! given. With `--check-host` it only reports whether this host can serve
 //! SEV-SNP guests (see [`check_host`]).
+//!
+//! Cloud Hypervisor's payload flags are recognised: `--host-data` is the
+//! SNP launch's host data (`payload.host_data`, SEV-SNP guests only);
+//! `--kernel`, `--cmdline`, `--initramfs`, `--firmware` and `--igvm` are
+//! refused with the reason (only the built-in test guests run here).
 
 mod check_host;
 
@@ -31,8 +36,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use test_guests::TestGuests;
 use test_guests::summary::summarize;
+use vmm::api_impl::Vmm;
 use vmm::backend::{Backend, BackendChoice};
-use vmm::controller::Vmm;
 use vmm_api::{VmConfig, VmOptions};
 
 /// Where the API listens: `--api-socket PATH`, `path=PATH` or `fd=N`.
@@ -78,18 +83,45 @@ struct Args {
     /// Guest memory: size=64M.
     #[arg(long, value_name = "size=SIZE")]
     memory: Option<String>,
-    /// Platform: sev_snp=on|off (SEV-SNP guests are refused by this build).
+    /// Platform: sev_snp=on|off (on: an SEV-SNP guest, on an SNP host or
+    /// the mock-snp backend).
     #[arg(long, value_name = "sev_snp=on|off")]
     platform: Option<String>,
-    /// Certificate serving: certs-file=PATH,certs-timeout=MS,busy-budget=MS,
-    /// on-error=empty|busy,allow-large=on,startup-wait=MS,doorbell=on.
+    /// Certificate serving: certs_file=PATH,certs_timeout=MS,busy_budget=MS,
+    /// on_error=empty|busy,allow_large=on,startup_wait=MS,doorbell=on
+    /// (kebab-case keys such as certs-file are accepted too).
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Guest payload: attest,requests=N,interval-ms=MS,retry-ms=MS,max-busy-retries=N,host_data=HEX.
+    /// Guest payload: attest|snp-attest,requests=N,interval_ms=MS,retry_ms=MS,
+    /// max_busy_retries=N,c_bit=N,host_data=HEX.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
-    /// JSON-lines event stream: path=FILE or fd=N.
-    #[arg(long, value_name = "path=FILE|fd=N")]
+    /// SEV-SNP launch host data, 64 hexadecimal digits (32 bytes), as in
+    /// Cloud Hypervisor: payload.host_data; SEV-SNP guests only.
+    #[arg(long, value_name = "HEX")]
+    host_data: Option<String>,
+    /// Cloud Hypervisor's kernel image: refused, snp-vmm runs only its
+    /// built-in test guests (--payload).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Cloud Hypervisor's kernel command line: refused (no kernel here).
+    #[arg(long, value_name = "CMDLINE")]
+    cmdline: Option<String>,
+    /// Cloud Hypervisor's initramfs: refused (no kernel here).
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Cloud Hypervisor's firmware image: refused, snp-vmm runs only its
+    /// built-in test guests (--payload).
+    #[arg(long, value_name = "PATH")]
+    firmware: Option<PathBuf>,
+    /// Cloud Hypervisor's IGVM file: refused, snp-vmm cannot load IGVM
+    /// files; its SNP guest is --payload snp-attest.
+    #[arg(long, value_name = "PATH")]
+    igvm: Option<PathBuf>,
+    /// Event stream: path=FILE or fd=N, then optionally capacity=N and
+    /// format=json-lines (the default) or format=cloud-hypervisor (Cloud
+    /// Hypervisor's own event format).
+    #[arg(long, value_name = "path=FILE|fd=N[,format=F]")]
     event_monitor: Option<EventMonitorConfig>,
     /// Hypervisor backend: kvm, mock (no real vCPUs: a Rust model of the
     /// guest), or auto (KVM, else the mock, said loudly).
@@ -125,12 +157,48 @@ impl Args {
             || self.platform.is_some()
             || self.snp.is_some()
             || self.payload.is_some()
+            || self.host_data.is_some()
+            || self.unsupported_payload_flag().is_some()
+    }
+
+    /// The first of Cloud Hypervisor's payload flags snp-vmm cannot
+    /// honour, if one is given.
+    fn unsupported_payload_flag(&self) -> Option<&'static str> {
+        [
+            ("--kernel", self.kernel.is_some()),
+            ("--cmdline", self.cmdline.is_some()),
+            ("--initramfs", self.initramfs.is_some()),
+            ("--firmware", self.firmware.is_some()),
+            ("--igvm", self.igvm.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
     }
 
     /// The VM configuration, with a relative certs file made absolute
     /// against the current directory.
     fn vm_config(&self) -> Result<VmConfig> {
+        if let Some(flag) = self.unsupported_payload_flag() {
+            bail!(
+                "{flag} is not supported: snp-vmm runs only its built-in test guests \
+                 (--payload attest, or --payload snp-attest with --platform sev_snp=on); \
+                 it cannot boot a kernel, firmware or IGVM file"
+            );
+        }
         let mut config = VmConfig::from_options(&self.vm_options())?;
+        if let Some(hex) = &self.host_data {
+            let payload = config.payload.get_or_insert_with(Default::default);
+            if payload.host_data.is_some() {
+                bail!("host data given twice: --host-data and --payload host_data=");
+            }
+            payload.host_data = Some(hex.clone());
+            if !config.platform.sev_snp {
+                bail!(
+                    "--host-data is only used by SEV-SNP guests: add --platform sev_snp=on \
+                     (and a guest that runs in one, --payload snp-attest)"
+                );
+            }
+        }
         if let Some(file) = &config.snp.certs_file {
             config.snp.certs_file = Some(
                 std::path::absolute(file)
@@ -279,7 +347,7 @@ fn serve_api(args: &Args, socket: &ApiSocket, vmm: Arc<Vmm>) -> Result<ExitCode>
     // The VM of the command line, if any: its start-up wait for the certs
     // file ends at SIGINT/SIGTERM too.
     if let Some(config) = config {
-        if let Err(e) = vmm.create_vm(config).and_then(|()| vmm.boot_vm()) {
+        if let Err(e) = vmm.create_vm(config).and_then(|_| vmm.boot_vm()) {
             let exiting = vmm.exiting().load(Ordering::Acquire);
             server.shutdown();
             if exiting {

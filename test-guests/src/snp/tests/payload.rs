@@ -287,7 +287,7 @@ fn the_whole_vmm_runs_the_twin_on_the_mock_backend() {
 /// creation and over the API.
 #[test]
 fn a_host_without_the_certificate_exit_refuses_certs_files() {
-    use vmm::controller::Vmm;
+    use vmm::api_impl::Vmm;
     use vmm_api::{SnpCertsUpdate, VmmAction, VmmApi, VmmData};
 
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,26 @@
-//! The VMM's side of the API: one VM at most, driven by [`VmmAction`]s.
+//! The VMM's implementation of [`VmmApi`]: one VM at most, driven by
+//! [`VmmAction`]s, with Cloud Hypervisor's lifecycle.
+//!
+//! The states and transitions are Cloud Hypervisor's (`vmm/src/lib.rs`,
+//! `vm.rs` there), as the API shows them ([`VmState`]):
+//!
+//! | action | no VM | `Created` | `Running` | `Shutdown` |
+//! | --- | --- | --- | --- | --- |
+//! | `vm.create` | `Created` | 409 | 409 | 409 |
+//! | `vm.boot` | 404 | `Running` | 409 | `Running` (created anew) |
+//! | `vm.shutdown` | 404 | 409 | `Created` | 409 |
+//! | `vm.delete` | 204, no VM | no VM | no VM (shut down first) | no VM |
+//!
+//! Where Cloud Hypervisor answers a wrong state with 500, this VMM
+//! answers 409 (the client's request, not the VMM, is at fault).
+//! Cloud Hypervisor's `vm.create` only stores the configuration and
+//! `vm.boot` builds the VM; here `vm.create` builds it (so that the certs
+//! file is validated, and a `PUT vm.snp-certs` can come before the boot),
+//! and a VM that ran before is built anew from its configuration when it
+//! boots again. After `vm.shutdown` the stopped VM is kept, reported as
+//! `Created` as Cloud Hypervisor reports it, so that its counters and
+//! certs configuration can still be read and changed; `Shutdown` is a VM
+//! whose vCPUs all ended without being asked.
 //!
 //! The API server calls [`Vmm::handle`] from its blocking pool; a mutex
 //! serialises actions on the VM. Certificate configuration changes go
@@ -14,8 +36,8 @@ use snp_certs::CertsFileError;
 use snp_certs::config::ConfigError;
 use snp_certs::lock::LockError;
 use vmm_api::{
-    ApiError, ApiErrorKind, FEATURE_SNP_REQ_CERTS, PingResponse, SnpCertsUpdate, VmConfig, VmState,
-    VmmAction, VmmApi, VmmData,
+    ApiError, ApiErrorKind, FEATURE_SEV_SNP, FEATURE_SNP_REQ_CERTS, PingResponse, SnpCertsUpdate,
+    VmConfig, VmState, VmmAction, VmmApi, VmmData,
 };
 
 use crate::backend::Backend;
@@ -30,7 +52,7 @@ pub struct Vmm {
     payloads: Arc<dyn PayloadFactory>,
     /// Set once the VMM is exiting: ends a VM creation's start-up wait.
     exiting: Arc<AtomicBool>,
-    vm: Mutex<Option<Vm>>,
+    vm: Mutex<Option<Slot>>,
     exit_requested: Mutex<bool>,
     exit_wake: Condvar,
 }
@@ -40,6 +62,30 @@ impl std::fmt::Debug for Vmm {
         f.debug_struct("Vmm")
             .field("backend", &self.backend)
             .finish_non_exhaustive()
+    }
+}
+
+/// The VM, and whether `vm.shutdown` stopped it.
+struct Slot {
+    vm: Vm,
+    /// Shut down through the API: reported as `Created`, as Cloud
+    /// Hypervisor reports a VM it shut down (it keeps the configuration
+    /// and drops the instance).
+    stopped: bool,
+}
+
+impl Slot {
+    fn new(vm: Vm) -> Slot {
+        Slot { vm, stopped: false }
+    }
+
+    /// The state the API shows.
+    fn state(&self) -> VmState {
+        if self.stopped {
+            VmState::Created
+        } else {
+            self.vm.state()
+        }
     }
 }
 
@@ -131,7 +177,7 @@ impl Vmm {
         &self.backend
     }
 
-    fn vm(&self) -> MutexGuard<'_, Option<Vm>> {
+    fn vm(&self) -> MutexGuard<'_, Option<Slot>> {
         self.vm.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -141,7 +187,7 @@ impl Vmm {
         f: impl FnOnce(&mut Vm) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         match self.vm().as_mut() {
-            Some(vm) => f(vm),
+            Some(slot) => f(&mut slot.vm),
             None => Err(no_vm()),
         }
     }
@@ -152,14 +198,17 @@ impl Vmm {
         Arc::clone(&self.exiting)
     }
 
-    /// Creates the VM. The VMM's lock is not held while the VM is built
-    /// (its start-up wait for the certs file may be long), so other API
-    /// calls answer meanwhile; a second creation racing this one gets 409.
-    pub fn create_vm(&self, config: VmConfig) -> Result<(), ApiError> {
+    /// Creates the VM and returns the warnings about the Cloud Hypervisor
+    /// settings of `config` it ignores (also logged). The VMM's lock is not
+    /// held while the VM is built (its start-up wait for the certs file
+    /// may be long), so other API calls answer meanwhile; a second
+    /// creation racing this one gets 409.
+    pub fn create_vm(&self, config: VmConfig) -> Result<Vec<String>, ApiError> {
         let exists = || ApiError::conflict("A VM already exists: delete it first");
         if self.vm().is_some() {
             return Err(exists());
         }
+        let warnings = config.warnings();
         let vm = Vm::create(
             &self.backend,
             config,
@@ -172,33 +221,37 @@ impl Vmm {
         if slot.is_some() {
             return Err(exists());
         }
-        *slot = Some(vm);
-        Ok(())
+        *slot = Some(Slot::new(vm));
+        for warning in &warnings {
+            log::warn!("vm.create: {warning}");
+        }
+        Ok(warnings)
     }
 
-    /// Boots the VM. A VM that was shut down is created again from its
-    /// configuration (with the certs configuration in force) and booted,
-    /// as Cloud Hypervisor does; the new VM's counters start from zero.
-    /// As in [`Vmm::create_vm`], the VMM's lock is not held while the new
-    /// VM is built.
+    /// Boots the VM. A VM that ran before (shut down through the API, or
+    /// whose vCPUs all ended) is created again from its configuration
+    /// (with the certs configuration in force) and booted, as Cloud
+    /// Hypervisor does; the new VM's counters start from zero. As in
+    /// [`Vmm::create_vm`], the VMM's lock is not held while the new VM is
+    /// built.
     pub fn boot_vm(&self) -> Result<(), ApiError> {
         let config = {
             let mut slot = self.vm();
-            let Some(vm) = slot.as_mut() else {
+            let Some(slot) = slot.as_mut() else {
                 return Err(no_vm());
             };
-            match vm.state() {
-                VmState::Created => return vm.boot().map_err(vm_error),
-                VmState::Running => {
+            match slot.state() {
+                VmState::Created if !slot.stopped => return slot.vm.boot().map_err(vm_error),
+                VmState::Running | VmState::Paused => {
                     return Err(ApiError::conflict(
                         "The VM is Running: shut it down before booting it again",
                     ));
                 }
-                VmState::Shutdown => {
+                VmState::Created | VmState::Shutdown => {
                     // Stop whatever is left (vCPUs that ended on their
                     // own) before its replacement exists.
-                    vm.shutdown();
-                    vm.reboot_config()
+                    slot.vm.shutdown();
+                    slot.vm.reboot_config()
                 }
             }
         };
@@ -211,18 +264,50 @@ impl Vmm {
         )
         .map_err(vm_error)?;
         let mut slot = self.vm();
-        match slot.as_ref().map(Vm::state) {
-            Some(VmState::Shutdown) => {
+        match slot.as_ref() {
+            Some(old) if old.stopped || old.state() == VmState::Shutdown => {
                 new.boot().map_err(vm_error)?;
-                *slot = Some(new);
+                *slot = Some(Slot::new(new));
                 Ok(())
             }
             // Deleted, or booted by a racing call, meanwhile.
             None => Err(no_vm()),
-            Some(state) => Err(ApiError::conflict(format!(
-                "The VM is {state:?}: it changed while booting it again"
+            Some(old) => Err(ApiError::conflict(format!(
+                "The VM is {:?}: it changed while booting it again",
+                old.state()
             ))),
         }
+    }
+
+    /// Shuts the running VM down, releasing every lease; it is then
+    /// `Created`, as in Cloud Hypervisor.
+    pub fn shutdown_vm(&self) -> Result<(), ApiError> {
+        let mut slot = self.vm();
+        let Some(slot) = slot.as_mut() else {
+            return Err(no_vm());
+        };
+        match slot.state() {
+            VmState::Running => {
+                slot.vm.shutdown();
+                slot.stopped = true;
+                Ok(())
+            }
+            state => Err(ApiError::conflict(format!(
+                "The VM is {state:?}: only a running VM can shut down"
+            ))),
+        }
+    }
+
+    /// Deletes the VM, shutting it down first; without a VM, does
+    /// nothing, as Cloud Hypervisor.
+    pub fn delete_vm(&self) {
+        let Some(mut slot) = self.vm().take() else {
+            return;
+        };
+        slot.vm.shutdown();
+        drop(slot);
+        self.events
+            .event(VM_EVENT_SOURCE, "deleted", [("vcpus", json!(0))]);
     }
 
     /// Applies a certs update. The new file is validated (under its shared
@@ -244,13 +329,20 @@ impl Vmm {
         Ok(VmmData::SnpCerts(Box::new(certs_info(&certs))))
     }
 
-    /// What `GET vmm.ping` answers.
+    /// What `GET vmm.ping` answers. `features` as Cloud Hypervisor lists
+    /// them, sorted: the backend (`kvm`, `mock`), `sev_snp` where SEV-SNP
+    /// guests can be launched (the `mock-snp` backend included), and
+    /// `snp_req_certs` where their certificate requests reach the VMM.
     pub fn ping(&self) -> PingResponse {
         let version = env!("CARGO_PKG_VERSION").to_owned();
         let mut features = vec![self.backend.name().to_owned()];
+        if self.backend.hypervisor().snp_supported() {
+            features.push(FEATURE_SEV_SNP.to_owned());
+        }
         if self.snp_req_certs_supported {
             features.push(FEATURE_SNP_REQ_CERTS.to_owned());
         }
+        features.sort();
         PingResponse {
             build_version: option_env!("SNP_VMM_BUILD_VERSION")
                 .map_or_else(|| version.clone(), str::to_owned),
@@ -265,8 +357,9 @@ impl Vmm {
     /// Asks the process to exit (after `vmm.shutdown`, SIGINT, SIGTERM).
     pub fn request_exit(&self) {
         self.exiting.store(true, Ordering::Release);
-        if let Some(mut vm) = self.vm().take() {
-            vm.shutdown();
+        if let Some(mut slot) = self.vm().take() {
+            slot.vm.shutdown();
+            drop(slot);
             self.events.event(VM_EVENT_SOURCE, "deleted", []);
         }
         *self
@@ -297,23 +390,19 @@ impl VmmApi for Vmm {
                 self.request_exit();
                 Ok(VmmData::Empty)
             }
-            VmmAction::CreateVm(config) => self.create_vm(*config).map(|()| VmmData::Empty),
+            VmmAction::CreateVm(config) => self.create_vm(*config).map(VmmData::with_warnings),
             VmmAction::BootVm => self.boot_vm().map(|()| VmmData::Empty),
-            VmmAction::VmInfo => self.with_vm(|vm| Ok(VmmData::VmInfo(Box::new(vm.info())))),
-            VmmAction::ShutdownVm => self.with_vm(|vm| match vm.state() {
-                VmState::Running => {
-                    vm.shutdown();
-                    Ok(VmmData::Empty)
+            VmmAction::VmInfo => match self.vm().as_ref() {
+                Some(slot) => {
+                    let mut info = slot.vm.info();
+                    info.state = slot.state();
+                    Ok(VmmData::VmInfo(Box::new(info)))
                 }
-                state => Err(ApiError::conflict(format!(
-                    "The VM is {state:?}: only a running VM can shut down"
-                ))),
-            }),
+                None => Err(no_vm()),
+            },
+            VmmAction::ShutdownVm => self.shutdown_vm().map(|()| VmmData::Empty),
             VmmAction::DeleteVm => {
-                let mut vm = self.vm().take().ok_or_else(no_vm)?;
-                vm.shutdown();
-                self.events
-                    .event(VM_EVENT_SOURCE, "deleted", [("vcpus", json!(0))]);
+                self.delete_vm();
                 Ok(VmmData::Empty)
             }
             VmmAction::GetSnpCerts => {

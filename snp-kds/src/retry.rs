@@ -12,7 +12,8 @@
 //!   `min(base · 2ⁿ⁻¹, max_delay)`;
 //!
 //! until `max_attempts` requests were made or the next wait would take the
-//! total past `max_total_wait`. A `Retry-After` longer than what is left
+//! total past `max_total_wait` (which the waits for this host's turn in the
+//! request pacing count against too, see [`crate::client`]). A `Retry-After` longer than what is left
 //! of the budget ends the retries at once: the error then says when KDS
 //! will answer again.
 
@@ -27,7 +28,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest backoff between two attempts.
     pub max_delay: Duration,
-    /// Longest total time spent waiting for one document.
+    /// Longest total time spent waiting for one document: pacing turns,
+    /// `Retry-After` and backoff together.
     pub max_total_wait: Duration,
 }
 

@@ -215,12 +215,33 @@ fn a_retry_after_beyond_the_budget_stops_at_once_and_says_when() {
     assert_eq!(kds.requests(), 1);
     assert!(e.to_string().contains("wait 3600 s"), "{e}");
     assert!(clock.sleeps.lock().unwrap().is_empty());
-    // Every process on the host is held off until then.
-    let other = Kds::with_clock(config(&kds, cache.path()), clock.clone());
+    // Every process on the host is held off until then: one whose wait
+    // budget cannot cover it ends at once, asking nothing, sleeping not.
     kds.throttle(Throttle::default());
-    other.fetch(&FetchRequest::vcek(milan(), false)).unwrap();
+    let other = Kds::with_clock(config(&kds, cache.path()), clock.clone());
+    let e = other
+        .fetch(&FetchRequest::vcek(milan(), false))
+        .unwrap_err();
+    assert!(matches!(e, KdsError::PacedTooLong { .. }), "{e:?}");
+    assert!(e.is_retry_later());
+    assert_eq!(kds.requests(), 1);
+    assert!(clock.sleeps.lock().unwrap().is_empty());
+    // One with budget enough waits its turn, and says so first.
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let mut patient = config(&kds, cache.path());
+    patient.client.retry.max_total_wait = Duration::from_secs(7200);
+    patient.client.on_wait = Some({
+        let told = Arc::clone(&told);
+        Arc::new(move |reason: &str, wait| told.lock().unwrap().push((reason.to_owned(), wait)))
+    });
+    Kds::with_clock(patient, clock.clone())
+        .fetch(&FetchRequest::vcek(milan(), false))
+        .unwrap();
     let waited: Duration = clock.sleeps.lock().unwrap().iter().sum();
     assert!(waited >= Duration::from_secs(3590), "{waited:?}");
+    let told = told.lock().unwrap();
+    assert!(told[0].0.contains("request pacing"), "{told:?}");
+    assert!(told[0].1 >= Duration::from_secs(3590), "{told:?}");
 }
 
 #[test]

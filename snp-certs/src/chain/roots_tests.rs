@@ -66,7 +66,10 @@ fn a_root_of_its_own_is_refused_unless_named() {
     let at = UNIX_EPOCH + Duration::from_secs(1_811_808_000);
     let report = verify_table(&CertTable::parse(&bytes).unwrap(), at);
     let message = report.problems[0].message();
-    assert!(message.contains(&spki_sha384(&parsed(SYN_ARK))), "{message}");
+    assert!(
+        message.contains(&spki_sha384(&parsed(SYN_ARK))),
+        "{message}"
+    );
     assert!(message.contains("one of AMD's root keys (Milan, Genoa, Turin)"));
 
     let named = TrustedRoots::amd().with_extra_root(SYN_ARK).unwrap();
@@ -96,8 +99,8 @@ fn amd_chains_pass_the_root_check_by_default() {
 /// Genoa's ARK certificate carrying Milan's key: the names say Genoa, the
 /// key is Milan's root.
 fn genoa_ark_with_milan_key() -> Vec<u8> {
-    let milan = Certificate::from_der(&to_der(MILAN_ARK, DocumentKind::Certificate).unwrap())
-        .unwrap();
+    let milan =
+        Certificate::from_der(&to_der(MILAN_ARK, DocumentKind::Certificate).unwrap()).unwrap();
     let mut genoa =
         Certificate::from_der(&to_der(GENOA_ARK, DocumentKind::Certificate).unwrap()).unwrap();
     genoa.tbs_certificate.subject_public_key_info =
@@ -130,8 +133,16 @@ fn expected_names_the_product_line_root() {
     let roots = TrustedRoots::amd();
     assert!(roots.expected(Some("genoa")).contains(GENOA_PIN_PREFIX));
     let named = roots.with_extra_root(SYN_ARK).unwrap();
-    assert!(named.expected(None).ends_with("or a root given as trusted (ARK-Testonly)"));
-    assert!(TrustedRoots::amd().with_extra_root(b"not a certificate").is_err());
+    assert!(
+        named
+            .expected(None)
+            .ends_with("or a root given as trusted (ARK-Testonly)")
+    );
+    assert!(
+        TrustedRoots::amd()
+            .with_extra_root(b"not a certificate")
+            .is_err()
+    );
 }
 
 const GENOA_PIN_PREFIX: &str = "AMD's Genoa root key (SPKI SHA-384 32ab53a6";

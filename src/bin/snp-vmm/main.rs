@@ -65,7 +65,7 @@ impl ApiSocket {
 
 /// Run a VM that answers SEV-SNP certificate requests from a certs file.
 #[derive(Debug, Parser)]
-#[command(name = "snp-vmm", version, about)]
+#[command(name = "snp-vmm", version)]
 struct Args {
     /// Serve the REST API on this Unix socket: PATH or path=PATH (created
     /// mode 0600, removed at exit), or fd=N, an inherited listening Unix
@@ -78,21 +78,26 @@ struct Args {
     /// Guest memory: size=64M.
     #[arg(long, value_name = "size=SIZE")]
     memory: Option<String>,
-    /// Platform: sev_snp=on|off (SEV-SNP guests are refused by this build).
+    /// Platform: sev_snp=on|off (on: an SEV-SNP guest, with the snp-attest
+    /// payload; needs an SNP host, see --check-host, or --hypervisor
+    /// mock-snp).
     #[arg(long, value_name = "sev_snp=on|off")]
     platform: Option<String>,
     /// Certificate serving: certs-file=PATH,certs-timeout=MS,busy-budget=MS,
     /// on-error=empty|busy,allow-large=on,startup-wait=MS,doorbell=on.
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Guest payload: attest,requests=N,interval-ms=MS,retry-ms=MS,max-busy-retries=N,host_data=HEX.
+    /// Guest payload: attest or snp-attest (the SEV-SNP guest, with
+    /// --platform sev_snp=on), then requests=N,interval-ms=MS,retry-ms=MS,
+    /// max-busy-retries=N,host_data=HEX, and for snp-attest c-bit=N.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
     /// JSON-lines event stream: path=FILE or fd=N.
     #[arg(long, value_name = "path=FILE|fd=N")]
     event_monitor: Option<EventMonitorConfig>,
     /// Hypervisor backend: kvm, mock (no real vCPUs: a Rust model of the
-    /// guest), or auto (KVM, else the mock, said loudly).
+    /// guest), mock-snp (the mock simulating an SEV-SNP host), or auto
+    /// (KVM, else the mock, said loudly).
     #[arg(long, default_value_t = BackendChoice::Kvm)]
     hypervisor: BackendChoice,
     /// Print one JSON object: at the end of a run without --api-socket

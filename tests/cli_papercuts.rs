@@ -169,6 +169,8 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
         .arg(fixture("synthetic/asvk.pem"))
         .arg("--vlek")
         .arg(fixture("synthetic/vlek.der"))
+        .arg("--trust-root")
+        .arg(fixture("synthetic/ark.pem"))
         .args(["--at", AT, "-o"])
         .arg(&table)
         .output()
@@ -188,6 +190,8 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
     let out = snp_certs()
         .arg("import-dir")
         .arg(d.join("out"))
+        .arg("--trust-root")
+        .arg(fixture("synthetic/ark.pem"))
         .args(["--at", AT, "-o"])
         .arg(&again)
         .output()
@@ -195,21 +199,42 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read(&again).unwrap(), fs::read(&table).unwrap());
 
-    // PEM into a directory of DER files: refused, nothing written.
+    // PEM into a directory of DER files: refused, nothing written, and
+    // the message names the one encoding that fits.
+    for pem in [&["--encoding", "pem"][..], &["--pem"][..]] {
+        let out = snp_certs()
+            .arg("export")
+            .arg(&table)
+            .arg(d.join("out"))
+            .args(pem)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(err.contains("would mix encodings"), "{err}");
+        assert!(err.contains("use --encoding der"), "{err}");
+        assert!(!d.join("out/ark.pem").exists());
+    }
+    // Into a directory of its own: every file PEM.
     let out = snp_certs()
         .arg("export")
         .arg(&table)
-        .arg(d.join("out"))
-        .arg("--pem")
+        .arg(d.join("pem"))
+        .args(["--encoding", "pem"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut names: Vec<String> = fs::read_dir(d.join("pem"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ark.pem", "asvk.pem", "vlek.pem"]);
     assert!(
-        stderr(&out).contains("would mix encodings"),
-        "{}",
-        stderr(&out)
+        fs::read(d.join("pem/vlek.pem"))
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE-----")
     );
-    assert!(!d.join("out/ark.pem").exists());
 }
 
 #[test]

@@ -68,8 +68,42 @@ fn fetch_from_a_report_and_into_a_snphost_directory() {
         .arg("--dir")
         .arg(&certs));
     assert!(out.status.success());
-    for name in ["ark.pem", "ask.pem", "vcek.der"] {
-        assert!(certs.join(name).is_file(), "{name}");
+    // One encoding, DER by default, named as snphost and snpguest do.
+    let mut names: Vec<String> = fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ark.der", "ask.der", "vcek.der"]);
+    assert_eq!(
+        fs::read(certs.join("vcek.der")).unwrap(),
+        fixture_der("amd/milan/vcek.der")
+    );
+    // PEM into that directory would mix encodings: refused before asking.
+    let requests = kds.requests();
+    let out = run(snp_certs("fetch", &kds, &cache)
+        .arg("--from-report")
+        .arg(&report)
+        .args(["--no-crl", "--encoding", "pem", "--dir"])
+        .arg(&certs));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("use --encoding der"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(kds.requests(), requests);
+    // PEM into a directory of its own: all PEM.
+    let pem = dir.path().join("pem");
+    let out = run(snp_certs("fetch", &kds, &cache)
+        .arg("--from-report")
+        .arg(&report)
+        .args(["--no-crl", "--encoding", "pem", "--dir"])
+        .arg(&pem));
+    assert!(out.status.success());
+    for name in ["ark.pem", "ask.pem", "vcek.pem"] {
+        let text = fs::read_to_string(pem.join(name)).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{name}");
     }
     // The directory imports into a table that verifies.
     let table = dir.path().join("imported.bin");

@@ -291,7 +291,10 @@ mod tests {
                 Syntax(OptionError::DuplicateKey("capacity".into())),
             ),
             ("path=/a,fd=3", BothTargets),
-            ("/var/log/events.jsonl", BarePath("/var/log/events.jsonl".into())),
+            (
+                "/var/log/events.jsonl",
+                BarePath("/var/log/events.jsonl".into()),
+            ),
             ("capacity=8", NoTarget),
             ("path=", EmptyPath),
             ("fd=", InvalidFd(String::new())),

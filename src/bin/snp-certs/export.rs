@@ -63,7 +63,10 @@ fn exported(
     match cert_dir::encode(data, document, encoding) {
         Ok(bytes) => (cert_dir::file_name(&stem, encoding), bytes),
         Err(e) => {
-            eprintln!("warning: the {kind} entry is not a valid {document:?} ({e}); written as is", e = format!("{e:#}"));
+            eprintln!(
+                "warning: the {kind} entry is not a valid {document:?} ({e}); written as is",
+                e = format!("{e:#}")
+            );
             (format!("{stem}.bin"), data.to_vec())
         }
     }

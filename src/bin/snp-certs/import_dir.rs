@@ -59,8 +59,10 @@ fn names(paths: &[PathBuf]) -> String {
     let names: Vec<String> = paths
         .iter()
         .map(|p| {
-            p.file_name()
-                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
         })
         .collect();
     names.join(", ")

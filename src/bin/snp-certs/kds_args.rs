@@ -68,8 +68,9 @@ impl KdsArgs {
     pub fn cache_dir(&self) -> Result<PathBuf> {
         match &self.cache {
             Some(dir) => Ok(dir.clone()),
-            None => snp_kds::cache::default_dir()
-                .map_err(|e| anyhow::Error::new(e).context("give a cache directory with --cache DIR")),
+            None => snp_kds::cache::default_dir().map_err(|e| {
+                anyhow::Error::new(e).context("give a cache directory with --cache DIR")
+            }),
         }
     }
 

@@ -169,9 +169,12 @@ fn vm_config(socket: &PathBuf) -> Result<VmView> {
     let client = ApiClient::new(socket)
         .context("cannot start the API client")?
         .with_timeout(Duration::from_secs(10));
-    let info = client
-        .snp_certs()
-        .with_context(|| format!("cannot ask the VMM at {} (GET vm.snp-certs)", socket.display()))?;
+    let info = client.snp_certs().with_context(|| {
+        format!(
+            "cannot ask the VMM at {} (GET vm.snp-certs)",
+            socket.display()
+        )
+    })?;
     Ok(VmView {
         api_socket: socket.clone(),
         certs_file: info.certs_file,

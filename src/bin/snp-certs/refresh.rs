@@ -314,10 +314,7 @@ pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
     let file = args.file.display();
     match kds.fetch(&FetchRequest::vcek(id.clone(), !args.no_crl)) {
         Ok(_) if witness == TcbWitness::Word && old_vcek.is_some() && !old_matches => {
-            let old_for = old_vcek
-                .as_ref()
-                .map(describe_vcek)
-                .unwrap_or_default();
+            let old_for = old_vcek.as_ref().map(describe_vcek).unwrap_or_default();
             eprintln!(
                 "snp-certs: not replacing the VCEK in {file} ({old_for}) with the one for {id} \
                  on --tcb alone: nothing says the platform moved. Give --from-host (the \
@@ -343,9 +340,10 @@ pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
         }
         Err(e) if witness == TcbWitness::Word => {
             let code = report_error(e, "refresh");
-            let old_for = old_vcek
-                .as_ref()
-                .map_or_else(|| "no VCEK".to_owned(), |v| format!("its VCEK, {}", describe_vcek(v)));
+            let old_for = old_vcek.as_ref().map_or_else(
+                || "no VCEK".to_owned(),
+                |v| format!("its VCEK, {}", describe_vcek(v)),
+            );
             eprintln!(
                 "snp-certs: {file} left unchanged ({old_for}): only --tcb says the TCB moved \
                  (no command ran, no --from-host), and a VCEK is never dropped on that alone"

@@ -56,6 +56,74 @@ fn closed_pipes_end_quietly() {
         "attest,requests=2",
     ]);
     assert_quiet_on_closed_pipe(vmm);
+    // The host report, text and JSON: no "Broken pipe", no exit 2.
+    for json in [false, true] {
+        let mut check = snp_vmm();
+        check.arg("--check-host");
+        if json {
+            check.arg("--json");
+        }
+        assert_quiet_on_closed_pipe(check);
+    }
+    let mut url = snp_certs();
+    url.args([
+        "vcek-url",
+        "--product",
+        "turin",
+        "--hwid",
+        "0102030405060708",
+    ])
+    .args(["--tcb", "fmc=1,bl=2,tee=3,snp=4,ucode=5"]);
+    assert_quiet_on_closed_pipe(url);
+}
+
+#[test]
+fn each_binary_opens_its_help_with_its_own_purpose() {
+    for (binary, purpose) in [
+        (
+            env!("CARGO_BIN_EXE_snp-vmm"),
+            "Run a VM that answers SEV-SNP certificate requests from a certs file",
+        ),
+        (
+            env!("CARGO_BIN_EXE_snp-remote"),
+            "Drive a running snp-vmm through its API socket",
+        ),
+        (
+            env!("CARGO_BIN_EXE_snp-certs"),
+            "Build, inspect, verify, update and probe SEV-SNP certificate tables",
+        ),
+    ] {
+        let out = Command::new(binary).arg("--help").output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with(purpose), "{binary}: {first}");
+        // Not the workspace's description.
+        assert!(
+            !text.contains("The snp-vmm VMM, the snp-remote API client"),
+            "{binary}"
+        );
+    }
+}
+
+#[test]
+fn snp_vmm_help_names_what_this_build_runs() {
+    let out = snp_vmm().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("refused by this build"), "{text}");
+    for word in ["mock-snp", "snp-attest", "c-bit=N", "sev_snp=on|off"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+}
+
+#[test]
+fn an_event_monitor_given_a_bare_path_says_path_equals() {
+    let out = snp_vmm()
+        .args(["--event-monitor", "/var/log/snp-vmm.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("write path=/var/log/snp-vmm.jsonl"), "{err}");
 }
 
 fn json_stderr(out: &Output) -> Value {

@@ -6,6 +6,7 @@
 mod kds_support;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -320,7 +321,8 @@ fn fetch_works_for_a_user_who_is_not_root_with_the_default_cache() {
     fs::create_dir(&home).unwrap();
     fs::create_dir(&tmp).unwrap();
     // SAFETY: geteuid() has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let euid = unsafe { libc::geteuid() };
+    let root = euid == 0;
     if root {
         for d in [dir.path(), &home, &tmp] {
             std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
@@ -341,14 +343,9 @@ fn fetch_works_for_a_user_who_is_not_root_with_the_default_cache() {
     let again = tmp.join("again.bin");
     let result = fetch_as_nobody(&kds, Path::new("/nonexistent"), &tmp, &again);
     assert!(result.status.success(), "{}", stderr(&result));
-    let uid = if root {
-        65534
-    } else {
-        unsafe { libc::geteuid() }
-    };
+    let uid = if root { 65534 } else { euid };
     let private = tmp.join(format!("snp-certs-{uid}"));
     assert!(private.join("kds/vcek/milan/cert_chain.pem").is_file());
-    use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(&private).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o700);
     assert_eq!(meta.uid(), uid);

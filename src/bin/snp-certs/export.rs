@@ -64,8 +64,7 @@ fn exported(
         Ok(bytes) => (cert_dir::file_name(&stem, encoding), bytes),
         Err(e) => {
             eprintln!(
-                "warning: the {kind} entry is not a valid {document:?} ({e}); written as is",
-                e = format!("{e:#}")
+                "warning: the {kind} entry is not a valid {document:?} ({e:#}); written as is"
             );
             (format!("{stem}.bin"), data.to_vec())
         }

@@ -6,15 +6,16 @@
 # On a host without SNP it says why and exits 0 (skipped), unless
 # SNP_HOST_REQUIRED=1, in which case a missing SNP host is a failure.
 #
-# Either way it leaves a JUnit report in target/nextest/snp-host/junit.xml
-# (or $SNP_HOST_JUNIT): nextest's own when the tests run (the snp-host
+# Either way it leaves a JUnit report in nextest/snp-host/junit.xml in the
+# Cargo target directory (CARGO_TARGET_DIR when set), or $SNP_HOST_JUNIT: nextest's own when the tests run (the snp-host
 # profile), otherwise one test case, `snp_host_tests`, that is skipped with
 # the reason (or, with SNP_HOST_REQUIRED=1, failed with it), so CI systems
 # show why nothing ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-junit=${SNP_HOST_JUNIT:-target/nextest/snp-host/junit.xml}
+nextest_junit="$(scripts/target-dir.sh)/nextest/snp-host/junit.xml"
+junit=${SNP_HOST_JUNIT:-$nextest_junit}
 
 # Escapes text for an XML attribute.
 xml_escape() {
@@ -78,13 +79,13 @@ echo "  and delivery, busy while snp-certs lock holds the file, the empty-table"
 echo "  fallback after the busy budget, a start during an update, and the lease"
 echo "  released after the immediate exit (a writer gets in between requests)"
 cargo run --locked --quiet --bin snp-vmm -- --check-host || true
-rm -f target/nextest/snp-host/junit.xml
+rm -f "$nextest_junit"
 status=0
 cargo nextest run --locked --workspace --profile snp-host --ignore-default-filter -E "test(/^snp_host_/)" --test-threads=1 || status=$?
-if [ -f target/nextest/snp-host/junit.xml ]; then
-    if [ "$junit" != target/nextest/snp-host/junit.xml ]; then
+if [ -f "$nextest_junit" ]; then
+    if [ "$junit" != "$nextest_junit" ]; then
         mkdir -p "$(dirname "$junit")"
-        cp target/nextest/snp-host/junit.xml "$junit"
+        cp "$nextest_junit" "$junit"
     fi
     echo "run_snp_host_tests: JUnit report: $junit"
 else

@@ -9,7 +9,8 @@
 # out, so they too show as skipped). Extra arguments go to nextest.
 #
 # NEXTEST_PROFILE=ci (as .ci/run sets) writes a JUnit report to
-# target/nextest/ci/junit.xml.
+# nextest/ci/junit.xml in the Cargo target directory (CARGO_TARGET_DIR
+# when set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

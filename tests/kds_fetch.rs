@@ -446,3 +446,40 @@ fn vcek_url_prints_the_kds_url_of_a_vcek() {
         );
     }
 }
+
+#[test]
+fn a_hostile_retry_after_ends_the_fetch_and_holds_the_host_off_an_hour_at_most() {
+    let kds = FakeKds::with_amd_fixtures();
+    kds.throttle(Throttle {
+        fail_first: 100,
+        retry_after: Some(u64::MAX.to_string()),
+        ..Throttle::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let start = Instant::now();
+    let result = run(fetch_milan(&kds, &cache)
+        .arg("-o")
+        .arg(dir.path().join("a.bin")));
+    assert_eq!(result.status.code(), Some(69));
+    assert!(!stderr(&result).contains("panicked"), "{}", stderr(&result));
+    assert_eq!(kds.requests(), 1);
+    // The next fetch on this host is told when its turn is, at most an
+    // hour ahead, and asks nothing.
+    kds.throttle(Throttle::default());
+    let result = run(fetch_milan(&kds, &cache)
+        .arg("-o")
+        .arg(dir.path().join("b.bin")));
+    assert_eq!(result.status.code(), Some(69));
+    let err = stderr(&result);
+    assert!(err.contains("request pacing file"), "{err}");
+    let secs: u64 = err
+        .split(" in ")
+        .nth(1)
+        .and_then(|s| s.split(" s ").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!((3500..=3600).contains(&secs), "{secs}");
+    assert_eq!(kds.requests(), 1);
+    assert!(start.elapsed() < Duration::from_secs(60));
+}

@@ -100,9 +100,8 @@ pub fn default_dirs(
     dirs
 }
 
-/// This process's default cache directory: the first of
-/// [`default_dirs`] that exists or can be created, and can be written.
-pub fn default_dir() -> Result<PathBuf, KdsError> {
+/// This process's user and the cache directories to try for it.
+fn own_choices() -> (u32, Vec<CacheDirChoice>) {
     // SAFETY: geteuid() has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     let choices = default_dirs(
@@ -111,6 +110,23 @@ pub fn default_dir() -> Result<PathBuf, KdsError> {
         std::env::var_os("HOME"),
         &std::env::temp_dir(),
     );
+    (euid, choices)
+}
+
+/// The first default cache directory for this process's user, without
+/// touching the file system (see [`default_dir`] for one that is usable).
+pub fn first_default_dir() -> PathBuf {
+    own_choices()
+        .1
+        .into_iter()
+        .next()
+        .map_or_else(|| PathBuf::from(SYSTEM_DIR), |c| c.dir)
+}
+
+/// This process's default cache directory: the first of
+/// [`default_dirs`] that exists or can be created, and can be written.
+pub fn default_dir() -> Result<PathBuf, KdsError> {
+    let (euid, choices) = own_choices();
     let mut tried = Vec::new();
     for choice in choices {
         match usable(&choice, euid) {

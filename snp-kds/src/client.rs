@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::error::KdsError;
-use crate::pacing::Pacer;
+use crate::pacing::{MAX_RETRY_AFTER, Pacer};
 use crate::retry::{RetryPolicy, jittered, parse_retry_after};
 
 /// Largest answer accepted (a certificate chain is about 4 KiB, a CRL a
@@ -239,7 +239,10 @@ impl Client {
                 None => self.retry.backoff(attempts),
             };
             if let (Some(pacer), Some(d)) = (&self.pacer, retry_after) {
-                pacer.defer(self.clock.as_ref(), self.clock.now() + d)?;
+                // A Retry-After of any size (KDS's, or a hostile server's
+                // u64::MAX seconds) is booked as at most MAX_RETRY_AFTER.
+                let until = self.clock.now() + d.min(MAX_RETRY_AFTER);
+                pacer.defer(self.clock.as_ref(), until)?;
             }
             let budget_left = self.retry.max_total_wait.saturating_sub(waited);
             if attempts >= self.retry.max_attempts || wait > budget_left {

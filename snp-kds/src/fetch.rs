@@ -20,7 +20,7 @@ use snp_certs::CertKind;
 use snp_certs::chain::TrustedRoots;
 use snp_certs::x509::{DocumentKind, ParsedCrl, to_der};
 
-use crate::cache::{Cache, SYSTEM_DIR, default_dir};
+use crate::cache::{Cache, first_default_dir};
 use crate::client::{Client, ClientOptions};
 use crate::clock::{Clock, SystemClock};
 use crate::error::KdsError;
@@ -37,7 +37,9 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub struct KdsConfig {
     /// KDS base URL.
     pub base: String,
-    /// The cache directory.
+    /// The cache directory (default: this user's first default, see
+    /// [`crate::cache::default_dir`], which callers use to find one that
+    /// can be written).
     pub cache_dir: PathBuf,
     /// Use only the cache.
     pub offline: bool,
@@ -56,7 +58,7 @@ impl Default for KdsConfig {
     fn default() -> KdsConfig {
         KdsConfig {
             base: DEFAULT_BASE.to_owned(),
-            cache_dir: default_dir().unwrap_or_else(|_| PathBuf::from(SYSTEM_DIR)),
+            cache_dir: first_default_dir(),
             offline: false,
             min_interval: DEFAULT_MIN_INTERVAL,
             client: ClientOptions::default(),

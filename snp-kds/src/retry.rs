@@ -70,7 +70,7 @@ fn random_up_to(max: Duration) -> Duration {
 /// A `Retry-After` wait with a little jitter added (up to 10 %, at most
 /// 1 s), so that clients told the same time do not all come back at once.
 pub fn jittered(wait: Duration) -> Duration {
-    wait + random_up_to((wait / 10).min(Duration::from_secs(1)))
+    wait.saturating_add(random_up_to((wait / 10).min(Duration::from_secs(1))))
 }
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date, which is
@@ -136,6 +136,8 @@ mod tests {
             assert!(d >= Duration::from_secs(1) && d <= Duration::from_millis(1100));
             let d = jittered(Duration::from_secs(120));
             assert!(d <= Duration::from_secs(121));
+            // A hostile Retry-After cannot overflow it.
+            assert!(jittered(Duration::MAX) == Duration::MAX);
         }
     }
 }

@@ -405,3 +405,38 @@ fn the_minimum_interval_spaces_real_requests() {
             .is_file()
     );
 }
+
+#[test]
+fn cache_entries_gone_bad_are_fetched_again_never_waited_on() {
+    let kds = FakeKds::with_amd_fixtures();
+    let cache = tempfile::tempdir().unwrap();
+    let chain = cache.path().join("vcek/milan/cert_chain.pem");
+    std::fs::create_dir_all(chain.parent().unwrap()).unwrap();
+    // A FIFO nobody writes to: opening it for reading would block.
+    let path = std::ffi::CString::new(chain.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    // Another product's chain where Milan's should be.
+    let vcek_dir = cache
+        .path()
+        .join(format!("vcek/milan/{}", milan().hwid.to_hex()));
+    std::fs::create_dir_all(&vcek_dir).unwrap();
+    std::fs::write(
+        vcek_dir.join(format!("{}.der", milan().tcb.cache_key())),
+        fixture("amd/turin/vcek.der"),
+    )
+    .unwrap();
+    let bundle = Kds::new(config(&kds, cache.path()))
+        .fetch(&FetchRequest::vcek(milan(), false))
+        .unwrap();
+    assert_eq!(kds.requests(), 2, "{:?}", kds.log());
+    assert!(std::fs::symlink_metadata(&chain).unwrap().is_file());
+    assert_eq!(
+        bundle.signer.unwrap().1,
+        snp_certs::x509::to_der(
+            &fixture("amd/milan/vcek.der"),
+            snp_certs::x509::DocumentKind::Certificate
+        )
+        .unwrap()
+    );
+}

@@ -7,7 +7,8 @@
 #
 # schemathesis speaks HTTP over TCP only, so a small Python forwarder
 # bridges 127.0.0.1:PORT to the Unix socket. schemathesis is installed from
-# PyPI into target/api-fuzz-venv (pinned; reused when already there).
+# PyPI into api-fuzz-venv in the Cargo target directory (CARGO_TARGET_DIR
+# when set; pinned; reused when already there).
 # Installing needs PyPI: if pip fails, this script fails and says why; a
 # CI machine reaches PyPI, and a silently skipped fuzz run would hide the
 # very violations it exists to catch.
@@ -17,7 +18,8 @@ cd "$(dirname "$0")/.."
 MAX_EXAMPLES="${1:-30}"
 MAX_SECONDS="${2:-120}"
 SCHEMATHESIS_VERSION="4.32.5"
-VENV=target/api-fuzz-venv
+TARGET_DIR=$(scripts/target-dir.sh)
+VENV="$TARGET_DIR/api-fuzz-venv"
 WORK="$(mktemp -d)"
 VMM_PID=""
 BRIDGE_PID=""
@@ -44,7 +46,7 @@ fi
 cargo build --quiet --bin snp-vmm
 SOCKET="$WORK/api.sock"
 # An idle VM to start with, so vm.* operations reach more than 404.
-target/debug/snp-vmm --hypervisor mock --api-socket "$SOCKET" --cpus boot=1 2>"$WORK/vmm.log" &
+"$TARGET_DIR/debug/snp-vmm" --hypervisor mock --api-socket "$SOCKET" --cpus boot=1 2>"$WORK/vmm.log" &
 VMM_PID=$!
 
 # A TCP -> Unix socket forwarder; prints its port once listening.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the benchmarks in release mode (Cargo's `bench` profile) and runs
 # them, printing their tables and writing every figure to
-# target/bench/results.json (schema in docs/performance.md). See
+# bench/results.json in the Cargo target directory (CARGO_TARGET_DIR when
+# set; BENCH_RESULTS wins; schema in docs/performance.md). See
 # docs/performance.md for what each one measures and how to read it.
 #
 # Usage: scripts/bench.sh [--quick|--long] [--plot] [BENCH ...]
@@ -14,7 +15,8 @@
 #               the environment (LOCK_WAKE_ITERS, SERVE_COST_ROUNDS, ...)
 #               wins over both defaults
 #   --plot      afterwards, draw docs/*.svg from results.json
-#               (scripts/plot_bench.py, matplotlib in target/plot-venv)
+#               (scripts/plot_bench.py, matplotlib in plot-venv in the
+#               target directory)
 #
 # doorbell_e2e needs /dev/kvm; without it, it prints that it skipped.
 # results.json is started afresh when all benches run, and updated in
@@ -46,7 +48,9 @@ if [ "$long" = 1 ] && [ "$quick" = 1 ]; then
     echo "bench.sh: --quick and --long exclude each other" >&2
     exit 2
 fi
-results=target/bench/results.json
+target_dir=$(scripts/target-dir.sh)
+results="${BENCH_RESULTS:-$target_dir/bench/results.json}"
+export BENCH_RESULTS="$results"
 if [ ${#benches[@]} -eq 0 ]; then
     benches=("${all[@]}")
     rm -f "$results"
@@ -89,7 +93,7 @@ echo
 echo "bench.sh: figures in $results"
 
 if [ "$plot" = 1 ]; then
-    venv=target/plot-venv
+    venv="$target_dir/plot-venv"
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet matplotlib

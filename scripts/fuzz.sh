@@ -42,7 +42,9 @@ if [ "$libfuzzer" = 1 ]; then
     exit 0
 fi
 
-cargo build --release --manifest-path fuzz/Cargo.toml --target-dir target --bin driver
+# The workspace's target directory (CARGO_TARGET_DIR when set).
+target_dir=$(scripts/target-dir.sh)
+cargo build --release --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bin driver
 for t in "${targets[@]}"; do
-    target/release/driver "$t" "$seconds" "$seed"
+    "$target_dir/release/driver" "$t" "$seconds" "$seed"
 done

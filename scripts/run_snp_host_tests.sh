@@ -6,17 +6,15 @@
 # On a host without SNP it says why and exits 0 (skipped), unless
 # SNP_HOST_REQUIRED=1, in which case a missing SNP host is a failure.
 #
-# Either way it leaves a JUnit report in
-# ${CARGO_TARGET_DIR:-target}/nextest/snp-host/junit.xml (or
-# $SNP_HOST_JUNIT): nextest's own when the tests run (the snp-host
-# profile), otherwise one test case, `snp_host_tests`, that is skipped
-# with the reason (or, with SNP_HOST_REQUIRED=1, failed with it), so CI
-# systems show why nothing ran.
+# Either way it leaves a JUnit report in nextest/snp-host/junit.xml in the
+# Cargo target directory (CARGO_TARGET_DIR when set), or $SNP_HOST_JUNIT:
+# nextest's own when the tests run (the snp-host profile), otherwise one
+# test case, `snp_host_tests`, that is skipped with the reason (or, with
+# SNP_HOST_REQUIRED=1, failed with it), so CI systems show why nothing ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-target_dir=${CARGO_TARGET_DIR:-target}
-report="$target_dir/nextest/snp-host/junit.xml"
+report="$(scripts/target-dir.sh)/nextest/snp-host/junit.xml"
 junit=${SNP_HOST_JUNIT:-$report}
 
 # Escapes text for an XML attribute.

@@ -15,7 +15,8 @@
 # build fails the run. Extra arguments go to nextest.
 #
 # NEXTEST_PROFILE=ci (as .ci/run sets) writes a JUnit report to
-# ${CARGO_TARGET_DIR:-target}/nextest/ci/junit.xml.
+# nextest/ci/junit.xml in the Cargo target directory (CARGO_TARGET_DIR
+# when set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -67,7 +68,7 @@ cargo nextest run --workspace --locked --no-fail-fast "${filter[@]}" "$@" || sta
 
 # A CI profile's JUnit report lists only the tests that ran: add the
 # skipped ones, each with its reason (scripts/junit_skips.py).
-junit="${CARGO_TARGET_DIR:-target}/nextest/${NEXTEST_PROFILE:-default}/junit.xml"
+junit="$(scripts/target-dir.sh)/nextest/${NEXTEST_PROFILE:-default}/junit.xml"
 if [ -n "${NEXTEST_PROFILE:-}" ] && [ $# -eq 0 ] && [ -f "$junit" ]; then
     listing=$(mktemp)
     trap 'rm -f "$listing"' EXIT

@@ -98,7 +98,15 @@ fn build_inspect_verify_round_trip_for_milan_and_turin() {
             .unwrap();
         let v = json(&out);
         assert_eq!(v["chain"]["status"], "verified");
-        assert_eq!(v["chain"]["checks"].as_array().unwrap().len(), 12);
+        let checks = v["chain"]["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 13);
+        // The ARK is AMD's own root key, built in.
+        let root = checks.iter().find(|c| c["check"] == "root").unwrap();
+        assert_eq!(
+            root["detail"],
+            format!("AMD's {line} root key (built in)"),
+            "{root}"
+        );
     }
 }
 
@@ -227,26 +235,44 @@ fn expiry_is_reported_at_the_given_time() {
 }
 
 #[test]
-fn a_vlek_chain_with_asvk_and_crl() {
+fn a_vlek_chain_with_asvk_and_crl_under_a_named_test_root() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vlek.bin");
-    let out = snp_certs()
-        .arg("build")
-        .arg("--ark")
-        .arg(fixture("synthetic/ark.pem"))
-        .arg("--asvk")
-        .arg(fixture("synthetic/asvk.pem"))
-        .arg("--vlek")
-        .arg(fixture("synthetic/vlek.der"))
-        .arg("--crl")
-        .arg(fixture("synthetic/crl.der"))
-        .args(["--at", AT, "-o"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let build = |trust: bool| {
+        let mut c = snp_certs();
+        c.arg("build")
+            .arg("--ark")
+            .arg(fixture("synthetic/ark.pem"))
+            .arg("--asvk")
+            .arg(fixture("synthetic/asvk.pem"))
+            .arg("--vlek")
+            .arg(fixture("synthetic/vlek.der"))
+            .arg("--crl")
+            .arg(fixture("synthetic/crl.der"))
+            .args(["--at", AT, "-o"])
+            .arg(&path);
+        if trust {
+            c.arg("--trust-root").arg(fixture("synthetic/ark.pem"));
+        }
+        c.output().unwrap()
+    };
+    // Its root is not AMD's: refused, naming what was expected.
+    let out = build(false);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("ARK is not a trusted root"), "{err}");
+    assert!(
+        err.contains("one of AMD's root keys (Milan, Genoa, Turin)"),
+        "{err}"
+    );
+    assert!(err.contains("--trust-root FILE"), "{err}");
+    assert!(!path.exists());
+    // Named explicitly as the root to trust: built.
+    let out = build(true);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = snp_certs()
-        .args(["inspect", "--json", "--at", AT])
+        .args(["inspect", "--json", "--at", AT, "--trust-root"])
+        .arg(fixture("synthetic/ark.pem"))
         .arg(&path)
         .output()
         .unwrap();
@@ -345,7 +371,7 @@ fn export_then_import_dir_gives_the_same_table() {
 }
 
 #[test]
-fn import_dir_reads_snphost_names_and_refuses_duplicates() {
+fn import_dir_reads_snphost_names_and_refuses_conflicting_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::copy(fixture("amd/turin/ark.pem"), d.join("ark.pem")).unwrap();
@@ -362,20 +388,38 @@ fn import_dir_reads_snphost_names_and_refuses_duplicates() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("ignoring"), "{}", stderr(&out));
     assert_eq!(fs::read(d.join("out.bin")).unwrap(), chain_table("turin"));
-    fs::copy(fixture("amd/turin/ark.pem"), d.join("ark.der")).unwrap();
+    // The same ARK twice (PEM and DER): one entry, and it says which.
+    fs::write(d.join("ark.der"), der("amd/turin/ark.pem")).unwrap();
+    let out = snp_certs()
+        .arg("import-dir")
+        .arg(d)
+        .args(["--at", AT, "-o"])
+        .arg(d.join("out2.bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ark.der, ark.pem hold the same ark; took ark.der"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(d.join("out2.bin")).unwrap(), chain_table("turin"));
+    // Two different ARKs: which is right cannot be told; nothing written.
+    fs::write(d.join("ark.der"), der("amd/genoa/ark.pem")).unwrap();
     let out = snp_certs()
         .arg("import-dir")
         .arg(d)
         .arg("-o")
-        .arg(d.join("out2.bin"))
+        .arg(d.join("out3.bin"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("both fill the same table entry"),
+        stderr(&out).contains("hold different ark certificates"),
         "{}",
         stderr(&out)
     );
+    assert!(!d.join("out3.bin").exists());
 }
 
 /// Tables a Linux guest cannot receive (above 16 KiB) are refused by every

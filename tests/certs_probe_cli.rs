@@ -174,17 +174,35 @@ fn probe_delivers_and_answers_size_queries() {
 }
 
 #[test]
-fn probe_reports_a_missing_file_as_busy_and_bad_options_plainly() {
+fn probe_says_a_missing_file_gets_the_empty_table_under_the_default_answer() {
     let dir = tempfile::tempdir().unwrap();
     let out = snp_certs()
         .arg("probe")
         .arg(dir.path().join("none"))
         .output()
         .unwrap();
+    // What a VMM with the default on-error=empty answers: the empty table,
+    // ret 0, no certificates (exit 6).
+    assert_eq!(out.status.code(), Some(6));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("the empty table, no certificates, the on-error=empty answer (ret 0"),
+        "{text}"
+    );
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(text.contains("with on-error=busy: busy (ret 11)"), "{text}");
+    // Under on-error=busy the same file gets busy.
+    let out = snp_certs()
+        .args(["probe", "--on-error", "busy"])
+        .arg(dir.path().join("none"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(4));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.starts_with("busy (ret 11"), "{text}");
-    assert!(text.contains("does not exist"), "{text}");
+    assert!(
+        text.starts_with("busy, the on-error=busy answer (ret 11"),
+        "{text}"
+    );
     let out = snp_certs()
         .args(["probe", "--npages", "100000", "x"])
         .output()
@@ -253,8 +271,9 @@ fn probe_exit_codes_3_for_a_small_buffer_and_4_for_a_host_side_fault() {
     assert_eq!(v["outcome"], "need-pages");
     assert_eq!(v["reason"], "buffer-too-small");
     assert_eq!(v["npages"], 2);
-    // A table Linux guests cannot receive: a host-side fault, busy (4),
-    // not failed, even with a buffer large enough for it.
+    // A table Linux guests cannot receive: a host-side fault, never a
+    // failure, even with a buffer large enough for it: the empty table
+    // under on-error=empty (6), busy under on-error=busy (4).
     let big = dir.path().join("big.bin");
     let mut b = TableBuilder::new();
     let mut data = vec![0x5b; 17 * 1024];
@@ -266,19 +285,37 @@ fn probe_exit_codes_3_for_a_small_buffer_and_4_for_a_host_side_fault() {
         .arg(&big)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(out.status.code(), Some(6));
     let v = json(&out);
-    assert_eq!(v["outcome"], "busy");
+    assert_eq!(v["outcome"], "delivered");
+    assert_eq!(v["ret"], 0);
+    assert_eq!(v["bytes"], 24);
+    assert_eq!(v["fallback"], true);
+    assert_eq!(v["fault"], "persistent");
     assert_eq!(v["reason"], "exceeds-guest-limit");
-    // An invalid file is busy too (4): nothing the probe's own buffer
-    // does can make a guest-side failure (5).
-    let bad = dir.path().join("bad.bin");
-    fs::write(&bad, b"garbage").unwrap();
+    assert_eq!(v["answers"]["busy"]["ret"], 11);
     let out = snp_certs()
-        .args(["probe", "--json"])
-        .arg(&bad)
+        .args(["probe", "--npages", "8", "--json", "--on-error", "busy"])
+        .arg(&big)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
-    assert_eq!(json(&out)["reason"], "file-invalid");
+    assert_eq!(json(&out)["outcome"], "busy");
+    // A garbage file, and a file too large to be a table: the same.
+    let bad = dir.path().join("bad.bin");
+    fs::write(&bad, b"garbage").unwrap();
+    let huge = dir.path().join("huge.bin");
+    fs::write(&huge, vec![0u8; 2 << 20]).unwrap();
+    for (file, reason) in [(&bad, "file-invalid"), (&huge, "file-too-large")] {
+        let out = snp_certs()
+            .args(["probe", "--json"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(6));
+        let v = json(&out);
+        assert_eq!(v["reason"], reason);
+        assert_eq!(v["answers"]["empty"]["certificates"], false);
+        assert_eq!(v["answers"]["empty"]["ret"], 0);
+    }
 }

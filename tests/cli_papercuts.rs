@@ -56,6 +56,74 @@ fn closed_pipes_end_quietly() {
         "attest,requests=2",
     ]);
     assert_quiet_on_closed_pipe(vmm);
+    // The host report, text and JSON: no "Broken pipe", no exit 2.
+    for json in [false, true] {
+        let mut check = snp_vmm();
+        check.arg("--check-host");
+        if json {
+            check.arg("--json");
+        }
+        assert_quiet_on_closed_pipe(check);
+    }
+    let mut url = snp_certs();
+    url.args([
+        "vcek-url",
+        "--product",
+        "turin",
+        "--hwid",
+        "0102030405060708",
+    ])
+    .args(["--tcb", "fmc=1,bl=2,tee=3,snp=4,ucode=5"]);
+    assert_quiet_on_closed_pipe(url);
+}
+
+#[test]
+fn each_binary_opens_its_help_with_its_own_purpose() {
+    for (binary, purpose) in [
+        (
+            env!("CARGO_BIN_EXE_snp-vmm"),
+            "Run a VM that answers SEV-SNP certificate requests from a certs file",
+        ),
+        (
+            env!("CARGO_BIN_EXE_snp-remote"),
+            "Drive a running snp-vmm through its API socket",
+        ),
+        (
+            env!("CARGO_BIN_EXE_snp-certs"),
+            "Build, inspect, verify, update and probe SEV-SNP certificate tables",
+        ),
+    ] {
+        let out = Command::new(binary).arg("--help").output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with(purpose), "{binary}: {first}");
+        // Not the workspace's description.
+        assert!(
+            !text.contains("The snp-vmm VMM, the snp-remote API client"),
+            "{binary}"
+        );
+    }
+}
+
+#[test]
+fn snp_vmm_help_names_what_this_build_runs() {
+    let out = snp_vmm().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("refused by this build"), "{text}");
+    for word in ["mock-snp", "snp-attest", "c-bit=N", "sev_snp=on|off"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+}
+
+#[test]
+fn an_event_monitor_given_a_bare_path_says_path_equals() {
+    let out = snp_vmm()
+        .args(["--event-monitor", "/var/log/snp-vmm.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("write path=/var/log/snp-vmm.jsonl"), "{err}");
 }
 
 fn json_stderr(out: &Output) -> Value {
@@ -169,6 +237,8 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
         .arg(fixture("synthetic/asvk.pem"))
         .arg("--vlek")
         .arg(fixture("synthetic/vlek.der"))
+        .arg("--trust-root")
+        .arg(fixture("synthetic/ark.pem"))
         .args(["--at", AT, "-o"])
         .arg(&table)
         .output()
@@ -188,6 +258,8 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
     let out = snp_certs()
         .arg("import-dir")
         .arg(d.join("out"))
+        .arg("--trust-root")
+        .arg(fixture("synthetic/ark.pem"))
         .args(["--at", AT, "-o"])
         .arg(&again)
         .output()
@@ -195,21 +267,42 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read(&again).unwrap(), fs::read(&table).unwrap());
 
-    // PEM into a directory of DER files: refused, nothing written.
+    // PEM into a directory of DER files: refused, nothing written, and
+    // the message names the one encoding that fits.
+    for pem in [&["--encoding", "pem"][..], &["--pem"][..]] {
+        let out = snp_certs()
+            .arg("export")
+            .arg(&table)
+            .arg(d.join("out"))
+            .args(pem)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr(&out);
+        assert!(err.contains("would mix encodings"), "{err}");
+        assert!(err.contains("use --encoding der"), "{err}");
+        assert!(!d.join("out/ark.pem").exists());
+    }
+    // Into a directory of its own: every file PEM.
     let out = snp_certs()
         .arg("export")
         .arg(&table)
-        .arg(d.join("out"))
-        .arg("--pem")
+        .arg(d.join("pem"))
+        .args(["--encoding", "pem"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut names: Vec<String> = fs::read_dir(d.join("pem"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ark.pem", "asvk.pem", "vlek.pem"]);
     assert!(
-        stderr(&out).contains("would mix encodings"),
-        "{}",
-        stderr(&out)
+        fs::read(d.join("pem/vlek.pem"))
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE-----")
     );
-    assert!(!d.join("out/ark.pem").exists());
 }
 
 #[test]

@@ -6,6 +6,9 @@
 mod kds_support;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kds_support::*;
@@ -68,8 +71,42 @@ fn fetch_from_a_report_and_into_a_snphost_directory() {
         .arg("--dir")
         .arg(&certs));
     assert!(out.status.success());
-    for name in ["ark.pem", "ask.pem", "vcek.der"] {
-        assert!(certs.join(name).is_file(), "{name}");
+    // One encoding, DER by default, named as snphost and snpguest do.
+    let mut names: Vec<String> = fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ark.der", "ask.der", "vcek.der"]);
+    assert_eq!(
+        fs::read(certs.join("vcek.der")).unwrap(),
+        fixture_der("amd/milan/vcek.der")
+    );
+    // PEM into that directory would mix encodings: refused before asking.
+    let requests = kds.requests();
+    let out = run(snp_certs("fetch", &kds, &cache)
+        .arg("--from-report")
+        .arg(&report)
+        .args(["--no-crl", "--encoding", "pem", "--dir"])
+        .arg(&certs));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("use --encoding der"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(kds.requests(), requests);
+    // PEM into a directory of its own: all PEM.
+    let pem = dir.path().join("pem");
+    let out = run(snp_certs("fetch", &kds, &cache)
+        .arg("--from-report")
+        .arg(&report)
+        .args(["--no-crl", "--encoding", "pem", "--dir"])
+        .arg(&pem));
+    assert!(out.status.success());
+    for name in ["ark.pem", "ask.pem", "vcek.pem"] {
+        let text = fs::read_to_string(pem.join(name)).unwrap();
+        assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{name}");
     }
     // The directory imports into a table that verifies.
     let table = dir.path().join("imported.bin");
@@ -221,4 +258,228 @@ fn a_vlek_chain_comes_from_the_vlek_tree_and_must_be_for_the_product() {
     );
     assert_eq!(kds.log(), ["/vlek/v1/Milan/cert_chain"]);
     assert!(!out.exists());
+}
+
+/// `snp-certs fetch` for the Milan fixture chip without `--cache`, as
+/// user 65534 (nobody) when the tests run as root, else as the user they
+/// run as: either way a user who is not root.
+fn fetch_as_nobody(kds: &FakeKds, home: &Path, tmp: &Path, out: &Path) -> std::process::Output {
+    let bin = env!("CARGO_BIN_EXE_snp-certs");
+    // SAFETY: geteuid() has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let (hwid, tcb) = milan();
+    c.args([
+        "fetch",
+        "--kds",
+        &kds.url(),
+        "--min-interval-ms",
+        "0",
+        "--at",
+        AT,
+    ])
+    .args([
+        "--product",
+        "milan",
+        "--hwid",
+        &hwid,
+        "--tcb",
+        &tcb,
+        "--no-crl",
+    ])
+    .arg("-o")
+    .arg(out)
+    .env("HOME", home)
+    .env("TMPDIR", tmp)
+    .env_remove("XDG_CACHE_HOME");
+    for proxy in [
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ] {
+        c.env_remove(proxy);
+    }
+    run(&mut c)
+}
+
+#[test]
+fn fetch_works_for_a_user_who_is_not_root_with_the_default_cache() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let tmp = dir.path().join("tmp");
+    fs::create_dir(&home).unwrap();
+    fs::create_dir(&tmp).unwrap();
+    // SAFETY: geteuid() has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let root = euid == 0;
+    if root {
+        for d in [dir.path(), &home, &tmp] {
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    // The default: ~/.cache/snp-certs/kds.
+    let out = home.join("certs.bin");
+    let result = fetch_as_nobody(&kds, &home, &tmp, &out);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(verifies(&out));
+    let cache = home.join(".cache/snp-certs/kds");
+    assert!(cache.join("vcek/milan/cert_chain.pem").is_file());
+    assert!(cache.join("pacing").is_dir());
+    assert_eq!(kds.requests(), 2);
+
+    // A home that does not exist (as `su nobody` gives, /nonexistent):
+    // a private directory under TMPDIR instead.
+    let again = tmp.join("again.bin");
+    let result = fetch_as_nobody(&kds, Path::new("/nonexistent"), &tmp, &again);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let uid = if root { 65534 } else { euid };
+    let private = tmp.join(format!("snp-certs-{uid}"));
+    assert!(private.join("kds/vcek/milan/cert_chain.pem").is_file());
+    let meta = fs::metadata(&private).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o700);
+    assert_eq!(meta.uid(), uid);
+}
+
+#[test]
+fn an_unwritable_cache_names_the_cache_option() {
+    // Nobody, root included, can make a directory in /proc.
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let result = run(fetch_milan(&kds, Path::new("/proc/snp-certs-cache"))
+        .arg("-o")
+        .arg(dir.path().join("certs.bin")));
+    assert_eq!(result.status.code(), Some(2));
+    assert!(
+        stderr(&result).contains("--cache DIR"),
+        "{}",
+        stderr(&result)
+    );
+}
+
+#[test]
+fn bergamo_and_siena_are_genoa_in_any_case() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let hwid = "ab".repeat(64);
+    for product in ["bergamo", "SIENA", "Genoa"] {
+        let result = run(snp_certs("fetch", &kds, &dir.path().join("cache"))
+            .args([
+                "--product",
+                product,
+                "--hwid",
+                &hwid,
+                "--tcb",
+                "bl=1,tee=0,snp=2,ucode=3",
+            ])
+            .arg("--offline")
+            .arg("-o")
+            .arg(dir.path().join("certs.bin")));
+        assert_eq!(result.status.code(), Some(66), "{product}");
+        assert!(stderr(&result).contains("Genoa ARK/ASK chain"), "{product}");
+        assert!(stderr(&result).contains("vcek/genoa/"), "{product}");
+    }
+    let result = run(snp_certs("fetch", &kds, &dir.path().join("cache")).args([
+        "--product",
+        "rome",
+        "--offline",
+        "-o",
+        "x",
+    ]));
+    assert_eq!(result.status.code(), Some(2));
+    assert!(
+        stderr(&result).contains("milan, genoa, bergamo, siena or turin"),
+        "{}",
+        stderr(&result)
+    );
+}
+
+#[test]
+fn vcek_url_prints_the_kds_url_of_a_vcek() {
+    let (hwid, tcb) = milan();
+    let out = run(Command::new(env!("CARGO_BIN_EXE_snp-certs")).args([
+        "vcek-url",
+        "--product",
+        "milan",
+        "--hwid",
+        &hwid,
+        "--tcb",
+        &tcb,
+    ]));
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out).trim(),
+        format!(
+            "https://kdsintf.amd.com/vcek/v1/Milan/{hwid}?blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115"
+        )
+    );
+    // Through a fleet's caching proxy, for a Bergamo (a Genoa part).
+    let out = run(Command::new(env!("CARGO_BIN_EXE_snp-certs"))
+        .args(["vcek-url", "--kds", "http://kds-cache.internal:8080/"])
+        .args(["--product", "bergamo", "--hwid", &"cd".repeat(64)])
+        .args(["--tcb", "0xdb18000000000004"]));
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).starts_with("http://kds-cache.internal:8080/vcek/v1/Genoa/cdcd"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("?blSPL=04&teeSPL=00&snpSPL=24&ucodeSPL=219"));
+    // This host's own VCEK: from the firmware, which this host may lack.
+    if !Path::new("/dev/sev").exists() {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_snp-certs")).arg("vcek-url"));
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("Cannot open /dev/sev"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_hostile_retry_after_ends_the_fetch_and_holds_the_host_off_an_hour_at_most() {
+    let kds = FakeKds::with_amd_fixtures();
+    kds.throttle(Throttle {
+        fail_first: 100,
+        retry_after: Some(u64::MAX.to_string()),
+        ..Throttle::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let start = Instant::now();
+    let result = run(fetch_milan(&kds, &cache)
+        .arg("-o")
+        .arg(dir.path().join("a.bin")));
+    assert_eq!(result.status.code(), Some(69));
+    assert!(!stderr(&result).contains("panicked"), "{}", stderr(&result));
+    assert_eq!(kds.requests(), 1);
+    // The next fetch on this host is told when its turn is, at most an
+    // hour ahead, and asks nothing.
+    kds.throttle(Throttle::default());
+    let result = run(fetch_milan(&kds, &cache)
+        .arg("-o")
+        .arg(dir.path().join("b.bin")));
+    assert_eq!(result.status.code(), Some(69));
+    let err = stderr(&result);
+    assert!(err.contains("request pacing file"), "{err}");
+    let secs: u64 = err
+        .split(" in ")
+        .nth(1)
+        .and_then(|s| s.split(" s ").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!((3500..=3600).contains(&secs), "{secs}");
+    assert_eq!(kds.requests(), 1);
+    assert!(start.elapsed() < Duration::from_secs(60));
 }

@@ -240,3 +240,130 @@ fn prefetch_warms_the_cache_for_a_later_offline_refresh() {
     assert_eq!(fs::read(&path).unwrap(), milan_table(true));
     assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
 }
+
+/// A table of the Turin fixtures (another chip's VCEK).
+fn turin_table() -> Vec<u8> {
+    let mut b = TableBuilder::new();
+    b.add(CertKind::Vcek, fixture_der("amd/turin/vcek.der"))
+        .unwrap();
+    b.add(CertKind::Ask, fixture_der("amd/turin/ask.pem"))
+        .unwrap();
+    b.add(CertKind::Ark, fixture_der("amd/turin/ark.pem"))
+        .unwrap();
+    b.build().unwrap()
+}
+
+#[test]
+fn a_bare_tcb_with_nothing_fetched_leaves_the_file_byte_identical() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let before = milan_table(true);
+    let (path, ino) = certs_file(dir.path(), &before);
+    let cache = dir.path().join("cache");
+    // A typo in --tcb, offline, empty cache, no command: the file's VCEK
+    // is not dropped on the operator's word alone; the exit code says what
+    // is missing.
+    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
+        "--tcb",
+        &newer_tcb(),
+        "--offline",
+    ]));
+    assert_eq!(out.status.code(), Some(66));
+    let err = stderr(&out);
+    assert!(err.contains("left unchanged"), "{err}");
+    assert!(err.contains("only --tcb says the TCB moved"), "{err}");
+    assert!(!err.contains("WITHOUT a VCEK"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
+    assert_eq!(kds.requests(), 0);
+
+    // KDS unavailable (rate limited past the budget): 69, file the same.
+    kds.throttle(Throttle {
+        fail_first: 100,
+        retry_after: Some("1".to_owned()),
+        ..Throttle::default()
+    });
+    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
+        "--tcb",
+        &newer_tcb(),
+        "--max-attempts",
+        "1",
+    ]));
+    assert_eq!(out.status.code(), Some(69));
+    assert!(stderr(&out).contains("left unchanged"), "{}", stderr(&out));
+    assert_eq!(fs::read(&path).unwrap(), before);
+
+    // KDS has nothing for that TCB (404): still nothing dropped.
+    kds.throttle(Throttle::default());
+    let out = run(snp_certs("refresh", &kds, &cache)
+        .arg(&path)
+        .args(["--tcb", &newer_tcb()]));
+    assert_ne!(out.status.code(), Some(0));
+    assert_ne!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
+    assert_eq!(fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_vcek_for_another_platform_is_not_installed_on_tcb_alone() {
+    let kds = FakeKds::with_amd_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    // The file holds another chip's VCEK (a Turin's); the Milan VCEK named
+    // by --product/--hwid/--tcb is on KDS and verifies.
+    let before = turin_table();
+    let (path, _) = certs_file(dir.path(), &before);
+    let cache = dir.path().join("cache");
+    let (hwid, tcb) = milan();
+    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
+        "--product",
+        "milan",
+        "--hwid",
+        &hwid,
+        "--tcb",
+        &tcb,
+        "--no-crl",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("not replacing the VCEK"), "{err}");
+    assert!(err.contains("--from-host"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    // The same under a command that changes the TCB: installed.
+    let out = run(snp_certs("refresh", &kds, &cache)
+        .arg(&path)
+        .args(["--product", "milan", "--hwid", &hwid, "--tcb", &tcb])
+        .args(["--no-crl", "--", "true"]));
+    assert!(out.status.success());
+    assert_eq!(fs::read(&path).unwrap(), milan_table(true));
+}
+
+#[test]
+fn a_chain_under_a_foreign_root_is_refused_and_the_file_kept() {
+    // Something posing as KDS serves a self-consistent chain of its own
+    // making for Milan.
+    let kds = FakeKds::start();
+    kds.serve(
+        "/vcek/v1/Milan/cert_chain",
+        chain_pem("synthetic/asvk.pem", "synthetic/ark.pem"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let before = milan_table(false);
+    let (path, _) = certs_file(dir.path(), &before);
+    let cache = dir.path().join("cache");
+    let (hwid, tcb) = milan();
+    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
+        "--product",
+        "milan",
+        "--hwid",
+        &hwid,
+        "--tcb",
+        &tcb,
+        "--no-crl",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("ARK is not a trusted root"), "{err}");
+    assert!(err.contains("--trust-root"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), before);
+    assert!(!cache.join("vcek/milan/cert_chain.pem").exists());
+}

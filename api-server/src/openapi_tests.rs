@@ -229,6 +229,17 @@ fn schemas_match_the_rust_types() {
             "AttestPayload",
             serde_json::to_value(TestGuestConfig::attest()).unwrap(),
         ),
+        (
+            "SnpAttestPayload",
+            serde_json::to_value(TestGuestConfig::SnpAttest {
+                requests: 1,
+                interval_ms: 0,
+                retry_ms: 10,
+                max_busy_retries: 100,
+                c_bit: Some(51),
+            })
+            .unwrap(),
+        ),
         ("PingResponse", serde_json::to_value(&ping).unwrap()),
         ("VmInfo", serde_json::to_value(&info).unwrap()),
         ("VcpuInfo", serde_json::to_value(&info.vcpus[0]).unwrap()),
@@ -284,6 +295,7 @@ fn schemas_match_the_rust_types() {
         "SnpConfig",
         "PayloadConfig",
         "AttestPayload",
+        "SnpAttestPayload",
         "SnpCertsUpdate",
     ] {
         assert_eq!(schemas[request]["additionalProperties"], false, "{request}");

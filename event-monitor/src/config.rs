@@ -23,6 +23,9 @@ pub enum ConfigError {
     /// The option value is empty.
     #[error("Empty event monitor option: expected path=FILE or fd=N")]
     Empty,
+    /// A value without any `key=`, such as a bare path.
+    #[error("Event monitor option {0:?} names no key: write path={0} for a file, or fd=N")]
+    BarePath(String),
     /// The option string is malformed: an item without `=`, an unknown or
     /// repeated key, an unclosed quote.
     #[error("Invalid event monitor option")]
@@ -147,6 +150,9 @@ impl FromStr for EventMonitorConfig {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         if s.is_empty() {
             return Err(ConfigError::Empty);
+        }
+        if !s.contains('=') && !KEYS.contains(&s) {
+            return Err(ConfigError::BarePath(s.to_owned()));
         }
         let options = Options::parse(s, KEYS, false)?;
         let fd = options
@@ -319,6 +325,10 @@ mod tests {
                 Syntax(OptionError::DuplicateKey("capacity".into())),
             ),
             ("path=/a,fd=3", BothTargets),
+            (
+                "/var/log/events.jsonl",
+                BarePath("/var/log/events.jsonl".into()),
+            ),
             ("capacity=8", NoTarget),
             ("path=", EmptyPath),
             ("fd=", InvalidFd(String::new())),
@@ -339,6 +349,10 @@ mod tests {
 
     #[test]
     fn errors_read_well() {
+        assert_eq!(
+            parse("/path").unwrap_err().to_string(),
+            "Event monitor option \"/path\" names no key: write path=/path for a file, or fd=N"
+        );
         let err = parse("file=/a").unwrap_err();
         assert_eq!(err.to_string(), "Invalid event monitor option");
         assert_eq!(

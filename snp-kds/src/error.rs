@@ -105,14 +105,42 @@ pub enum KdsError {
         #[source]
         source: io::Error,
     },
+    /// No default cache directory can be used.
+    #[error("No usable cache directory (tried {})", tried.join("; "))]
+    NoCacheDir {
+        /// Each directory tried, with why it cannot be used.
+        tried: Vec<String>,
+    },
     /// The shared request-pacing file could not be locked.
-    #[error("Cannot lock the request pacing file {path}")]
+    #[error("Cannot lock the request pacing file {path}{holders}")]
     PacingLock {
         /// The path.
         path: PathBuf,
+        /// Who holds it, ` (held by pid N (cmd))`, or empty.
+        holders: String,
         /// Why.
         #[source]
         source: LockError,
+    },
+    /// This host's turn to ask KDS comes later than the caller is willing
+    /// to wait: nothing was sent.
+    #[error(
+        "This host may send its next request to {host} in {} s ({until}, by the request \
+         pacing file {path}), more than the {} s left to wait; nothing was sent: retry after that",
+        wait.as_secs_f64().ceil(),
+        budget.as_secs()
+    )]
+    PacedTooLong {
+        /// The KDS host.
+        host: String,
+        /// The pacing file.
+        path: PathBuf,
+        /// How long the turn is ahead.
+        wait: Duration,
+        /// What was left of the wait budget.
+        budget: Duration,
+        /// When the turn is, as an HTTP date.
+        until: String,
     },
     /// The table could not be built.
     #[error("Cannot build the certificate table")]
@@ -123,7 +151,12 @@ impl KdsError {
     /// Whether trying again later may succeed without changing anything
     /// (rate limited, KDS down, network trouble).
     pub fn is_retry_later(&self) -> bool {
-        matches!(self, KdsError::RetriesExhausted { .. })
+        matches!(
+            self,
+            KdsError::RetriesExhausted { .. }
+                | KdsError::PacedTooLong { .. }
+                | KdsError::PacingLock { .. }
+        )
     }
 }
 

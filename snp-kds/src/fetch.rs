@@ -17,16 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use snp_certs::CertKind;
+use snp_certs_verify::chain::TrustedRoots;
 use snp_certs_verify::x509::{DocumentKind, ParsedCrl, to_der};
 
-use crate::cache::{Cache, DEFAULT_DIR};
+use crate::cache::{Cache, first_default_dir};
 use crate::client::{Client, ClientOptions};
 use crate::clock::{Clock, SystemClock};
 use crate::error::KdsError;
 use crate::identity::{PlatformId, Product};
 use crate::pacing::Pacer;
 use crate::url::{self, DEFAULT_BASE, Family};
-use crate::verify::{self, Chain};
+use crate::verify::{self, Chain, Checks};
 
 /// Default minimum interval between two requests to one KDS host.
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,7 +37,9 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub struct KdsConfig {
     /// KDS base URL.
     pub base: String,
-    /// The cache directory.
+    /// The cache directory (default: this user's first default, see
+    /// [`crate::cache::default_dir`], which callers use to find one that
+    /// can be written).
     pub cache_dir: PathBuf,
     /// Use only the cache.
     pub offline: bool,
@@ -46,17 +49,21 @@ pub struct KdsConfig {
     pub client: ClientOptions,
     /// Check certificate validity at this time instead of now.
     pub verify_at: Option<SystemTime>,
+    /// The roots a chain may end in: AMD's (the default), and only if the
+    /// caller says so a stand-in of its own.
+    pub roots: TrustedRoots,
 }
 
 impl Default for KdsConfig {
     fn default() -> KdsConfig {
         KdsConfig {
             base: DEFAULT_BASE.to_owned(),
-            cache_dir: PathBuf::from(DEFAULT_DIR),
+            cache_dir: first_default_dir(),
             offline: false,
             min_interval: DEFAULT_MIN_INTERVAL,
             client: ClientOptions::default(),
             verify_at: None,
+            roots: TrustedRoots::amd(),
         }
     }
 }
@@ -187,7 +194,13 @@ impl Kds {
         mut check: impl FnMut(&[u8], &str, bool) -> Result<T, KdsError>,
     ) -> Result<T, KdsError> {
         let shown = doc.path.display().to_string();
-        if let Some(bytes) = self.cache.read(&doc.path)? {
+        // An entry that cannot be read (not a regular file, not this
+        // user's) is treated as missing, and replaced once fetched.
+        let cached = self.cache.read(&doc.path).unwrap_or_else(|e| {
+            log::warn!("Cached {} not used: {e}", doc.what);
+            None
+        });
+        if let Some(bytes) = cached {
             match check(&bytes, &shown, true) {
                 Ok(value) => {
                     sources.push(format!("{}: from the cache, {shown}", doc.what));
@@ -252,8 +265,11 @@ impl Kds {
     pub fn fetch(&self, request: &FetchRequest) -> Result<Bundle, KdsError> {
         let product = request.product;
         let family = request.family();
-        let line = product.kds_name();
-        let at = self.at();
+        let checks = Checks {
+            product_line: product.kds_name(),
+            at: self.at(),
+            roots: &self.config.roots,
+        };
         let chain_doc = self.chain_doc(product, family);
         let crl_doc = request.crl.then(|| self.crl_doc(product, family));
         let vcek_doc = match &request.signer {
@@ -272,14 +288,14 @@ impl Kds {
 
         let chain = self.obtain(&chain_doc, &mut sources, |bytes, from, _| {
             let chain = verify::parse_chain(from, family, bytes)?;
-            verify::check_chain(&chain, line, at)?;
+            verify::check_chain(&chain, checks)?;
             Ok(chain)
         })?;
 
         let crl = match &crl_doc {
             Some(doc) => Some(self.obtain(doc, &mut sources, |bytes, from, cached| {
                 let der = crl_der(from, bytes)?;
-                verify::check_crl(&chain, &der, line, at)?;
+                verify::check_crl(&chain, &der, checks)?;
                 if cached && self.crl_is_stale(&der) {
                     if !self.config.offline {
                         return Err(KdsError::Verification {
@@ -307,7 +323,7 @@ impl Kds {
                             source,
                         }
                     })?;
-                    verify::check_vcek(from, &der, id, &chain, at)?;
+                    verify::check_vcek(from, &der, id, &chain, checks)?;
                     Ok(der)
                 })?;
                 Some((CertKind::Vcek, der))
@@ -330,8 +346,7 @@ impl Kds {
             signer.as_ref().map(|(k, d)| (*k, d.as_slice())),
             &chain,
             crl.as_deref(),
-            line,
-            at,
+            checks,
         )?;
         Ok(Bundle {
             product,

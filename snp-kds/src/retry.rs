@@ -12,7 +12,8 @@
 //!   `min(base · 2ⁿ⁻¹, max_delay)`;
 //!
 //! until `max_attempts` requests were made or the next wait would take the
-//! total past `max_total_wait`. A `Retry-After` longer than what is left
+//! total past `max_total_wait` (which the waits for this host's turn in the
+//! request pacing count against too, see [`crate::client`]). A `Retry-After` longer than what is left
 //! of the budget ends the retries at once: the error then says when KDS
 //! will answer again.
 
@@ -27,7 +28,8 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Longest backoff between two attempts.
     pub max_delay: Duration,
-    /// Longest total time spent waiting for one document.
+    /// Longest total time spent waiting for one document: pacing turns,
+    /// `Retry-After` and backoff together.
     pub max_total_wait: Duration,
 }
 
@@ -68,7 +70,7 @@ fn random_up_to(max: Duration) -> Duration {
 /// A `Retry-After` wait with a little jitter added (up to 10 %, at most
 /// 1 s), so that clients told the same time do not all come back at once.
 pub fn jittered(wait: Duration) -> Duration {
-    wait + random_up_to((wait / 10).min(Duration::from_secs(1)))
+    wait.saturating_add(random_up_to((wait / 10).min(Duration::from_secs(1))))
 }
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date, which is
@@ -134,6 +136,8 @@ mod tests {
             assert!(d >= Duration::from_secs(1) && d <= Duration::from_millis(1100));
             let d = jittered(Duration::from_secs(120));
             assert!(d <= Duration::from_secs(121));
+            // A hostile Retry-After cannot overflow it.
+            assert!(jittered(Duration::MAX) == Duration::MAX);
         }
     }
 }

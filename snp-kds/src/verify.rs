@@ -12,13 +12,18 @@
 //!   extensions must name exactly the chip and levels asked for: KDS (or
 //!   anything posing as it) answering with another chip's or another TCB's
 //!   VCEK is refused.
+//! * The ARK must be one of AMD's root keys, built into
+//!   [`snp_certs_verify::chain::roots`], and the one of the product line asked
+//!   for; a mirror or anything posing as KDS cannot hand out a chain of
+//!   its own making. Other roots only when the caller trusts them
+//!   explicitly ([`TrustedRoots::with_extra_root`], for test stand-ins).
 //! * Finally the whole table is checked once more, as guests will see it.
 
 use std::time::SystemTime;
 
 use snp_certs::CertKind;
 use snp_certs::table::{CertTable, TableBuilder};
-use snp_certs_verify::chain::{ChainProblem, ChainReport, verify_table};
+use snp_certs_verify::chain::{ChainProblem, ChainReport, TrustedRoots, verify_table_with};
 use snp_certs_verify::x509::{CertInfo, DocumentKind, EntryInfo, describe, to_der};
 
 use crate::error::KdsError;
@@ -100,18 +105,33 @@ fn table(entries: &[(CertKind, &[u8])]) -> Result<Vec<u8>, KdsError> {
     b.build().map_err(KdsError::Table)
 }
 
+/// How to check: when, and under which roots.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks<'a> {
+    /// The product line asked for (`Milan`, …).
+    pub product_line: &'a str,
+    /// When certificates must be valid.
+    pub at: SystemTime,
+    /// The roots a chain may end in.
+    pub roots: &'a TrustedRoots,
+}
+
 /// Runs the chain check on `entries`; `signer_expected` says whether a
 /// missing VCEK/VLEK counts.
 fn check(
     what: String,
     entries: &[(CertKind, &[u8])],
-    product_line: &str,
-    at: SystemTime,
+    checks: Checks<'_>,
     signer_expected: bool,
 ) -> Result<ChainReport, KdsError> {
+    let Checks {
+        product_line,
+        at,
+        roots,
+    } = checks;
     let bytes = table(entries)?;
     let parsed = CertTable::parse(&bytes).map_err(KdsError::Table)?;
-    let report = verify_table(&parsed, at);
+    let report = verify_table_with(&parsed, at, roots);
     let mut problems: Vec<String> = report
         .problems
         .iter()
@@ -135,34 +155,31 @@ fn check(
     }
 }
 
-/// Checks an ARK and CA key for `product_line` (`Milan`, …).
-pub fn check_chain(chain: &Chain, product_line: &str, at: SystemTime) -> Result<(), KdsError> {
+/// Checks an ARK and CA key for the product line of `checks`.
+pub fn check_chain(chain: &Chain, checks: Checks<'_>) -> Result<(), KdsError> {
     check(
-        format!("{product_line} ARK/{} chain", chain.family.ca_name()),
+        format!(
+            "{} ARK/{} chain",
+            checks.product_line,
+            chain.family.ca_name()
+        ),
         &[(CertKind::Ask, &chain.ask), (CertKind::Ark, &chain.ark)],
-        product_line,
-        at,
+        checks,
         false,
     )
     .map(drop)
 }
 
 /// Checks a CRL (DER) against the chain.
-pub fn check_crl(
-    chain: &Chain,
-    crl: &[u8],
-    product_line: &str,
-    at: SystemTime,
-) -> Result<(), KdsError> {
+pub fn check_crl(chain: &Chain, crl: &[u8], checks: Checks<'_>) -> Result<(), KdsError> {
     check(
-        format!("{product_line} CRL"),
+        format!("{} CRL", checks.product_line),
         &[
             (CertKind::Ask, &chain.ask),
             (CertKind::Ark, &chain.ark),
             (CertKind::Crl, crl),
         ],
-        product_line,
-        at,
+        checks,
         false,
     )
     .map(drop)
@@ -190,7 +207,7 @@ pub fn check_vcek(
     vcek: &[u8],
     id: &PlatformId,
     chain: &Chain,
-    at: SystemTime,
+    checks: Checks<'_>,
 ) -> Result<(), KdsError> {
     let info = cert_info(url, vcek)?;
     let hwid = info.hwid.clone().unwrap_or_else(|| "(none)".to_owned());
@@ -220,8 +237,10 @@ pub fn check_vcek(
             (CertKind::Ask, &chain.ask),
             (CertKind::Ark, &chain.ark),
         ],
-        id.product.kds_name(),
-        at,
+        Checks {
+            product_line: id.product.kds_name(),
+            ..checks
+        },
         true,
     )
     .map(drop)
@@ -233,8 +252,7 @@ pub fn final_table(
     signer: Option<(CertKind, &[u8])>,
     chain: &Chain,
     crl: Option<&[u8]>,
-    product_line: &str,
-    at: SystemTime,
+    checks: Checks<'_>,
 ) -> Result<Vec<u8>, KdsError> {
     let mut entries: Vec<(CertKind, &[u8])> = Vec::new();
     entries.extend(signer);
@@ -244,10 +262,9 @@ pub fn final_table(
         entries.push((CertKind::Crl, crl));
     }
     check(
-        format!("{product_line} certificate table"),
+        format!("{} certificate table", checks.product_line),
         &entries,
-        product_line,
-        at,
+        checks,
         signer.is_some(),
     )?;
     table(&entries)

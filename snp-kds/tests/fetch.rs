@@ -215,12 +215,33 @@ fn a_retry_after_beyond_the_budget_stops_at_once_and_says_when() {
     assert_eq!(kds.requests(), 1);
     assert!(e.to_string().contains("wait 3600 s"), "{e}");
     assert!(clock.sleeps.lock().unwrap().is_empty());
-    // Every process on the host is held off until then.
-    let other = Kds::with_clock(config(&kds, cache.path()), clock.clone());
+    // Every process on the host is held off until then: one whose wait
+    // budget cannot cover it ends at once, asking nothing, sleeping not.
     kds.throttle(Throttle::default());
-    other.fetch(&FetchRequest::vcek(milan(), false)).unwrap();
+    let other = Kds::with_clock(config(&kds, cache.path()), clock.clone());
+    let e = other
+        .fetch(&FetchRequest::vcek(milan(), false))
+        .unwrap_err();
+    assert!(matches!(e, KdsError::PacedTooLong { .. }), "{e:?}");
+    assert!(e.is_retry_later());
+    assert_eq!(kds.requests(), 1);
+    assert!(clock.sleeps.lock().unwrap().is_empty());
+    // One with budget enough waits its turn, and says so first.
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let mut patient = config(&kds, cache.path());
+    patient.client.retry.max_total_wait = Duration::from_secs(7200);
+    patient.client.on_wait = Some({
+        let told = Arc::clone(&told);
+        Arc::new(move |reason: &str, wait| told.lock().unwrap().push((reason.to_owned(), wait)))
+    });
+    Kds::with_clock(patient, clock.clone())
+        .fetch(&FetchRequest::vcek(milan(), false))
+        .unwrap();
     let waited: Duration = clock.sleeps.lock().unwrap().iter().sum();
     assert!(waited >= Duration::from_secs(3590), "{waited:?}");
+    let told = told.lock().unwrap();
+    assert!(told[0].0.contains("request pacing"), "{told:?}");
+    assert!(told[0].1 >= Duration::from_secs(3590), "{told:?}");
 }
 
 #[test]
@@ -382,5 +403,40 @@ fn the_minimum_interval_spaces_real_requests() {
             .path()
             .join(format!("pacing/127.0.0.1_{port}"))
             .is_file()
+    );
+}
+
+#[test]
+fn cache_entries_gone_bad_are_fetched_again_never_waited_on() {
+    let kds = FakeKds::with_amd_fixtures();
+    let cache = tempfile::tempdir().unwrap();
+    let chain = cache.path().join("vcek/milan/cert_chain.pem");
+    std::fs::create_dir_all(chain.parent().unwrap()).unwrap();
+    // A FIFO nobody writes to: opening it for reading would block.
+    let path = std::ffi::CString::new(chain.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    // Another product's chain where Milan's should be.
+    let vcek_dir = cache
+        .path()
+        .join(format!("vcek/milan/{}", milan().hwid.to_hex()));
+    std::fs::create_dir_all(&vcek_dir).unwrap();
+    std::fs::write(
+        vcek_dir.join(format!("{}.der", milan().tcb.cache_key())),
+        fixture("amd/turin/vcek.der"),
+    )
+    .unwrap();
+    let bundle = Kds::new(config(&kds, cache.path()))
+        .fetch(&FetchRequest::vcek(milan(), false))
+        .unwrap();
+    assert_eq!(kds.requests(), 2, "{:?}", kds.log());
+    assert!(std::fs::symlink_metadata(&chain).unwrap().is_file());
+    assert_eq!(
+        bundle.signer.unwrap().1,
+        snp_certs_verify::x509::to_der(
+            &fixture("amd/milan/vcek.der"),
+            snp_certs_verify::x509::DocumentKind::Certificate
+        )
+        .unwrap()
     );
 }

@@ -18,12 +18,17 @@
 //! 6. **Product line**: the ARK, ASK and VCEK/VLEK name the same one.
 //! 7. **CRL** (if present): issued and signed by the ARK; the ASK/ASVK's
 //!    serial is not on it. A CRL past its next update is only a note.
+//! 8. **Root**: the ARK's key is one of AMD's root keys, built in (see
+//!    [`roots`]), and the one of the chain's product line; or a root the
+//!    caller named explicitly ([`verify_table_with`]). A chain under any
+//!    other root is refused however well it hangs together.
 //!
 //! Every problem is collected (the check does not stop at the first), so
 //! one run tells the operator everything that is wrong. Entries of other
 //! kinds are not part of the chain and are ignored.
 
 mod problem;
+pub mod roots;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,6 +40,7 @@ use snp_certs::guid::CertKind;
 use snp_certs::table::CertTable;
 
 pub use problem::ChainProblem;
+pub use roots::{RootMatch, TrustedRoots};
 
 /// The overall verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,6 +190,26 @@ impl Checker {
         }
     }
 
+    /// Checks that the ARK's key is a trusted root, and for AMD's roots
+    /// that it is the root of `product`.
+    fn root(&mut self, ark: &ParsedCert, roots: &TrustedRoots, product: Option<&str>) {
+        match roots.find(ark) {
+            Some(RootMatch::Amd(root))
+                if product.is_some_and(|p| !p.eq_ignore_ascii_case(root.product)) =>
+            {
+                self.problems.push(ChainProblem::RootProductMismatch {
+                    root: root.product.to_owned(),
+                    product: product.unwrap_or_default().to_owned(),
+                });
+            }
+            Some(found) => self.pass(CertKind::Ark, "root", found.to_string()),
+            None => self.problems.push(ChainProblem::UntrustedRoot {
+                found: roots::spki_sha384(ark),
+                expected: roots.expected(product),
+            }),
+        }
+    }
+
     fn crl(&mut self, data: &[u8], ark: Option<&ParsedCert>, ask: Option<&ParsedCert>) {
         let kind = CertKind::Crl;
         let parsed = match ParsedCrl::parse(data) {
@@ -257,8 +283,18 @@ fn product_of(info: &CertInfo) -> Option<String> {
     info.product.clone()
 }
 
-/// Checks the chain in `table` as of `at`. See the module docs.
+/// Checks the chain in `table` as of `at`, trusting AMD's root keys only.
+/// See the module docs.
 pub fn verify_table(table: &CertTable<'_>, at: SystemTime) -> ChainReport {
+    verify_table_with(table, at, &TrustedRoots::amd())
+}
+
+/// Checks the chain in `table` as of `at`, trusting `roots`.
+pub fn verify_table_with(
+    table: &CertTable<'_>,
+    at: SystemTime,
+    roots: &TrustedRoots,
+) -> ChainReport {
     let mut c = Checker {
         at,
         checks: Vec::new(),
@@ -349,6 +385,9 @@ pub fn verify_table(table: &CertTable<'_>, at: SystemTime) -> ChainReport {
                 });
             }
         }
+    }
+    if let Some(ark) = &ark {
+        c.root(ark, roots, product.as_deref());
     }
     if product.is_none() {
         if let Some(cn) = ark.as_ref().and_then(|a| common_name(a.subject())) {

@@ -98,6 +98,23 @@ pub enum ChainProblem {
         /// Its serial number, hex.
         serial: String,
     },
+    /// The ARK's key is none of the trusted roots: not AMD's, and not one
+    /// the caller named.
+    #[error("ARK is not a trusted root: its key (SPKI SHA-384 {found}) is not {expected}")]
+    UntrustedRoot {
+        /// SHA-384 of the ARK's SubjectPublicKeyInfo, hex.
+        found: String,
+        /// What was expected instead.
+        expected: String,
+    },
+    /// The ARK is AMD's root of another product line than the chain's.
+    #[error("ARK is AMD's {root} root key, but the chain is for {product}")]
+    RootProductMismatch {
+        /// The product line whose root the ARK is.
+        root: String,
+        /// The product line the chain's certificates name.
+        product: String,
+    },
     /// Two certificates name different AMD product lines.
     #[error("{kind} is for {product}, but the {by} is for {expected}")]
     ProductMismatch {
@@ -127,6 +144,8 @@ impl ChainProblem {
             ChainProblem::Expired { .. } => "expired",
             ChainProblem::Revoked { .. } => "revoked",
             ChainProblem::ProductMismatch { .. } => "product-mismatch",
+            ChainProblem::UntrustedRoot { .. } => "untrusted-root",
+            ChainProblem::RootProductMismatch { .. } => "root-product-mismatch",
         }
     }
 
@@ -134,7 +153,9 @@ impl ChainProblem {
     pub fn entry(&self) -> Option<CertKind> {
         match self {
             ChainProblem::NoSigner => None,
-            ChainProblem::NotSelfSigned { .. } => Some(CertKind::Ark),
+            ChainProblem::NotSelfSigned { .. }
+            | ChainProblem::UntrustedRoot { .. }
+            | ChainProblem::RootProductMismatch { .. } => Some(CertKind::Ark),
             ChainProblem::Missing { kind }
             | ChainProblem::Unparsable { kind, .. }
             | ChainProblem::WrongKey { kind, .. }

@@ -102,13 +102,27 @@ impl fmt::Display for Product {
     }
 }
 
+/// The names `--product` accepts, case-insensitively, and the product
+/// line each is: Bergamo (EPYC 97x4) and Siena (EPYC 8004) are Genoa
+/// parts with Genoa's VCEKs and chain, as snphost and snpguest map them.
+pub const PRODUCT_NAMES: [(&str, Product); 5] = [
+    ("milan", Product::Milan),
+    ("genoa", Product::Genoa),
+    ("bergamo", Product::Genoa),
+    ("siena", Product::Genoa),
+    ("turin", Product::Turin),
+];
+
 impl FromStr for Product {
     type Err = IdentityError;
 
+    /// Parses `milan`, `genoa`, `bergamo`, `siena` or `turin` in any case
+    /// (see [`PRODUCT_NAMES`]).
     fn from_str(s: &str) -> Result<Product, IdentityError> {
-        Product::ALL
+        PRODUCT_NAMES
             .into_iter()
-            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
+            .map(|(_, product)| product)
             .ok_or_else(|| IdentityError::UnknownProduct(s.to_owned()))
     }
 }
@@ -116,8 +130,8 @@ impl FromStr for Product {
 /// Why an identity could not be determined.
 #[derive(Debug, Error)]
 pub enum IdentityError {
-    /// A product name other than Milan, Genoa or Turin.
-    #[error("Unknown product {0:?}: give milan, genoa or turin")]
+    /// A product name other than those in [`PRODUCT_NAMES`].
+    #[error("Unknown product {0:?}: give milan, genoa, bergamo, siena or turin")]
     UnknownProduct(String),
     /// A hardware ID that is not hex.
     #[error("Hardware ID is not hex: {0:?}")]

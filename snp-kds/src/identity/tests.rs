@@ -9,8 +9,15 @@ fn products_parse_and_name_themselves() {
     assert_eq!("milan".parse::<Product>().unwrap(), Product::Milan);
     assert_eq!(" Genoa".parse::<Product>().unwrap(), Product::Genoa);
     assert_eq!("TURIN".parse::<Product>().unwrap(), Product::Turin);
+    // Bergamo and Siena are Genoa parts, as snpguest maps them.
+    assert_eq!("bergamo".parse::<Product>().unwrap(), Product::Genoa);
+    assert_eq!("Siena".parse::<Product>().unwrap(), Product::Genoa);
     let e = "rome".parse::<Product>().unwrap_err();
-    assert!(e.to_string().contains("milan, genoa or turin"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("milan, genoa, bergamo, siena or turin"),
+        "{e}"
+    );
     assert_eq!(Product::Turin.kds_name(), "Turin");
     assert_eq!(Product::from_cpuid(0x19, 0x01), Some(Product::Milan));
     assert_eq!(Product::from_cpuid(0x19, 0x11), Some(Product::Genoa));

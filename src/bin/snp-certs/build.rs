@@ -1,23 +1,22 @@
-//! `snp-certs build` and `snp-certs import-dir`: make a new certs file from
-//! certificate files.
+//! `snp-certs build` (and, through it, `import-dir`): make a new certs
+//! file from certificate files.
 //!
 //! Both read PEM or DER certificates, normalise them to DER, build the
 //! table (report signer first, then ASK/ASVK, ARK, CRL, other entries),
 //! validate it, check its chain, and write it to a file that must not
 //! exist yet (see `files.rs`).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{ArgGroup, Args};
 use snp_certs::CertKind;
 use snp_certs::table::{CertTable, TableBuilder};
 use snp_certs_verify::x509::{DocumentKind, to_der};
 use uuid::Uuid;
 
-use crate::chain_report::{self, ChainTime};
+use crate::chain_report::{self, ChainCheck};
 use crate::files::{check_guest_limit, read_input, write_new_file};
 
 /// Build a new certs file from certificate files (PEM or DER). The chain
@@ -52,17 +51,6 @@ pub struct BuildArgs {
     output: OutputArgs,
 }
 
-/// Build a new certs file from a directory named like snphost's and
-/// snpguest's: ark.*, ask.* or asvk.*, vcek.* or vlek.*, crl.* (extensions
-/// .pem, .der, .cert, .crt, .crl), and GUID-named files for other entries.
-#[derive(Debug, Args)]
-pub struct ImportDirArgs {
-    /// The directory.
-    dir: PathBuf,
-    #[command(flatten)]
-    output: OutputArgs,
-}
-
 /// Where to write and how strict to be.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
@@ -78,7 +66,7 @@ pub struct OutputArgs {
     #[arg(long)]
     allow_large: bool,
     #[command(flatten)]
-    time: ChainTime,
+    time: ChainCheck,
 }
 
 fn parse_other(s: &str) -> Result<(Uuid, PathBuf), String> {
@@ -101,23 +89,23 @@ fn parse_other(s: &str) -> Result<(Uuid, PathBuf), String> {
 
 /// The certificate files of one table.
 #[derive(Debug, Default)]
-struct Inputs {
-    ark: Option<PathBuf>,
-    ask: Option<(PathBuf, &'static str)>,
-    signer: Option<(CertKind, PathBuf)>,
-    crl: Option<PathBuf>,
-    others: Vec<(Uuid, PathBuf)>,
+pub(crate) struct Inputs {
+    pub ark: Option<PathBuf>,
+    pub ask: Option<(PathBuf, &'static str)>,
+    pub signer: Option<(CertKind, PathBuf)>,
+    pub crl: Option<PathBuf>,
+    pub others: Vec<(Uuid, PathBuf)>,
 }
 
 /// Reads one certificate or CRL file and normalises it to DER.
-fn load(path: &Path, what: &str, kind: DocumentKind) -> Result<Vec<u8>> {
+pub(crate) fn load(path: &Path, what: &str, kind: DocumentKind) -> Result<Vec<u8>> {
     let data = read_input(path)?;
     to_der(&data, kind).with_context(|| format!("{what} {}", path.display()))
 }
 
 impl Inputs {
     /// Builds the table bytes.
-    fn table(&self) -> Result<Vec<u8>> {
+    pub(crate) fn table(&self) -> Result<Vec<u8>> {
         let mut b = TableBuilder::new();
         let cert = DocumentKind::Certificate;
         if let Some((kind, path)) = &self.signer {
@@ -142,13 +130,14 @@ impl Inputs {
 
 /// Validates, verifies and writes a new table. Exit code 1 (and nothing
 /// written) when the chain fails without `--allow-unverified`.
-fn finish(bytes: &[u8], out: &OutputArgs) -> Result<ExitCode> {
+pub(crate) fn finish(bytes: &[u8], out: &OutputArgs) -> Result<ExitCode> {
     let table = CertTable::parse(bytes).context("the built table does not validate")?;
     check_guest_limit(bytes.len(), out.allow_large, &out.output)?;
     for w in table.warnings() {
         eprintln!("warning: {w}");
     }
-    let report = out.time.verify(&table);
+    let roots = out.time.roots()?;
+    let report = out.time.verify(&table, &roots);
     if !report.is_verified() {
         if !out.allow_unverified {
             for line in chain_report::lines(&report, false) {
@@ -194,122 +183,5 @@ pub fn run_build(args: &BuildArgs) -> Result<ExitCode> {
         crl: args.crl.clone(),
         others: args.other.clone(),
     };
-    finish(&inputs.table()?, &args.output)
-}
-
-/// The role a file name gives, following snphost/snpguest naming: `ark`,
-/// `ask`, `asvk`, `vcek`, `vlek` and `crl` with a certificate extension;
-/// snphost's product-named CRL (`milan.crl`, `genoa.crl`, `turin.crl`);
-/// other entries as `GUID.*` or snpguest's `other-GUID.*`.
-pub(crate) fn role_of(name: &str) -> Option<Role> {
-    let lower = name.to_ascii_lowercase();
-    let (stem, ext) = lower.rsplit_once('.')?;
-    let guid = stem.strip_prefix("other-").unwrap_or(stem);
-    if let Ok(guid) = Uuid::parse_str(guid) {
-        return Some(Role::Other(guid));
-    }
-    if ext == "crl" && matches!(stem, "milan" | "genoa" | "turin") {
-        return Some(Role::Crl);
-    }
-    if !matches!(ext, "pem" | "der" | "cert" | "crt" | "crl") {
-        return None;
-    }
-    Some(match stem {
-        "ark" => Role::Ark,
-        "ask" => Role::Ask("ask"),
-        "asvk" => Role::Ask("asvk"),
-        "vcek" => Role::Signer(CertKind::Vcek),
-        "vlek" => Role::Signer(CertKind::Vlek),
-        "crl" => Role::Crl,
-        _ => return None,
-    })
-}
-
-/// What a file in an import directory becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    Ark,
-    Ask(&'static str),
-    Signer(CertKind),
-    Crl,
-    Other(Uuid),
-}
-
-fn set_once<T>(slot: &mut Option<T>, value: T, path: &Path, first: Option<&Path>) -> Result<()> {
-    if let Some(first) = first {
-        bail!(
-            "{} and {} both fill the same table entry; keep one",
-            first.display(),
-            path.display()
-        );
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
-/// Runs `import-dir`.
-pub fn run_import_dir(args: &ImportDirArgs) -> Result<ExitCode> {
-    let mut names: Vec<PathBuf> = fs::read_dir(&args.dir)
-        .with_context(|| format!("cannot read directory {}", args.dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("cannot read directory {}", args.dir.display()))?;
-    names.sort();
-    let mut inputs = Inputs::default();
-    for path in names {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(role) = role_of(&name).filter(|_| path.is_file()) else {
-            eprintln!("note: ignoring {}", path.display());
-            continue;
-        };
-        match role {
-            Role::Ark => {
-                let first = inputs.ark.clone();
-                set_once(&mut inputs.ark, path.clone(), &path, first.as_deref())?;
-            }
-            Role::Ask(name) => {
-                let first = inputs.ask.as_ref().map(|(p, _)| p.clone());
-                set_once(
-                    &mut inputs.ask,
-                    (path.clone(), name),
-                    &path,
-                    first.as_deref(),
-                )?;
-            }
-            Role::Signer(kind) => {
-                let first = inputs.signer.as_ref().map(|(_, p)| p.clone());
-                set_once(
-                    &mut inputs.signer,
-                    (kind, path.clone()),
-                    &path,
-                    first.as_deref(),
-                )?;
-            }
-            Role::Crl => {
-                let first = inputs.crl.clone();
-                set_once(&mut inputs.crl, path.clone(), &path, first.as_deref())?;
-            }
-            Role::Other(guid) => {
-                let kind = CertKind::from_guid(&guid);
-                if kind != CertKind::Other && kind != CertKind::ExtraPlatformInfo {
-                    bail!(
-                        "{} is named by the {kind} GUID: name it {}.der",
-                        path.display(),
-                        kind.name()
-                    );
-                }
-                inputs.others.push((guid, path));
-            }
-        }
-    }
-    if inputs.ark.is_none() && inputs.ask.is_none() && inputs.signer.is_none() {
-        bail!(
-            "{} holds no ark.*, ask.*, asvk.*, vcek.* or vlek.* file",
-            args.dir.display()
-        );
-    }
     finish(&inputs.table()?, &args.output)
 }

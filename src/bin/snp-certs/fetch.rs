@@ -1,6 +1,6 @@
 //! `snp-certs fetch`: get a platform's certificates from AMD's KDS
 //! (through the host cache), verify them, and write a new certs file or a
-//! snphost-style directory.
+//! directory as snphost and snpguest write them (see `cert_dir.rs`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,10 +10,11 @@ use anyhow::{Context, Result};
 use clap::{ArgGroup, Args};
 use snp_certs::CertKind;
 use snp_certs::table::CertTable;
-use snp_certs_verify::x509::{DocumentKind, to_pem};
+use snp_certs_verify::x509::DocumentKind;
 use snp_kds::cache::write_atomic;
 use snp_kds::{Bundle, FetchRequest, Kds, SignerRequest};
 
+use crate::cert_dir::{self, Encoding};
 use crate::chain_report;
 use crate::files::{exists_error, read_input, write_new_file};
 use crate::kds_args::{IdentityArgs, KdsArgs, report_error};
@@ -50,38 +51,45 @@ pub struct FetchArgs {
     /// `snp-certs update` or `snp-certs refresh`).
     #[arg(short, long, value_name = "NEWFILE")]
     output: Option<PathBuf>,
-    /// Write ark.pem, ask.pem (or asvk.pem), vcek.der (or vlek.der) and
-    /// crl.der into DIR, as snphost names them (replacing those files).
+    /// Write ark.der, ask.der (asvk.der for a VLEK), vcek.der (or
+    /// vlek.der) and crl.der into DIR, as snphost and snpguest name them
+    /// (.pem with --encoding pem), replacing those files. A DIR holding
+    /// certificates in the other encoding is refused.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// The encoding of the files --dir writes, one for all of them.
+    #[arg(long, value_enum, default_value_t = Encoding::Der, requires = "dir")]
+    encoding: Encoding,
 }
 
-/// Writes a bundle as snphost-style files into `dir`.
-fn write_dir(dir: &Path, bundle: &Bundle) -> Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+/// Writes a bundle into `dir`, every file in `encoding`.
+fn write_dir(dir: &Path, bundle: &Bundle, encoding: Encoding) -> Result<Vec<PathBuf>> {
+    cert_dir::check_encoding(dir, encoding)?;
     let vlek = matches!(bundle.signer, Some((CertKind::Vlek, _)));
-    let pem = |der: &[u8]| to_pem(der, DocumentKind::Certificate).map(String::into_bytes);
-    let mut files: Vec<(&str, Vec<u8>)> = vec![
-        ("ark.pem", pem(&bundle.chain.ark)?),
-        (
-            if vlek { "asvk.pem" } else { "ask.pem" },
-            pem(&bundle.chain.ask)?,
-        ),
+    let cert = DocumentKind::Certificate;
+    let mut files: Vec<(&str, &[u8], DocumentKind)> = vec![
+        ("ark", &bundle.chain.ark, cert),
+        (if vlek { "asvk" } else { "ask" }, &bundle.chain.ask, cert),
     ];
     if let Some((kind, der)) = &bundle.signer {
-        let name = if *kind == CertKind::Vlek {
-            "vlek.der"
-        } else {
-            "vcek.der"
-        };
-        files.push((name, der.clone()));
+        files.push((kind.name(), der, cert));
     }
     if let Some(crl) = &bundle.crl {
-        files.push(("crl.der", crl.clone()));
+        files.push(("crl", crl, DocumentKind::Crl));
     }
+    // Everything is encoded before anything is written.
+    let encoded = files
+        .into_iter()
+        .map(|(stem, der, kind)| {
+            Ok((
+                dir.join(cert_dir::file_name(stem, encoding)),
+                cert_dir::encode(der, kind, encoding)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
-    for (name, bytes) in files {
-        let path = dir.join(name);
+    for (path, bytes) in encoded {
         write_atomic(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(path);
     }
@@ -114,13 +122,19 @@ pub fn run(args: &FetchArgs) -> Result<ExitCode> {
         },
         None => FetchRequest::vcek(args.id.resolve()?, !args.no_crl),
     };
-    let kds = Kds::new(args.kds.config());
+    if let Some(dir) = &args.dir {
+        // Before asking KDS: a directory this would leave mixed.
+        cert_dir::check_encoding(dir, args.encoding)?;
+    }
+    let config = args.kds.config()?;
+    let roots = config.roots.clone();
+    let kds = Kds::new(config);
     let bundle = match kds.fetch(&request) {
         Ok(bundle) => bundle,
         Err(e) => return Ok(ExitCode::from(report_error(e, "fetch certificates"))),
     };
     let table = CertTable::parse(&bundle.table).context("the fetched table does not validate")?;
-    let summary = chain_report::summary(&args.kds.time.verify(&table));
+    let summary = chain_report::summary(&args.kds.time.verify(&table, &roots));
     if let Some(out) = &args.output {
         write_new_file(out, &bundle.table)?;
         outln!(
@@ -131,7 +145,7 @@ pub fn run(args: &FetchArgs) -> Result<ExitCode> {
         );
     }
     if let Some(dir) = &args.dir {
-        let written = write_dir(dir, &bundle)?;
+        let written = write_dir(dir, &bundle, args.encoding)?;
         let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         outln!("wrote {}, {summary}", names.join(", "));
     }

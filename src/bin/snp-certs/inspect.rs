@@ -9,12 +9,12 @@ use clap::Args;
 use serde::Serialize;
 use snp_certs::CertKind;
 use snp_certs::table::{CertTable, Encoding, TableWarning};
-use snp_certs_verify::chain::ChainReport;
+use snp_certs_verify::chain::{ChainReport, TrustedRoots};
 use snp_certs_verify::x509::{self, EntryInfo};
 
 use vmm_api::error_chain;
 
-use crate::chain_report::{self, ChainTime};
+use crate::chain_report::{self, ChainCheck};
 use crate::files;
 
 /// Show the entries of a certs file: GUIDs, names, offsets, lengths,
@@ -33,7 +33,7 @@ pub struct InspectArgs {
     #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
     timeout: u64,
     #[command(flatten)]
-    time: ChainTime,
+    time: ChainCheck,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,7 +75,12 @@ fn describe(kind: CertKind, data: &[u8]) -> (Option<EntryInfo>, Option<String>) 
 }
 
 /// Builds the report for a table.
-fn report(file: PathBuf, table: &CertTable<'_>, time: &ChainTime) -> InspectReport {
+fn report(
+    file: PathBuf,
+    table: &CertTable<'_>,
+    time: &ChainCheck,
+    roots: &TrustedRoots,
+) -> InspectReport {
     let entries = table
         .entries()
         .iter()
@@ -101,7 +106,7 @@ fn report(file: PathBuf, table: &CertTable<'_>, time: &ChainTime) -> InspectRepo
         size: table.as_bytes().len(),
         pages: (table.as_bytes().len() as u64).div_ceil(snp_certs::serve::PAGE_SIZE),
         entries,
-        chain: time.verify(table),
+        chain: time.verify(table, roots),
         warning_messages: warnings.iter().map(ToString::to_string).collect(),
         warnings,
     }
@@ -198,8 +203,9 @@ fn print_x509(e: &EntryReport) {
 
 /// Runs `inspect`. Exit code 0 for a valid table (warnings or not).
 pub fn run(args: &InspectArgs) -> Result<ExitCode> {
+    let roots = args.time.roots()?;
     let r = files::with_locked_table(&args.file, args.timeout, "inspect", |table| {
-        report(args.file.clone(), table, &args.time)
+        report(args.file.clone(), table, &args.time, &roots)
     })?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&r)?);

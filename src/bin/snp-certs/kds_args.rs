@@ -16,7 +16,7 @@ use snp_kds::identity::{host, report};
 use snp_kds::retry::RetryPolicy;
 use snp_kds::{Hwid, KdsConfig, KdsError, PlatformId, Product, TcbLevels};
 
-use crate::chain_report::ChainTime;
+use crate::chain_report::ChainCheck;
 
 /// Exit code: the certificates KDS sent (or the cache held) do not verify,
 /// or are not for the platform asked for; nothing was written.
@@ -30,40 +30,55 @@ pub const EXIT_KDS_UNAVAILABLE: u8 = 69;
 /// Where KDS and the cache are, and how politely to ask.
 #[derive(Debug, Clone, Args)]
 pub struct KdsArgs {
-    /// KDS base URL.
+    /// KDS base URL: AMD's KDS, or a caching proxy in front of it shared
+    /// by a fleet. Whatever answers, chains must end in AMD's root keys.
     #[arg(long, value_name = "URL", default_value = snp_kds::url::DEFAULT_BASE)]
     pub kds: String,
-    /// Host cache of verified KDS documents (shared by all processes on the
-    /// host).
-    #[arg(long, value_name = "DIR", default_value = snp_kds::cache::DEFAULT_DIR)]
-    pub cache: PathBuf,
+    /// Cache of verified KDS documents, shared by all processes using it
+    /// (and so is their request pacing). Default: /var/cache/snp-certs/kds
+    /// for root; otherwise $XDG_CACHE_HOME/snp-certs/kds, else
+    /// ~/.cache/snp-certs/kds, else $TMPDIR/snp-certs-UID/kds.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
     /// Use only the cache; never contact KDS.
     #[arg(long)]
     pub offline: bool,
     /// Minimum time between two requests to KDS from this host (all
-    /// processes using the same cache), in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// processes using the same cache), in milliseconds, 0 to 60000.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub min_interval_ms: u64,
     /// Requests per document at most, retries included.
     #[arg(long, value_name = "N", default_value_t = 6)]
     pub max_attempts: u32,
-    /// Longest total wait for one document (Retry-After and backoff), in
-    /// seconds.
+    /// Longest total wait for one document (this host's turn in the
+    /// request pacing, Retry-After and backoff together), in seconds. A
+    /// wait that does not fit ends the fetch at once (exit 69).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub max_wait: u64,
     /// Timeout for one HTTP request, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub http_timeout: u64,
     #[command(flatten)]
-    pub time: ChainTime,
+    pub time: ChainCheck,
 }
 
 impl KdsArgs {
+    /// The cache directory: `--cache`, or this user's default.
+    pub fn cache_dir(&self) -> Result<PathBuf> {
+        match &self.cache {
+            Some(dir) => Ok(dir.clone()),
+            None => snp_kds::cache::default_dir().map_err(|e| {
+                anyhow::Error::new(e).context("give a cache directory with --cache DIR")
+            }),
+        }
+    }
+
     /// The library's configuration.
-    pub fn config(&self) -> KdsConfig {
-        KdsConfig {
+    pub fn config(&self) -> Result<KdsConfig> {
+        Ok(KdsConfig {
             base: self.kds.clone(),
-            cache_dir: self.cache.clone(),
+            cache_dir: self.cache_dir()?,
             offline: self.offline,
             min_interval: Duration::from_millis(self.min_interval_ms),
             client: ClientOptions {
@@ -74,20 +89,23 @@ impl KdsArgs {
                     ..RetryPolicy::default()
                 },
                 // Waits can be long: say why nothing moves.
-                on_retry: Some(Arc::new(|reason, _| {
-                    eprintln!("snp-certs: waiting for KDS: {reason}");
+                on_wait: Some(Arc::new(|reason, _| {
+                    eprintln!("snp-certs: {reason}");
                 })),
                 ..ClientOptions::default()
             },
             verify_at: self.time.at.map(|_| self.time.time()),
-        }
+            roots: self.time.roots()?,
+        })
     }
 }
 
 /// Which platform to fetch for.
 #[derive(Debug, Clone, Args)]
 pub struct IdentityArgs {
-    /// The product line: milan, genoa or turin.
+    /// The product line: milan, genoa, bergamo, siena or turin, in any
+    /// case (bergamo and siena are Genoa parts and get Genoa's
+    /// certificates).
     #[arg(long, value_parser = parse_product)]
     pub product: Option<Product>,
     /// The chip's hardware ID in hex (64 bytes; 8 on Turin).
@@ -137,7 +155,7 @@ impl IdentityArgs {
 /// The exit code for a KDS error.
 pub fn exit_code(e: &KdsError) -> u8 {
     match e {
-        KdsError::RetriesExhausted { .. } => EXIT_KDS_UNAVAILABLE,
+        e if e.is_retry_later() => EXIT_KDS_UNAVAILABLE,
         KdsError::Offline { .. } => EXIT_NOT_CACHED,
         KdsError::Verification { .. }
         | KdsError::VcekMismatch { .. }
@@ -150,10 +168,25 @@ pub fn exit_code(e: &KdsError) -> u8 {
 /// Prints a KDS error with what to do about it; returns its exit code.
 pub fn report_error(e: KdsError, doing: &str) -> u8 {
     let code = exit_code(&e);
-    let hint = match code {
-        EXIT_KDS_UNAVAILABLE => "; nothing was written: run the same command again later",
-        EXIT_NOT_CACHED => "; run it once without --offline (or with --prefetch) to fill the cache",
-        EXIT_REFUSED => "; nothing was stored or written",
+    let hint = match (&e, code) {
+        (KdsError::PacedTooLong { .. }, _) => {
+            "; nothing was written: run the same command again then, or allow a longer \
+             --max-wait"
+        }
+        (_, EXIT_KDS_UNAVAILABLE) => "; nothing was written: run the same command again later",
+        (_, EXIT_NOT_CACHED) => {
+            "; run it once without --offline (or with --prefetch) to fill the cache"
+        }
+        (KdsError::Verification { problems, .. }, EXIT_REFUSED)
+            if problems.contains("not a trusted root") =>
+        {
+            "; nothing was stored or written (only AMD's root keys are trusted; a root of \
+             your own, a test stand-in, is accepted when named with --trust-root FILE)"
+        }
+        (_, EXIT_REFUSED) => "; nothing was stored or written",
+        (KdsError::Cache { .. } | KdsError::NoCacheDir { .. }, _) => {
+            "; give a cache directory this user can write with --cache DIR"
+        }
         _ => "",
     };
     eprintln!(

@@ -9,24 +9,30 @@
 //!   the exclusive lock; `lock FILE -- COMMAND` runs a firmware or key
 //!   update command under that lock.
 //! * `probe FILE` answers a simulated guest request through the same code
-//!   a VMM uses, to show what a guest would get right now.
+//!   a VMM uses, to show what a guest would get right now, under either
+//!   `on-error` answer or under a running VMM's own configuration.
+//! * `fetch`, `refresh` and `vcek-url` work with AMD's Key Distribution
+//!   Service (KDS) through a verified host cache.
 
 #[macro_use]
 #[path = "../../shared/stdout.rs"]
 mod stdout;
 
 mod build;
+mod cert_dir;
 mod chain_report;
 mod child;
 mod export;
 mod fetch;
 mod files;
+mod import_dir;
 mod inspect;
 mod kds_args;
 mod lock_cmd;
 mod probe;
 mod refresh;
 mod update;
+mod vcek_url;
 mod verify;
 
 use std::process::ExitCode;
@@ -34,9 +40,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Build, inspect, verify, update and probe SEV-SNP certificate tables
-/// (certs files), and run firmware updates under the certs file's lock.
+/// (certs files), fetch them from AMD's KDS, and run firmware updates
+/// under the certs file's lock.
 #[derive(Debug, Parser)]
-#[command(name = "snp-certs", version, about, propagate_version = true)]
+#[command(name = "snp-certs", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +52,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Build(build::BuildArgs),
-    ImportDir(build::ImportDirArgs),
+    ImportDir(import_dir::ImportDirArgs),
     Inspect(inspect::InspectArgs),
     Verify(verify::VerifyArgs),
     Export(export::ExportArgs),
@@ -54,6 +61,7 @@ enum Command {
     Probe(probe::ProbeArgs),
     Fetch(fetch::FetchArgs),
     Refresh(refresh::RefreshArgs),
+    VcekUrl(vcek_url::VcekUrlArgs),
 }
 
 impl Command {
@@ -73,7 +81,7 @@ fn main() -> ExitCode {
     let json = cli.command.json();
     let result = match cli.command {
         Command::Build(args) => build::run_build(&args),
-        Command::ImportDir(args) => build::run_import_dir(&args),
+        Command::ImportDir(args) => import_dir::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Export(args) => export::run(&args),
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe::run(&args),
         Command::Fetch(args) => fetch::run(&args),
         Command::Refresh(args) => refresh::run(&args),
+        Command::VcekUrl(args) => vcek_url::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -13,13 +13,21 @@
 //! 5. Rewrite FILE in place (same inode) with VCEK, ASK, ARK (and CRL),
 //!    and unlock.
 //!
-//! If step 3 or 4 fails and FILE's VCEK is not the one for the platform's
-//! TCB (it changed), FILE is rewritten **without** a VCEK: the ASK and ARK
-//! only (kept from FILE, or from the cache or KDS), and the command says
-//! so loudly and exits with 3. A guest then gets its report with the chain
-//! but no VCEK (it can fetch one itself), instead of a stale VCEK that
-//! does not verify its report. If FILE's VCEK still matches, FILE is left
-//! unchanged.
+//! **Never worse on the operator's word alone.** FILE's VCEK is only
+//! dropped or replaced when the platform's TCB is known to have moved away
+//! from it: read from the firmware (`--from-host`), or after CMD (a
+//! command that changes the TCB) ran under the lock. Then, if step 3 or 4
+//! fails, FILE is rewritten **without** a VCEK: the ASK and ARK only (kept
+//! from FILE, or from the cache or KDS), and the command says so loudly
+//! and exits with 3. A guest then gets its report with the chain but no
+//! VCEK (it can fetch one itself), instead of a stale VCEK that does not
+//! verify its report. With only `--tcb` (no CMD, no `--from-host`),
+//! nothing says the platform moved: if the certificates cannot be had,
+//! FILE stays byte for byte as it was and the exit code says why (66
+//! offline and not cached, 69 KDS unavailable, 1 refused); a VCEK for
+//! another TCB or chip than FILE's is not installed either (exit 1: use
+//! `--from-host`, CMD, or `fetch` and `update`). FILE's VCEK that still
+//! matches is never dropped.
 //!
 //! `--prefetch` only warms the cache for `--tcb` ahead of a maintenance
 //! window: no lock, no command, FILE only read (for the chip and product).
@@ -41,7 +49,9 @@ use snp_kds::{FetchRequest, Hwid, Kds, PlatformId, Product, SignerRequest, TcbLe
 use crate::child;
 use crate::fetch::print_sources;
 use crate::files::with_locked_table;
-use crate::kds_args::{KdsArgs, parse_product, report_error, table_vcek, vcek_platform};
+use crate::kds_args::{
+    EXIT_REFUSED, KdsArgs, parse_product, report_error, table_vcek, vcek_platform,
+};
 use crate::update::{DEFAULT_WRITER_TIMEOUT_MS, EXIT_LOCK_TIMEOUT, describe, is_lock_timeout};
 
 /// Exit code: FILE was rewritten without a VCEK (chain only), because the
@@ -51,11 +61,14 @@ pub const EXIT_DEGRADED: u8 = 3;
 /// Under one exclusive lock on FILE: run CMD (e.g. a firmware commit), read
 /// the platform's reported TCB (--from-host) or take --tcb, fetch the
 /// matching VCEK, ASK, ARK and CRL (cache first, verified), and rewrite
-/// FILE in place. If the new TCB's VCEK cannot be had, FILE is rewritten
-/// with the chain only (no stale VCEK) and the exit code is 3. Other exit
-/// codes: 0 done; the command's status if it failed (FILE untouched); 75
-/// lock not taken in time; 1, 66, 69 as for `fetch` when FILE is left as
-/// it was; 2 other errors.
+/// FILE in place. Only when the TCB is known to have moved (--from-host,
+/// or CMD ran) and its VCEK cannot be had is FILE rewritten with the chain
+/// only (no stale VCEK), exit code 3; with a bare --tcb FILE is left as it
+/// was. Other exit codes: 0 done; the command's status if it failed (FILE
+/// untouched); 75 lock not taken in time; 1 refused (does not verify, or
+/// a VCEK for another TCB than FILE's on --tcb alone), 66 offline and not
+/// cached, 69 KDS unavailable, each with FILE left as it was; 2 other
+/// errors.
 #[derive(Debug, Args)]
 pub struct RefreshArgs {
     /// The live certs file guests are served from.
@@ -204,13 +217,12 @@ fn prefetch(args: &RefreshArgs) -> Result<ExitCode> {
         None
     };
     let id = identity(args, old.as_ref())?;
-    let kds = Kds::new(args.kds.config());
+    let config = args.kds.config()?;
+    let cache = config.cache_dir.clone();
+    let kds = Kds::new(config);
     match kds.fetch(&FetchRequest::vcek(id.clone(), !args.no_crl)) {
         Ok(bundle) => {
-            outln!(
-                "cached the certificates for {id} in {}",
-                args.kds.cache.display()
-            );
+            outln!("cached the certificates for {id} in {}", cache.display());
             print_sources(&bundle, &kds);
             Ok(ExitCode::SUCCESS)
         }
@@ -218,44 +230,78 @@ fn prefetch(args: &RefreshArgs) -> Result<ExitCode> {
     }
 }
 
-/// Runs `refresh`.
-pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
-    if args.prefetch {
-        return prefetch(args);
-    }
-    let lock = match ExclusiveLock::acquire(&args.file, Duration::from_millis(args.timeout)) {
-        Ok(lock) => lock,
+/// What says the platform's TCB is the one to fetch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcbWitness {
+    /// The firmware (`--from-host`).
+    Firmware,
+    /// `--tcb` after CMD, a command that changes the TCB, ran.
+    Command,
+    /// `--tcb` alone: the operator's word.
+    Word,
+}
+
+/// Takes the exclusive lock on FILE; `Err(code)` to exit with.
+fn lock(args: &RefreshArgs) -> Result<Result<ExclusiveLock, u8>> {
+    match ExclusiveLock::acquire(&args.file, Duration::from_millis(args.timeout)) {
+        Ok(lock) => Ok(Ok(lock)),
         Err(e) if is_lock_timeout(&e) => {
             eprintln!(
                 "snp-certs: {:#}; nothing was run or changed",
                 anyhow::Error::new(e)
             );
-            return Ok(ExitCode::from(EXIT_LOCK_TIMEOUT));
+            Ok(Err(EXIT_LOCK_TIMEOUT))
         }
         Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("cannot lock {}", args.file.display()))
-            );
+            Err(anyhow::Error::new(e).context(format!("cannot lock {}", args.file.display())))
         }
+    }
+}
+
+/// Runs CMD, if given; `Ok(Err(code))` when it failed (or could not run).
+fn run_command(args: &RefreshArgs) -> Result<Result<bool, u8>> {
+    let Some((program, rest)) = args.command.split_first() else {
+        return Ok(Ok(false));
     };
-    let ran_command = match args.command.split_first() {
-        Some((program, rest)) => match child::run(program, rest)? {
-            Err(code) => return Ok(ExitCode::from(code)),
-            Ok(status) if !status.success() => {
-                eprintln!(
-                    "snp-certs: the command failed ({status}); {} was not changed",
-                    args.file.display()
-                );
-                return Ok(ExitCode::from(child::exit_code(status)));
-            }
-            Ok(_) => true,
-        },
-        None => false,
+    Ok(match child::run(program, rest)? {
+        Err(code) => Err(code),
+        Ok(status) if !status.success() => {
+            eprintln!(
+                "snp-certs: the command failed ({status}); {} was not changed",
+                args.file.display()
+            );
+            Err(child::exit_code(status))
+        }
+        Ok(_) => Ok(true),
+    })
+}
+
+/// Runs `refresh`.
+pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
+    if args.prefetch {
+        return prefetch(args);
+    }
+    // Everything that can be checked is, before anyone waits on the lock.
+    let config = args.kds.config()?;
+    let lock = match lock(args)? {
+        Ok(lock) => lock,
+        Err(code) => return Ok(ExitCode::from(code)),
+    };
+    let ran_command = match run_command(args)? {
+        Ok(ran) => ran,
+        Err(code) => return Ok(ExitCode::from(code)),
+    };
+    let witness = if args.from_host {
+        TcbWitness::Firmware
+    } else if ran_command {
+        TcbWitness::Command
+    } else {
+        TcbWitness::Word
     };
     let old_bytes = lock.read()?;
     let old = CertTable::parse(&old_bytes).ok();
     let old_vcek = old.as_ref().and_then(table_vcek);
-    let kds = Kds::new(args.kds.config());
+    let kds = Kds::new(config);
     let id = match identity(args, old_vcek.as_ref()) {
         Ok(id) => id,
         Err(e) if ran_command => {
@@ -264,21 +310,43 @@ pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
+    let old_matches = old_vcek.as_ref().is_some_and(|v| vcek_is_for(v, &id));
+    let file = args.file.display();
     match kds.fetch(&FetchRequest::vcek(id.clone(), !args.no_crl)) {
+        Ok(_) if witness == TcbWitness::Word && old_vcek.is_some() && !old_matches => {
+            let old_for = old_vcek.as_ref().map(describe_vcek).unwrap_or_default();
+            eprintln!(
+                "snp-certs: not replacing the VCEK in {file} ({old_for}) with the one for {id} \
+                 on --tcb alone: nothing says the platform moved. Give --from-host (the \
+                 firmware's reported TCB), or run the update under refresh (`-- CMD`); or \
+                 install it deliberately with `snp-certs fetch … -o NEW` and \
+                 `snp-certs update {file} --from NEW` (it is cached now). {file} is unchanged"
+            );
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
         Ok(bundle) => {
             let report = lock
                 .rewrite(&bundle.table, &UpdateOptions::default())
-                .with_context(|| format!("cannot update {}", args.file.display()))?;
+                .with_context(|| format!("cannot update {file}"))?;
             outln!("{} (VCEK for {id})", describe(&report));
             print_sources(&bundle, &kds);
             lock.release();
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) if old_vcek.as_ref().is_some_and(|v| vcek_is_for(v, &id)) => {
+        Err(e) if old_matches => {
             let code = report_error(e, "refresh");
+            eprintln!("snp-certs: {file} still holds the VCEK for {id}; left unchanged");
+            Ok(ExitCode::from(code))
+        }
+        Err(e) if witness == TcbWitness::Word => {
+            let code = report_error(e, "refresh");
+            let old_for = old_vcek.as_ref().map_or_else(
+                || "no VCEK".to_owned(),
+                |v| format!("its VCEK, {}", describe_vcek(v)),
+            );
             eprintln!(
-                "snp-certs: {} still holds the VCEK for {id}; left unchanged",
-                args.file.display()
+                "snp-certs: {file} left unchanged ({old_for}): only --tcb says the TCB moved \
+                 (no command ran, no --from-host), and a VCEK is never dropped on that alone"
             );
             Ok(ExitCode::from(code))
         }
@@ -287,4 +355,15 @@ pub fn run(args: &RefreshArgs) -> Result<ExitCode> {
             degrade(args, &lock, old.as_ref(), &kds, Some(&id), &why)
         }
     }
+}
+
+/// What a VCEK is for, for messages: `chip … at TCB …`.
+fn describe_vcek(info: &CertInfo) -> String {
+    let tcb = info
+        .tcb
+        .as_ref()
+        .map_or_else(|| "(none)".to_owned(), |t| t.to_string().replace(' ', ","));
+    let hwid = info.hwid.as_deref().unwrap_or("(none)");
+    let short = hwid.get(..16).unwrap_or(hwid);
+    format!("chip {short}… at TCB {tcb}")
 }

@@ -11,7 +11,7 @@ use snp_certs::lock::LockError;
 use snp_certs::table::CertTable;
 use snp_certs::update::{self, UpdateError, UpdateOptions, UpdateReport};
 
-use crate::chain_report::{self, ChainTime};
+use crate::chain_report::{self, ChainCheck};
 use crate::files::{check_guest_limit, read_input};
 
 /// Exit code when the lock could not be taken in time (EX_TEMPFAIL).
@@ -55,7 +55,7 @@ pub struct NewTableArgs {
     #[arg(long)]
     pub allow_large: bool,
     #[command(flatten)]
-    pub time: ChainTime,
+    pub time: ChainCheck,
 }
 
 /// Reads and checks a new table. `Ok(None)` when its chain fails and
@@ -68,7 +68,8 @@ pub fn check_new_table(path: &Path, args: &NewTableArgs) -> Result<Option<Vec<u8
     for w in table.warnings() {
         eprintln!("warning: {}: {w}", path.display());
     }
-    let report = args.time.verify(&table);
+    let roots = args.time.roots()?;
+    let report = args.time.verify(&table, &roots);
     if !report.is_verified() {
         if !args.allow_unverified {
             for line in chain_report::lines(&report, false) {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use snp_certs::table::{LINUX_GUEST_MAX_SIZE, TableWarning};
 use snp_certs_verify::chain::ChainReport;
 
-use crate::chain_report::{self, ChainTime};
+use crate::chain_report::{self, ChainCheck};
 use crate::files;
 
 /// Check the certificate chain in a certs file: ARK self-signed, ASK/ASVK
@@ -32,7 +32,7 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = snp_certs::config::DEFAULT_CERTS_TIMEOUT_MS)]
     timeout: u64,
     #[command(flatten)]
-    time: ChainTime,
+    time: ChainCheck,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,11 +45,12 @@ struct VerifyReport {
 
 /// Runs `verify`.
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
+    let roots = args.time.roots()?;
     let report =
         files::with_locked_table(&args.file, args.timeout, "verify", |table| VerifyReport {
             file: args.file.clone(),
             size: table.as_bytes().len(),
-            chain: args.time.verify(table),
+            chain: args.time.verify(table, &roots),
             warnings: table.warnings(),
         })?;
     if args.json {
@@ -78,6 +79,9 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             args.file.display(),
             first.message()
         );
+        if let Some(hint) = chain_report::root_hint(&report.chain) {
+            eprintln!("snp-certs: {hint}");
+        }
     }
     Ok(if report.chain.is_verified() && !too_large {
         ExitCode::SUCCESS

@@ -70,9 +70,10 @@ pub fn run(args: &CheckHostArgs, json: bool) -> Result<ExitCode> {
         to_text(&report)
     };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .context("cannot print the report")?;
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A closed pipe ends the tool quietly, as it ends `grep`.
+        crate::stdout::failed(&e);
+    }
     Ok(ExitCode::from(exit_status(&report)))
 }
 

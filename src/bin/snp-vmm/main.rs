@@ -70,7 +70,7 @@ impl ApiSocket {
 
 /// Run a VM that answers SEV-SNP certificate requests from a certs file.
 #[derive(Debug, Parser)]
-#[command(name = "snp-vmm", version, about)]
+#[command(name = "snp-vmm", version)]
 struct Args {
     /// Serve the REST API on this Unix socket: PATH or path=PATH (created
     /// mode 0600, removed at exit), or fd=N, an inherited listening Unix
@@ -83,8 +83,9 @@ struct Args {
     /// Guest memory: size=64M.
     #[arg(long, value_name = "size=SIZE")]
     memory: Option<String>,
-    /// Platform: sev_snp=on|off (on: an SEV-SNP guest, on an SNP host or
-    /// the mock-snp backend).
+    /// Platform: sev_snp=on|off (on: an SEV-SNP guest, with the snp-attest
+    /// payload; needs an SNP host, see --check-host, or --hypervisor
+    /// mock-snp).
     #[arg(long, value_name = "sev_snp=on|off")]
     platform: Option<String>,
     /// Certificate serving: certs_file=PATH,certs_timeout=MS,busy_budget=MS,
@@ -92,8 +93,9 @@ struct Args {
     /// (kebab-case keys such as certs-file are accepted too).
     #[arg(long, value_name = "OPTIONS")]
     snp: Option<String>,
-    /// Guest payload: attest|snp-attest,requests=N,interval_ms=MS,retry_ms=MS,
-    /// max_busy_retries=N,c_bit=N,host_data=HEX.
+    /// Guest payload: attest or snp-attest (the SEV-SNP guest, with
+    /// --platform sev_snp=on), then requests=N,interval_ms=MS,retry_ms=MS,
+    /// max_busy_retries=N,host_data=HEX, and for snp-attest c_bit=N.
     #[arg(long, value_name = "OPTIONS")]
     payload: Option<String>,
     /// SEV-SNP launch host data, 64 hexadecimal digits (32 bytes), as in
@@ -124,7 +126,8 @@ struct Args {
     #[arg(long, value_name = "path=FILE|fd=N[,format=F]")]
     event_monitor: Option<EventMonitorConfig>,
     /// Hypervisor backend: kvm, mock (no real vCPUs: a Rust model of the
-    /// guest), or auto (KVM, else the mock, said loudly).
+    /// guest), mock-snp (the mock simulating an SEV-SNP host), or auto
+    /// (KVM, else the mock, said loudly).
     #[arg(long, default_value_t = BackendChoice::Kvm)]
     hypervisor: BackendChoice,
     /// Print one JSON object: at the end of a run without --api-socket

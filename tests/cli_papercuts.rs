@@ -110,7 +110,7 @@ fn snp_vmm_help_names_what_this_build_runs() {
     let out = snp_vmm().arg("--help").output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("refused by this build"), "{text}");
-    for word in ["mock-snp", "snp-attest", "c-bit=N", "sev_snp=on|off"] {
+    for word in ["mock-snp", "snp-attest", "c_bit=N", "sev_snp=on|off"] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
 }

@@ -372,17 +372,27 @@ fn shutdown_lets_a_request_in_flight_finish() {
 fn many_sequential_and_parallel_clients() {
     let h = Harness::start();
     h.boot();
+    let before = h.vmm.actions.lock().unwrap().len();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let c = h.client();
-            std::thread::spawn(move || {
-                for _ in 0..25 {
-                    c.counters().unwrap();
-                }
-            })
+            std::thread::spawn(move || (0..25).map(|_| c.counters().unwrap()).collect::<Vec<_>>())
         })
         .collect();
+    let expected = common::counters().counter_map();
     for t in threads {
-        t.join().unwrap();
+        let answers = t.join().unwrap();
+        assert_eq!(answers.len(), 25);
+        for answer in answers {
+            assert_eq!(answer, expected);
+        }
     }
+    // Every request reached the VMM once: none lost, none repeated.
+    let actions = h.vmm.actions.lock().unwrap();
+    assert_eq!(actions.len() - before, 100);
+    assert!(
+        actions[before..]
+            .iter()
+            .all(|a| *a == VmmAction::VmCounters)
+    );
 }

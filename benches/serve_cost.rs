@@ -239,7 +239,12 @@ fn main() {
     };
     // Check each path once, untimed.
     let outcome = serve(&mut reader, &config, &budget, deliver, &memory);
-    assert_eq!(outcome.kind, OutcomeKind::Delivered, "{:?}", outcome.detail);
+    assert_eq!(
+        outcome.kind,
+        OutcomeKind::Delivered,
+        "{:?}",
+        outcome.detail(&config)
+    );
     assert_eq!(outcome.bytes, TABLE.len());
     drop(outcome);
     let outcome = serve(&mut reader, &config, &budget, size_query, &memory);

@@ -212,10 +212,13 @@ fn certs_timeout_changes_take_effect() {
     tool.release();
     let released = vmm.events.len();
     for e in &busy_50[busy_zero.len()..] {
+        // A timeout answer comes once the request's whole certs-timeout is
+        // spent: `lock_wait_us` counts from the start of the request, as
+        // the deadline does (opening the file included), so it is never
+        // below the timeout, however slow the machine.
         let p = props(e);
         assert_eq!(p["reason"], "lock-timeout", "{e}");
-        let waited = p["lock_wait_us"].as_u64().unwrap();
-        assert!((50_000..1_000_000).contains(&waited), "{e}");
+        assert!(p["lock_wait_us"].as_u64().unwrap() >= 50_000, "{e}");
     }
     // Deliveries resume, and a guest that was told busy gets its table.
     vmm.events.wait_named_from(released, "delivered", 2);
@@ -259,8 +262,12 @@ fn certs_timeout_can_change_while_the_management_tool_holds_the_lock() {
     );
     let n = vmm.events.named("busy").len();
     let after = vmm.events.wait_named_from(0, "busy", n + 2);
-    // The first may have been in flight at the change.
+    // The first may have been in flight at the change. The others spent
+    // the new timeout: `lock_wait_us` counts from the start of the request,
+    // as its deadline does, so a timeout answer reports at least 50 ms
+    // whatever else (opening the file) the request did meanwhile.
     for e in &after[n + 1..] {
+        assert_eq!(props(e)["reason"], "lock-timeout", "{e}");
         assert!(props(e)["lock_wait_us"].as_u64().unwrap() >= 50_000, "{e}");
     }
     tool.release();

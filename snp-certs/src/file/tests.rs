@@ -314,3 +314,82 @@ fn a_file_replaced_more_than_max_reopens_times_keeps_changing() {
         "{err}"
     );
 }
+
+#[test]
+fn read_all_reads_to_the_end_whatever_size_it_was_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = table(3, 9000);
+    let path = write(dir.path(), "certs", &bytes);
+    let file = File::open(&path).unwrap();
+    let mut buffer = Vec::new();
+    // Told the truth, too little (the file grew), too much (it shrank).
+    for hint in [bytes.len() as u64, 10, 0, bytes.len() as u64 + 5000] {
+        match read_all(&file, hint, &mut buffer).unwrap() {
+            ReadAll::Read(len) => assert_eq!(&buffer[..len], bytes.as_slice(), "hint {hint}"),
+            ReadAll::TooLarge => panic!("hint {hint}: too large"),
+        }
+    }
+    assert!(matches!(
+        read_all(&file, MAX_TABLE_SIZE as u64 + 1, &mut buffer).unwrap(),
+        ReadAll::TooLarge
+    ));
+}
+
+#[test]
+fn the_buffer_is_grown_once_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 8000));
+    let mut reader = CertsReader::new();
+    drop(reader.lock_and_read(&path, Duration::ZERO).unwrap());
+    let (at, len) = (reader.buffer.as_ptr(), reader.buffer.len());
+    let small = table(2, 100);
+    fs::write(&path, &small).unwrap();
+    let locked = reader.lock_and_read(&path, Duration::ZERO).unwrap();
+    assert_eq!(locked.bytes, small.as_slice());
+    drop(locked);
+    assert_eq!((reader.buffer.as_ptr(), reader.buffer.len()), (at, len));
+}
+
+#[test]
+fn a_timed_out_reader_keeps_its_descriptor_unless_the_file_was_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 100));
+    let mut reader = CertsReader::new();
+    drop(reader.lock_and_read(&path, Duration::ZERO).unwrap());
+    let first = Arc::as_ptr(&reader.open.as_ref().unwrap().file);
+    // A writer holds the old inode...
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    assert!(reader.lock_and_read(&path, Duration::ZERO).is_err());
+    assert_eq!(
+        Arc::as_ptr(&reader.open.as_ref().unwrap().file),
+        first,
+        "same file: the descriptor is kept"
+    );
+    // ... and replaces the path while it keeps holding the old inode.
+    let new = table(2, 300);
+    fs::rename(write(dir.path(), "certs.new", &new), &path).unwrap();
+    assert!(reader.lock_and_read(&path, Duration::ZERO).is_err());
+    assert!(reader.open.is_none(), "replaced: the descriptor is dropped");
+    let locked = reader.lock_and_read(&path, Duration::ZERO).unwrap();
+    assert_eq!(locked.bytes, new.as_slice());
+    assert_eq!(locked.reopened, 0);
+}
+
+#[test]
+fn the_timeout_counts_from_the_start_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 100));
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let timeout = Duration::from_millis(30);
+    let start = Instant::now();
+    let err = CertsReader::new().read_locked(&path, timeout).unwrap_err();
+    let took = start.elapsed();
+    // The wait reported covers the whole request (the open included), so
+    // it is never shorter than the timeout, and never longer than what the
+    // request took.
+    let waited = err.lock_wait();
+    assert!(waited >= timeout, "{waited:?}");
+    assert!(waited <= took, "{waited:?} > {took:?}");
+}

@@ -20,7 +20,7 @@
 //!    for a byte more than the size: a read that stops short at exactly the
 //!    size is the end of the file; any other answer (the file grew or
 //!    shrank despite the lock, a short read, `EINTR`) reads on to the end
-//!    of file. Files larger than [`MAX_TABLE_SIZE`] are refused without
+//!    of file. Files larger than [`MAX_TABLE_SIZE`](crate::table::MAX_TABLE_SIZE) are refused without
 //!    being read.
 //!
 //! With the descriptor kept, a request costs four system calls besides
@@ -35,22 +35,24 @@
 //! rather than share (and so later drop) that lock.
 
 mod error;
+mod locked;
 
 use std::ffi::CString;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 pub use error::{CertsFileError, ReadError};
+pub use locked::LockedFile;
 
 use crate::lock::{self, LockError, LockKind};
-use crate::table::{MAX_TABLE_SIZE, ValidTable};
+use crate::table::ValidTable;
 
 /// How often a file may be found replaced between opening and locking in
 /// one request before giving up (someone is replacing it in a loop).
@@ -118,13 +120,35 @@ struct OpenCerts {
     file: Arc<File>,
     dev: u64,
     ino: u64,
+    /// The file as it was when its table last validated in the reader's
+    /// own buffer (see [`LockedFile::read_into`]).
+    validated: Option<Validated>,
+}
+
+/// A version of the file whose table validated, and that table's header
+/// (entries and terminator), which with the size decides its validity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Validated {
+    version: Version,
+    header: [u8; locked::HEADER_COPY],
+    header_len: usize,
+}
+
+/// What `stat` says of a file's content: its size and change time. The
+/// change time moves with every write and cannot be set by anyone, so an
+/// unchanged version means (as far as the file system can tell) unchanged
+/// content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Version {
+    size: u64,
+    ctime: (i64, i64),
 }
 
 impl OpenCerts {
-    /// The file's size if `path` still names it, `None` if it names
+    /// The file's version if `path` still names it, `None` if it names
     /// another file or nothing: one `stat`, compared with the device and
     /// inode remembered at open.
-    fn size_if_still_named(&self) -> io::Result<Option<u64>> {
+    fn version_if_still_named(&self) -> io::Result<Option<Version>> {
         // SAFETY: all-zero is a valid `stat`; `c_path` is NUL-terminated
         // and outlives the call, which only writes into `named`.
         let (ret, named) = unsafe {
@@ -138,9 +162,15 @@ impl OpenCerts {
                 _ => Err(error),
             };
         }
-        #[allow(clippy::unnecessary_cast)] // st_dev's and st_ino's widths differ by target.
-        let same = named.st_dev as u64 == self.dev && named.st_ino as u64 == self.ino;
-        Ok(same.then(|| u64::try_from(named.st_size).unwrap_or(0)))
+        #[allow(clippy::unnecessary_cast)] // The field widths differ by target.
+        let (same, ctime) = (
+            named.st_dev as u64 == self.dev && named.st_ino as u64 == self.ino,
+            (named.st_ctime as i64, named.st_ctime_nsec as i64),
+        );
+        Ok(same.then(|| Version {
+            size: u64::try_from(named.st_size).unwrap_or(0),
+            ctime,
+        }))
     }
 }
 
@@ -251,57 +281,6 @@ pub(crate) fn still_names(path: &Path, file: &File) -> io::Result<Option<u64>> {
     }
 }
 
-/// What [`read_all`] found.
-enum ReadAll {
-    /// The whole file: this many bytes at the start of the buffer.
-    Read(usize),
-    /// More than [`MAX_TABLE_SIZE`] bytes.
-    TooLarge,
-}
-
-/// Reads all of `file` from offset 0 into `buffer`, refusing more than
-/// [`MAX_TABLE_SIZE`] bytes. `size` is the size `stat` gave under the lock;
-/// see the module docs for why one `pread` usually suffices. The buffer is
-/// only grown (and zeroed) when a file needs more than it ever had.
-fn read_all(file: &File, size: u64, buffer: &mut Vec<u8>) -> io::Result<ReadAll> {
-    // One byte more than the limit tells "too large" from "exactly at it".
-    let cap = MAX_TABLE_SIZE + 1;
-    let Some(size) = usize::try_from(size).ok().filter(|s| *s <= MAX_TABLE_SIZE) else {
-        return Ok(ReadAll::TooLarge);
-    };
-    let mut want = size + 1;
-    let mut filled = 0;
-    loop {
-        if filled == want {
-            if want >= cap {
-                return Ok(ReadAll::TooLarge);
-            }
-            want = want.saturating_mul(2).min(cap);
-        }
-        if buffer.len() < want {
-            buffer.resize(want, 0);
-        }
-        let Some(free) = buffer.get_mut(filled..want) else {
-            return Ok(ReadAll::TooLarge);
-        };
-        let asked = free.len();
-        match file.read_at(free, filled as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                if n < asked && filled == size {
-                    // Stopped short at the size the lock holder cannot
-                    // change: the end of the file.
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(ReadAll::Read(filled))
-}
-
 impl CertsReader {
     /// A reader with nothing open yet.
     pub fn new() -> CertsReader {
@@ -358,6 +337,7 @@ impl CertsReader {
                 file: Arc::new(file),
                 dev: meta.dev(),
                 ino: meta.ino(),
+                validated: None,
             });
         }
         Ok(())
@@ -381,12 +361,18 @@ impl CertsReader {
         path: &Path,
         timeout: Duration,
     ) -> Result<LockedCerts<'_>, ReadError> {
+        self.lock(path, timeout)?.read()
+    }
+
+    /// Steps 1 to 3 of the module docs: the file open, locked and
+    /// re-checked, with its size, not read yet.
+    pub fn lock(&mut self, path: &Path, timeout: Duration) -> Result<LockedFile<'_>, ReadError> {
         let mut since = None;
         let mut waited = false;
         let mut reopened = 0;
         self.last_lock_wait = Duration::ZERO;
         self.last_lock_tried = false;
-        let (lease, size) = loop {
+        let (lease, version) = loop {
             self.open_for(path, &mut since)?;
             let cancel = self.cancel.as_deref();
             let Some(open) = self.open.as_ref() else {
@@ -398,7 +384,7 @@ impl CertsReader {
             let still_named = match locked {
                 Ok(blocked) => {
                     waited |= blocked;
-                    Ok(open.size_if_still_named())
+                    Ok(open.version_if_still_named())
                 }
                 Err(e) => Err(e),
             };
@@ -410,7 +396,7 @@ impl CertsReader {
                     }
                     let lease = Lease { file, acquired };
                     match still_named {
-                        Ok(Some(size)) => break (lease, size),
+                        Ok(Some(version)) => break (lease, version),
                         Ok(None) => {
                             drop(lease);
                             self.open = None;
@@ -433,21 +419,11 @@ impl CertsReader {
                 }
             }
         };
-        let len = match read_all(&lease.file, size, &mut self.buffer) {
-            Ok(ReadAll::Read(len)) => len,
-            Ok(ReadAll::TooLarge) => return Err(ReadError::TooLarge(MAX_TABLE_SIZE)),
-            Err(source) => {
-                self.open = None;
-                return Err(ReadError::Read(source));
-            }
-        };
-        let bytes = self.buffer.get(..len).unwrap_or_default();
-        let table = ValidTable::check(bytes).map_err(ReadError::Invalid)?;
-        Ok(LockedCerts {
-            bytes,
-            table,
-            lease,
+        Ok(LockedFile {
             lock_wait: self.last_lock_wait,
+            reader: self,
+            lease,
+            version,
             reopened,
         })
     }
@@ -463,7 +439,7 @@ impl CertsReader {
         ) && self
             .open
             .as_ref()
-            .is_some_and(|open| matches!(open.size_if_still_named(), Ok(Some(_))));
+            .is_some_and(|open| matches!(open.version_if_still_named(), Ok(Some(_))));
         if !keep {
             self.open = None;
         }

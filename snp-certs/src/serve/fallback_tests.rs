@@ -271,3 +271,32 @@ fn a_file_that_keeps_changing_is_reason_file_keeps_changing_and_transient() {
     // Someone is replacing the file: busy while the budget lasts.
     assert_eq!(reason.fault(), Some(Fault::Transient));
 }
+
+#[test]
+fn a_file_that_turns_invalid_never_reaches_the_guest() {
+    let s = setup(5000);
+    let mem = memory(&[(0, MIB)]);
+    let mut reader = CertsReader::new();
+    let budget = BusyBudget::new();
+    // Served twice: the second time straight into the guest's buffer.
+    for _ in 0..2 {
+        let out = serve(&mut reader, &s.config, &budget, req(0, 2), &mem);
+        assert_eq!((out.kind, out.bytes), (OutcomeKind::Delivered, 5000));
+        assert_eq!(read(&mem, 0, 5000), s.bytes);
+    }
+    // Rewritten in place with bytes that are no table, of the same size.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&s.path, vec![0x41; 5000]).unwrap();
+    mem.write_slice(&[0xee; 8192], GuestAddress(0)).unwrap();
+    let out = serve(&mut reader, &s.config, &budget, req(0, 2), &mem);
+    assert_eq!(
+        (out.kind, out.reason, out.fallback),
+        (OutcomeKind::Delivered, Reason::FileInvalid, true)
+    );
+    assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
+    assert_eq!(
+        read(&mem, 24, 8168),
+        vec![0xee; 8168],
+        "nothing of the file"
+    );
+}

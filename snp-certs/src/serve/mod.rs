@@ -49,12 +49,13 @@ mod outcome;
 
 use serde::{Deserialize, Serialize};
 pub use snp_certs_types::answer::Fault;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
+use vm_memory::bitmap::BS;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions, VolatileSlice};
 
 pub use self::outcome::{Detail, GuestFault, Outcome, OutcomeKind, Problem, Reason, ret_of};
 use crate::budget::BusyBudget;
 use crate::config::{CertsConfig, OnError};
-use crate::file::CertsReader;
+use crate::file::{CertsReader, LockedFile, ReadError};
 use crate::table::{EMPTY_TABLE, exceeds_guest_limit};
 
 /// Size of a guest page as counted by `npages`.
@@ -207,17 +208,60 @@ fn answer<M: GuestMemory + ?Sized>(
         return empty_table(memory, request, outcome);
     };
 
-    let locked = match reader.read_locked(path, config.timeout()) {
+    let host_fault = |error: ReadError, reader: &CertsReader| {
+        let lock_wait = error.lock_wait().max(reader.last_lock_wait());
+        let problem = Problem::File(error);
+        let outcome = Outcome {
+            lock_wait,
+            lock_tried: reader.last_lock_tried(),
+            ..Outcome::new(OutcomeKind::Busy, problem.reason(), request)
+        };
+        (outcome, problem)
+    };
+    let mut file = match reader.lock(path, config.timeout()) {
+        Ok(file) => file,
+        Err(error) => {
+            let (outcome, problem) = host_fault(error, reader);
+            return host_trouble(config, budget, request, memory, outcome, problem);
+        }
+    };
+    // The usual delivery: straight into the guest's buffer, one copy.
+    if let Some(len) = direct_len(&file, config, request) {
+        let gpa = GuestAddress(request.gpa);
+        // Guest RAM without an IOMMU in front: one lookup.
+        let read = match memory.physical_memory() {
+            Some(physical) => physical
+                .get_slice(gpa, len)
+                .ok()
+                .map(|d| file.read_into(&d)),
+            None => first_slice(memory, gpa, len).map(|d| file.read_into(&d)),
+        };
+        match read {
+            Some(Ok(true)) => {
+                let size = file.size() as usize;
+                return Outcome {
+                    lock_wait: file.lock_wait(),
+                    lock_tried: true,
+                    bytes: size,
+                    lease: Some(file.into_lease()),
+                    ..Outcome::new(OutcomeKind::Delivered, Reason::Served, request)
+                };
+            }
+            Some(Err(error)) => {
+                drop(file);
+                let (outcome, problem) = host_fault(error, reader);
+                return host_trouble(config, budget, request, memory, outcome, problem);
+            }
+            // Not confirmed there (or not one piece of RAM): the reader's
+            // own buffer decides.
+            Some(Ok(false)) | None => {}
+        }
+    }
+    let locked = match file.read() {
         Ok(locked) => locked,
         Err(error) => {
-            let lock_wait = error.lock_wait().max(reader.last_lock_wait());
-            let problem = Problem::File(error);
-            let host_fault = Outcome {
-                lock_wait,
-                lock_tried: reader.last_lock_tried(),
-                ..Outcome::new(OutcomeKind::Busy, problem.reason(), request)
-            };
-            return host_trouble(config, budget, request, memory, host_fault, problem);
+            let (outcome, problem) = host_fault(error, reader);
+            return host_trouble(config, budget, request, memory, outcome, problem);
         }
     };
     let size = locked.bytes.len();
@@ -254,6 +298,35 @@ fn answer<M: GuestMemory + ?Sized>(
         ..Outcome::new(OutcomeKind::Delivered, Reason::Served, request)
     };
     write_guest(memory, request, locked.bytes, outcome)
+}
+
+/// How much of the guest's buffer to read the file straight into: when
+/// its size (from `stat`, under the lock) is within the guest limit and
+/// fits the guest's buffer, the size and a byte more where the buffer has
+/// room (so the read sees the end of the file). Otherwise `None`, and the
+/// reader's buffer is used (which also finds the exact answer for every
+/// case this one leaves out).
+fn direct_len(file: &LockedFile<'_>, config: &CertsConfig, request: CertsRequest) -> Option<usize> {
+    let size = file.size();
+    let buffer = request.npages.checked_mul(PAGE_SIZE)?;
+    if size == 0 || size > buffer || exceeds_guest_limit(size, config.allow_large) {
+        return None;
+    }
+    usize::try_from(size.saturating_add(1).min(buffer)).ok()
+}
+
+/// The first piece of guest memory at `gpa`, if it is `len` bytes long.
+fn first_slice<M: GuestMemory + ?Sized>(
+    memory: &M,
+    gpa: GuestAddress,
+    len: usize,
+) -> Option<VolatileSlice<'_, BS<'_, M::Bitmap>>> {
+    let slice = memory
+        .get_slices(gpa, len, Permissions::Write)
+        .ok()?
+        .next()?
+        .ok()?;
+    (slice.len() == len).then_some(slice)
 }
 
 /// Busy or the fallback for a host-side fault (`outcome` is the busy

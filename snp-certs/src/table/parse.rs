@@ -66,21 +66,34 @@ impl CertEntry<'_> {
     }
 }
 
-/// Reads the `index`th raw entry (GUID, offset, length), if the slice
-/// holds all of it.
-fn raw_entry(bytes: &[u8], index: usize) -> Option<(Uuid, u32, u32)> {
+/// One raw entry: GUID bytes, offset, length.
+fn fields(entry: &[u8; ENTRY_SIZE]) -> ([u8; 16], u32, u32) {
+    let (guid, rest) = entry.split_at(16);
+    let (offset, length) = rest.split_at(4);
+    (
+        guid.try_into().unwrap_or_default(),
+        u32::from_le_bytes(offset.try_into().unwrap_or_default()),
+        u32::from_le_bytes(length.try_into().unwrap_or_default()),
+    )
+}
+
+/// An entry's GUID as one number, for comparisons (0: the null GUID).
+fn guid_of(entry: &[u8; ENTRY_SIZE]) -> u128 {
+    u128::from_ne_bytes(entry[..16].try_into().unwrap_or_default())
+}
+
+/// The `index`th entry's bytes, if `bytes` holds all of them.
+fn entry_at(bytes: &[u8], index: usize) -> Option<&[u8; ENTRY_SIZE]> {
     let start = index.checked_mul(ENTRY_SIZE)?;
-    let raw: &[u8; ENTRY_SIZE] = bytes
+    bytes
         .get(start..start.checked_add(ENTRY_SIZE)?)?
         .try_into()
-        .ok()?;
-    let (guid, rest) = raw.split_at(16);
-    let (offset, length) = rest.split_at(4);
-    Some((
-        Uuid::from_slice(guid).ok()?,
-        u32::from_le_bytes(offset.try_into().ok()?),
-        u32::from_le_bytes(length.try_into().ok()?),
-    ))
+        .ok()
+}
+
+/// The `index`th raw entry, if `bytes` holds all of it.
+fn raw_entry(bytes: &[u8], index: usize) -> Option<([u8; 16], u32, u32)> {
+    entry_at(bytes, index).map(fields)
 }
 
 /// A table that passed validation, borrowing its bytes: the result of the
@@ -98,43 +111,57 @@ impl<'a> ValidTable<'a> {
     /// only validation of a table's structure; [`CertTable::parse`] builds
     /// on it.
     pub fn check(bytes: &'a [u8]) -> Result<ValidTable<'a>, TableError> {
-        if bytes.len() > MAX_TABLE_SIZE {
+        let count = ValidTable::check_layout(bytes, bytes.len())?;
+        Ok(ValidTable { bytes, count })
+    }
+
+    /// Validates the layout of a table of `size` bytes that starts with
+    /// `head` (at least its whole header, or all of it if shorter):
+    /// everything [`ValidTable::check`] checks, which depends on the header
+    /// and the size alone. Returns the number of entries. For a table that
+    /// is not in this process's memory (read straight into a guest's).
+    pub fn check_layout(head: &[u8], size: usize) -> Result<usize, TableError> {
+        if size > MAX_TABLE_SIZE {
             return Err(TableError::TooLarge {
-                size: bytes.len(),
+                size,
                 max: MAX_TABLE_SIZE,
             });
         }
-        let mut count = 0;
-        loop {
-            let Some((guid, offset, length)) = raw_entry(bytes, count) else {
-                return Err(TableError::MissingTerminator { entries: count });
-            };
-            if guid.is_nil() {
-                if offset != 0 || length != 0 {
-                    return Err(TableError::MalformedTerminator { index: count });
-                }
-                break;
-            }
-            if count == MAX_ENTRIES {
-                return Err(TableError::TooManyEntries { max: MAX_ENTRIES });
-            }
-            count += 1;
+        let head = head.get(..size).unwrap_or(head);
+        let complete = head.len() / ENTRY_SIZE;
+        // The terminator: the first null GUID among the first
+        // MAX_ENTRIES + 1 entries.
+        let scanned = complete.min(MAX_ENTRIES + 1);
+        let terminator = (0..scanned).find_map(|i| {
+            entry_at(head, i)
+                .filter(|e| guid_of(e) == 0)
+                .map(|e| (i, e))
+        });
+        let Some((count, terminator)) = terminator else {
+            return Err(match complete > MAX_ENTRIES {
+                true => TableError::TooManyEntries { max: MAX_ENTRIES },
+                false => TableError::MissingTerminator { entries: complete },
+            });
+        };
+        if terminator[16..] != [0; 8] {
+            return Err(TableError::MalformedTerminator { index: count });
         }
-        // The terminator lies inside `bytes`, so this cannot overflow.
+        // The terminator lies inside `head`, so this cannot overflow.
         let header_len = (count + 1) * ENTRY_SIZE;
         for index in 0..count {
-            let Some((guid, offset, length)) = raw_entry(bytes, index) else {
+            let Some(entry) = entry_at(head, index) else {
                 return Err(TableError::MissingTerminator { entries: index });
             };
-            let kind = || CertKind::from_guid(&guid);
-            let repeated = (0..index).find(|&first| {
-                raw_entry(bytes, first).is_some_and(|(earlier, _, _)| earlier == guid)
-            });
+            let (guid, offset, length) = fields(entry);
+            let kind = || CertKind::from_guid(&Uuid::from_bytes(guid));
+            let same = guid_of(entry);
+            let repeated =
+                (0..index).find(|&j| entry_at(head, j).is_some_and(|e| guid_of(e) == same));
             if let Some(first) = repeated {
                 return Err(TableError::DuplicateGuid {
                     index,
                     first,
-                    guid,
+                    guid: Uuid::from_bytes(guid),
                     kind: kind(),
                 });
             }
@@ -160,17 +187,17 @@ impl<'a> ValidTable<'a> {
                     length,
                 });
             };
-            if end as usize > bytes.len() {
+            if end as usize > size {
                 return Err(TableError::PastEnd {
                     index,
                     kind: kind(),
                     offset,
                     end: u64::from(end),
-                    size: bytes.len(),
+                    size,
                 });
             }
         }
-        Ok(ValidTable { bytes, count })
+        Ok(count)
     }
 
     /// The raw bytes of the table.
@@ -194,6 +221,7 @@ impl<'a> ValidTable<'a> {
         (0..self.count).filter_map(move |index| {
             let (guid, offset, length) = raw_entry(bytes, index)?;
             let end = offset.checked_add(length)?;
+            let guid = Uuid::from_bytes(guid);
             Some(CertEntry {
                 guid,
                 kind: CertKind::from_guid(&guid),

@@ -380,7 +380,9 @@ impl CertsReader {
             };
             let file = Arc::clone(&open.file);
             self.last_lock_tried = true;
-            let locked = lock::lock_since(&file, LockKind::Shared, timeout, &mut since, cancel);
+            // A lease is released soon, on this thread: its timer may linger.
+            let locked =
+                lock::lock_since(&file, LockKind::Shared, timeout, &mut since, cancel, true);
             let still_named = match locked {
                 Ok(blocked) => {
                     waited |= blocked;

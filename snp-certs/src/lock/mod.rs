@@ -317,6 +317,9 @@ struct Wait<'a> {
     deadline: Option<Instant>,
     timeout: Duration,
     cancel: Option<&'a AtomicBool>,
+    /// Whether a wait that got its lock leaves the timer lingering for
+    /// [`unlock`] to disarm (see [`lock_for_lease`]).
+    linger: bool,
 }
 
 impl Wait<'_> {
@@ -345,7 +348,11 @@ impl Wait<'_> {
             };
             let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
             let result = setlk(file, fl, true);
-            drop(armed);
+            if result.is_ok() && self.linger {
+                armed.linger();
+            } else {
+                drop(armed);
+            }
             match result {
                 Ok(()) => return Ok(()),
                 // Our timer, or any other signal: re-check the deadline.
@@ -373,7 +380,29 @@ pub fn lock_or_cancel(
     cancel: Option<&AtomicBool>,
 ) -> Result<Duration, LockError> {
     let mut since = None;
-    let waited = lock_since(file, kind, timeout, &mut since, cancel)?;
+    let waited = lock_since(file, kind, timeout, &mut since, cancel, false)?;
+    Ok(match (waited, since) {
+        (true, Some(start)) => start.elapsed(),
+        _ => Duration::ZERO,
+    })
+}
+
+/// A reader's shared lock for a lease, as a vCPU takes it: [`lock_or_cancel`]
+/// with [`LockKind::Shared`], except that a wait that gets its lock leaves
+/// its timeout timer armed ("lingering") instead of disarming it before it
+/// returns. That takes a system call out of the time between the writer's
+/// unlock and the reader holding the lock. [`unlock`] disarms it, on the
+/// same thread, when the lease is released; if the lease outlives the
+/// wait's deadline, the timer fires once, its handler disarms it, and the
+/// thread sees at most one `EINTR` (for a vCPU: one more kick). Use it
+/// only for locks released soon, on the thread that took them.
+pub fn lock_for_lease(
+    file: &File,
+    timeout: Duration,
+    cancel: Option<&AtomicBool>,
+) -> Result<Duration, LockError> {
+    let mut since = None;
+    let waited = lock_since(file, LockKind::Shared, timeout, &mut since, cancel, true)?;
     Ok(match (waited, since) {
         (true, Some(start)) => start.elapsed(),
         _ => Duration::ZERO,
@@ -384,15 +413,16 @@ pub fn lock_or_cancel(
 /// re-check, perhaps again): `since` is when the request's clock started.
 /// The deadline is `since + timeout`, so all the steps together never wait
 /// longer than `timeout`; if `since` is `None` when a wait must begin, it
-/// is set to now (a request that never waits reads no clock). Returns
-/// whether it waited (as opposed to taking the lock at the first try);
-/// errors report the time since `since`.
+/// is set to now (a request that never waits reads no clock). `linger`:
+/// as [`lock_for_lease`]. Returns whether it waited (as opposed to taking
+/// the lock at the first try); errors report the time since `since`.
 pub(crate) fn lock_since(
     file: &File,
     kind: LockKind,
     timeout: Duration,
     since: &mut Option<Instant>,
     cancel: Option<&AtomicBool>,
+    linger: bool,
 ) -> Result<bool, LockError> {
     let t = kind.fcntl_type();
     // The first try. A writer keeps the intent byte if it got it: it
@@ -438,6 +468,7 @@ pub(crate) fn lock_since(
         deadline: start.checked_add(timeout),
         timeout,
         cancel,
+        linger,
     };
     match kind {
         LockKind::Shared => match first {
@@ -470,10 +501,14 @@ pub(crate) fn lock_since(
     Ok(true)
 }
 
-/// Releases whatever OFD lock `file`'s open file description holds.
-/// Closing the last descriptor of the description releases it too.
+/// Releases whatever OFD lock `file`'s open file description holds, then
+/// disarms this thread's lingering lock timer, if any (see
+/// [`lock_for_lease`]). Closing the last descriptor of the description
+/// releases the lock too.
 pub fn unlock(file: &File) -> io::Result<()> {
-    setlk(file, &whole_file(libc::F_UNLCK as libc::c_short), false)
+    let unlocked = setlk(file, &whole_file(libc::F_UNLCK as libc::c_short), false);
+    timer::settle();
+    unlocked
 }
 
 #[cfg(test)]

@@ -236,3 +236,73 @@ fn a_set_cancel_flag_ends_the_wait_without_any_signal() {
         Err(LockError::Cancelled { waited }) if waited == Duration::ZERO
     ));
 }
+
+/// Sleeps `ms` in one `nanosleep`; whether a signal cut it short.
+fn sleep_interrupted(ms: u64) -> bool {
+    let request = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: (ms * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: `request` outlives the call; no remainder is asked for.
+    let ret = unsafe { libc::nanosleep(&request, std::ptr::null_mut()) };
+    ret == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+}
+
+/// Takes a lease lock on `b` that has to wait for `a`'s holder (released
+/// once the wait is seen), with `timeout`, on a new thread that then runs
+/// `after` with the lock held.
+fn leased_after_a_wait<T: Send + 'static>(
+    timeout: Duration,
+    after: impl FnOnce(&File) -> T + Send + 'static,
+) -> T {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let waiter = std::thread::spawn(move || {
+        let waited = lock_for_lease(&b, timeout, None).unwrap();
+        assert!(waited > Duration::ZERO, "it waited");
+        after(&b)
+    });
+    wait_for_blocked_waiter(tmp.path());
+    unlock(&a).unwrap();
+    waiter.join().unwrap()
+}
+
+#[test]
+fn a_lease_lock_leaves_its_timer_for_unlock_to_disarm() {
+    let interrupted = leased_after_a_wait(Duration::from_millis(30), |b| {
+        unlock(b).unwrap();
+        // Past the wait's deadline: nothing fires.
+        sleep_interrupted(100)
+    });
+    assert!(!interrupted, "unlock disarmed the lingering timer");
+}
+
+#[test]
+fn a_lingering_timer_fires_at_most_once() {
+    let (first, second) = leased_after_a_wait(Duration::from_millis(30), |b| {
+        // The lease is held past the wait's deadline: one signal, then
+        // the handler has disarmed the timer (no re-fire every 1 ms).
+        let first = sleep_interrupted(200);
+        let second = sleep_interrupted(50);
+        unlock(b).unwrap();
+        (first, second)
+    });
+    assert!(first, "the deadline passed while the lease was held");
+    assert!(!second, "the timer fired again");
+}
+
+#[test]
+fn a_plain_lock_disarms_its_timer_before_returning() {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let waiter = std::thread::spawn(move || {
+        lock(&b, LockKind::Shared, Duration::from_millis(30)).unwrap();
+        // Nothing lingers, even with the lock still held.
+        let interrupted = sleep_interrupted(100);
+        unlock(&b).unwrap();
+        interrupted
+    });
+    wait_for_blocked_waiter(tmp.path());
+    unlock(&a).unwrap();
+    assert!(!waiter.join().unwrap());
+}

@@ -16,8 +16,21 @@
 //! case the first expiry interrupts the call and the timer is disarmed at
 //! once. The waiting thread unblocks the signal before arming, so a
 //! thread that inherited a blocked signal mask still times out.
+//!
+//! # Lingering
+//!
+//! Disarming is a system call, and a wait that got its lock would make it
+//! between the wake-up and the return: on these machines about as long
+//! again as the wake-up itself. A wait for a lease (a vCPU's shared lock,
+//! held for microseconds) lets its timer *linger* instead
+//! ([`ArmedTimer::linger`]): it stays armed, and [`settle`] disarms it
+//! when the lease is released, after the part of the request that counts.
+//! Should a lingering timer fire first (a lease held past the wait's
+//! deadline), its handler disarms it: at most one signal, interrupting at
+//! most one system call of the thread with `EINTR`, which a vCPU sees as
+//! one more kick. The next arm replaces a lingering timer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,7 +49,25 @@ pub fn lock_timer_signal() -> libc::c_int {
 /// docs).
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(1);
 
-extern "C" fn on_lock_timer(_: libc::c_int) {}
+/// The handler: does nothing but end the blocked call, and disarms a
+/// lingering timer (see the module docs). `timer_settime` is
+/// async-signal-safe, and the thread locals it reads are plain cells.
+extern "C" fn on_lock_timer(_: libc::c_int) {
+    if LINGERING.with(Cell::get) {
+        LINGERING.with(|l| l.set(false));
+        // (A timer id is a number: the first one is 0, a null pointer.)
+        if let Some(id) = TIMER_ID.with(Cell::get) {
+            let off = libc::itimerspec {
+                it_interval: timespec(Duration::ZERO),
+                it_value: timespec(Duration::ZERO),
+            };
+            // SAFETY: `id` is this thread's live timer (set when it was
+            // created, cleared before it is deleted); `off` outlives the
+            // call.
+            unsafe { libc::timer_settime(id, 0, &off, std::ptr::null_mut()) };
+        }
+    }
+}
 
 /// Installs the no-op handler once per process.
 fn install_handler() -> io::Result<()> {
@@ -122,6 +153,8 @@ impl ThreadTimer {
 
 impl Drop for ThreadTimer {
     fn drop(&mut self) {
+        TIMER_ID.with(|id| id.set(None));
+        LINGERING.with(|l| l.set(false));
         // SAFETY: the timer was created by `create` and is deleted once.
         unsafe {
             libc::timer_delete(self.0);
@@ -131,6 +164,10 @@ impl Drop for ThreadTimer {
 
 thread_local! {
     static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
+    /// This thread's timer id, for the signal handler.
+    static TIMER_ID: Cell<Option<libc::timer_t>> = const { Cell::new(None) };
+    /// Whether this thread's timer lingers (see the module docs).
+    static LINGERING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// An armed timer; disarmed when dropped.
@@ -145,8 +182,12 @@ impl ArmedTimer {
         TIMER.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
-                *slot = Some(ThreadTimer::create()?);
+                let timer = ThreadTimer::create()?;
+                TIMER_ID.with(|id| id.set(Some(timer.0)));
+                *slot = Some(timer);
             }
+            // Arming replaces a lingering timer.
+            LINGERING.with(|l| l.set(false));
             match slot.as_ref() {
                 Some(timer) => timer.set(after, RETRY_INTERVAL),
                 None => Err(io::Error::other("thread timer missing")),
@@ -156,14 +197,37 @@ impl ArmedTimer {
     }
 }
 
+impl ArmedTimer {
+    /// Leaves the timer armed for [`settle`] (or its own handler) to
+    /// disarm: see the module docs.
+    pub(super) fn linger(self) {
+        LINGERING.with(|l| l.set(true));
+        std::mem::forget(self);
+    }
+}
+
+/// Disarms this thread's timer.
+fn disarm() {
+    TIMER.with(|cell| {
+        if let Some(timer) = cell.borrow().as_ref() {
+            // Disarming a live timer cannot fail; a failure would only
+            // mean a spurious EINTR later, which callers handle.
+            let _ = timer.set(Duration::ZERO, Duration::ZERO);
+        }
+    });
+}
+
 impl Drop for ArmedTimer {
     fn drop(&mut self) {
-        TIMER.with(|cell| {
-            if let Some(timer) = cell.borrow().as_ref() {
-                // Disarming a live timer cannot fail; a failure would only
-                // mean a spurious EINTR later, which callers handle.
-                let _ = timer.set(Duration::ZERO, Duration::ZERO);
-            }
-        });
+        disarm();
+    }
+}
+
+/// Disarms this thread's timer if it lingers; does nothing (and makes no
+/// system call) otherwise.
+pub fn settle() {
+    if LINGERING.with(Cell::get) {
+        LINGERING.with(|l| l.set(false));
+        disarm();
     }
 }

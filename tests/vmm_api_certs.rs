@@ -275,6 +275,69 @@ fn certs_timeout_can_change_while_the_management_tool_holds_the_lock() {
     vmm.events.wait_named_from(released, "delivered", 1);
 }
 
+/// A certs file that goes bad under a running VM is logged as a fault
+/// with a few lines, not a line per request: one when it starts (naming
+/// the reason and the file), none while it lasts (here shorter than the
+/// repeat interval), and one when it clears, counting the faulty answers
+/// exactly as the counters do. About 300 faulty requests, at most 20
+/// warnings.
+#[test]
+fn a_certs_file_gone_bad_is_logged_when_it_starts_and_when_it_clears() {
+    let hv = hypervisor_for("a_certs_file_gone_bad_is_logged_when_it_starts_and_when_it_clears");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, a_bytes) = certs_file(dir.path(), "a.bin", 0x51);
+    let vmm = ApiVmm::start(dir.path(), hv, &looping_guest(&a, ""));
+    vmm.events.wait_named_from(0, "report", 1);
+    let before = vmm.stderr().len();
+
+    // Rewritten in place with bytes that are no table.
+    fs::write(&a, vec![0x41; a_bytes.len()]).unwrap();
+    let broken = vmm.events.len();
+    let faulty = vmm.events.wait("300 fallback answers", |all| {
+        let n = all[broken..]
+            .iter()
+            .filter(|e| e["event"] == "fallback" && props(e)["reason"] == "file-invalid")
+            .count();
+        (n >= 300).then_some(n)
+    });
+    fs::write(&a, &a_bytes).unwrap();
+    let fixed = vmm.events.len();
+    vmm.events.wait_named_from(fixed, "delivered", 1);
+    let stats = vmm.remote_json(&["certs"])["stats"].clone();
+    let invalid = stats["fallbacks"]["file-invalid"].as_u64().unwrap();
+    assert!(invalid >= faulty as u64, "{stats}");
+
+    let cleared = "cleared after";
+    let log = support::poll(support::api::DEADLINE, "the fault's end in the log", || {
+        let log = vmm.stderr()[before..].to_owned();
+        log.contains(cleared).then_some(log)
+    });
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    assert!(
+        warnings.len() <= 20,
+        "{} warnings for {faulty} faulty requests:\n{log}",
+        warnings.len()
+    );
+    let started: Vec<&&str> = warnings
+        .iter()
+        .filter(|l| l.contains("answered with the fallback (on-error=empty), ret 0: file-invalid"))
+        .collect();
+    assert_eq!(started.len(), 1, "{log}");
+    assert!(
+        started[0].contains(&format!(
+            "Certs file {} is not a valid certificate table",
+            a.display()
+        )),
+        "{log}"
+    );
+    let end: Vec<&&str> = warnings.iter().filter(|l| l.contains(cleared)).collect();
+    assert_eq!(end.len(), 1, "{log}");
+    assert!(
+        end[0].contains(&format!("file-invalid cleared after {invalid} requests")),
+        "the count is the counters': {log}"
+    );
+}
+
 /// One refused request: what is sent, and the status and message expected.
 struct Refusal {
     what: &'static str,

@@ -271,17 +271,17 @@ impl CertsService {
         let reason = outcome.reason;
         match notice {
             Some(Notice::Started) => log::warn!(
-                "vcpu {vcpu}: certificate requests answered {answer} (ret {ret}): {reason} ({detail}); \
+                "vcpu {vcpu}: certificate requests answered {answer}, ret {ret}: {reason} ({detail}); \
                  further answers for this reason are counted and logged every {} s until it clears",
                 self.faults.interval().as_secs()
             ),
             Some(Notice::Again { count, since }) => log::warn!(
-                "vcpu {vcpu}: still {reason}: {count} more certificate requests answered {answer} \
-                 (ret {ret}) in the last {} s ({detail})",
+                "vcpu {vcpu}: still {reason}: {count} more certificate requests answered {answer}, \
+                 ret {ret}, in the last {} s ({detail})",
                 since.as_secs()
             ),
             Some(Notice::Cleared { .. }) | None => log::debug!(
-                "vcpu {vcpu}: certificate request answered {answer} (ret {ret}): {reason} ({detail})"
+                "vcpu {vcpu}: certificate request answered {answer}, ret {ret}: {reason} ({detail})"
             ),
         }
     }
@@ -330,7 +330,7 @@ impl CertsService {
 /// `on-error` answer) or the outcome's kind.
 fn answer_name(config: &CertsConfig, outcome: &Outcome) -> String {
     if outcome.fallback {
-        format!("with the fallback ({})", config.on_error.as_str())
+        format!("with the fallback (on-error={})", config.on_error.as_str())
     } else {
         outcome.kind.as_str().to_owned()
     }

@@ -54,7 +54,7 @@
 //! run; the twin runs on the mock backend, alone and under the whole VMM.
 //!
 //! [`SnpPayload`] is the payload ([`snp_payload`]; in the factory,
-//! [`TestGuests::snp_attest`](crate::TestGuests::snp_attest)).
+//! [`TestGuests::snp_attest_c_bit`](crate::TestGuests::snp_attest_c_bit)).
 
 mod asm;
 pub mod ghcb;
@@ -68,7 +68,7 @@ use vm_memory::GuestMemoryError;
 pub use asm::program;
 pub use layout::{DEFAULT_C_BIT, MIN_MEMORY};
 pub use mock::MockSnpGuest;
-pub use payload::{SnpPayload, Unloadable, payload_error, snp_payload};
+pub use payload::{SnpPayload, snp_payload};
 
 #[cfg(doc)]
 use crate::attest::{AttestMachine, AttestParams, check_table};

@@ -225,22 +225,24 @@ impl CertsService {
         } = served;
         let config = &active.config;
         self.stats.record(outcome, held.is_some());
-        if let Some(held) = held {
+        if held.is_some() {
             self.stats.lease_released();
-            if self.events.is_enabled() {
-                self.events.event(
-                    EVENT_SOURCE,
-                    "lease-released",
-                    [
-                        ("vcpu", json!(vcpu)),
-                        ("held_us", json!(held.as_micros() as u64)),
-                    ],
-                );
-            }
         }
         self.log(vcpu, config, outcome);
-        if self.events.is_enabled() {
-            self.event(vcpu, *source, *request, config, outcome);
+        if !self.events.is_enabled() {
+            return;
+        }
+        // In the order they happened: the answer, then the release.
+        self.event(vcpu, *source, *request, config, outcome);
+        if let Some(held) = held {
+            self.events.event(
+                EVENT_SOURCE,
+                "lease-released",
+                [
+                    ("vcpu", json!(vcpu)),
+                    ("held_us", json!(held.as_micros() as u64)),
+                ],
+            );
         }
     }
 

@@ -27,10 +27,14 @@
 //!   lock a vCPU's `CertsReader` takes: the first try (`F_OFD_GETLK` on
 //!   the writer intent byte finds the writer's whole-file lock), then one
 //!   blocking `F_OFD_SETLKW` on the reader's range bounded by a per-thread
-//!   POSIX timer, armed before; the timer lingers after the wake-up and is
-//!   disarmed by the unlock (`lock::unlock`), so nothing but the return
-//!   follows the wake-up. The descriptor is kept open across requests, as
-//!   `CertsReader` does.
+//!   POSIX timer; the timer lingers after the wake-up for the next wait to
+//!   reuse (it is armed again only when it would fire after that wait's
+//!   deadline, or once it fired), so nothing but the return follows the
+//!   wake-up and most waits make no timer system call at all. The
+//!   descriptor is kept open across requests, as a vCPU's `CertsReader`
+//!   does. (A lingering timer that fires between waits interrupts one
+//!   system call of this thread; the floor's `F_OFD_SETLKW` then simply
+//!   waits again.)
 //! * **floor**: a bare blocking `F_OFD_SETLKW`, no timer, no timeout: what
 //!   the kernel alone costs.
 //! * **QEMU v1** (the reference algorithm, AMD's RFC v1 of Dec 2024,
@@ -247,7 +251,16 @@ fn sample(method: Method, writer: &mut Writer, path: &Path, kept: &File, hold: D
             (t, t, None)
         }
         Method::Floor => {
-            ofd_lock(kept, libc::F_RDLCK, libc::F_OFD_SETLKW).expect("floor: lock");
+            // A blocking lock call ends with EINTR when a signal arrives
+            // (here: ours's lingering timer, once in a while); it is then
+            // simply made again, as any waiter would.
+            loop {
+                match ofd_lock(kept, libc::F_RDLCK, libc::F_OFD_SETLKW) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => panic!("floor: lock: {e}"),
+                }
+            }
             let t = mono_ns();
             (t, t, None)
         }

@@ -101,7 +101,7 @@ impl VcpuRunner {
         VcpuRunner {
             id,
             vcpu,
-            reader: CertsReader::with_cancel(shared.stop.flag()),
+            reader: CertsReader::for_vcpu(shared.stop.flag()),
             shared,
         }
     }

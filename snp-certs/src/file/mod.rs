@@ -182,6 +182,8 @@ pub struct CertsReader {
     /// The read buffer; only ever grown (zeroed once), never cleared.
     buffer: Vec<u8>,
     cancel: Option<Arc<AtomicBool>>,
+    /// Whether lock waits leave their timer lingering (a vCPU's reader).
+    lease_timer: bool,
     last_lock_wait: Duration,
     last_lock_tried: bool,
 }
@@ -297,6 +299,19 @@ impl CertsReader {
         }
     }
 
+    /// A vCPU thread's reader: [`CertsReader::with_cancel`], and its lock
+    /// waits take the lock as [`lock::lock_for_lease`] does, leaving their
+    /// timeout timer armed for the next wait instead of paying its system
+    /// calls on every one. The thread may see one `EINTR` (for a vCPU, one
+    /// more kick) up to `certs-timeout` after a wait.
+    pub fn for_vcpu(cancel: Arc<AtomicBool>) -> CertsReader {
+        CertsReader {
+            cancel: Some(cancel),
+            lease_timer: true,
+            ..CertsReader::default()
+        }
+    }
+
     /// How long the last [`CertsReader::lock_and_read`] waited for the
     /// lock, also when it then failed (a file found invalid under the lock
     /// still cost that wait).
@@ -380,9 +395,14 @@ impl CertsReader {
             };
             let file = Arc::clone(&open.file);
             self.last_lock_tried = true;
-            // A lease is released soon, on this thread: its timer may linger.
-            let locked =
-                lock::lock_since(&file, LockKind::Shared, timeout, &mut since, cancel, true);
+            let locked = lock::lock_since(
+                &file,
+                LockKind::Shared,
+                timeout,
+                &mut since,
+                cancel,
+                self.lease_timer,
+            );
             let still_named = match locked {
                 Ok(blocked) => {
                     waited |= blocked;

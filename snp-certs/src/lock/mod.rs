@@ -116,7 +116,7 @@ pub use holders::{Holder, holders};
 
 /// The longest a cancellable wait goes without looking at its cancel flag.
 pub const CANCEL_CHECK: Duration = Duration::from_millis(50);
-pub use timer::lock_timer_signal;
+pub use timer::{arms as timer_arms, lock_timer_signal, settle as settle_timer};
 
 /// Which lock to take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,7 +346,12 @@ impl Wait<'_> {
                 Some(_) => remaining.min(CANCEL_CHECK),
                 None => remaining,
             };
-            let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
+            let armed = if self.linger {
+                timer::ArmedTimer::arm_or_reuse(remaining)
+            } else {
+                timer::ArmedTimer::arm(remaining)
+            }
+            .map_err(LockError::Timer)?;
             let result = setlk(file, fl, true);
             if result.is_ok() && self.linger {
                 armed.linger();
@@ -388,14 +393,16 @@ pub fn lock_or_cancel(
 }
 
 /// A reader's shared lock for a lease, as a vCPU takes it: [`lock_or_cancel`]
-/// with [`LockKind::Shared`], except that a wait that gets its lock leaves
-/// its timeout timer armed ("lingering") instead of disarming it before it
-/// returns. That takes a system call out of the time between the writer's
-/// unlock and the reader holding the lock. [`unlock`] disarms it, on the
-/// same thread, when the lease is released; if the lease outlives the
-/// wait's deadline, the timer fires once, its handler disarms it, and the
-/// thread sees at most one `EINTR` (for a vCPU: one more kick). Use it
-/// only for locks released soon, on the thread that took them.
+/// with [`LockKind::Shared`], except that a wait leaves its timeout timer
+/// armed ("lingering") once it has the lock, and the thread's next such
+/// wait reuses it when it fires no later than that wait's deadline. That
+/// takes the timer's system calls out of most waits, and out of the time
+/// between the writer's unlock and the reader holding the lock. The
+/// price: a lingering timer that fires while the thread does something
+/// else interrupts one system call with `EINTR` (its handler then disarms
+/// it), no later than the deadline of the wait that armed it. A vCPU
+/// thread sees that as one more kick; use it only on threads that handle
+/// `EINTR`, or call [`timer::settle`](settle_timer) when done.
 pub fn lock_for_lease(
     file: &File,
     timeout: Duration,
@@ -501,14 +508,10 @@ pub(crate) fn lock_since(
     Ok(true)
 }
 
-/// Releases whatever OFD lock `file`'s open file description holds, then
-/// disarms this thread's lingering lock timer, if any (see
-/// [`lock_for_lease`]). Closing the last descriptor of the description
-/// releases the lock too.
+/// Releases whatever OFD lock `file`'s open file description holds.
+/// Closing the last descriptor of the description releases it too.
 pub fn unlock(file: &File) -> io::Result<()> {
-    let unlocked = setlk(file, &whole_file(libc::F_UNLCK as libc::c_short), false);
-    timer::settle();
-    unlocked
+    setlk(file, &whole_file(libc::F_UNLCK as libc::c_short), false)
 }
 
 #[cfg(test)]

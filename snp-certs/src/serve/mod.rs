@@ -36,7 +36,7 @@
 //! memory the guest shared with [`serve_shared_only`]; [`serve`] is for
 //! guests whose memory the host can write anywhere.
 //!
-//! A delivered outcome from a certs file carries the [`Lease`]: keep it
+//! A delivered outcome from a certs file carries the [`Lease`](crate::Lease): keep it
 //! until KVM has sent the guest's report request to firmware, then drop it.
 //! Everything else the VMM does with the outcome (counting, logging,
 //! events) belongs after that: the outcome holds its [`Problem`] as data,

@@ -338,6 +338,67 @@ fn a_certs_file_gone_bad_is_logged_when_it_starts_and_when_it_clears() {
     );
 }
 
+/// A PUT that changes the certs file validates it without holding
+/// anything, so another PUT can change the configuration meanwhile; the
+/// file's change must then be recomputed from that newer configuration,
+/// never installed over it. Here the file PUT waits for a management tool
+/// holding the new file while a second PUT changes the busy budget: in the
+/// end both changes are there.
+#[test]
+fn a_put_that_raced_another_is_applied_on_top_of_it() {
+    use std::os::unix::fs::MetadataExt;
+    let hv = hypervisor_for("a_put_that_raced_another_is_applied_on_top_of_it");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = certs_file(dir.path(), "a.bin", 0x61);
+    let (b, _) = certs_file(dir.path(), "b.bin", 0x62);
+    let vmm = ApiVmm::start(dir.path(), hv, &looping_guest(&a, ",certs-timeout=1000"));
+    vmm.events.wait_named_from(0, "report", 1);
+    let before = vmm.remote_json(&["certs"]);
+    assert_ne!(before["busy_budget"], 12345);
+    let tool = ManagementLock::take(&b);
+    let socket = vmm.socket.clone();
+    let file_put = std::thread::spawn(move || {
+        api_server::ApiClient::new(&socket)
+            .unwrap()
+            .with_timeout(Duration::from_secs(30))
+            .raw_request(
+                "PUT",
+                "/api/v1/vm.snp-certs",
+                Some(json!({"certs_file": str_of(&b)}).to_string().into_bytes()),
+            )
+            .unwrap()
+    });
+    // The file PUT's validation waits for the tool's lock on b.
+    let ino = fs::metadata(dir.path().join("b.bin")).unwrap().ino();
+    support::poll(
+        support::api::DEADLINE,
+        "the file PUT waiting for b's lock",
+        || {
+            let locks = fs::read_to_string("/proc/locks").unwrap();
+            locks
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
+                .then_some(())
+        },
+    );
+    let r = vmm.raw("PUT", "vm.snp-certs", Some(br#"{"busy_budget": 12345}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    tool.release();
+    let r = file_put.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let now = vmm.remote_json(&["certs"]);
+    assert_eq!(
+        now["certs_file"],
+        str_of(&dir.path().join("b.bin")),
+        "{now}"
+    );
+    assert_eq!(
+        now["busy_budget"], 12345,
+        "the budget change was kept: {now}"
+    );
+    assert_eq!(now["certs_timeout"], 1000, "{now}");
+}
+
 /// One refused request: what is sent, and the status and message expected.
 struct Refusal {
     what: &'static str,

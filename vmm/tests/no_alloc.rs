@@ -76,7 +76,7 @@ fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
         npages: 1,
     };
     let all_shared = |_: u64, _: u64| true;
-    let mut one = |reader: &mut CertsReader| {
+    let one = |reader: &mut CertsReader| {
         let mut served = service.serve(RequestSource::Kvm, reader, request, &memory, &all_shared);
         let kind = served.outcome.kind;
         let held = served.outcome.lease.take().map(|lease| lease.release());

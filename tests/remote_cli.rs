@@ -3,8 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod certs_support;
-#[path = "../api-server/tests/common/mod.rs"]
-mod common;
+use test_support::fake_vmm as common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use test_support::fake_vmm as common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

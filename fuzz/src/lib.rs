@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use snp_certs::serve::PAGE_SIZE;
-use snp_certs::table::{CertTable, EMPTY_TABLE, LINUX_GUEST_MAX_SIZE, TableBuilder};
+use snp_certs::table::{CertTable, EMPTY_TABLE, TableBuilder, exceeds_guest_limit};
 use snp_certs::{
     BusyBudget, CertsConfig, CertsReader, CertsRequest, OnError, OutcomeKind, Reason, serve,
 };
@@ -184,7 +184,7 @@ pub fn serve_path_outcome(data: &[u8]) -> Reason {
     );
     // What should be in guest memory at gpa, if anything.
     let served_table = file.as_deref().filter(|b| {
-        CertTable::parse(b).is_ok() && (config.allow_large || b.len() <= LINUX_GUEST_MAX_SIZE)
+        CertTable::parse(b).is_ok() && !exceeds_guest_limit(b.len() as u64, config.allow_large)
     });
     // Whether [gpa, gpa + len) is all guest RAM, derived from the layout
     // (regions are sorted; adjacent ones join).

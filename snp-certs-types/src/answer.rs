@@ -26,6 +26,12 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// The kind's place in [`OutcomeKind::ALL`], for counters kept in
+    /// arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// All kinds, for counters.
     pub const ALL: [OutcomeKind; 4] = [
         OutcomeKind::Delivered,
@@ -157,6 +163,11 @@ impl Reason {
         Reason::BufferNotShared,
     ];
 
+    /// The reason's place in [`Reason::ALL`], for counters kept in arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// For host-side faults, how long they last; `None` for the others.
     pub fn fault(self) -> Option<Fault> {
         match self {
@@ -184,5 +195,20 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_places_in_all() {
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason}");
+        }
+        for (i, kind) in OutcomeKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind}");
+        }
     }
 }

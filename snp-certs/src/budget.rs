@@ -64,7 +64,11 @@ impl BusyBudget {
 
     /// A request got an answer that was not busy: the streak ends.
     pub fn end_streak(&self) {
-        self.since.store(0, Ordering::Release);
+        // Read first: the usual answer ends no streak, and a store would
+        // pull the line away from the VM's other vCPUs on every request.
+        if self.since.load(Ordering::Acquire) != 0 {
+            self.since.store(0, Ordering::Release);
+        }
     }
 
     /// How long the guest has been told busy without a break.

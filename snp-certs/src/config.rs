@@ -31,7 +31,7 @@ pub use snp_certs_types::settings::{
 use thiserror::Error;
 
 use crate::file::{CertsFileError, CertsReader};
-use crate::table::{CertTable, LINUX_GUEST_MAX_SIZE, TableWarning};
+use crate::table::{LINUX_GUEST_MAX_SIZE, TableWarning, exceeds_guest_limit};
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -52,6 +52,16 @@ pub enum ConfigError {
     /// `certs_file` cannot be read as a valid table.
     #[error(transparent)]
     File(#[from] CertsFileError),
+    /// Other changes kept replacing the configuration while this one was
+    /// being validated (see [`SharedCertsConfig::update`]): nothing was
+    /// changed, and the caller may try again.
+    #[error(
+        "The certs configuration was changed by {races} other updates while this one was validated: nothing changed, retry"
+    )]
+    UpdateConflict {
+        /// How many times it was recomputed.
+        races: u32,
+    },
 }
 
 /// A configuration whose file was read and found valid, with that file's
@@ -93,7 +103,7 @@ impl ActiveCerts {
 
 /// Reads `path` under the shared lock (waiting at most `wait`, or until
 /// `cancel` is set), refuses a table above 16 KiB unless `allow_large`,
-/// and returns its warnings.
+/// and returns its warnings. The table is validated once, by the read.
 pub fn validate_file(
     path: &Path,
     wait: Duration,
@@ -106,16 +116,13 @@ pub fn validate_file(
     };
     let locked = reader.lock_and_read(path, wait)?;
     let size = locked.bytes.len();
-    if size > LINUX_GUEST_MAX_SIZE && !allow_large {
+    if exceeds_guest_limit(size as u64, allow_large) {
         return Err(ConfigError::TooLargeForGuests {
             path: path.to_owned(),
             size,
         });
     }
-    // `lock_and_read` only returns valid tables.
-    Ok(CertTable::parse(locked.bytes)
-        .map(|t| t.warnings())
-        .unwrap_or_default())
+    Ok(locked.table.warnings())
 }
 
 /// The current configuration of one VM, replaceable while guests run.
@@ -131,8 +138,8 @@ struct Shared {
 }
 
 /// How often [`SharedCertsConfig::update`] recomputes a change that raced
-/// with another before it gives up.
-const MAX_UPDATE_RACES: u32 = 8;
+/// with another before it refuses it.
+pub const MAX_UPDATE_RACES: u32 = 8;
 
 impl SharedCertsConfig {
     /// A handle holding `active`.
@@ -147,12 +154,18 @@ impl SharedCertsConfig {
 
     /// A snapshot of the current configuration.
     pub fn current(&self) -> Arc<ActiveCerts> {
+        self.snapshot().0
+    }
+
+    /// The current configuration and its generation, read together.
+    fn snapshot(&self) -> (Arc<ActiveCerts>, u64) {
         let guard = self
             .inner
             .current
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(&guard)
+        // The generation only changes under the write lock.
+        (Arc::clone(&guard), self.generation())
     }
 
     /// How many times the configuration was replaced.
@@ -165,19 +178,22 @@ impl SharedCertsConfig {
     /// validated, waiting at most the new configuration's timeout; else
     /// only the structural rules are checked and the current warnings are
     /// kept, so a timeout-only change works while a management tool holds
-    /// the exclusive lock. The validation runs without holding anything;
-    /// if another update won the race meanwhile, `change` is applied
-    /// again to the newer configuration. On error nothing changes.
-    /// Returns the previous and the new configuration.
+    /// the exclusive lock. The validation runs without holding anything.
+    ///
+    /// A change is installed only over the configuration it was computed
+    /// from: if another update won the race meanwhile, `change` is applied
+    /// again to the newer configuration, up to [`MAX_UPDATE_RACES`] times;
+    /// then the update is refused with [`ConfigError::UpdateConflict`]
+    /// rather than installed over a configuration it never saw. So no
+    /// update is ever lost. On error nothing changes. Returns the previous
+    /// and the new configuration.
     pub fn update(
         &self,
         rereads_file: bool,
         change: impl Fn(&CertsConfig) -> CertsConfig,
     ) -> Result<(Arc<ActiveCerts>, Arc<ActiveCerts>), ConfigError> {
-        let mut races = 0;
-        loop {
-            let generation = self.generation();
-            let previous = self.current();
+        for _ in 0..=MAX_UPDATE_RACES {
+            let (previous, generation) = self.snapshot();
             let config = change(&previous.config);
             let active = if rereads_file {
                 let wait = config.timeout();
@@ -194,14 +210,16 @@ impl SharedCertsConfig {
                 .current
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            if self.generation() == generation || races >= MAX_UPDATE_RACES {
+            if self.generation() == generation {
                 let active = Arc::new(active);
                 let previous = std::mem::replace(&mut *guard, Arc::clone(&active));
                 self.inner.generation.fetch_add(1, Ordering::AcqRel);
                 return Ok((previous, active));
             }
-            races += 1;
         }
+        Err(ConfigError::UpdateConflict {
+            races: MAX_UPDATE_RACES + 1,
+        })
     }
 }
 

@@ -140,6 +140,94 @@ fn a_timeout_only_update_does_not_touch_the_locked_file() {
 }
 
 #[test]
+fn racing_updates_never_lose_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path());
+    let start = CertsConfig {
+        certs_timeout: 0,
+        ..CertsConfig::with_file(&path)
+    };
+    let shared = SharedCertsConfig::new(ActiveCerts::validate(start, Duration::ZERO).unwrap());
+    let threads = 4;
+    let tries = 100;
+    let results: Vec<Vec<Result<u64, String>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..tries)
+                        .map(|_| {
+                            // Each update re-reads the file: the window in
+                            // which another can win is wide.
+                            shared
+                                .update(true, |c| CertsConfig {
+                                    certs_timeout: c.certs_timeout + 1,
+                                    ..c.clone()
+                                })
+                                .map(|(previous, now)| {
+                                    assert_eq!(
+                                        now.config.certs_timeout,
+                                        previous.config.certs_timeout + 1,
+                                        "computed from the configuration it replaced"
+                                    );
+                                    now.config.certs_timeout
+                                })
+                                .map_err(|e| match e {
+                                    ConfigError::UpdateConflict { .. } => e.to_string(),
+                                    other => panic!("unexpected error: {other}"),
+                                })
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut installed: Vec<u64> = results
+        .iter()
+        .flatten()
+        .filter_map(|r| r.clone().ok())
+        .collect();
+    installed.sort_unstable();
+    let n = installed.len() as u64;
+    assert!(n > 0);
+    // Every installed update built on the one before: 1, 2, ..., n.
+    assert_eq!(installed, (1..=n).collect::<Vec<_>>());
+    assert_eq!(shared.current().config.certs_timeout, n);
+    assert_eq!(shared.generation(), n);
+}
+
+#[test]
+fn an_update_that_keeps_losing_the_race_is_refused_and_changes_nothing() {
+    let shared = SharedCertsConfig::new(ActiveCerts::default());
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let result = shared.update(false, |c| {
+        attempts.fetch_add(1, Ordering::Relaxed);
+        // Another update wins while this one is being computed.
+        shared
+            .update(false, |c| CertsConfig {
+                certs_timeout: c.certs_timeout + 1,
+                ..c.clone()
+            })
+            .unwrap();
+        CertsConfig {
+            certs_timeout: 999,
+            ..c.clone()
+        }
+    });
+    assert!(
+        matches!(result, Err(ConfigError::UpdateConflict { races }) if races == MAX_UPDATE_RACES + 1),
+        "{result:?}"
+    );
+    assert_eq!(attempts.load(Ordering::Relaxed), MAX_UPDATE_RACES + 1);
+    let now = shared.current();
+    assert_eq!(
+        now.config.certs_timeout,
+        DEFAULT_CERTS_TIMEOUT_MS + u64::from(MAX_UPDATE_RACES) + 1,
+        "only the winners' changes"
+    );
+}
+
+#[test]
 fn on_error_names() {
     assert_eq!("empty".parse::<OnError>(), Ok(OnError::Empty));
     assert_eq!("busy".parse::<OnError>(), Ok(OnError::Busy));

@@ -39,7 +39,7 @@ pub mod update;
 
 pub use budget::BusyBudget;
 pub use config::{ActiveCerts, CertsConfig, OnError, SharedCertsConfig};
-pub use file::{CertsFileError, CertsReader, Lease, LockedCerts};
+pub use file::{CertsFileError, CertsReader, Lease, LockedCerts, ReadError};
 pub use guid::CertKind;
-pub use serve::{CertsRequest, Outcome, OutcomeKind, Reason, serve};
-pub use table::{CertTable, TableBuilder, TableError, TableWarning};
+pub use serve::{CertsRequest, Outcome, OutcomeKind, Problem, Reason, serve, serve_shared_only};
+pub use table::{CertTable, TableBuilder, TableError, TableWarning, ValidTable};

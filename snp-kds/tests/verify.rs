@@ -3,8 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/fake_kds.rs"]
-mod fake_kds;
+use test_support::fake_kds;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

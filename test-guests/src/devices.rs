@@ -20,8 +20,8 @@ use vmm::pio::{PioBus, PioDevice};
 use vmm::stop::StopSignal;
 
 use crate::attest::expected_report_for;
-use crate::record::{AttestLog, Expected};
 use crate::report::{DELAY_PORT, PORTS, REPORT_PORT, read_report};
+use crate::report_check::{AttestLog, Expected};
 
 /// Event source name of the test guests' reports.
 pub const EVENT_SOURCE: &str = "attest-guest";

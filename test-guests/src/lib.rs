@@ -16,14 +16,15 @@
 //!   protocol, and its Rust twin), asking through the extended guest
 //!   request.
 //! * [`report`]: the report and delay ports and the report format.
-//! * [`record`] and [`summary`]: checking what the guest reported against
-//!   what was delivered, and the end-of-run summary.
+//! * [`report_check`]: each guest report checked against what the VMM
+//!   delivered, kept for the summary.
+//! * [`summary`]: the end-of-run summary.
 
 pub mod attest;
 pub mod devices;
 pub mod payloads;
-pub mod record;
 pub mod report;
+pub mod report_check;
 pub mod snp;
 pub mod summary;
 

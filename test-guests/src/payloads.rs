@@ -14,7 +14,7 @@ use vmm_api::TestGuestConfig;
 
 use crate::attest::{self, AttestParams, MockAttestGuest};
 use crate::devices::ReportDevices;
-use crate::record::AttestLog;
+use crate::report_check::AttestLog;
 
 /// Where vCPUs other than 0 start: a single `hlt` (0xf4). Only vCPU 0 runs
 /// the guest; the others would share its mailbox and buffer.
@@ -160,22 +160,8 @@ impl Payload for AttestPayload {
     }
 }
 
-/// The SEV-SNP guest ([`crate::snp`]), built directly until the VM
-/// configuration has a payload kind for it.
+/// The SEV-SNP guest ([`crate::snp`]).
 impl TestGuests {
-    /// The SNP attestation guest for `params`, with the C-bit at
-    /// [`crate::snp::DEFAULT_C_BIT`]. Its log is kept like the real-mode
-    /// guest's ([`Self::last_log`]).
-    pub fn snp_attest(&self, params: AttestParams) -> Box<dyn Payload> {
-        match self.snp_attest_c_bit(params, crate::snp::DEFAULT_C_BIT) {
-            Ok(payload) => payload,
-            // The default C-bit is valid and the program assembles (both
-            // tested); should that ever change, a payload that cannot load
-            // says why when the VM is created.
-            Err(e) => Box::new(crate::snp::payload_error(e)),
-        }
-    }
-
     /// The SNP attestation guest for `params` with the C-bit at `c_bit`
     /// (the host's CPUID `0x8000_001F` EBX\[5:0\]). Fails for a position
     /// outside 32..=51.

@@ -11,7 +11,7 @@ use snp_certs::CertsReader;
 use vmm_api::VmCounters;
 
 use crate::attest;
-use crate::record::{AttestTotals, Expected};
+use crate::report_check::{AttestTotals, Expected};
 
 /// What the run amounted to.
 #[derive(Debug, Clone, PartialEq, Eq)]

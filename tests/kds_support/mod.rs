@@ -1,11 +1,10 @@
 //! Helpers for the `snp-certs fetch` and `refresh` end-to-end tests: the
-//! fake KDS (shared with `snp-kds/tests`), the fixtures' identities, and
+//! fake KDS (`test_support::fake_kds`, shared with `snp-kds/tests`), the fixtures' identities, and
 //! running the binary against them.
 
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../snp-kds/tests/support/fake_kds.rs"]
-pub mod fake_kds;
+pub use test_support::fake_kds;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -117,7 +117,8 @@ fn config_error(e: ConfigError) -> ApiError {
             source: LockError::Timeout { .. },
             ..
         })
-        | ConfigError::File(CertsFileError::KeepsChanging { .. }) => {
+        | ConfigError::File(CertsFileError::KeepsChanging { .. })
+        | ConfigError::UpdateConflict { .. } => {
             let mut error = ApiError::from_error(ApiErrorKind::Conflict, &e);
             error
                 .chain

@@ -1,5 +1,10 @@
 //! Choosing the hypervisor backend: real KVM, or the mock where `/dev/kvm`
 //! is missing (only when asked for, with `auto`).
+//!
+//! The default is KVM: a VMM (or a CI job) that asks for nothing gets real
+//! KVM or an error, never the mock in its place. `auto` is the one choice
+//! that falls back, and it says so: the reason is returned to the caller
+//! and logged as a warning here too.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,9 +18,9 @@ use vmm_api::error_chain;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
     /// KVM if `/dev/kvm` opens, else the mock (said loudly).
-    #[default]
     Auto,
-    /// KVM or fail.
+    /// KVM or fail: the default.
+    #[default]
     Kvm,
     /// The mock: guest logic written in Rust, no real vCPUs.
     Mock,
@@ -87,10 +92,11 @@ impl Backend {
             BackendChoice::Kvm => Ok((Backend::Kvm(KvmHypervisor::new()?), None)),
             BackendChoice::Auto => match KvmHypervisor::new() {
                 Ok(kvm) => Ok((Backend::Kvm(kvm), None)),
-                Err(e @ HypervisorError::KvmUnavailable { .. }) => Ok((
-                    Backend::Mock(serving_mock().with_snp(false)),
-                    Some(error_chain(&e)),
-                )),
+                Err(e @ HypervisorError::KvmUnavailable { .. }) => {
+                    let why = error_chain(&e);
+                    log::warn!("KVM is not usable ({why}): using the mock backend, as auto allows");
+                    Ok((Backend::Mock(serving_mock().with_snp(false)), Some(why)))
+                }
                 Err(e) => Err(e),
             },
         }
@@ -114,6 +120,34 @@ impl Backend {
     pub fn set_mock_guest(&self, id: u8, guest: Box<dyn MockGuest>) {
         if let Backend::Mock(mock) = self {
             mock.set_boxed_guest(id, guest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_kvm_never_the_mock() {
+        assert_eq!(BackendChoice::default(), BackendChoice::Kvm);
+        for name in ["auto", "kvm", "mock", "mock-snp"] {
+            let choice: BackendChoice = name.parse().unwrap();
+            assert_eq!(choice.to_string(), name);
+        }
+        assert!("qemu".parse::<BackendChoice>().is_err());
+    }
+
+    #[test]
+    fn kvm_fails_rather_than_falling_back_where_dev_kvm_is_missing() {
+        // Meaningful where /dev/kvm cannot be opened; where it can, KVM
+        // itself is the answer.
+        match Backend::open(BackendChoice::default()) {
+            Ok((backend, fallback)) => {
+                assert_eq!(backend.name(), "kvm");
+                assert_eq!(fallback, None);
+            }
+            Err(e) => assert!(matches!(e, HypervisorError::KvmUnavailable { .. }), "{e}"),
         }
     }
 }

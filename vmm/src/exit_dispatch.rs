@@ -28,9 +28,10 @@ pub enum VcpuEnd {
     Failed(String),
 }
 
-/// The action for one exit.
+/// The action for one exit, borrowing from the exit (a port write's bytes
+/// are not copied).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExitAction {
+pub enum ExitAction<'a> {
     /// A certificate request from KVM: serve it and complete the exit.
     ServeCerts(SnpCertsRequest),
     /// The emulated doorbell rang with this mailbox address.
@@ -43,7 +44,7 @@ pub enum ExitAction {
         /// The port.
         port: u16,
         /// The bytes written.
-        data: Vec<u8>,
+        data: &'a [u8],
     },
     /// An `IN` for the port-I/O bus; complete it with the bus's answer.
     PioRead {
@@ -75,7 +76,7 @@ pub enum ExitAction {
 /// Maps an exit to its action. The doorbell port only counts when
 /// `doorbell` is enabled for this VM; otherwise it is a bus port like any
 /// other (with no device on it).
-pub fn dispatch(exit: &VmExit, doorbell: bool) -> ExitAction {
+pub fn dispatch(exit: &VmExit, doorbell: bool) -> ExitAction<'_> {
     match exit {
         VmExit::SnpReqCerts(request) => ExitAction::ServeCerts(*request),
         VmExit::IoOut { port, data } if doorbell && *port == DOORBELL_PORT => {
@@ -89,10 +90,7 @@ pub fn dispatch(exit: &VmExit, doorbell: bool) -> ExitAction {
                 )),
             }
         }
-        VmExit::IoOut { port, data } => ExitAction::PioWrite {
-            port: *port,
-            data: data.clone(),
-        },
+        VmExit::IoOut { port, data } => ExitAction::PioWrite { port: *port, data },
         VmExit::IoIn { port, size } => ExitAction::PioRead {
             port: *port,
             size: *size,
@@ -170,7 +168,7 @@ mod tests {
             dispatch(&out(DOORBELL_PORT, 0x3000), false),
             ExitAction::PioWrite {
                 port: DOORBELL_PORT,
-                data: 0x3000u32.to_le_bytes().to_vec()
+                data: &0x3000u32.to_le_bytes()
             }
         );
         let short = VmExit::IoOut {
@@ -186,7 +184,7 @@ mod tests {
             dispatch(&out(0x5e4, 7), true),
             ExitAction::PioWrite {
                 port: 0x5e4,
-                data: vec![7, 0, 0, 0]
+                data: &[7, 0, 0, 0]
             }
         );
         assert_eq!(

@@ -6,17 +6,21 @@
 //! KVM_EXIT_SNP_REQ_CERTS ─┐            (or the emulated doorbell's OUT)
 //!                         ▼
 //!   exit_dispatch::dispatch ──► VcpuRunner::answer_* ──► CertsService::serve
-//!        (pure)                                       └─► snp_certs::serve (lock, read, copy)
+//!        (pure)                                       └─► snp_certs::serve_shared_only
+//!                                                          (lock, read, validate, copy)
 //!   complete the exit (ret, npages) ◄── Outcome { lease }
-//!   immediate_exit = 1, KVM_RUN ──► EINTR ──► drop the lease ──► observer ──► run the guest
+//!   immediate_exit = 1, KVM_RUN ──► EINTR ──► drop the lease
+//!   ──► CertsService::report (count, log, event) ──► observer ──► run the guest
 //! ```
 //!
 //! * [`backend`]: KVM, or the mock when asked for.
 //! * [`vm`]: one VM: memory, payload, vCPU threads, lifecycle.
 //! * [`vcpu_runner`]: the vCPU loop and the lease / immediate-exit protocol.
 //! * [`exit_dispatch`]: what each exit means, as a pure function.
-//! * [`certs_service`]: a VM's certs configuration, busy budget, counters
-//!   and events.
+//! * [`certs_service`]: a VM's certs configuration, busy budget, counters,
+//!   logs and events.
+//! * [`fault_log`]: a fault logged when it starts, then at most once per
+//!   interval, and when it clears.
 //! * [`doorbell`]: the emulated guest-request doorbell for hosts without SNP.
 //! * [`pio`]: the port-I/O bus payloads attach their devices to.
 //! * [`shared_pages`]: which pages an SNP guest shared with the host.
@@ -35,6 +39,7 @@ pub mod backend;
 pub mod certs_service;
 pub mod doorbell;
 pub mod exit_dispatch;
+pub mod fault_log;
 pub mod payload;
 pub mod pio;
 pub mod shared_pages;

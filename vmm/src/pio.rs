@@ -7,6 +7,10 @@
 //! doorbell port. An `IN` from a port no device claims reads all ones, as
 //! on an empty ISA bus; an `OUT` to one is ignored.
 //!
+//! An access costs no allocation: a write's bytes are lent to the device
+//! straight from the exit, a read's answer goes into a buffer on the vCPU
+//! thread's stack.
+//!
 //! Devices run on the vCPU thread that made the access and must return
 //! promptly; one that pauses the vCPU (a guest's "sleep") waits on the
 //! VM's [`StopSignal`](crate::stop::StopSignal) so a shutdown cuts it short.

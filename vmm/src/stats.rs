@@ -1,13 +1,16 @@
 //! Counters of one VM's certificate requests.
 //!
-//! Updated by vCPU threads on every request and lease release, read by the
-//! API. Counters are atomics; the per-reason map and the window of recent
-//! lock waits (for percentiles) sit behind short mutexes that vCPUs hold
-//! for a few instructions.
+//! Updated by vCPU threads after each request's lease is released, read by
+//! the API. Every counter is an atomic: the answers and reasons are arrays
+//! indexed by [`OutcomeKind::index`] and [`Reason::index`], and the recent
+//! lock waits (for percentiles) are a ring of atomics, so no vCPU ever
+//! waits for another or for an API reader. Under concurrent updates the
+//! ring is approximate (a slot being rewritten may be read before or
+//! after), which percentiles over thousands of samples do not notice.
 
-use std::collections::{HashMap, VecDeque};
+use std::array;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use snp_certs::{Outcome, OutcomeKind, Reason};
@@ -17,25 +20,34 @@ use vmm_api::{LockWaitSummary, OutcomeCounts, VmCounters};
 pub const LOCK_WAIT_WINDOW: usize = 4096;
 
 /// Live counters of one VM's certificate requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestStats {
-    outcomes: [AtomicU64; 4],
-    reasons: Mutex<HashMap<Reason, u64>>,
-    fallbacks: Mutex<HashMap<Reason, u64>>,
+    outcomes: [AtomicU64; OutcomeKind::ALL.len()],
+    reasons: [AtomicU64; Reason::ALL.len()],
+    fallbacks: [AtomicU64; Reason::ALL.len()],
     bytes_delivered: AtomicU64,
+    /// Requests that asked for the lock; also where the next wait goes in
+    /// `recent_waits_us` (modulo the window).
     lock_waits: AtomicU64,
-    recent_waits_us: Mutex<VecDeque<u64>>,
+    recent_waits_us: Box<[AtomicU64; LOCK_WAIT_WINDOW]>,
     lock_wait_max_us: AtomicU64,
     leases_held: AtomicU64,
     leases_released: AtomicU64,
 }
 
-fn index(kind: OutcomeKind) -> usize {
-    match kind {
-        OutcomeKind::Delivered => 0,
-        OutcomeKind::NeedPages => 1,
-        OutcomeKind::Busy => 2,
-        OutcomeKind::Failed => 3,
+impl Default for RequestStats {
+    fn default() -> RequestStats {
+        RequestStats {
+            outcomes: array::from_fn(|_| AtomicU64::new(0)),
+            reasons: array::from_fn(|_| AtomicU64::new(0)),
+            fallbacks: array::from_fn(|_| AtomicU64::new(0)),
+            bytes_delivered: AtomicU64::new(0),
+            lock_waits: AtomicU64::new(0),
+            recent_waits_us: Box::new(array::from_fn(|_| AtomicU64::new(0))),
+            lock_wait_max_us: AtomicU64::new(0),
+            leases_held: AtomicU64::new(0),
+            leases_released: AtomicU64::new(0),
+        }
     }
 }
 
@@ -44,8 +56,10 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl RequestStats {
-    /// Counts one answered request.
-    pub fn record(&self, outcome: &Outcome) {
+    /// Counts one answered request; `leased` says whether it held a lease
+    /// (counted as taken and, by [`RequestStats::lease_released`],
+    /// released).
+    pub fn record(&self, outcome: &Outcome, leased: bool) {
         let Outcome {
             kind,
             reason,
@@ -55,21 +69,10 @@ impl RequestStats {
             fallback,
             ..
         } = *outcome;
-        let lease = outcome.lease.is_some();
-        self.outcomes[index(kind)].fetch_add(1, Ordering::Relaxed);
-        *self
-            .reasons
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(reason)
-            .or_default() += 1;
+        self.outcomes[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.reasons[reason.index()].fetch_add(1, Ordering::Relaxed);
         if fallback {
-            *self
-                .fallbacks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(reason)
-                .or_default() += 1;
+            self.fallbacks[reason.index()].fetch_add(1, Ordering::Relaxed);
         }
         if kind == OutcomeKind::Delivered {
             self.bytes_delivered
@@ -77,18 +80,11 @@ impl RequestStats {
         }
         if lock_tried {
             let us = micros(lock_wait);
-            self.lock_waits.fetch_add(1, Ordering::Relaxed);
+            let at = self.lock_waits.fetch_add(1, Ordering::Relaxed);
+            self.recent_waits_us[slot(at)].store(us, Ordering::Relaxed);
             self.lock_wait_max_us.fetch_max(us, Ordering::Relaxed);
-            let mut recent = self
-                .recent_waits_us
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if recent.len() == LOCK_WAIT_WINDOW {
-                recent.pop_front();
-            }
-            recent.push_back(us);
         }
-        if lease {
+        if leased {
             self.lease_taken();
         }
     }
@@ -115,37 +111,38 @@ impl RequestStats {
     /// A copy of all counters, as the API shows them.
     /// (`events_dropped` is the event monitor's; the caller fills it.)
     pub fn snapshot(&self) -> VmCounters {
-        let count = |k| self.outcomes[index(k)].load(Ordering::Relaxed);
+        let count = |k: OutcomeKind| self.outcomes[k.index()].load(Ordering::Relaxed);
         let requests = OutcomeCounts {
             delivered: count(OutcomeKind::Delivered),
             need_pages: count(OutcomeKind::NeedPages),
             busy: count(OutcomeKind::Busy),
             failed: count(OutcomeKind::Failed),
         };
-        let by_name = |map: &Mutex<HashMap<Reason, u64>>| {
-            map.lock()
-                .unwrap_or_else(PoisonError::into_inner)
+        // Only the reasons seen, by name.
+        let by_name = |counters: &[AtomicU64; Reason::ALL.len()]| -> BTreeMap<String, u64> {
+            Reason::ALL
                 .iter()
-                .map(|(r, n)| (r.as_str().to_owned(), *n))
+                .filter_map(|r| {
+                    let n = counters[r.index()].load(Ordering::Relaxed);
+                    (n > 0).then(|| (r.as_str().to_owned(), n))
+                })
                 .collect()
         };
-        let reasons = by_name(&self.reasons);
-        let fallbacks = by_name(&self.fallbacks);
-        let mut waits: Vec<u64> = self
-            .recent_waits_us
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let lock_waits = self.lock_waits.load(Ordering::Relaxed);
+        let kept =
+            usize::try_from(lock_waits).map_or(LOCK_WAIT_WINDOW, |n| n.min(LOCK_WAIT_WINDOW));
+        let mut waits: Vec<u64> = self.recent_waits_us[..kept]
             .iter()
-            .copied()
+            .map(|w| w.load(Ordering::Relaxed))
             .collect();
         waits.sort_unstable();
         VmCounters {
             requests,
-            reasons,
-            fallbacks,
+            reasons: by_name(&self.reasons),
+            fallbacks: by_name(&self.fallbacks),
             bytes_delivered: self.bytes_delivered.load(Ordering::Relaxed),
             lock_wait_us: LockWaitSummary {
-                count: self.lock_waits.load(Ordering::Relaxed),
+                count: lock_waits,
                 p50: percentile(&waits, 50),
                 p90: percentile(&waits, 90),
                 p99: percentile(&waits, 99),
@@ -156,6 +153,12 @@ impl RequestStats {
             events_dropped: 0,
         }
     }
+}
+
+/// The ring slot of the `n`th lock wait.
+fn slot(n: u64) -> usize {
+    // The window is a power of two far below u64::MAX: the remainder fits.
+    (n % LOCK_WAIT_WINDOW as u64) as usize
 }
 
 /// The `p`th percentile (nearest rank) of sorted values; 0 when empty.
@@ -182,14 +185,26 @@ mod tests {
     #[test]
     fn counts_outcomes_reasons_fallbacks_bytes_and_waits() {
         let s = RequestStats::default();
-        s.record(&outcome(OutcomeKind::Delivered, Reason::Served, 100, 1));
-        s.record(&outcome(OutcomeKind::Delivered, Reason::NoCertsFile, 24, 0));
-        s.record(&outcome(OutcomeKind::Busy, Reason::LockTimeout, 0, 100));
-        s.record(&outcome(OutcomeKind::NeedPages, Reason::SizeQuery, 5000, 0));
+        s.record(
+            &outcome(OutcomeKind::Delivered, Reason::Served, 100, 1),
+            true,
+        );
+        s.record(
+            &outcome(OutcomeKind::Delivered, Reason::NoCertsFile, 24, 0),
+            false,
+        );
+        s.record(
+            &outcome(OutcomeKind::Busy, Reason::LockTimeout, 0, 100),
+            false,
+        );
+        s.record(
+            &outcome(OutcomeKind::NeedPages, Reason::SizeQuery, 5000, 0),
+            false,
+        );
         let mut fallback = outcome(OutcomeKind::Delivered, Reason::FileMissing, 24, 0);
         fallback.fallback = true;
         fallback.lock_tried = false;
-        s.record(&fallback);
+        s.record(&fallback, false);
         let snap = s.snapshot();
         assert_eq!(snap.requests.delivered, 3);
         assert_eq!(snap.requests.busy, 1);
@@ -197,11 +212,14 @@ mod tests {
         assert_eq!(snap.requests.total(), 5);
         assert_eq!(snap.reasons["lock-timeout"], 1);
         assert_eq!(snap.reasons["no-certs-file"], 1);
+        assert_eq!(snap.reasons.len(), 5, "only the reasons seen");
         assert_eq!(snap.fallbacks.len(), 1);
         assert_eq!(snap.fallbacks["file-missing"], 1);
         assert_eq!(snap.bytes_delivered, 148);
         assert_eq!(snap.lock_wait_us.count, 3);
         assert_eq!(snap.lock_wait_us.max, 100_000);
+        assert_eq!(snap.lock_wait_us.p99, 100_000);
+        assert_eq!((snap.leases_held, snap.leases_released), (1, 0));
     }
 
     #[test]
@@ -228,13 +246,41 @@ mod tests {
     fn window_keeps_only_recent_waits() {
         let s = RequestStats::default();
         for _ in 0..LOCK_WAIT_WINDOW {
-            s.record(&outcome(OutcomeKind::Busy, Reason::LockTimeout, 0, 1000));
+            s.record(
+                &outcome(OutcomeKind::Busy, Reason::LockTimeout, 0, 1000),
+                false,
+            );
         }
         for _ in 0..LOCK_WAIT_WINDOW {
-            s.record(&outcome(OutcomeKind::Delivered, Reason::Served, 1, 0));
+            s.record(
+                &outcome(OutcomeKind::Delivered, Reason::Served, 1, 0),
+                false,
+            );
         }
         let w = s.snapshot().lock_wait_us;
         assert_eq!((w.p50, w.p90, w.p99), (0, 0, 0));
         assert_eq!(w.max, 1_000_000);
+        assert_eq!(w.count, 2 * LOCK_WAIT_WINDOW as u64);
+    }
+
+    #[test]
+    fn many_threads_count_every_request() {
+        let s = RequestStats::default();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        s.record(&outcome(OutcomeKind::Delivered, Reason::Served, 2, 0), true);
+                        s.lease_released();
+                    }
+                });
+            }
+        });
+        let snap = s.snapshot();
+        assert_eq!(snap.requests.delivered, 4000);
+        assert_eq!(snap.reasons["served"], 4000);
+        assert_eq!(snap.bytes_delivered, 8000);
+        assert_eq!(snap.lock_wait_us.count, 4000);
+        assert_eq!((snap.leases_held, snap.leases_released), (0, 4000));
     }
 }

@@ -16,21 +16,24 @@
 //! 3. drops the lease, whatever that run returned,
 //! 4. clears `immediate_exit` and carries on.
 //!
-//! Nothing else happens between writing the answer and dropping the lease:
-//! the payload's [`RequestObserver`] hears of the request only after
-//! step 3. The emulated doorbell goes through the very same steps, so the
-//! pipeline is exercised end to end on hosts without SNP.
+//! Nothing else happens between taking the lock and dropping the lease:
+//! the lock, the read, the copy into guest memory, completing the exit and
+//! the immediate-exit run. Counting, logging and events
+//! ([`CertsService::report`]) and the payload's [`RequestObserver`] come
+//! only after step 3. The emulated doorbell goes through the very same
+//! steps, so the pipeline is exercised end to end on hosts without SNP.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hypervisor::{
     GuestMemoryMmap, HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VmExit,
 };
-use snp_certs::serve::{CertsRequest, Outcome};
+use snp_certs::serve::CertsRequest;
 use snp_certs::{CertsReader, Lease};
 use vmm_api::error_chain;
 
-use crate::certs_service::{CertsService, RequestSource};
+use crate::certs_service::{CertsService, RequestSource, Served};
 use crate::doorbell::Mailbox;
 use crate::exit_dispatch::{ExitAction, VcpuEnd, dispatch};
 use crate::payload::{Answered, RequestObserver};
@@ -98,7 +101,7 @@ impl VcpuRunner {
         VcpuRunner {
             id,
             vcpu,
-            reader: CertsReader::with_cancel(shared.stop.flag()),
+            reader: CertsReader::for_vcpu(shared.stop.flag()),
             shared,
         }
     }
@@ -139,19 +142,12 @@ impl VcpuRunner {
                 ExitAction::ServeCerts(request) => self.answer_kvm(request),
                 ExitAction::RingDoorbell { mailbox } => self.answer_doorbell(mailbox),
                 ExitAction::PioWrite { port, data } => {
-                    if !self.shared.bus.write(self.id, port, &data) {
+                    if !self.shared.bus.write(self.id, port, data) {
                         log::debug!("vcpu {}: OUT to port {port:#x} with no device", self.id);
                     }
                     Ok(None)
                 }
-                ExitAction::PioRead { port, size } => {
-                    let mut data = vec![0; usize::from(size)];
-                    self.shared.bus.read(self.id, port, &mut data);
-                    self.vcpu
-                        .complete_io_in(&data)
-                        .map(|()| None)
-                        .map_err(RunnerError::from)
-                }
+                ExitAction::PioRead { port, size } => self.port_in(port, size),
                 ExitAction::ConvertPages {
                     gpa,
                     len,
@@ -172,14 +168,29 @@ impl VcpuRunner {
         }
     }
 
-    /// The one handler every request source goes through.
-    fn serve(&mut self, request: CertsRequest, source: RequestSource) -> Outcome {
+    /// Answers an `IN` from the port-I/O bus (at most 8 bytes, as an x86
+    /// `IN` moves at most 4: nothing to allocate).
+    fn port_in(&mut self, port: u16, size: u8) -> Result<Option<VmExit>, RunnerError> {
+        let mut buffer = [0u8; 8];
+        let data = &mut buffer[..usize::from(size).min(8)];
+        self.shared.bus.read(self.id, port, data);
+        self.vcpu
+            .complete_io_in(data)
+            .map(|()| None)
+            .map_err(RunnerError::from)
+    }
+
+    /// The one handler every request source goes through: answers inside
+    /// the lease window, nothing more.
+    fn serve(&mut self, request: CertsRequest, source: RequestSource) -> Served {
+        let shared_pages = self.shared.shared_pages.as_deref();
+        let is_shared = |gpa, len| shared_pages.is_none_or(|pages| pages.is_shared(gpa, len));
         self.shared.certs.serve(
-            self.id,
             source,
             &mut self.reader,
             request,
             &*self.shared.memory,
+            &is_shared,
         )
     }
 
@@ -188,19 +199,14 @@ impl VcpuRunner {
             gpa: request.gpa,
             npages: request.npages,
         };
-        let mut outcome = if self.buffer_shared(request) {
-            self.serve(request, RequestSource::Kvm)
-        } else {
-            self.shared
-                .certs
-                .refuse_private_buffer(self.id, RequestSource::Kvm, request)
-        };
+        let mut served = self.serve(request, RequestSource::Kvm);
         let completed = self.vcpu.complete_snp_req_certs(SnpCertsCompletion {
-            ret: outcome.ret(),
-            npages: outcome.npages,
+            ret: served.outcome.ret(),
+            npages: served.outcome.npages,
         });
-        let next = self.finish(outcome.lease.take(), completed.map_err(RunnerError::from));
-        self.observe(request, &outcome);
+        let lease = served.outcome.lease.take();
+        let (next, held) = self.finish(lease, completed.map_err(RunnerError::from));
+        self.after_release(&served, held);
         next
     }
 
@@ -216,30 +222,20 @@ impl VcpuRunner {
             gpa: mailbox.gpa,
             npages: mailbox.npages,
         };
-        let mut outcome = self.serve(request, RequestSource::Doorbell);
-        if let Err(e) = Mailbox::write_answer(
+        let mut served = self.serve(request, RequestSource::Doorbell);
+        let answered = Mailbox::write_answer(
             &*self.shared.memory,
             mailbox_gpa,
-            outcome.ret(),
-            outcome.npages,
-        ) {
+            served.outcome.ret(),
+            served.outcome.npages,
+        );
+        let lease = served.outcome.lease.take();
+        let (next, held) = self.finish(lease, Ok(()));
+        if let Err(e) = answered {
             log::warn!("vcpu {}: doorbell answer lost: {e}", self.id);
         }
-        let next = self.finish(outcome.lease.take(), Ok(()));
-        self.observe(request, &outcome);
+        self.after_release(&served, held);
         next
-    }
-
-    /// Whether the guest's whole buffer is memory it shared with the host
-    /// (always, on a VM without private memory).
-    fn buffer_shared(&self, request: CertsRequest) -> bool {
-        let Some(pages) = &self.shared.shared_pages else {
-            return true;
-        };
-        match request.npages.checked_mul(4096) {
-            Some(len) => pages.is_shared(request.gpa, len),
-            None => false,
-        }
     }
 
     /// Converts guest pages between private and shared, as an SNP guest
@@ -282,12 +278,15 @@ impl VcpuRunner {
         Ok(None)
     }
 
-    /// Tells the payload's observer, after the lease is gone.
-    fn observe(&self, request: CertsRequest, outcome: &Outcome) {
+    /// What follows the release: the service counts, logs and reports
+    /// the answer, then the payload's observer hears of it.
+    fn after_release(&self, served: &Served, held: Option<Duration>) {
+        self.shared.certs.report(self.id, served, held);
         if let Some(observer) = &self.shared.observer {
+            let outcome = &served.outcome;
             observer.answered(&Answered {
                 vcpu: self.id,
-                request,
+                request: served.request,
                 kind: outcome.kind,
                 reason: outcome.reason,
                 bytes: outcome.bytes,
@@ -297,37 +296,34 @@ impl VcpuRunner {
 
     /// Steps 1 to 4 of the lease protocol (see the module docs). Returns
     /// a real exit if the immediate-exit run produced one (KVM does not,
-    /// but if it did the exit must still be handled, after the release).
+    /// but if it did the exit must still be handled, after the release),
+    /// and how long the lease was held, if there was one.
     fn finish(
         &mut self,
         lease: Option<Lease>,
         completed: Result<(), RunnerError>,
-    ) -> Result<Option<VmExit>, RunnerError> {
+    ) -> (Result<Option<VmExit>, RunnerError>, Option<Duration>) {
         let Some(lease) = lease else {
-            return completed.map(|()| None);
+            return (completed.map(|()| None), None);
         };
         if let Err(e) = completed {
-            self.release(lease);
-            return Err(e);
+            return (Err(e), Some(lease.release()));
         }
         self.vcpu.set_immediate_exit(true);
         let run = self.vcpu.run();
-        self.release(lease);
+        let held = lease.release();
         self.vcpu.set_immediate_exit(false);
-        match run? {
-            VmExit::Interrupted => Ok(None),
-            other => {
+        let next = match run {
+            Ok(VmExit::Interrupted) => Ok(None),
+            Ok(other) => {
                 log::warn!(
                     "vcpu {}: the immediate-exit run returned {other:?}, not EINTR",
                     self.id
                 );
                 Ok(Some(other))
             }
-        }
-    }
-
-    fn release(&self, lease: Lease) {
-        let held = lease.release();
-        self.shared.certs.lease_released(self.id, held);
+            Err(e) => Err(RunnerError::from(e)),
+        };
+        (next, Some(held))
     }
 }

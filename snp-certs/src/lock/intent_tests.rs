@@ -3,6 +3,7 @@
 //! behind a waiting writer.
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 
 use super::*;
@@ -136,21 +137,15 @@ fn a_reader_waiting_at_the_intent_byte_gets_the_lock_after_the_writer() {
     });
     let probe = open_rw(&tmp);
     // Wait until the reader is blocked (it shows in /proc/locks as "->").
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains("->"))
-    {
-        assert!(Instant::now() < deadline, "the reader never blocked");
-        std::thread::yield_now();
-    }
+    wait_for_waiters(probe.metadata().unwrap().ino(), 1);
     unlock(&writer).unwrap();
     let (result, reader) = handle.join().unwrap();
     assert!(result.unwrap() > Duration::ZERO);
     // The reader holds its range, not the intent byte: a writer can
     // announce itself at once.
-    assert!(!intent_taken(&probe));
+    let t = LockKind::Exclusive.fcntl_type();
+    assert!(try_one(&probe, &intent(t)).unwrap());
+    unlock(&probe).unwrap();
     assert!(!plain_try(&probe, LockKind::Exclusive));
     unlock(&reader).unwrap();
 }
@@ -166,4 +161,68 @@ fn a_writer_that_times_out_withdraws_its_intent() {
     }
     assert!(!intent_taken(&probe));
     assert!(try_lock(&probe, LockKind::Shared).unwrap());
+}
+
+/// Polls (with a deadline) until `/proc/locks` shows `waiters` blocked
+/// lock requests (lines with `->`) on the file with inode `ino`.
+fn wait_for_waiters(ino: u64, waiters: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let suffix = format!(":{ino} ");
+        let blocked = locks
+            .lines()
+            .filter(|l| l.contains("->") && l.contains(&suffix))
+            .count();
+        if blocked >= waiters {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saw {waiters} waiters");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_reader_queued_behind_a_waiting_writer_gets_the_lock_after_it_and_not_the_byte() {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    let ino = tmp.as_file().metadata().unwrap().ino();
+    let (first, late, probe) = (open_rw(&tmp), open_rw(&tmp), open_rw(&tmp));
+    let writer = open_rw(&tmp);
+    assert!(try_lock(&first, LockKind::Shared).unwrap());
+    // The writer announces itself (the intent byte alone) and waits for
+    // `first`.
+    let (writer_tx, writer_rx) = mpsc::channel();
+    let writer_thread = std::thread::spawn(move || {
+        lock(&writer, LockKind::Exclusive, Duration::from_secs(30)).unwrap();
+        writer_tx.send(()).unwrap();
+        writer
+    });
+    wait_for_intent(&probe);
+    wait_for_waiters(ino, 1);
+    // A new reader queues behind it: one blocked request.
+    let late_thread = std::thread::spawn(move || {
+        let waited = lock(&late, LockKind::Shared, Duration::from_secs(30));
+        (waited, late)
+    });
+    wait_for_waiters(ino, 2);
+    unlock(&first).unwrap();
+    writer_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the writer got the lock");
+    let writer = writer_thread.join().unwrap();
+    assert!(
+        !late_thread.is_finished(),
+        "the late reader must wait for the writer"
+    );
+    unlock(&writer).unwrap();
+    let (waited, late) = late_thread.join().unwrap();
+    assert!(waited.unwrap() > Duration::ZERO);
+    // It holds its range but let go of the intent byte: the next writer
+    // can announce itself.
+    let t = LockKind::Exclusive.fcntl_type();
+    assert!(try_one(&probe, &intent(t)).unwrap());
+    unlock(&probe).unwrap();
+    assert!(!plain_try(&probe, LockKind::Exclusive));
+    unlock(&late).unwrap();
+    assert!(plain_try(&probe, LockKind::Exclusive));
 }

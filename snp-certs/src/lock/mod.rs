@@ -61,11 +61,16 @@
 //!   returning;
 //! * our **reader** ([`LockKind::Shared`]) first asks (`F_OFD_GETLK`, which
 //!   takes nothing) whether a shared lock on the intent byte would
-//!   conflict; if so, a writer holds or waits, and the reader waits
-//!   (within its timeout, with the same timer) for a shared lock on the
-//!   intent byte, which it drops at once. Then it takes its shared lock on
-//!   `[0, INTENT_OFFSET)`, every byte a certs file can have, but not the
-//!   intent byte.
+//!   conflict. If not, it takes its shared lock on `[0, INTENT_OFFSET)`,
+//!   every byte a certs file can have, but not the intent byte. If so, a
+//!   writer holds or waits, and the reader waits behind it (within its
+//!   timeout, with the same timer), in one sleep: when the conflicting
+//!   lock starts at offset 0 (a whole-file lock: a plain writer, or ours
+//!   once it holds the file), for its range alone, which that lock's
+//!   release frees together with the byte; when it is the intent byte
+//!   alone (our writer announced itself and waits for readers), for the
+//!   range and the byte together (`[0, INTENT_OFFSET]`), dropping the byte
+//!   as soon as it has it.
 //!
 //! Every pairing, ours with ours and ours with whole-file lockers such as
 //! QEMU's `qemu_lock_fd` (rows hold, columns ask):
@@ -111,7 +116,7 @@ pub use holders::{Holder, holders};
 
 /// The longest a cancellable wait goes without looking at its cancel flag.
 pub const CANCEL_CHECK: Duration = Duration::from_millis(50);
-pub use timer::lock_timer_signal;
+pub use timer::{arms as timer_arms, lock_timer_signal, settle as settle_timer};
 
 /// Which lock to take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,9 +213,9 @@ fn setlk(file: &File, fl: &libc::flock, wait: bool) -> io::Result<()> {
     }
 }
 
-/// Whether another description holds a lock that conflicts with `fl`
+/// The lock of another description that conflicts with `fl`, if any
 /// (`F_OFD_GETLK`, which takes nothing).
-fn conflicts(file: &File, fl: &libc::flock) -> io::Result<bool> {
+fn conflicting(file: &File, fl: &libc::flock) -> io::Result<Option<libc::flock>> {
     let mut probe = *fl;
     // SAFETY: the fd is valid for the lifetime of `file`, and `probe` is a
     // properly initialised `flock` the kernel overwrites in place.
@@ -218,7 +223,13 @@ fn conflicts(file: &File, fl: &libc::flock) -> io::Result<bool> {
     if ret == -1 {
         return Err(io::Error::last_os_error());
     }
-    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+    Ok((probe.l_type != libc::F_UNLCK as libc::c_short).then_some(probe))
+}
+
+/// Whether another description holds a lock that conflicts with `fl`.
+#[cfg(test)]
+fn conflicts(file: &File, fl: &libc::flock) -> io::Result<bool> {
+    conflicting(file, fl).map(|holder| holder.is_some())
 }
 
 fn is_conflict(e: &io::Error) -> bool {
@@ -241,17 +252,40 @@ fn unlock_intent(file: &File) {
     }
 }
 
+/// What the first, non-blocking try of a shared lock found.
+enum SharedTry {
+    /// The lock is taken.
+    Taken,
+    /// A lock conflicts with the intent byte (a writer holds or waits):
+    /// the lock that does, as `F_OFD_GETLK` reported it.
+    Writer(libc::flock),
+    /// Nothing holds the intent byte, but an exclusive lock covers part
+    /// of the reader's range.
+    Range,
+}
+
+/// A reader's first try: ask whether a writer holds or waits at the intent
+/// byte; if not, try the range lock.
+fn try_shared(file: &File) -> io::Result<SharedTry> {
+    let t = LockKind::Shared.fcntl_type();
+    // Only an exclusive lock conflicts with a shared one, and two cannot
+    // coexist on one byte: this is *the* writer at the intent byte.
+    if let Some(writer) = conflicting(file, &intent(t))? {
+        return Ok(SharedTry::Writer(writer));
+    }
+    Ok(if try_one(file, &reader_range(t))? {
+        SharedTry::Taken
+    } else {
+        SharedTry::Range
+    })
+}
+
 /// Tries once to take the lock. `Ok(false)` when another holder conflicts
 /// (for a reader: also when a writer of ours is waiting).
 pub fn try_lock(file: &File, kind: LockKind) -> io::Result<bool> {
     let t = kind.fcntl_type();
     match kind {
-        LockKind::Shared => {
-            if conflicts(file, &intent(t))? {
-                return Ok(false);
-            }
-            try_one(file, &reader_range(t))
-        }
+        LockKind::Shared => Ok(matches!(try_shared(file)?, SharedTry::Taken)),
         LockKind::Exclusive => {
             if !try_one(file, &intent(t))? {
                 return Ok(false);
@@ -283,6 +317,9 @@ struct Wait<'a> {
     deadline: Option<Instant>,
     timeout: Duration,
     cancel: Option<&'a AtomicBool>,
+    /// Whether a wait that got its lock leaves the timer lingering for
+    /// [`unlock`] to disarm (see [`lock_for_lease`]).
+    linger: bool,
 }
 
 impl Wait<'_> {
@@ -309,9 +346,18 @@ impl Wait<'_> {
                 Some(_) => remaining.min(CANCEL_CHECK),
                 None => remaining,
             };
-            let armed = timer::ArmedTimer::arm(remaining).map_err(LockError::Timer)?;
+            let armed = if self.linger {
+                timer::ArmedTimer::arm_or_reuse(remaining)
+            } else {
+                timer::ArmedTimer::arm(remaining)
+            }
+            .map_err(LockError::Timer)?;
             let result = setlk(file, fl, true);
-            drop(armed);
+            if result.is_ok() && self.linger {
+                armed.linger();
+            } else {
+                drop(armed);
+            }
             match result {
                 Ok(()) => return Ok(()),
                 // Our timer, or any other signal: re-check the deadline.
@@ -338,27 +384,79 @@ pub fn lock_or_cancel(
     timeout: Duration,
     cancel: Option<&AtomicBool>,
 ) -> Result<Duration, LockError> {
+    let mut since = None;
+    let waited = lock_since(file, kind, timeout, &mut since, cancel, false)?;
+    Ok(match (waited, since) {
+        (true, Some(start)) => start.elapsed(),
+        _ => Duration::ZERO,
+    })
+}
+
+/// A reader's shared lock for a lease, as a vCPU takes it: [`lock_or_cancel`]
+/// with [`LockKind::Shared`], except that a wait leaves its timeout timer
+/// armed ("lingering") once it has the lock, and the thread's next such
+/// wait reuses it when it fires no later than that wait's deadline. That
+/// takes the timer's system calls out of most waits, and out of the time
+/// between the writer's unlock and the reader holding the lock. The
+/// price: a lingering timer that fires while the thread does something
+/// else interrupts one system call with `EINTR` (its handler then disarms
+/// it), no later than the deadline of the wait that armed it. A vCPU
+/// thread sees that as one more kick; use it only on threads that handle
+/// `EINTR`, or call [`timer::settle`](settle_timer) when done.
+pub fn lock_for_lease(
+    file: &File,
+    timeout: Duration,
+    cancel: Option<&AtomicBool>,
+) -> Result<Duration, LockError> {
+    let mut since = None;
+    let waited = lock_since(file, LockKind::Shared, timeout, &mut since, cancel, true)?;
+    Ok(match (waited, since) {
+        (true, Some(start)) => start.elapsed(),
+        _ => Duration::ZERO,
+    })
+}
+
+/// [`lock_or_cancel`] for one step of a longer request (open, lock,
+/// re-check, perhaps again): `since` is when the request's clock started.
+/// The deadline is `since + timeout`, so all the steps together never wait
+/// longer than `timeout`; if `since` is `None` when a wait must begin, it
+/// is set to now (a request that never waits reads no clock). `linger`:
+/// as [`lock_for_lease`]. Returns whether it waited (as opposed to taking
+/// the lock at the first try); errors report the time since `since`.
+pub(crate) fn lock_since(
+    file: &File,
+    kind: LockKind,
+    timeout: Duration,
+    since: &mut Option<Instant>,
+    cancel: Option<&AtomicBool>,
+    linger: bool,
+) -> Result<bool, LockError> {
     let t = kind.fcntl_type();
     // The first try. A writer keeps the intent byte if it got it: it
     // announces itself before it starts waiting for the readers.
     let mut has_intent = false;
+    let mut first = SharedTry::Range;
     let taken = match kind {
-        LockKind::Shared => try_lock(file, kind).map_err(LockError::Fcntl)?,
+        LockKind::Shared => {
+            first = try_shared(file).map_err(LockError::Fcntl)?;
+            matches!(first, SharedTry::Taken)
+        }
         LockKind::Exclusive => {
             has_intent = try_one(file, &intent(t)).map_err(LockError::Fcntl)?;
             has_intent && try_one(file, &whole_file(t)).map_err(LockError::Fcntl)?
         }
     };
     if taken {
-        return Ok(Duration::ZERO);
+        return Ok(false);
     }
-    let start = Instant::now();
+    let start = *since.get_or_insert_with(Instant::now);
     let early = if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
         // Never start waiting once the caller is stopping.
         Some(LockError::Cancelled {
             waited: Duration::ZERO,
         })
     } else if timeout.is_zero() {
+        // A single try waits for nothing.
         Some(LockError::Timeout {
             waited: Duration::ZERO,
         })
@@ -377,17 +475,26 @@ pub fn lock_or_cancel(
         deadline: start.checked_add(timeout),
         timeout,
         cancel,
+        linger,
     };
     match kind {
-        LockKind::Shared => {
-            if conflicts(file, &intent(t)).map_err(LockError::Fcntl)? {
-                // A writer holds or waits: queue behind it, then let go of
-                // the byte at once so the next writer can announce itself.
-                wait.wait_for(file, &intent(t))?;
+        LockKind::Shared => match first {
+            // A lock from offset 0 over the intent byte (a plain writer's
+            // whole-file lock, or ours once it holds the file): its
+            // release frees the range and the byte together.
+            SharedTry::Writer(writer) if writer.l_start == 0 => {
+                wait.wait_for(file, &reader_range(t))?;
+            }
+            // Our writer announced itself and waits for readers: queue
+            // behind it for the byte and the range in one sleep, then let
+            // go of the byte at once so the next writer can announce
+            // itself.
+            SharedTry::Writer(_) => {
+                wait.wait_for(file, &range(t, 0, INTENT_OFFSET + 1))?;
                 unlock_intent(file);
             }
-            wait.wait_for(file, &reader_range(t))?;
-        }
+            SharedTry::Range | SharedTry::Taken => wait.wait_for(file, &reader_range(t))?,
+        },
         LockKind::Exclusive => {
             if !has_intent {
                 wait.wait_for(file, &intent(t))?;
@@ -398,7 +505,7 @@ pub fn lock_or_cancel(
             }
         }
     }
-    Ok(start.elapsed())
+    Ok(true)
 }
 
 /// Releases whatever OFD lock `file`'s open file description holds.

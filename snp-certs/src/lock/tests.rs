@@ -236,3 +236,156 @@ fn a_set_cancel_flag_ends_the_wait_without_any_signal() {
         Err(LockError::Cancelled { waited }) if waited == Duration::ZERO
     ));
 }
+
+/// Sleeps `ms` in one `nanosleep`; whether a signal cut it short.
+fn sleep_interrupted(ms: u64) -> bool {
+    let request = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: (ms * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: `request` outlives the call; no remainder is asked for.
+    let ret = unsafe { libc::nanosleep(&request, std::ptr::null_mut()) };
+    ret == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+}
+
+/// Takes a lease lock on `b` that has to wait for `a`'s holder (released
+/// once the wait is seen), with `timeout`, on a new thread that then runs
+/// `after` with the lock held.
+fn leased_after_a_wait<T: Send + 'static>(
+    timeout: Duration,
+    after: impl FnOnce(&File) -> T + Send + 'static,
+) -> T {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let path = tmp.path().to_owned();
+    let waiter = std::thread::spawn(move || {
+        let waited = lock_for_lease(&b, timeout, None).unwrap();
+        assert!(waited > Duration::ZERO, "it waited");
+        let _keep = tmp;
+        after(&b)
+    });
+    wait_for_blocked_waiter(&path);
+    unlock(&a).unwrap();
+    waiter.join().unwrap()
+}
+
+/// One more lease wait on this thread for `b`, behind a new holder of
+/// `a` released once the wait is seen.
+fn wait_again(path: &Path, b: &File, timeout: Duration) -> Result<Duration, LockError> {
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let path = path.to_owned();
+    let releaser = std::thread::spawn(move || {
+        wait_for_blocked_waiter(&path);
+        unlock(&a).unwrap();
+    });
+    let waited = lock_for_lease(b, timeout, None);
+    releaser.join().unwrap();
+    waited
+}
+
+#[test]
+fn the_next_lease_wait_reuses_a_lingering_timer_that_fires_in_time() {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let path = tmp.path().to_owned();
+    let releaser = std::thread::spawn(move || {
+        wait_for_blocked_waiter(&path);
+        unlock(&a).unwrap();
+    });
+    let arms = timer_arms();
+    lock_for_lease(&b, Duration::from_secs(10), None).unwrap();
+    releaser.join().unwrap();
+    unlock(&b).unwrap();
+    assert_eq!(timer_arms(), arms + 1, "the first wait arms the timer");
+    // The next wait's deadline is later than the lingering timer's expiry:
+    // reused, no system call.
+    wait_again(tmp.path(), &b, Duration::from_secs(20)).unwrap();
+    unlock(&b).unwrap();
+    assert_eq!(timer_arms(), arms + 1, "reused");
+    // A wait with a shorter timeout cannot use a timer that fires later.
+    wait_again(tmp.path(), &b, Duration::from_secs(1)).unwrap();
+    unlock(&b).unwrap();
+    assert_eq!(
+        timer_arms(),
+        arms + 2,
+        "armed again for the earlier deadline"
+    );
+    settle_timer();
+    assert!(!sleep_interrupted(20), "settled");
+}
+
+#[test]
+fn a_reused_timer_still_ends_the_wait_at_its_deadline() {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let path = tmp.path().to_owned();
+    let releaser = std::thread::spawn(move || {
+        wait_for_blocked_waiter(&path);
+        unlock(&a).unwrap();
+    });
+    lock_for_lease(&b, Duration::from_millis(300), None).unwrap();
+    releaser.join().unwrap();
+    unlock(&b).unwrap();
+    // A holder that never lets go: the reused timer (it fires about 300 ms
+    // after the first wait began) cuts this wait short; the wait re-arms
+    // for what is left of its own 400 ms and times out then.
+    let holder = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(tmp.path())
+        .unwrap();
+    lock(&holder, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let start = Instant::now();
+    match lock_for_lease(&b, Duration::from_millis(400), None) {
+        Err(LockError::Timeout { waited }) => assert!(waited >= Duration::from_millis(400)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    assert!(!sleep_interrupted(20), "a failed wait disarms its timer");
+}
+
+#[test]
+fn a_lingering_timer_fires_at_most_once() {
+    let (first, second) = leased_after_a_wait(Duration::from_millis(30), |b| {
+        // Past the wait's deadline with nothing else to wait for: one
+        // signal, then the handler has disarmed the timer (no re-fire
+        // every 1 ms).
+        let first = sleep_interrupted(200);
+        let second = sleep_interrupted(50);
+        unlock(b).unwrap();
+        (first, second)
+    });
+    assert!(first, "the deadline passed while the lease was held");
+    assert!(!second, "the timer fired again");
+}
+
+#[test]
+fn settling_disarms_a_lingering_timer() {
+    let interrupted = leased_after_a_wait(Duration::from_millis(30), |b| {
+        unlock(b).unwrap();
+        settle_timer();
+        sleep_interrupted(100)
+    });
+    assert!(!interrupted);
+}
+
+#[test]
+fn a_plain_lock_disarms_its_timer_before_returning() {
+    let (tmp, a, b) = two_descriptions();
+    lock(&a, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let waiter = std::thread::spawn(move || {
+        lock(&b, LockKind::Shared, Duration::from_millis(30)).unwrap();
+        // Nothing lingers, even with the lock still held.
+        let interrupted = sleep_interrupted(100);
+        unlock(&b).unwrap();
+        interrupted
+    });
+    wait_for_blocked_waiter(tmp.path());
+    unlock(&a).unwrap();
+    assert!(!waiter.join().unwrap());
+}

@@ -80,7 +80,7 @@ pub fn single_document(bytes: &[u8]) -> Option<&'static str> {
 /// Refuses a table of `size` bytes for `what` if a Linux guest could not
 /// receive it, unless `allow_large`.
 pub fn check_guest_limit(size: usize, allow_large: bool, what: &Path) -> Result<()> {
-    if size > LINUX_GUEST_MAX_SIZE && !allow_large {
+    if snp_certs::table::exceeds_guest_limit(size as u64, allow_large) {
         bail!(
             "{}: the table is {size} bytes, and Linux guests cannot receive more than \
              {LINUX_GUEST_MAX_SIZE} (their certificate buffer is 16 KiB); store DER, drop \

@@ -248,7 +248,7 @@ pub fn run(args: &ProbeArgs) -> Result<ExitCode> {
         npages: outcome.npages,
         bytes: outcome.bytes,
         lock_wait_us: outcome.lock_wait.as_micros(),
-        detail: outcome.detail.clone(),
+        detail: outcome.detail(&config),
         fallback: outcome.fallback,
         fault: outcome.reason.fault().map(|f| match f {
             Fault::Transient => "transient",

@@ -64,7 +64,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             outln!("warning: {w}");
         }
     }
-    let too_large = report.size > LINUX_GUEST_MAX_SIZE && !args.allow_large;
+    let too_large = snp_certs::table::exceeds_guest_limit(report.size as u64, args.allow_large);
     if too_large {
         eprintln!(
             "snp-certs: {} holds a {}-byte table: Linux guests cannot receive more than \

@@ -238,7 +238,7 @@ fn size_item(size: Option<u64>) -> HostItem {
     let limit = LINUX_GUEST_MAX_SIZE as u64;
     match size {
         None => HostItem::skipped(ITEM_CERTS_SIZE, "the file's size is unknown"),
-        Some(size) if size > limit => HostItem::missing(
+        Some(size) if snp_certs::table::exceeds_guest_limit(size, false) => HostItem::missing(
             ITEM_CERTS_SIZE,
             format!(
                 "{size} bytes: over the {limit}-byte (16 KiB) limit of Linux guests, which cannot receive it"

@@ -54,7 +54,7 @@
 //! backend, alone and under the whole VMM (`--hypervisor mock-snp`).
 //!
 //! [`SnpPayload`] is the payload ([`snp_payload`]; in the factory,
-//! [`TestGuests::snp_attest`](crate::TestGuests::snp_attest)).
+//! [`TestGuests::snp_attest_c_bit`](crate::TestGuests::snp_attest_c_bit)).
 
 mod asm;
 pub mod ghcb;
@@ -67,7 +67,7 @@ use vm_memory::GuestMemoryError;
 
 pub use asm::program;
 pub use layout::{DEFAULT_C_BIT, MIN_MEMORY};
-pub use payload::{SnpPayload, Unloadable, payload_error, snp_payload};
+pub use payload::{SnpPayload, snp_payload};
 pub use twin::MockSnpGuest;
 
 #[cfg(doc)]

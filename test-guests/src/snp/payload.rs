@@ -12,7 +12,7 @@ use super::layout::{self, CODE_GPA, MIN_MEMORY, PML4_GPA};
 use super::{MockSnpGuest, SnpError, program};
 use crate::attest::AttestParams;
 use crate::devices::ReportDevices;
-use crate::record::AttestLog;
+use crate::report_check::AttestLog;
 
 /// The SNP attestation guest on vCPU 0; the other vCPUs stay idle (they
 /// never run, so they need no code, GHCB or page tables of their own).
@@ -113,53 +113,5 @@ impl Payload for SnpPayload {
 
     fn observer(&self) -> Option<Arc<dyn RequestObserver>> {
         self.devices.observer()
-    }
-}
-
-/// A payload that could not be built: creating a VM with it fails at load
-/// with the reason, so a factory method that cannot fail still reports it.
-#[derive(Debug)]
-pub struct Unloadable {
-    why: String,
-}
-
-/// An [`Unloadable`] payload saying `error`.
-pub fn payload_error(error: PayloadError) -> Unloadable {
-    Unloadable {
-        why: vmm_api::error_chain(&error),
-    }
-}
-
-impl Payload for Unloadable {
-    fn name(&self) -> &'static str {
-        "snp-attest"
-    }
-
-    fn min_memory(&self) -> u64 {
-        MIN_MEMORY
-    }
-
-    fn needs_doorbell(&self) -> bool {
-        false
-    }
-
-    fn needs_snp(&self) -> bool {
-        true
-    }
-
-    fn load(&self, _memory: &GuestMemoryMmap) -> Result<(), PayloadError> {
-        Err(PayloadError::Invalid(self.why.clone()))
-    }
-
-    fn setup_vcpu(&self, _id: u8, _vcpu: &mut dyn Vcpu) -> Result<VcpuStart, HypervisorError> {
-        Ok(VcpuStart::Idle)
-    }
-
-    fn mock_guest(&self, _id: u8) -> Option<Box<dyn MockGuest>> {
-        None
-    }
-
-    fn attach(&self, _ctx: &DeviceContext, _bus: &mut PioBus) -> Result<(), PayloadError> {
-        Ok(())
     }
 }

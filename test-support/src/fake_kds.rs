@@ -8,16 +8,12 @@
 //! first N requests, or to any request that comes sooner than a minimum gap
 //! after the previous one it served.
 //!
-//! Shared by `snp-kds/tests` and the workspace's end-to-end tests (which
-//! include it with `#[path]`), so it depends on nothing but `snp-certs`
-//! and `std`.
-
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Used by `snp-kds`'s tests and the workspace's end-to-end tests.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -76,24 +72,14 @@ fn canonical(target: &str) -> String {
     }
 }
 
-/// The fixtures directory of `snp-certs`, found from the test package's
-/// directory upwards (the workspace root or a member).
+/// The fixtures directory ([`crate::fixtures::dir`]).
 pub fn fixtures() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    root.ancestors()
-        .map(|dir| dir.join("snp-certs-verify/tests/fixtures"))
-        .find(|dir| dir.is_dir())
-        .unwrap_or_else(|| {
-            panic!(
-                "snp-certs-verify/tests/fixtures not found above {}",
-                root.display()
-            )
-        })
+    crate::fixtures::dir()
 }
 
-/// A fixture's bytes.
+/// A fixture's bytes ([`crate::fixtures::bytes`]).
 pub fn fixture(rel: &str) -> Vec<u8> {
-    std::fs::read(fixtures().join(rel)).unwrap()
+    crate::fixtures::bytes(rel)
 }
 
 /// A fixture certificate as DER.

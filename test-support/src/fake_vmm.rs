@@ -1,8 +1,6 @@
 //! A test double for the VMM and helpers to start the real server on a
 //! socket in a temporary directory.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +45,7 @@ impl Gate {
 /// configuration's warnings.
 #[derive(Default)]
 pub struct FakeVmm {
+    /// The VM, the certs configuration and whether the VMM was shut down.
     pub state: Mutex<FakeState>,
     /// Every action received, in order.
     pub actions: Mutex<Vec<VmmAction>>,
@@ -55,14 +54,21 @@ pub struct FakeVmm {
     pub hold_shutdown: Gate,
 }
 
+/// What the fake VMM holds.
 #[derive(Default)]
 pub struct FakeState {
+    /// The VM, once created, with its state.
     pub vm: Option<(VmConfig, VmState)>,
+    /// The certs configuration.
     pub certs: CertsConfig,
+    /// How many times the certs configuration was replaced.
     pub generation: u64,
+    /// Whether `vmm.shutdown` was called.
     pub vmm_shutdown: bool,
 }
 
+/// The fixed counters the fake VMM reports: one size query and one
+/// delivery of 4096 bytes.
 pub fn counters() -> VmCounters {
     let mut c = VmCounters::default();
     c.record(OutcomeKind::NeedPages, Reason::SizeQuery);
@@ -187,12 +193,17 @@ impl VmmApi for FakeVmm {
 pub struct Harness {
     /// Declared first so it is dropped (shut down) before the directory.
     pub server: Option<ApiServer>,
+    /// The temporary directory holding the socket.
     pub dir: tempfile::TempDir,
+    /// The API socket.
     pub socket: PathBuf,
+    /// The fake VMM behind the server.
     pub vmm: Arc<FakeVmm>,
 }
 
 impl Harness {
+    /// Starts the server with a new fake VMM on `api.sock` in a new
+    /// temporary directory.
     pub fn start() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");
@@ -206,6 +217,7 @@ impl Harness {
         }
     }
 
+    /// A client of the server, with a 10 s limit per call.
     pub fn client(&self) -> ApiClient {
         ApiClient::new(&self.socket)
             .unwrap()
@@ -219,6 +231,7 @@ impl Harness {
         client.boot_vm().unwrap();
     }
 
+    /// `name` in the temporary directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

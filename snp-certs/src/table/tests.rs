@@ -320,7 +320,20 @@ fn parser_never_panics_on_garbage() {
         state ^= state << 17;
         let at = (state % 96) as usize;
         copy[at] = (state >> 32) as u8;
-        if let Ok(table) = CertTable::parse(&copy) {
+        let checked = ValidTable::check(&copy);
+        let parsed = CertTable::parse(&copy);
+        // The header alone (and the size) gives the same verdict.
+        let head = &copy[..copy.len().min((MAX_ENTRIES + 1) * ENTRY_SIZE)];
+        assert_eq!(
+            ValidTable::check_layout(head, copy.len()),
+            checked.as_ref().map(|t| t.len()).map_err(Clone::clone)
+        );
+        assert_eq!(checked.as_ref().err(), parsed.as_ref().err());
+        if let (Ok(checked), Ok(parsed)) = (checked, &parsed) {
+            assert!(checked.entries().eq(parsed.entries().iter().cloned()));
+            assert_eq!(checked.used_len(), parsed.used_len());
+        }
+        if let Ok(table) = parsed {
             for e in table.entries() {
                 assert!(e.offset as usize + e.data.len() <= copy.len());
                 assert!(e.offset as usize >= table.header_len());
@@ -355,4 +368,26 @@ fn too_many_entries_are_rejected() {
         CertTable::parse(&bytes),
         Err(TableError::TooManyEntries { max: MAX_ENTRIES })
     );
+}
+
+#[test]
+fn the_guest_limit_admits_16_kib_and_refuses_one_byte_more_unless_allowed() {
+    assert!(!exceeds_guest_limit(0, false));
+    assert!(!exceeds_guest_limit(LINUX_GUEST_MAX_SIZE as u64, false));
+    assert!(exceeds_guest_limit(LINUX_GUEST_MAX_SIZE as u64 + 1, false));
+    assert!(!exceeds_guest_limit(LINUX_GUEST_MAX_SIZE as u64 + 1, true));
+    assert!(exceeds_guest_limit(u64::MAX, false));
+}
+
+#[test]
+fn a_valid_table_lists_what_the_parsed_one_does() {
+    let bytes = sample();
+    let checked = ValidTable::check(&bytes).unwrap();
+    let parsed = CertTable::parse(&bytes).unwrap();
+    assert_eq!(checked.len(), 3);
+    assert!(!checked.is_empty());
+    assert!(checked.entries().eq(parsed.entries().iter().cloned()));
+    assert_eq!(checked.header_len(), parsed.header_len());
+    assert_eq!(checked.warnings(), parsed.warnings());
+    assert!(ValidTable::check(&EMPTY_TABLE).unwrap().is_empty());
 }

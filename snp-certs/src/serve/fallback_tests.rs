@@ -5,7 +5,8 @@
 #![allow(clippy::arithmetic_side_effects)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::time::Duration;
 
 use super::tests::{MIB, memory, read, req, setup, table_of_size};
 use super::*;
@@ -39,7 +40,14 @@ fn persistent_faults_get_the_empty_table_at_once() {
         );
         assert_eq!(out.lock_tried, tried, "{reason}");
         assert!(out.lease.is_none());
-        assert!(out.detail.is_some());
+        let detail = out.detail(&config).unwrap();
+        let expected = match reason {
+            Reason::FileMissing => "does not exist",
+            Reason::FileNotRegular => "is a directory, not a regular file",
+            Reason::FileInvalid => "is not a valid certificate table: No terminator entry",
+            _ => "Linux guests cannot receive more than 16384",
+        };
+        assert!(detail.contains(expected), "{detail}");
         assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
         assert_eq!(
             read(&mem, 24, 8),
@@ -257,13 +265,38 @@ fn an_invalid_file_found_after_a_wait_reports_the_wait() {
 
 #[test]
 fn a_file_that_keeps_changing_is_reason_file_keeps_changing_and_transient() {
-    let error = CertsFileError::KeepsChanging {
-        path: PathBuf::from("/certs"),
-        times: 9,
-    };
-    let reason = reason_of(&error);
+    let reason = Problem::File(crate::file::ReadError::KeepsChanging(9)).reason();
     assert_eq!(reason, Reason::FileKeepsChanging);
     assert_eq!(reason.as_str(), "file-keeps-changing");
     // Someone is replacing the file: busy while the budget lasts.
     assert_eq!(reason.fault(), Some(Fault::Transient));
+}
+
+#[test]
+fn a_file_that_turns_invalid_never_reaches_the_guest() {
+    let s = setup(5000);
+    let mem = memory(&[(0, MIB)]);
+    let mut reader = CertsReader::new();
+    let budget = BusyBudget::new();
+    // Served twice: the second time straight into the guest's buffer.
+    for _ in 0..2 {
+        let out = serve(&mut reader, &s.config, &budget, req(0, 2), &mem);
+        assert_eq!((out.kind, out.bytes), (OutcomeKind::Delivered, 5000));
+        assert_eq!(read(&mem, 0, 5000), s.bytes);
+    }
+    // Rewritten in place with bytes that are no table, of the same size.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&s.path, vec![0x41; 5000]).unwrap();
+    mem.write_slice(&[0xee; 8192], GuestAddress(0)).unwrap();
+    let out = serve(&mut reader, &s.config, &budget, req(0, 2), &mem);
+    assert_eq!(
+        (out.kind, out.reason, out.fallback),
+        (OutcomeKind::Delivered, Reason::FileInvalid, true)
+    );
+    assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
+    assert_eq!(
+        read(&mem, 24, 8168),
+        vec![0xee; 8168],
+        "nothing of the file"
+    );
 }

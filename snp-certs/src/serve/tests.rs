@@ -329,6 +329,65 @@ fn overflowing_and_misaligned_requests_fail() {
 }
 
 #[test]
+fn a_buffer_not_shared_with_the_host_is_the_guests_fault_before_any_lock() {
+    let s = setup(5000);
+    let mem = memory(&[(0, MIB)]);
+    // Only [0x10000, 0x12000) is shared.
+    let shared = |gpa: u64, len: u64| gpa >= 0x10000 && gpa + len <= 0x12000;
+    let writer = fs::OpenOptions::new().write(true).open(&s.path).unwrap();
+    assert!(lock::try_lock(&writer, LockKind::Exclusive).unwrap());
+    let mut reader = CertsReader::new();
+    let budget = BusyBudget::new();
+    for gpa in [0x8000, 0x11000] {
+        let out = serve_shared_only(&mut reader, &s.config, &budget, req(gpa, 2), &mem, &shared);
+        assert_eq!(
+            (out.kind, out.reason, out.ret(), out.lock_tried),
+            (OutcomeKind::Failed, Reason::BufferNotShared, 5, false),
+            "{gpa:#x}: refused without waiting for the held lock"
+        );
+        assert_eq!(
+            out.detail(&s.config).unwrap(),
+            format!(
+                "the buffer of 2 pages at {gpa:#x} is not all memory the guest shared with the host"
+            )
+        );
+    }
+    lock::unlock(&writer).unwrap();
+    let out = serve_shared_only(
+        &mut reader,
+        &s.config,
+        &budget,
+        req(0x10000, 2),
+        &mem,
+        &shared,
+    );
+    assert_eq!(out.kind, OutcomeKind::Delivered);
+    assert_eq!(read(&mem, 0x10000, s.bytes.len()), s.bytes);
+}
+
+#[test]
+fn guest_fault_is_the_one_judge_of_eio() {
+    let mem = memory(&[(0, 0x4000)]);
+    let all = |_: u64, _: u64| true;
+    let none = |_: u64, _: u64| false;
+    let fault = |gpa, npages, write, shared: IsShared<'_>| {
+        guest_fault(req(gpa, npages), write, &mem, shared).map(GuestFault::reason)
+    };
+    assert_eq!(fault(0x1001, 1, None, &all), Some(Reason::GpaMisaligned));
+    assert_eq!(fault(!0xfff, 2, None, &all), Some(Reason::BufferOverflows));
+    assert_eq!(fault(0x1000, 1, None, &none), Some(Reason::BufferNotShared));
+    assert_eq!(fault(0x1000, 1, None, &all), None);
+    // The bytes written must be in RAM; the buffer itself may run past it.
+    assert_eq!(fault(0x3000, 4, Some(4096), &all), None);
+    assert_eq!(
+        fault(0x3000, 4, Some(4097), &all),
+        Some(Reason::OutsideGuestRam)
+    );
+    // Sharing is decided before the write, not again at it.
+    assert_eq!(fault(0x3000, 1, Some(24), &none), None);
+}
+
+#[test]
 fn random_requests_never_write_outside_the_table() {
     let s = setup(5000);
     let mem = memory(&[(0, 64 * 1024), (128 * 1024, 64 * 1024)]);

@@ -1,10 +1,11 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
+use super::locked::{ReadAll, read_all};
 use super::*;
 use crate::guid::CertKind;
 use crate::lock::{self, LockKind};
-use crate::table::TableBuilder;
+use crate::table::{MAX_TABLE_SIZE, TableBuilder};
 
 fn table(fill: u8, len: usize) -> Vec<u8> {
     let mut data = vec![fill; len];
@@ -313,4 +314,165 @@ fn a_file_replaced_more_than_max_reopens_times_keeps_changing() {
             .contains(&format!("was replaced {times} times")),
         "{err}"
     );
+}
+
+#[test]
+fn read_all_reads_to_the_end_whatever_size_it_was_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = table(3, 9000);
+    let path = write(dir.path(), "certs", &bytes);
+    let file = File::open(&path).unwrap();
+    let mut buffer = Vec::new();
+    // Told the truth, too little (the file grew), too much (it shrank).
+    for hint in [bytes.len() as u64, 10, 0, bytes.len() as u64 + 5000] {
+        match read_all(&file, hint, &mut buffer).unwrap() {
+            ReadAll::Read(len) => assert_eq!(&buffer[..len], bytes.as_slice(), "hint {hint}"),
+            ReadAll::TooLarge => panic!("hint {hint}: too large"),
+        }
+    }
+    assert!(matches!(
+        read_all(&file, MAX_TABLE_SIZE as u64 + 1, &mut buffer).unwrap(),
+        ReadAll::TooLarge
+    ));
+}
+
+#[test]
+fn the_buffer_is_grown_once_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 8000));
+    let mut reader = CertsReader::new();
+    drop(reader.lock_and_read(&path, Duration::ZERO).unwrap());
+    let (at, len) = (reader.buffer.as_ptr(), reader.buffer.len());
+    let small = table(2, 100);
+    fs::write(&path, &small).unwrap();
+    let locked = reader.lock_and_read(&path, Duration::ZERO).unwrap();
+    assert_eq!(locked.bytes, small.as_slice());
+    drop(locked);
+    assert_eq!((reader.buffer.as_ptr(), reader.buffer.len()), (at, len));
+}
+
+#[test]
+fn a_timed_out_reader_keeps_its_descriptor_unless_the_file_was_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 100));
+    let mut reader = CertsReader::new();
+    drop(reader.lock_and_read(&path, Duration::ZERO).unwrap());
+    let first = Arc::as_ptr(&reader.open.as_ref().unwrap().file);
+    // A writer holds the old inode...
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    assert!(reader.lock_and_read(&path, Duration::ZERO).is_err());
+    assert_eq!(
+        Arc::as_ptr(&reader.open.as_ref().unwrap().file),
+        first,
+        "same file: the descriptor is kept"
+    );
+    // ... and replaces the path while it keeps holding the old inode.
+    let new = table(2, 300);
+    fs::rename(write(dir.path(), "certs.new", &new), &path).unwrap();
+    assert!(reader.lock_and_read(&path, Duration::ZERO).is_err());
+    assert!(reader.open.is_none(), "replaced: the descriptor is dropped");
+    let locked = reader.lock_and_read(&path, Duration::ZERO).unwrap();
+    assert_eq!(locked.bytes, new.as_slice());
+    assert_eq!(locked.reopened, 0);
+}
+
+#[test]
+fn the_timeout_counts_from_the_start_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 100));
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let timeout = Duration::from_millis(30);
+    let start = Instant::now();
+    let err = CertsReader::new().read_locked(&path, timeout).unwrap_err();
+    let took = start.elapsed();
+    // The wait reported covers the whole request (the open included), so
+    // it is never shorter than the timeout, and never longer than what the
+    // request took.
+    let waited = err.lock_wait();
+    assert!(waited >= timeout, "{waited:?}");
+    assert!(waited <= took, "{waited:?} > {took:?}");
+}
+
+/// A guest buffer of `len` bytes filled with 0xee.
+fn guest_buffer(len: usize) -> vm_memory::GuestMemoryMmap {
+    use vm_memory::{Bytes, GuestAddress};
+    let memory = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), len)]).unwrap();
+    memory
+        .write_slice(&vec![0xee; len], GuestAddress(0))
+        .unwrap();
+    memory
+}
+
+fn guest_bytes(memory: &vm_memory::GuestMemoryMmap, len: usize) -> Vec<u8> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut out = vec![0; len];
+    memory.read_slice(&mut out, GuestAddress(0)).unwrap();
+    out
+}
+
+fn direct(reader: &mut CertsReader, path: &Path, memory: &vm_memory::GuestMemoryMmap) -> bool {
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    let mut file = reader.lock(path, Duration::ZERO).unwrap();
+    let dest = memory.get_slice(GuestAddress(0), 16384).unwrap();
+    file.read_into(&dest).unwrap()
+}
+
+#[test]
+fn only_a_version_validated_in_the_readers_buffer_is_read_into_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = table(1, 3000);
+    let path = write(dir.path(), "certs", &bytes);
+    let memory = guest_buffer(16384);
+    let mut reader = CertsReader::new();
+    // Never validated: nothing is read into the guest's buffer.
+    assert!(!direct(&mut reader, &path, &memory));
+    assert_eq!(guest_bytes(&memory, 16384), vec![0xee; 16384]);
+    // Validated in the reader's buffer: now it goes straight there.
+    drop(reader.lock_and_read(&path, Duration::ZERO).unwrap());
+    assert!(direct(&mut reader, &path, &memory));
+    assert_eq!(guest_bytes(&memory, bytes.len()), bytes);
+    // Rewritten in place (a new change time): validated first again, so
+    // bytes that are no table never reach the guest.
+    let memory = guest_buffer(16384);
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(&path, vec![0x41; 3000]).unwrap();
+    assert!(!direct(&mut reader, &path, &memory));
+    assert_eq!(guest_bytes(&memory, 16384), vec![0xee; 16384]);
+    assert!(matches!(
+        reader.read_locked(&path, Duration::ZERO),
+        Err(ReadError::Invalid(_))
+    ));
+    assert!(!direct(&mut reader, &path, &memory));
+    assert_eq!(guest_bytes(&memory, 16384), vec![0xee; 16384]);
+}
+
+#[test]
+fn a_table_that_does_not_validate_where_it_landed_is_not_confirmed() {
+    use vm_memory::{GuestAddress, GuestMemoryBackend};
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "certs", &table(1, 3000));
+    let memory = guest_buffer(16384);
+    let mut reader = CertsReader::new();
+    drop(reader.lock_and_read(&path, Duration::ZERO).unwrap());
+    // The file turns into something that is no table, and the reader
+    // believes the version validated (as a rewrite within one tick of a
+    // coarse change time could leave it).
+    let garbage = vec![0x41; fs::metadata(&path).unwrap().len() as usize];
+    fs::write(&path, &garbage).unwrap();
+    let mut file = reader.lock(&path, Duration::ZERO).unwrap();
+    let version = file.version;
+    if let Some(open) = &mut file.reader.open {
+        let mut validated = open.validated.expect("validated");
+        validated.version = version;
+        open.validated = Some(validated);
+    }
+    let dest = memory.get_slice(GuestAddress(0), 16384).unwrap();
+    assert!(!file.read_into(&dest).unwrap(), "not confirmed");
+    assert!(
+        file.reader.open.as_ref().unwrap().validated.is_none(),
+        "the version is forgotten: the next request validates in the buffer"
+    );
+    assert!(matches!(file.read(), Err(ReadError::Invalid(_))));
 }

@@ -1,0 +1,101 @@
+//! A VM's certificate service answers and reports a request without
+//! allocating, once warm, when no event monitor is attached: the answer
+//! (`CertsService::serve`, the lease window) and what follows the release
+//! (`CertsService::report`: atomic counters, no log line, no event built).
+//! Counted by a global allocator that counts the allocations of the thread
+//! that asks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use event_monitor::EventSender;
+use snp_certs::serve::CertsRequest;
+use snp_certs::{ActiveCerts, CertKind, CertsConfig, CertsReader, OutcomeKind, TableBuilder};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm::certs_service::{CertsService, RequestSource};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counting only touches const-initialised thread locals, which allocate
+// nothing.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        }
+        // SAFETY: the caller's contract is passed on as it is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+#[test]
+fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    let mut vcek = vec![0x5a; 1400];
+    vcek[0] = 0x30;
+    let mut builder = TableBuilder::new();
+    builder.add(CertKind::Vcek, vcek).unwrap();
+    std::fs::write(&path, builder.build().unwrap()).unwrap();
+    let active = ActiveCerts::validate(
+        CertsConfig::with_file(&path),
+        std::time::Duration::from_secs(1),
+    )
+    .unwrap();
+    let service = CertsService::new(active, EventSender::disabled());
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let mut reader = CertsReader::for_vcpu(Arc::new(AtomicBool::new(false)));
+    let request = CertsRequest {
+        gpa: 0x8000,
+        npages: 1,
+    };
+    let all_shared = |_: u64, _: u64| true;
+    let one = |reader: &mut CertsReader| {
+        let mut served = service.serve(RequestSource::Kvm, reader, request, &memory, &all_shared);
+        let kind = served.outcome.kind;
+        let held = served.outcome.lease.take().map(|lease| lease.release());
+        service.report(0, &served, held);
+        kind
+    };
+    // Warm up: the first request opens the file and validates it.
+    assert_eq!(one(&mut reader), OutcomeKind::Delivered);
+
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    let mut delivered = 0;
+    for _ in 0..200 {
+        if one(&mut reader) == OutcomeKind::Delivered {
+            delivered += 1;
+        }
+    }
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(delivered, 200);
+    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "a request allocated");
+    assert_eq!(service.stats().requests.delivered, 201);
+}

@@ -42,7 +42,8 @@ use vmm_api::{
 
 use crate::backend::Backend;
 use crate::payload::PayloadFactory;
-use crate::vm::{VM_EVENT_SOURCE, Vm, VmError, certs_info};
+use crate::vm::{VM_EVENT_SOURCE, Vm, certs_info};
+use crate::vm_error::VmError;
 
 /// The VMM: a backend, the payloads it can run, and at most one VM.
 pub struct Vmm {

@@ -23,9 +23,7 @@ use crate::shared_pages::SharedPages;
 use crate::snp_launch_sequence;
 use crate::stop::StopSignal;
 use crate::vcpu_runner::{VcpuRunner, VcpuShared};
-/// Kept here too, where it lived before `vm_error`, for the modules that
-/// name it through `vm`.
-pub use crate::vm_error::VmError;
+use crate::vm_error::VmError;
 
 /// How long a shutdown keeps kicking vCPUs that have not stopped yet
 /// before it gives up on them (and logs it).

@@ -247,6 +247,9 @@ fn run_once(
     let certs_file = config.snp.certs_file.clone();
     let timeout = Duration::from_millis(config.snp.certs_timeout);
     let hypervisor = match vmm.backend().name() {
+        "mock" if config.platform.sev_snp => {
+            "mock (no real vCPUs: the SNP guest's Rust twin, against a model of KVM's SNP interface)"
+        }
         "mock" => "mock (no real vCPUs: a Rust model of the attestation guest)",
         other => other,
     };

@@ -89,6 +89,11 @@ impl SnpCertsCompletion {
     }
 }
 
+/// The bytes of a port write: inline for single accesses (1, 2 or 4 bytes,
+/// so an exit allocates nothing), on the heap only for string
+/// instructions.
+pub type PioData = smallvec::SmallVec<[u8; 8]>;
+
 /// Why [`crate::Vcpu::run`] returned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum VmExit {
@@ -101,7 +106,7 @@ pub enum VmExit {
         /// The I/O port.
         port: u16,
         /// The bytes written.
-        data: Vec<u8>,
+        data: PioData,
     },
     /// The guest reads `size` bytes from I/O `port` (`in`); answer with
     /// [`crate::Vcpu::complete_io_in`] before the next run.

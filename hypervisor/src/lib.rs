@@ -69,7 +69,7 @@ pub mod snp_interface;
 use std::sync::Arc;
 
 pub use error::HypervisorError;
-pub use exit::{SnpCertsCompletion, SnpCertsRequest, VmExit, VmType};
+pub use exit::{PioData, SnpCertsCompletion, SnpCertsRequest, VmExit, VmType};
 pub use kick::{VcpuKicker, kick_signal};
 pub use sev_device::{SEV_DEVICE, SevDevice};
 pub use snp_interface::{DEFAULT_SNP_POLICY, SnpLaunch, SnpPageType};

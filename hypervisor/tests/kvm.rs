@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hypervisor::kvm::{KvmHypervisor, KvmVcpu, KvmVm};
-use hypervisor::{Hypervisor, HypervisorError, Vcpu, Vm, VmExit, VmType};
+use hypervisor::{Hypervisor, HypervisorError, PioData, Vcpu, Vm, VmExit, VmType};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const ENTRY: u64 = 0x1000;
@@ -53,7 +53,7 @@ fn kvm_io_out_in_and_hlt_are_decoded() {
         vcpu.run().unwrap(),
         VmExit::IoOut {
             port: 0x3f8,
-            data: vec![0x41]
+            data: PioData::from_slice(&[0x41])
         }
     );
     assert_eq!(
@@ -72,7 +72,7 @@ fn kvm_io_out_in_and_hlt_are_decoded() {
         vcpu.run().unwrap(),
         VmExit::IoOut {
             port: 0x3f9,
-            data: vec![0x99]
+            data: PioData::from_slice(&[0x99])
         }
     );
     assert_eq!(vcpu.run().unwrap(), VmExit::Hlt);
@@ -293,7 +293,7 @@ fn kvm_memory_in_several_slots() {
         vcpu.run().unwrap(),
         VmExit::IoOut {
             port: 0xe9,
-            data: vec![0x77]
+            data: PioData::from_slice(&[0x77])
         }
     );
     assert_eq!(vcpu.run().unwrap(), VmExit::Hlt);

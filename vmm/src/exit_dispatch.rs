@@ -140,7 +140,7 @@ mod tests {
     fn out(port: u16, value: u32) -> VmExit {
         VmExit::IoOut {
             port,
-            data: value.to_le_bytes().to_vec(),
+            data: hypervisor::PioData::from_slice(&value.to_le_bytes()),
         }
     }
 
@@ -173,7 +173,7 @@ mod tests {
         );
         let short = VmExit::IoOut {
             port: DOORBELL_PORT,
-            data: vec![1],
+            data: hypervisor::PioData::from_slice(&[1]),
         };
         assert!(matches!(dispatch(&short, true), ExitAction::Ignore(_)));
     }

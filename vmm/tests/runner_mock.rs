@@ -339,7 +339,7 @@ fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
                 }
                 VmExit::IoOut {
                     port: DOORBELL_PORT,
-                    data: 0x3000u32.to_le_bytes().to_vec(),
+                    data: hypervisor::PioData::from_slice(&0x3000u32.to_le_bytes()),
                 }
             };
             match step {
@@ -354,7 +354,7 @@ fn doorbell_answers_through_the_mailbox_with_the_same_lease_protocol() {
                     assert_eq!((m.ret, m.npages), (0, 2));
                     VmExit::IoOut {
                         port: UNCLAIMED_PORT,
-                        data: 1u32.to_le_bytes().to_vec(),
+                        data: hypervisor::PioData::from_slice(&1u32.to_le_bytes()),
                     }
                 }
                 _ => VmExit::Hlt,

@@ -179,7 +179,7 @@ impl Vcpu for KvmVcpu {
         let result = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => Ok(Some(VmExit::IoOut {
                 port,
-                data: data.to_vec(),
+                data: crate::PioData::from_slice(data),
             })),
             Ok(VcpuExit::IoIn(port, data)) => Ok(Some(match u8::try_from(data.len()) {
                 Ok(size) => {

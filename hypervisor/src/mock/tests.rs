@@ -11,7 +11,7 @@ use crate::{SnpCertsCompletion, SnpCertsRequest, VmExit};
 fn io_out(port: u16, data: &[u8]) -> VmExit {
     VmExit::IoOut {
         port,
-        data: data.to_vec(),
+        data: crate::PioData::from_slice(data),
     }
 }
 
@@ -372,7 +372,7 @@ fn reactive_guest_uses_memory_and_the_answer() {
                 let byte: u8 = mem.read_obj(GuestAddress(0x3000)).unwrap();
                 VmExit::IoOut {
                     port: 0xe9,
-                    data: vec![byte],
+                    data: crate::PioData::from_slice(&[byte]),
                 }
             }
             _ => VmExit::Shutdown,

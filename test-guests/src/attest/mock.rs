@@ -109,7 +109,7 @@ impl MockAttestGuest {
         };
         Ok(VmExit::IoOut {
             port,
-            data: value.to_le_bytes().to_vec(),
+            data: hypervisor::PioData::from_slice(&value.to_le_bytes()),
         })
     }
 }

@@ -397,7 +397,7 @@ impl SevVcpuModel {
         } else {
             VmExit::IoOut {
                 port,
-                data: out.regs[0].to_le_bytes()[..usize::from(size)].to_vec(),
+                data: crate::PioData::from_slice(&out.regs[0].to_le_bytes()[..usize::from(size)]),
             }
         })
     }

@@ -26,6 +26,23 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// `snp-certs build` of the synthetic VLEK chain (ARK, ASVK, VLEK) into
+/// `out`, validity checked at [`AT`]; the caller adds `--crl`,
+/// `--trust-root` and the like.
+pub fn build_synthetic_vlek(out: &Path) -> Command {
+    let mut c = snp_certs();
+    c.arg("build")
+        .arg("--ark")
+        .arg(fixture("synthetic/ark.pem"))
+        .arg("--asvk")
+        .arg(fixture("synthetic/asvk.pem"))
+        .arg("--vlek")
+        .arg(fixture("synthetic/vlek.der"))
+        .args(["--at", AT, "-o"])
+        .arg(out);
+    c
+}
+
 pub fn der(rel: &str) -> Vec<u8> {
     let kind = if rel.contains("crl") {
         DocumentKind::Crl

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod help;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

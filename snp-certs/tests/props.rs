@@ -382,6 +382,7 @@ proptest! {
             bytes: outcome.bytes,
             fallback: outcome.fallback,
             lease: outcome.lease.is_some(),
+            // What was written is read back from guest memory below.
             written: want.written,
         };
         prop_assert_eq!(&got, &want, "{:?} {:?}", class, case.request);

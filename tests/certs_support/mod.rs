@@ -134,6 +134,25 @@ pub fn wait_for_lock_state(path: &Path, kind: Option<&str>) {
     }
 }
 
+/// Polls `/proc/locks` (with a 20 s deadline) until a process is blocked
+/// waiting for a lock on `path` (a line with `->` on its inode).
+pub fn wait_for_blocked_waiter(path: &Path) {
+    let needle = format!(":{} ", fs::metadata(path).unwrap().ino());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.contains(&needle))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no waiter blocked on {} appeared",
+            path.display()
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Sends `signal` to `pid`.
 pub fn kill(pid: u32, signal: libc::c_int) {
     // SAFETY: kill() has no memory-safety preconditions.

@@ -7,8 +7,9 @@
 #
 # Usage: scripts/bench.sh [--quick|--long] [--plot] [BENCH ...]
 #
-#   (no names)  run all of them: lock_wake serve_cost doorbell_e2e
-#               writer_starvation update_herd serve_scale api_load footprint
+#   (no names)  every [[bench]] target in Cargo.toml (lock_wake serve_cost
+#               doorbell_e2e writer_starvation update_herd serve_scale
+#               api_load footprint soak)
 #   --quick     a few seconds each (BENCH_QUICK=1): checks they still work,
 #               figures only indicative
 #   --long      about 5x the samples of the older benches; any knob set in
@@ -18,17 +19,30 @@
 #               (scripts/plot_bench.py, matplotlib in plot-venv in the
 #               target directory)
 #
-# doorbell_e2e needs /dev/kvm; without it, it prints that it skipped.
-# results.json is started afresh when all benches run, and updated in
-# place (figures replaced) when some are named.
+# Every bench runs even when an earlier one failed; the summary at the end
+# lists each bench with its time and result, and the script exits 1 if
+# any failed (a bench fails on any error or failed check: a panic or a
+# non-zero exit). doorbell_e2e needs a usable /dev/kvm: where there is
+# none it is left out and the summary counts it as skipped, with the
+# reason (run anyway, it fails). soak runs 20 s (2 s with --quick;
+# scripts/soak.sh runs it for longer). results.json is started afresh when
+# all benches run, and updated in place (figures replaced) when some are
+# named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
 }
 
-all=(lock_wake serve_cost doorbell_e2e writer_starvation update_herd serve_scale api_load footprint)
+# The benches are Cargo.toml's [[bench]] targets: a new one runs here
+# without being listed twice.
+mapfile -t all < <(awk '/^\[\[bench\]\]/ { in_bench = 1; next }
+    in_bench && /^name *=/ { gsub(/[" ]/, "", $0); sub(/^name=/, "", $0); print; in_bench = 0 }' Cargo.toml)
+if [ ${#all[@]} -eq 0 ]; then
+    echo "bench.sh: no [[bench]] targets found in Cargo.toml" >&2
+    exit 2
+fi
 long=0
 quick=0
 plot=0
@@ -39,9 +53,13 @@ for arg in "$@"; do
         --quick) quick=1 ;;
         --plot) plot=1 ;;
         -h | --help) usage; exit 0 ;;
-        lock_wake | serve_cost | doorbell_e2e | writer_starvation | update_herd | serve_scale | api_load | footprint)
+        -*) echo "bench.sh: unknown option: $arg" >&2; usage >&2; exit 2 ;;
+        *)
+            if [[ " ${all[*]} " != *" $arg "* ]]; then
+                echo "bench.sh: no bench named $arg (there are: ${all[*]})" >&2
+                exit 2
+            fi
             benches+=("$arg") ;;
-        *) echo "bench.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
 done
 if [ "$long" = 1 ] && [ "$quick" = 1 ]; then
@@ -75,30 +93,54 @@ if [ "$long" = 1 ]; then
 fi
 
 echo "bench.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r)"
+kvm_usable=0
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
+    kvm_usable=1
     echo "bench.sh: /dev/kvm is usable"
 else
-    echo "bench.sh: /dev/kvm is not usable: doorbell_e2e will say it skipped"
+    echo "bench.sh: /dev/kvm is not usable: doorbell_e2e is skipped"
 fi
 
 build_start=$SECONDS
 cargo bench -p snp-certs-vmm --locked --no-run
 echo "bench.sh: build took $((SECONDS - build_start)) s"
 
+summary=()
+failed=0
+skipped=0
 for bench in "${benches[@]}"; do
+    if [ "$bench" = doorbell_e2e ] && [ "$kvm_usable" = 0 ]; then
+        summary+=("$(printf '  %-18s skipped: needs /dev/kvm, which is not usable on this host' "$bench")")
+        skipped=$((skipped + 1))
+        continue
+    fi
     echo
     start=$SECONDS
-    cargo bench -p snp-certs-vmm --locked --bench "$bench"
-    echo "bench.sh: $bench took $((SECONDS - start)) s"
+    status=0
+    cargo bench -p snp-certs-vmm --locked --bench "$bench" || status=$?
+    took=$((SECONDS - start))
+    if [ "$status" = 0 ]; then
+        echo "bench.sh: $bench took $took s"
+        summary+=("$(printf '  %-18s ok (%d s)' "$bench" "$took")")
+    else
+        echo "bench.sh: $bench FAILED (exit $status) after $took s" >&2
+        summary+=("$(printf '  %-18s FAILED: exit %d after %d s' "$bench" "$status" "$took")")
+        failed=$((failed + 1))
+    fi
 done
 echo
 echo "bench.sh: figures in $results"
+echo "bench.sh: $((${#benches[@]} - skipped - failed)) passed, $failed failed, $skipped skipped (total $((SECONDS - build_start)) s with the build)"
+printf '%s\n' "${summary[@]}"
 
-if [ "$plot" = 1 ]; then
+if [ "$plot" = 1 ] && [ "$failed" = 0 ]; then
     venv="$target_dir/plot-venv"
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet matplotlib
     fi
     "$venv/bin/python" scripts/plot_bench.py "$results" docs
+fi
+if [ "$failed" != 0 ]; then
+    exit 1
 fi

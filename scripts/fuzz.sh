@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Runs every snp-certs fuzz target (fuzz/, see fuzz/src/lib.rs for what
-# each checks) for SECONDS each.
+# Runs every snp-certs fuzz target (fuzz/fuzz_targets/*.rs; fuzz/src/lib.rs
+# says what each checks) for SECONDS each, and fails (exit 1) on the first
+# target that finds a failure or cannot run.
 #
 # Usage: scripts/fuzz.sh [--libfuzzer] SECONDS [SEED]
 #
 #   (default)    the stable driver (fuzz/src/bin/driver.rs): seeded random
 #                and mutated inputs, no coverage feedback; prints the
-#                executions and the answers reached. Runs on stable Rust.
+#                executions and the answers reached, and fails when a
+#                target's run reached too few of them to have tested
+#                anything. Runs on stable Rust. A target the driver does
+#                not know fails the run.
 #   --libfuzzer  cargo-fuzz (libFuzzer, coverage-guided), installed with
 #                `cargo install --locked cargo-fuzz` if missing. Needs a
 #                nightly toolchain; without one, RUSTC_BOOTSTRAP=1 makes
@@ -22,7 +26,11 @@ if [ "${1:-}" = "--libfuzzer" ]; then
 fi
 seconds="${1:?usage: scripts/fuzz.sh [--libfuzzer] SECONDS [SEED]}"
 seed="${2:-$(date +%s)}"
-targets=(table_parse serve_path)
+targets=()
+for f in fuzz/fuzz_targets/*.rs; do
+    targets+=("$(basename "$f" .rs)")
+done
+echo "fuzz.sh: targets ${targets[*]}, $seconds s each, seed $seed"
 
 if [ "$libfuzzer" = 1 ]; then
     if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -44,7 +52,8 @@ fi
 
 # The workspace's target directory (CARGO_TARGET_DIR when set).
 target_dir=$(scripts/target-dir.sh)
-cargo build --release --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bin driver
+cargo build --release --locked --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" --bin driver
 for t in "${targets[@]}"; do
     "$target_dir/release/driver" "$t" "$seconds" "$seed"
 done
+echo "fuzz.sh: every target ran $seconds s without a failure"

@@ -239,18 +239,8 @@ fn a_vlek_chain_with_asvk_and_crl_under_a_named_test_root() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("vlek.bin");
     let build = |trust: bool| {
-        let mut c = snp_certs();
-        c.arg("build")
-            .arg("--ark")
-            .arg(fixture("synthetic/ark.pem"))
-            .arg("--asvk")
-            .arg(fixture("synthetic/asvk.pem"))
-            .arg("--vlek")
-            .arg(fixture("synthetic/vlek.der"))
-            .arg("--crl")
-            .arg(fixture("synthetic/crl.der"))
-            .args(["--at", AT, "-o"])
-            .arg(&path);
+        let mut c = build_synthetic_vlek(&path);
+        c.arg("--crl").arg(fixture("synthetic/crl.der"));
         if trust {
             c.arg("--trust-root").arg(fixture("synthetic/ark.pem"));
         }
@@ -282,18 +272,9 @@ fn a_vlek_chain_with_asvk_and_crl_under_a_named_test_root() {
     assert_eq!(v["entries"][3]["x509"]["type"], "crl");
     assert_eq!(v["entries"][3]["x509"]["revoked"][0], "0a0099");
     // Both ASK and ASVK, or both signers: refused by the argument parser.
-    let out = snp_certs()
-        .arg("build")
-        .arg("--ark")
-        .arg(fixture("synthetic/ark.pem"))
+    let out = build_synthetic_vlek(&dir.path().join("y"))
         .arg("--ask")
         .arg(fixture("amd/milan/ask.pem"))
-        .arg("--asvk")
-        .arg(fixture("synthetic/asvk.pem"))
-        .arg("--vlek")
-        .arg(fixture("synthetic/vlek.der"))
-        .arg("-o")
-        .arg(dir.path().join("y"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

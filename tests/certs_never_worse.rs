@@ -13,6 +13,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::Output;
 
 use common::*;
 use snp_certs::CertKind;
@@ -48,15 +49,28 @@ fn unchanged(path: &Path, ino: u64) {
     assert_eq!(fs::metadata(path).unwrap().ino(), ino);
 }
 
+/// Tables worse than the live one, each with what its refusal says.
+fn worse_tables() -> [(Vec<u8>, &'static str); 2] {
+    [
+        (chain_only(), "No VCEK or VLEK in the table"),
+        (foreign_root(), "ARK is not a trusted root"),
+    ]
+}
+
+/// Asserts that `out` refused (exit 1) saying `says`, and that the live
+/// file at `path` is as it was.
+fn assert_refused(out: &Output, says: &str, path: &Path, ino: u64) {
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+    assert!(stderr(out).contains(says), "{}", stderr(out));
+    unchanged(path, ino);
+}
+
 #[test]
 fn update_refuses_a_table_that_drops_the_vcek_or_leaves_amds_root() {
     let dir = tempfile::tempdir().unwrap();
     let (path, ino) = live(dir.path());
     let new = dir.path().join("new.bin");
-    for (table, says) in [
-        (chain_only(), "No VCEK or VLEK in the table"),
-        (foreign_root(), "ARK is not a trusted root"),
-    ] {
+    for (table, says) in worse_tables() {
         fs::write(&new, table).unwrap();
         let out = snp_certs()
             .arg("update")
@@ -66,10 +80,8 @@ fn update_refuses_a_table_that_drops_the_vcek_or_leaves_amds_root() {
             .args(["--at", AT])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+        assert_refused(&out, says, &path, ino);
         assert!(stderr(&out).contains("not installing"), "{}", stderr(&out));
-        unchanged(&path, ino);
     }
     // Named as a trusted test root, the stand-in chain is installed.
     let out = snp_certs()
@@ -90,10 +102,7 @@ fn lock_update_from_refuses_what_the_command_wrote_if_it_is_worse() {
     let dir = tempfile::tempdir().unwrap();
     let (path, ino) = live(dir.path());
     let new = dir.path().join("new.bin");
-    for (table, says) in [
-        (chain_only(), "No VCEK or VLEK in the table"),
-        (foreign_root(), "ARK is not a trusted root"),
-    ] {
+    for (table, says) in worse_tables() {
         let staged = dir.path().join("staged.bin");
         fs::write(&staged, table).unwrap();
         let _ = fs::remove_file(&new);
@@ -108,9 +117,7 @@ fn lock_update_from_refuses_what_the_command_wrote_if_it_is_worse() {
             .args(["--at", AT, "--", "sh", "-c", &script])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        assert!(stderr(&out).contains(says), "{}", stderr(&out));
-        unchanged(&path, ino);
+        assert_refused(&out, says, &path, ino);
     }
 }
 

@@ -17,7 +17,6 @@ use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -74,20 +73,6 @@ fn run_bounded(mut command: Command) -> (ExitStatus, String) {
         .read_to_string(&mut err)
         .unwrap();
     (status, err)
-}
-
-/// Polls `/proc/locks` until some process is blocked on `path`'s lock.
-fn wait_for_blocked_waiter(path: &Path) {
-    let needle = format!(":{} ", fs::metadata(path).unwrap().ino());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains("->") && l.contains(&needle))
-    {
-        assert!(Instant::now() < deadline, "nobody ever waited for the lock");
-        std::thread::yield_now();
-    }
 }
 
 #[test]

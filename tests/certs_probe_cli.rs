@@ -7,13 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod certs_support;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
+use certs_support::wait_for_blocked_waiter;
 use snp_certs::CertKind;
 use snp_certs::table::TableBuilder;
 
@@ -86,24 +87,6 @@ impl LockHolder {
         }
         assert!(self.child.wait().unwrap().success());
     }
-}
-
-/// Polls `/proc/locks` until some process is blocked on `path`'s lock.
-fn wait_for_blocked_waiter(path: &Path) {
-    let ino = fs::metadata(path).unwrap().ino();
-    let needle = format!(":{ino} ");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let locks = fs::read_to_string("/proc/locks").unwrap();
-        if locks
-            .lines()
-            .any(|l| l.contains("->") && l.contains(&needle))
-        {
-            return;
-        }
-        std::thread::yield_now();
-    }
-    panic!("no waiter blocked on {} appeared", path.display());
 }
 
 #[test]

@@ -121,21 +121,8 @@ fn update_waits_for_a_reader_and_times_out_with_75() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let ino_path = path.clone();
     // Wait until the writer is blocked on the lock, then release the reader.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let locks = fs::read_to_string("/proc/locks").unwrap();
-        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&ino_path).unwrap());
-        if locks
-            .lines()
-            .any(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "writer never blocked");
-        std::thread::yield_now();
-    }
+    wait_for_blocked_waiter(&path);
     drop(holder);
     let out = waiter.wait_with_output().unwrap();
     assert!(out.status.success());

@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use certs_support::{AT, closed_pipe, fixture, snp_certs, stderr};
+use certs_support::{AT, build_synthetic_vlek, closed_pipe, fixture, snp_certs, stderr};
 use serde_json::Value;
 
 fn example_table() -> PathBuf {
@@ -229,18 +229,9 @@ fn export_names_the_vlek_signer_asvk_and_refuses_mixed_encodings() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let table = d.join("vlek.bin");
-    let out = snp_certs()
-        .arg("build")
-        .arg("--ark")
-        .arg(fixture("synthetic/ark.pem"))
-        .arg("--asvk")
-        .arg(fixture("synthetic/asvk.pem"))
-        .arg("--vlek")
-        .arg(fixture("synthetic/vlek.der"))
+    let out = build_synthetic_vlek(&table)
         .arg("--trust-root")
         .arg(fixture("synthetic/ark.pem"))
-        .args(["--at", AT, "-o"])
-        .arg(&table)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

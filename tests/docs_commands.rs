@@ -4,9 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+
+use support::help::{help, subcommands};
 
 const DOCS: &[&str] = &[
     "README.md",
@@ -74,26 +77,6 @@ fn invocations(line: &str) -> Vec<(&'static str, Vec<String>)> {
     found
 }
 
-fn help(binary: &str, sub: Option<&str>) -> String {
-    let mut cmd = Command::new(binary);
-    cmd.args(sub).arg("--help");
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The subcommands a `--help` lists.
-fn subcommands(top_help: &str) -> Vec<String> {
-    top_help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .filter(|s| s != "help")
-        .collect()
-}
-
 #[test]
 fn documented_commands_exist() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -107,7 +90,7 @@ fn documented_commands_exist() {
                 let binary = BINARIES.iter().find(|(n, _)| *n == name).unwrap().1;
                 let top = helps
                     .entry((name.to_owned(), None))
-                    .or_insert_with(|| help(binary, None))
+                    .or_insert_with(|| help(binary, &[]))
                     .clone();
                 let subs = subcommands(&top);
                 let sub = if subs.is_empty() {
@@ -151,7 +134,7 @@ fn documented_commands_exist() {
                 let sub_help = match &sub {
                     Some(s) => helps
                         .entry((name.to_owned(), Some(s.clone())))
-                        .or_insert_with(|| help(binary, Some(s)))
+                        .or_insert_with(|| help(binary, &[s]))
                         .clone(),
                     None => top.clone(),
                 };

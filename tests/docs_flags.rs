@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -18,22 +20,14 @@ use vmm_api::config::{CpusConfig, MemoryConfig, PlatformConfig, SnpConfig};
 use vmm_api::payload::PayloadConfig;
 use vmm_api::{SnpCertsUpdate, VmConfig, VmOptions};
 
+use support::help::{help, subcommands};
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(root().join(rel)).unwrap()
-}
-
-fn help(binary: &str, args: &[&str]) -> String {
-    let out = Command::new(binary)
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn vmm_help() -> String {
@@ -474,14 +468,7 @@ fn snp_remote_flags_and_values_are_documented_and_accepted() {
     let bin = env!("CARGO_BIN_EXE_snp-remote");
     let cli = read("docs/cli.md");
     let top = help(bin, &[]);
-    let subcommands: Vec<String> = top
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .filter(|s| s != "help")
-        .collect();
+    let subcommands = subcommands(&top);
     assert!(subcommands.len() >= 10, "{subcommands:?}");
     for sub in &subcommands {
         assert!(cli.contains(&format!("`{sub}")), "docs/cli.md lacks {sub}");

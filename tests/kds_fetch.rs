@@ -46,8 +46,7 @@ fn fetch_writes_a_table_verify_accepts_and_a_repeat_asks_kds_nothing() {
 
     // An existing output is refused before anything is asked.
     let refused = run(fetch_milan(&kds, &cache).arg("-o").arg(&out));
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(stderr(&refused).contains("exists"));
+    assert_fails_with(&refused, 2, "exists");
 }
 
 #[test]
@@ -89,12 +88,7 @@ fn fetch_from_a_report_and_into_a_snphost_directory() {
         .arg(&report)
         .args(["--no-crl", "--encoding", "pem", "--dir"])
         .arg(&certs));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("use --encoding der"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "use --encoding der");
     assert_eq!(kds.requests(), requests);
     // PEM into a directory of its own: all PEM.
     let pem = dir.path().join("pem");
@@ -110,7 +104,7 @@ fn fetch_from_a_report_and_into_a_snphost_directory() {
     }
     // The directory imports into a table that verifies.
     let table = dir.path().join("imported.bin");
-    let imported = run(std::process::Command::new(env!("CARGO_BIN_EXE_snp-certs"))
+    let imported = run(snp_certs_bin()
         .arg("import-dir")
         .arg(&certs)
         .arg("-o")
@@ -190,8 +184,7 @@ fn a_vcek_for_another_tcb_is_refused_with_exit_1() {
         .args(["--tcb", &newer.to_string()])
         .arg("-o")
         .arg(&out));
-    assert_eq!(result.status.code(), Some(1));
-    assert!(stderr(&result).contains("refusing"), "{}", stderr(&result));
+    assert_fails_with(&result, 1, "refusing");
     assert!(!out.exists());
     assert!(!cache.join(format!("vcek/milan/{hwid}")).exists());
 }
@@ -212,23 +205,19 @@ fn offline_says_what_is_missing_and_exits_66() {
     assert_eq!(kds.requests(), 0);
 }
 
+/// Where the firmware cannot be asked: no `/dev/sev`, on every host (see
+/// [`without_dev_sev`]).
 #[test]
 fn from_host_without_dev_sev_fails_clearly() {
-    if std::path::Path::new("/dev/sev").exists() {
-        return;
-    }
     let kds = FakeKds::with_amd_fixtures();
     let dir = tempfile::tempdir().unwrap();
-    let result = run(snp_certs("fetch", &kds, &dir.path().join("cache"))
-        .arg("--from-host")
-        .arg("-o")
-        .arg(dir.path().join("certs.bin")));
-    assert_eq!(result.status.code(), Some(2));
-    assert!(
-        stderr(&result).contains("Cannot open /dev/sev"),
-        "{}",
-        stderr(&result)
-    );
+    let result = run(&mut without_dev_sev(
+        snp_certs("fetch", &kds, &dir.path().join("cache"))
+            .arg("--from-host")
+            .arg("-o")
+            .arg(dir.path().join("certs.bin")),
+    ));
+    assert_fails_with(&result, 2, "Cannot open /dev/sev");
     assert_eq!(kds.requests(), 0);
 }
 
@@ -250,12 +239,7 @@ fn a_vlek_chain_comes_from_the_vlek_tree_and_must_be_for_the_product() {
         .arg(&vlek)
         .arg("-o")
         .arg(&out));
-    assert_eq!(result.status.code(), Some(1));
-    assert!(
-        stderr(&result).contains("for Testonly, not Milan"),
-        "{}",
-        stderr(&result)
-    );
+    assert_fails_with(&result, 1, "for Testonly, not Milan");
     assert_eq!(kds.log(), ["/vlek/v1/Milan/cert_chain"]);
     assert!(!out.exists());
 }
@@ -264,52 +248,22 @@ fn a_vlek_chain_comes_from_the_vlek_tree_and_must_be_for_the_product() {
 /// user 65534 (nobody) when the tests run as root, else as the user they
 /// run as: either way a user who is not root.
 fn fetch_as_nobody(kds: &FakeKds, home: &Path, tmp: &Path, out: &Path) -> std::process::Output {
-    let bin = env!("CARGO_BIN_EXE_snp-certs");
+    let mut fetch = snp_certs_at("fetch", kds);
+    fetch
+        .args(milan_platform())
+        .arg("--no-crl")
+        .arg("-o")
+        .arg(out)
+        .env("HOME", home)
+        .env("TMPDIR", tmp)
+        .env_remove("XDG_CACHE_HOME");
     // SAFETY: geteuid() has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let mut c = if root {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
-    let (hwid, tcb) = milan();
-    c.args([
-        "fetch",
-        "--kds",
-        &kds.url(),
-        "--min-interval-ms",
-        "0",
-        "--at",
-        AT,
-    ])
-    .args([
-        "--product",
-        "milan",
-        "--hwid",
-        &hwid,
-        "--tcb",
-        &tcb,
-        "--no-crl",
-    ])
-    .arg("-o")
-    .arg(out)
-    .env("HOME", home)
-    .env("TMPDIR", tmp)
-    .env_remove("XDG_CACHE_HOME");
-    for proxy in [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ] {
-        c.env_remove(proxy);
+    if unsafe { libc::geteuid() } != 0 {
+        return run(&mut fetch);
     }
-    run(&mut c)
+    let mut nobody = Command::new("setpriv");
+    nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    run(&mut through(Some(nobody), &fetch))
 }
 
 #[test]
@@ -359,12 +313,7 @@ fn an_unwritable_cache_names_the_cache_option() {
     let result = run(fetch_milan(&kds, Path::new("/proc/snp-certs-cache"))
         .arg("-o")
         .arg(dir.path().join("certs.bin")));
-    assert_eq!(result.status.code(), Some(2));
-    assert!(
-        stderr(&result).contains("--cache DIR"),
-        "{}",
-        stderr(&result)
-    );
+    assert_fails_with(&result, 2, "--cache DIR");
 }
 
 #[test]
@@ -396,18 +345,13 @@ fn bergamo_and_siena_are_genoa_in_any_case() {
         "-o",
         "x",
     ]));
-    assert_eq!(result.status.code(), Some(2));
-    assert!(
-        stderr(&result).contains("milan, genoa, bergamo, siena or turin"),
-        "{}",
-        stderr(&result)
-    );
+    assert_fails_with(&result, 2, "milan, genoa, bergamo, siena or turin");
 }
 
 #[test]
 fn vcek_url_prints_the_kds_url_of_a_vcek() {
     let (hwid, tcb) = milan();
-    let out = run(Command::new(env!("CARGO_BIN_EXE_snp-certs")).args([
+    let out = run(snp_certs_bin().args([
         "vcek-url",
         "--product",
         "milan",
@@ -424,7 +368,7 @@ fn vcek_url_prints_the_kds_url_of_a_vcek() {
         )
     );
     // Through a fleet's caching proxy, for a Bergamo (a Genoa part).
-    let out = run(Command::new(env!("CARGO_BIN_EXE_snp-certs"))
+    let out = run(snp_certs_bin()
         .args(["vcek-url", "--kds", "http://kds-cache.internal:8080/"])
         .args(["--product", "bergamo", "--hwid", &"cd".repeat(64)])
         .args(["--tcb", "0xdb18000000000004"]));
@@ -435,16 +379,10 @@ fn vcek_url_prints_the_kds_url_of_a_vcek() {
         stdout(&out)
     );
     assert!(stdout(&out).contains("?blSPL=04&teeSPL=00&snpSPL=24&ucodeSPL=219"));
-    // This host's own VCEK: from the firmware, which this host may lack.
-    if !Path::new("/dev/sev").exists() {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_snp-certs")).arg("vcek-url"));
-        assert_eq!(out.status.code(), Some(2));
-        assert!(
-            stderr(&out).contains("Cannot open /dev/sev"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    // This host's own VCEK: from the firmware, here without /dev/sev on
+    // any host (see `without_dev_sev`).
+    let out = run(&mut without_dev_sev(snp_certs_bin().arg("vcek-url")));
+    assert_fails_with(&out, 2, "Cannot open /dev/sev");
 }
 
 #[test]

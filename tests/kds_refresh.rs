@@ -9,7 +9,8 @@ mod kds_support;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,25 +20,82 @@ use snp_certs::table::{CertTable, TableBuilder};
 use snp_certs::{CertKind, CertsReader};
 use snp_kds::{Product, TcbLevels};
 
-/// A table of the Milan fixtures; with or without the VCEK.
-fn milan_table(with_vcek: bool) -> Vec<u8> {
+/// A table of the fixtures of `chip` (`milan`, `turin`); with or without
+/// the VCEK.
+fn table_of(chip: &str, with_vcek: bool) -> Vec<u8> {
     let mut b = TableBuilder::new();
     if with_vcek {
-        b.add(CertKind::Vcek, fixture_der("amd/milan/vcek.der"))
+        b.add(CertKind::Vcek, fixture_der(&format!("amd/{chip}/vcek.der")))
             .unwrap();
     }
-    b.add(CertKind::Ask, fixture_der("amd/milan/ask.pem"))
+    b.add(CertKind::Ask, fixture_der(&format!("amd/{chip}/ask.pem")))
         .unwrap();
-    b.add(CertKind::Ark, fixture_der("amd/milan/ark.pem"))
+    b.add(CertKind::Ark, fixture_der(&format!("amd/{chip}/ark.pem")))
         .unwrap();
     b.build().unwrap()
 }
 
-fn certs_file(dir: &Path, bytes: &[u8]) -> (PathBuf, u64) {
-    let path = dir.join("certs.bin");
-    fs::write(&path, bytes).unwrap();
-    let ino = fs::metadata(&path).unwrap().ino();
-    (path, ino)
+/// A table of the Milan fixtures; with or without the VCEK.
+fn milan_table(with_vcek: bool) -> Vec<u8> {
+    table_of("milan", with_vcek)
+}
+
+/// The fake KDS serving AMD's fixtures, and a certs file in a temporary
+/// directory with a private cache beside it.
+struct Scene {
+    kds: FakeKds,
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Scene {
+    /// `kds`, and a certs file holding `bytes`.
+    fn with(kds: FakeKds, bytes: &[u8]) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certs.bin");
+        fs::write(&path, bytes).unwrap();
+        let ino = fs::metadata(&path).unwrap().ino();
+        Scene {
+            kds,
+            dir,
+            path,
+            ino,
+        }
+    }
+
+    /// The fake KDS with AMD's fixtures, and a certs file holding `bytes`.
+    fn new(bytes: &[u8]) -> Scene {
+        Scene::with(FakeKds::with_amd_fixtures(), bytes)
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// `snp-certs refresh FILE` with the fake KDS and the private cache.
+    fn refresh(&self) -> Command {
+        let mut c = snp_certs("refresh", &self.kds, &self.cache());
+        c.arg(&self.path);
+        c
+    }
+
+    /// [`Scene::refresh`] for the Milan fixture chip, without CRL.
+    fn refresh_milan(&self) -> Command {
+        refresh_milan(&self.kds, &self.cache(), &self.path)
+    }
+
+    /// What the certs file holds now.
+    fn holds(&self) -> Vec<u8> {
+        fs::read(&self.path).unwrap()
+    }
+
+    /// Asserts the certs file is the one it was (rewritten in place, never
+    /// replaced).
+    fn assert_in_place(&self) {
+        let ino = fs::metadata(&self.path).unwrap().ino();
+        assert_eq!(ino, self.ino, "not in place");
+    }
 }
 
 fn newer_tcb() -> String {
@@ -47,294 +105,205 @@ fn newer_tcb() -> String {
     t.to_string()
 }
 
+/// A command for `refresh -- CMD` that ends once a process is blocked
+/// waiting for a lock on the file whose inode is `$CERTS_INODE` (a line
+/// of `/proc/locks` with `->`), and fails after 20 s without one.
+const UNTIL_A_READER_WAITS: &str = r#"
+i=0
+until grep -q -- "->.*:$CERTS_INODE " /proc/locks; do
+    i=$((i + 1))
+    [ "$i" -lt 2000 ] || { echo "no reader waited for the lock" >&2; exit 9; }
+    sleep 0.01
+done"#;
+
 #[test]
 fn refresh_rewrites_in_place_and_a_reader_never_sees_a_mix() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
     let old = milan_table(false);
     let new = milan_table(true);
-    let (path, ino) = certs_file(dir.path(), &old);
+    let scene = Scene::new(&old);
 
     // A reader, as a VMM reads: shared lock, read, classify.
     let stop = Arc::new(AtomicBool::new(false));
-    let (seen_old, seen_new, mixed, longest_wait_ms) = (
-        Arc::new(AtomicU64::new(0)),
+    let (seen_old, seen_new, mixed) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
     let reader = {
-        let (path, stop) = (path.clone(), Arc::clone(&stop));
-        let (seen_old, seen_new, mixed, longest) = (
+        let (path, stop) = (scene.path.clone(), Arc::clone(&stop));
+        let (seen_old, seen_new, mixed) = (
             Arc::clone(&seen_old),
             Arc::clone(&seen_new),
             Arc::clone(&mixed),
-            Arc::clone(&longest_wait_ms),
         );
         let (old, new) = (old.clone(), new.clone());
         std::thread::spawn(move || {
             let mut reader = CertsReader::new();
             while !stop.load(Ordering::Acquire) {
-                match reader.lock_and_read(&path, Duration::from_secs(10)) {
-                    Ok(locked) => {
-                        let waited = locked.lock_wait.as_millis() as u64;
-                        longest.fetch_max(waited, Ordering::Relaxed);
-                        if locked.bytes == old.as_slice() {
-                            seen_old.fetch_add(1, Ordering::Relaxed);
-                        } else if locked.bytes == new.as_slice() {
-                            seen_new.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            mixed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(_) => {
-                        mixed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let seen = match reader.lock_and_read(&path, Duration::from_secs(20)) {
+                    Ok(locked) if locked.bytes == old.as_slice() => &seen_old,
+                    Ok(locked) if locked.bytes == new.as_slice() => &seen_new,
+                    Ok(_) | Err(_) => &mixed,
+                };
+                seen.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen_old.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "reader did not start");
-        std::thread::yield_now();
-    }
+    let until_seen = |count: &AtomicU64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::yield_now();
+        }
+    };
+    until_seen(&seen_old, "the reader did not start");
 
-    let (hwid, tcb) = milan();
-    // The command holds the lock a while, as a firmware commit would.
-    let out = run(snp_certs("refresh", &kds, &dir.path().join("cache"))
-        .arg(&path)
-        .args([
-            "--product",
-            "milan",
-            "--hwid",
-            &hwid,
-            "--tcb",
-            &tcb,
-            "--no-crl",
-        ])
-        .args(["--", "sh", "-c", "sleep 0.3"]));
-    assert!(out.status.success());
+    // The command runs under the lock, as a firmware commit would, and
+    // ends only once it has seen the reader wait for that lock.
+    let out = run(scene
+        .refresh_milan()
+        .args(["--", "sh", "-c", UNTIL_A_READER_WAITS])
+        .env("CERTS_INODE", scene.ino.to_string()));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("updated"), "{}", stdout(&out));
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while seen_new.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "reader never saw the new table");
-        std::thread::yield_now();
-    }
+    until_seen(&seen_new, "the reader never saw the new table");
     stop.store(true, Ordering::Release);
     reader.join().unwrap();
     assert_eq!(mixed.load(Ordering::Relaxed), 0);
-    // The reader was held off while the command ran under the lock.
-    assert!(
-        longest_wait_ms.load(Ordering::Relaxed) >= 200,
-        "longest reader wait {} ms",
-        longest_wait_ms.load(Ordering::Relaxed)
-    );
-    assert_eq!(fs::read(&path).unwrap(), new);
-    assert_eq!(fs::metadata(&path).unwrap().ino(), ino, "not in place");
-    assert!(verifies(&path));
-    assert_eq!(kds.requests(), 2);
+    assert_eq!(scene.holds(), new);
+    scene.assert_in_place();
+    assert!(verifies(&scene.path));
+    assert_eq!(scene.kds.requests(), 2);
 }
 
 #[test]
 fn no_vcek_for_the_new_tcb_leaves_the_chain_only_and_exits_3() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
-    let (path, ino) = certs_file(dir.path(), &milan_table(true));
+    let scene = Scene::new(&milan_table(true));
     // After the "firmware update" the TCB is one microcode level up; KDS
     // has nothing for it.
-    let out = run(snp_certs("refresh", &kds, &dir.path().join("cache"))
-        .arg(&path)
+    let out = run(scene
+        .refresh()
         .args(["--tcb", &newer_tcb(), "--no-crl"])
         .args(["--", "true"]));
-    assert_eq!(out.status.code(), Some(3));
-    let err = stderr(&out);
-    assert!(err.contains("WITHOUT a VCEK"), "{err}");
-    assert!(err.contains("HTTP 404"), "{err}");
-    let bytes = fs::read(&path).unwrap();
+    assert_fails_with(&out, 3, "WITHOUT a VCEK");
+    assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
+    let bytes = scene.holds();
     let table = CertTable::parse(&bytes).unwrap();
     assert!(table.get(CertKind::Vcek).is_none());
     assert!(table.get(CertKind::Ask).is_some());
     assert!(table.get(CertKind::Ark).is_some());
     assert_eq!(bytes, milan_table(false));
-    assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
+    scene.assert_in_place();
 }
 
+/// `--from-host` where the firmware cannot be asked (no `/dev/sev`, on
+/// every host: see [`without_dev_sev`]).
 #[test]
 fn an_unknown_tcb_after_the_command_drops_the_vcek_too() {
-    if Path::new("/dev/sev").exists() {
-        return;
-    }
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = certs_file(dir.path(), &milan_table(true));
-    let out = run(snp_certs("refresh", &kds, &dir.path().join("cache"))
-        .arg(&path)
-        .args(["--from-host", "--", "true"]));
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("/dev/sev"), "{}", stderr(&out));
-    assert_eq!(fs::read(&path).unwrap(), milan_table(false));
-    assert_eq!(kds.requests(), 0);
+    let scene = Scene::new(&milan_table(true));
+    let out = run(&mut without_dev_sev(scene.refresh().args([
+        "--from-host",
+        "--",
+        "true",
+    ])));
+    assert_fails_with(&out, 3, "Cannot open /dev/sev");
+    assert_eq!(scene.holds(), milan_table(false));
+    assert_eq!(scene.kds.requests(), 0);
 }
 
 #[test]
 fn a_still_matching_vcek_is_kept_when_kds_cannot_help() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
     let before = milan_table(true);
-    let (path, _) = certs_file(dir.path(), &before);
+    let scene = Scene::new(&before);
     let (_, tcb) = milan();
-    let out = run(snp_certs("refresh", &kds, &dir.path().join("cache"))
-        .arg(&path)
-        .args(["--tcb", &tcb, "--offline"]));
-    assert_eq!(out.status.code(), Some(66));
-    assert!(stderr(&out).contains("left unchanged"), "{}", stderr(&out));
-    assert_eq!(fs::read(&path).unwrap(), before);
+    let out = run(scene.refresh().args(["--tcb", &tcb, "--offline"]));
+    assert_fails_with(&out, 66, "left unchanged");
+    assert_eq!(scene.holds(), before);
 }
 
 #[test]
 fn a_failing_command_changes_nothing() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
     let before = milan_table(false);
-    let (path, _) = certs_file(dir.path(), &before);
-    let (hwid, tcb) = milan();
-    let out = run(snp_certs("refresh", &kds, &dir.path().join("cache"))
-        .arg(&path)
-        .args(["--product", "milan", "--hwid", &hwid, "--tcb", &tcb])
-        .args(["--", "sh", "-c", "exit 7"]));
-    assert_eq!(out.status.code(), Some(7));
-    assert!(stderr(&out).contains("was not changed"), "{}", stderr(&out));
-    assert_eq!(fs::read(&path).unwrap(), before);
-    assert_eq!(kds.requests(), 0);
+    let scene = Scene::new(&before);
+    let out = run(scene.refresh_milan().args(["--", "sh", "-c", "exit 7"]));
+    assert_fails_with(&out, 7, "was not changed");
+    assert_eq!(scene.holds(), before);
+    assert_eq!(scene.kds.requests(), 0);
 }
 
 #[test]
 fn prefetch_warms_the_cache_for_a_later_offline_refresh() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let (path, ino) = certs_file(dir.path(), &milan_table(true));
+    let scene = Scene::new(&milan_table(true));
     let (_, tcb) = milan();
     // Chip and product come from the file's VCEK.
-    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
-        "--prefetch",
-        "--tcb",
-        &tcb,
-        "--no-crl",
-    ]));
-    assert!(out.status.success());
+    let out = run(scene
+        .refresh()
+        .args(["--prefetch", "--tcb", &tcb, "--no-crl"]));
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("KDS requests: 2"), "{}", stdout(&out));
-    assert_eq!(fs::read(&path).unwrap(), milan_table(true));
+    assert_eq!(scene.holds(), milan_table(true));
 
     // During the maintenance window KDS is not needed.
-    fs::write(&path, milan_table(false)).unwrap();
-    let (hwid, _) = milan();
-    let out = run(snp_certs("refresh", &kds, &cache)
-        .arg(&path)
-        .args(["--product", "milan", "--hwid", &hwid, "--tcb", &tcb])
-        .args(["--no-crl", "--offline", "--", "true"]));
-    assert!(out.status.success());
-    assert_eq!(kds.requests(), 2);
-    assert_eq!(fs::read(&path).unwrap(), milan_table(true));
-    assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
-}
-
-/// A table of the Turin fixtures (another chip's VCEK).
-fn turin_table() -> Vec<u8> {
-    let mut b = TableBuilder::new();
-    b.add(CertKind::Vcek, fixture_der("amd/turin/vcek.der"))
-        .unwrap();
-    b.add(CertKind::Ask, fixture_der("amd/turin/ask.pem"))
-        .unwrap();
-    b.add(CertKind::Ark, fixture_der("amd/turin/ark.pem"))
-        .unwrap();
-    b.build().unwrap()
+    fs::write(&scene.path, milan_table(false)).unwrap();
+    let out = run(scene.refresh_milan().args(["--offline", "--", "true"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(scene.kds.requests(), 2);
+    assert_eq!(scene.holds(), milan_table(true));
+    scene.assert_in_place();
 }
 
 #[test]
 fn a_bare_tcb_with_nothing_fetched_leaves_the_file_byte_identical() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
     let before = milan_table(true);
-    let (path, ino) = certs_file(dir.path(), &before);
-    let cache = dir.path().join("cache");
+    let scene = Scene::new(&before);
     // A typo in --tcb, offline, empty cache, no command: the file's VCEK
     // is not dropped on the operator's word alone; the exit code says what
     // is missing.
-    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
-        "--tcb",
-        &newer_tcb(),
-        "--offline",
-    ]));
-    assert_eq!(out.status.code(), Some(66));
+    let out = run(scene.refresh().args(["--tcb", &newer_tcb(), "--offline"]));
+    assert_fails_with(&out, 66, "left unchanged");
     let err = stderr(&out);
-    assert!(err.contains("left unchanged"), "{err}");
     assert!(err.contains("only --tcb says the TCB moved"), "{err}");
     assert!(!err.contains("WITHOUT a VCEK"), "{err}");
-    assert_eq!(fs::read(&path).unwrap(), before);
-    assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
-    assert_eq!(kds.requests(), 0);
+    assert_eq!(scene.holds(), before);
+    scene.assert_in_place();
+    assert_eq!(scene.kds.requests(), 0);
 
     // KDS unavailable (rate limited past the budget): 69, file the same.
-    kds.throttle(Throttle {
+    scene.kds.throttle(Throttle {
         fail_first: 100,
         retry_after: Some("1".to_owned()),
         ..Throttle::default()
     });
-    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
-        "--tcb",
-        &newer_tcb(),
-        "--max-attempts",
-        "1",
-    ]));
-    assert_eq!(out.status.code(), Some(69));
-    assert!(stderr(&out).contains("left unchanged"), "{}", stderr(&out));
-    assert_eq!(fs::read(&path).unwrap(), before);
+    let out = run(scene
+        .refresh()
+        .args(["--tcb", &newer_tcb(), "--max-attempts", "1"]));
+    assert_fails_with(&out, 69, "left unchanged");
+    assert_eq!(scene.holds(), before);
 
     // KDS has nothing for that TCB (404): still nothing dropped.
-    kds.throttle(Throttle::default());
-    let out = run(snp_certs("refresh", &kds, &cache)
-        .arg(&path)
-        .args(["--tcb", &newer_tcb()]));
+    scene.kds.throttle(Throttle::default());
+    let out = run(scene.refresh().args(["--tcb", &newer_tcb()]));
     assert_ne!(out.status.code(), Some(0));
     assert_ne!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
-    assert_eq!(fs::read(&path).unwrap(), before);
+    assert_eq!(scene.holds(), before);
 }
 
 #[test]
 fn a_vcek_for_another_platform_is_not_installed_on_tcb_alone() {
-    let kds = FakeKds::with_amd_fixtures();
-    let dir = tempfile::tempdir().unwrap();
     // The file holds another chip's VCEK (a Turin's); the Milan VCEK named
     // by --product/--hwid/--tcb is on KDS and verifies.
-    let before = turin_table();
-    let (path, _) = certs_file(dir.path(), &before);
-    let cache = dir.path().join("cache");
-    let (hwid, tcb) = milan();
-    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
-        "--product",
-        "milan",
-        "--hwid",
-        &hwid,
-        "--tcb",
-        &tcb,
-        "--no-crl",
-    ]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(err.contains("not replacing the VCEK"), "{err}");
-    assert!(err.contains("--from-host"), "{err}");
-    assert_eq!(fs::read(&path).unwrap(), before);
+    let before = table_of("turin", true);
+    let scene = Scene::new(&before);
+    let out = run(&mut scene.refresh_milan());
+    assert_fails_with(&out, 1, "not replacing the VCEK");
+    assert!(stderr(&out).contains("--from-host"), "{}", stderr(&out));
+    assert_eq!(scene.holds(), before);
     // The same under a command that changes the TCB: installed.
-    let out = run(snp_certs("refresh", &kds, &cache)
-        .arg(&path)
-        .args(["--product", "milan", "--hwid", &hwid, "--tcb", &tcb])
-        .args(["--no-crl", "--", "true"]));
-    assert!(out.status.success());
-    assert_eq!(fs::read(&path).unwrap(), milan_table(true));
+    let out = run(scene.refresh_milan().args(["--", "true"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(scene.holds(), milan_table(true));
 }
 
 #[test]
@@ -346,24 +315,11 @@ fn a_chain_under_a_foreign_root_is_refused_and_the_file_kept() {
         "/vcek/v1/Milan/cert_chain",
         chain_pem("synthetic/asvk.pem", "synthetic/ark.pem"),
     );
-    let dir = tempfile::tempdir().unwrap();
     let before = milan_table(false);
-    let (path, _) = certs_file(dir.path(), &before);
-    let cache = dir.path().join("cache");
-    let (hwid, tcb) = milan();
-    let out = run(snp_certs("refresh", &kds, &cache).arg(&path).args([
-        "--product",
-        "milan",
-        "--hwid",
-        &hwid,
-        "--tcb",
-        &tcb,
-        "--no-crl",
-    ]));
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(err.contains("ARK is not a trusted root"), "{err}");
-    assert!(err.contains("--trust-root"), "{err}");
-    assert_eq!(fs::read(&path).unwrap(), before);
-    assert!(!cache.join("vcek/milan/cert_chain.pem").exists());
+    let scene = Scene::with(kds, &before);
+    let out = run(&mut scene.refresh_milan());
+    assert_fails_with(&out, 1, "ARK is not a trusted root");
+    assert!(stderr(&out).contains("--trust-root"), "{}", stderr(&out));
+    assert_eq!(scene.holds(), before);
+    assert!(!scene.cache().join("vcek/milan/cert_chain.pem").exists());
 }

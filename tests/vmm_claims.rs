@@ -16,10 +16,8 @@ use std::process::Stdio;
 
 use serde_json::Value;
 use snp_certs::{CertKind, TableBuilder};
-use support::api::{
-    ApiVmm, DEADLINE_SECS, certs_file, hypervisor_for, looping_guest, props, snp_remote, str_of,
-};
-use support::{ChildGuard, Events, ManagementLock, backends, poll, snp_vmm, snp_vmm_attest_on};
+use support::api::{ApiVmm, DEADLINE_SECS, certs_file, looping_guest, props, snp_remote, str_of};
+use support::{ChildGuard, Events, ManagementLock, kvm, poll, snp_vmm, snp_vmm_attest_on};
 
 /// A valid one-entry table of about `len` bytes.
 fn table_of(len: usize) -> Vec<u8> {
@@ -31,55 +29,70 @@ fn table_of(len: usize) -> Vec<u8> {
 }
 
 #[test]
-fn sigint_without_an_api_socket_still_prints_the_summary() {
-    for hv in backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs.bin");
-        fs::write(&certs, support::table(0x5a)).unwrap();
-        let events = Events(dir.path().join("events.jsonl"));
-        // Files, not pipes: the per-request lines must never fill a pipe
-        // nobody reads.
-        let stdout = dir.path().join("stdout");
-        let stderr = dir.path().join("stderr");
-        let mut vmm = ChildGuard(
-            snp_vmm_attest_on(hv, &certs, "", "requests=100000,interval-ms=2", &events)
-                .stdout(fs::File::create(&stdout).unwrap())
-                .stderr(fs::File::create(&stderr).unwrap())
-                .spawn()
-                .unwrap(),
-        );
-        events.wait_for("report", 1);
-        let pid = vmm.0.id() as libc::pid_t;
-        // SAFETY: kill() has no memory-safety preconditions; the child is
-        // ours and not yet reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-        let status = vmm.wait_exit(60);
-        let out = fs::read_to_string(&stdout).unwrap();
-        let err = fs::read_to_string(&stderr).unwrap();
-        assert!(err.contains("interrupted: stopping the VM"), "{hv}: {err}");
-        let summary = out
-            .lines()
-            .find(|l| l.starts_with("summary: "))
-            .unwrap_or_else(|| panic!("{hv}: no summary in {out}"));
-        let reported: u64 = summary
-            .trim_start_matches("summary: ")
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(reported >= 1, "{hv}: {summary}");
-        assert!(summary.contains(", 0 did not"), "{hv}: {summary}");
-        // Far fewer than the 100000 asked for: the run was cut short.
-        assert!(reported < 100_000, "{hv}: {summary}");
-        assert_eq!(status.code(), Some(0), "{hv}: {out}\n{err}");
-        assert_eq!(events.named("stopped").len(), 1, "{hv}");
-    }
+fn kvm_sigint_without_an_api_socket_still_prints_the_summary() {
+    sigint_without_an_api_socket_still_prints_the_summary(kvm());
 }
 
 #[test]
-fn a_table_above_16_kib_is_reported_in_the_warnings_when_allowed() {
-    let hv = hypervisor_for("a_table_above_16_kib_is_reported_in_the_warnings_when_allowed");
+fn mock_sigint_without_an_api_socket_still_prints_the_summary() {
+    sigint_without_an_api_socket_still_prints_the_summary("mock");
+}
+
+fn sigint_without_an_api_socket_still_prints_the_summary(hv: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.bin");
+    fs::write(&certs, support::table(0x5a)).unwrap();
+    let events = Events(dir.path().join("events.jsonl"));
+    // Files, not pipes: the per-request lines must never fill a pipe
+    // nobody reads.
+    let stdout = dir.path().join("stdout");
+    let stderr = dir.path().join("stderr");
+    let mut vmm = ChildGuard(
+        snp_vmm_attest_on(hv, &certs, "", "requests=100000,interval-ms=2", &events)
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    events.wait_for("report", 1);
+    let pid = vmm.0.id() as libc::pid_t;
+    // SAFETY: kill() has no memory-safety preconditions; the child is
+    // ours and not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = vmm.wait_exit(60);
+    let out = fs::read_to_string(&stdout).unwrap();
+    let err = fs::read_to_string(&stderr).unwrap();
+    assert!(err.contains("interrupted: stopping the VM"), "{hv}: {err}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("{hv}: no summary in {out}"));
+    let reported: u64 = summary
+        .trim_start_matches("summary: ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reported >= 1, "{hv}: {summary}");
+    assert!(summary.contains(", 0 did not"), "{hv}: {summary}");
+    // Far fewer than the 100000 asked for: the run was cut short.
+    assert!(reported < 100_000, "{hv}: {summary}");
+    assert_eq!(status.code(), Some(0), "{hv}: {out}\n{err}");
+    assert_eq!(events.named("stopped").len(), 1, "{hv}");
+}
+
+#[test]
+fn kvm_a_table_above_16_kib_is_reported_in_the_warnings_when_allowed() {
+    a_table_above_16_kib_is_reported_in_the_warnings_when_allowed(kvm());
+}
+
+#[test]
+fn mock_a_table_above_16_kib_is_reported_in_the_warnings_when_allowed() {
+    a_table_above_16_kib_is_reported_in_the_warnings_when_allowed("mock");
+}
+
+fn a_table_above_16_kib_is_reported_in_the_warnings_when_allowed(hv: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
     let bytes = table_of(17 * 1024);
@@ -129,8 +142,16 @@ fn mkfifo(path: &std::path::Path) {
 }
 
 #[test]
-fn events_dropped_by_a_full_queue_are_counted() {
-    let hv = hypervisor_for("events_dropped_by_a_full_queue_are_counted");
+fn kvm_events_dropped_by_a_full_queue_are_counted() {
+    events_dropped_by_a_full_queue_are_counted(kvm());
+}
+
+#[test]
+fn mock_events_dropped_by_a_full_queue_are_counted() {
+    events_dropped_by_a_full_queue_are_counted("mock");
+}
+
+fn events_dropped_by_a_full_queue_are_counted(hv: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let (certs, _) = certs_file(dir.path(), "certs.bin", 0x42);
     let fifo = dir.path().join("events.fifo");
@@ -179,10 +200,13 @@ fn events_dropped_by_a_full_queue_are_counted() {
 }
 
 #[test]
-fn extra_vcpus_halt_at_once_while_vcpu_0_runs() {
-    for hv in backends() {
-        extra_vcpus_halt_on(hv);
-    }
+fn kvm_extra_vcpus_halt_at_once_while_vcpu_0_runs() {
+    extra_vcpus_halt_on(kvm());
+}
+
+#[test]
+fn mock_extra_vcpus_halt_at_once_while_vcpu_0_runs() {
+    extra_vcpus_halt_on("mock");
 }
 
 fn extra_vcpus_halt_on(hv: &'static str) {
@@ -220,8 +244,16 @@ fn extra_vcpus_halt_on(hv: &'static str) {
 }
 
 #[test]
-fn put_snp_certs_answers_409_while_the_new_file_is_locked() {
-    let hv = hypervisor_for("put_snp_certs_answers_409_while_the_new_file_is_locked");
+fn kvm_put_snp_certs_answers_409_while_the_new_file_is_locked() {
+    put_snp_certs_answers_409_while_the_new_file_is_locked(kvm());
+}
+
+#[test]
+fn mock_put_snp_certs_answers_409_while_the_new_file_is_locked() {
+    put_snp_certs_answers_409_while_the_new_file_is_locked("mock");
+}
+
+fn put_snp_certs_answers_409_while_the_new_file_is_locked(hv: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let (a, _) = certs_file(dir.path(), "a.bin", 0x31);
     let (b, _) = certs_file(dir.path(), "b.bin", 0x32);

@@ -2,8 +2,9 @@
 //! empty-table fallback, the 16 KiB limit, and a VMM that starts while a
 //! management tool updates the certs file. Each test runs the real
 //! `snp-vmm` with the attestation guest (retrying busy answers as a Linux
-//! guest does, its 2 s pause scaled down by `retry-ms`), on KVM where
-//! `/dev/kvm` is usable and always on the mock backend, with a second
+//! guest does, its 2 s pause scaled down by `retry-ms`), as `kvm_*` on KVM
+//! (the runner skips those, saying so, where `/dev/kvm` is not usable) and
+//! as `mock_*` on the mock backend, with a second
 //! process (`snp-certs lock`) as the management tool. Every step waits on
 //! an event it can see (a line of the event stream or of stderr), never a
 //! time window.
@@ -18,7 +19,7 @@ use std::os::unix::net::UnixListener;
 use std::process::Stdio;
 
 use snp_certs::{CertKind, TableBuilder};
-use support::{ChildGuard, Events, ManagementLock, backends, snp_vmm_attest_on, table};
+use support::{ChildGuard, Events, ManagementLock, kvm, snp_vmm_attest_on, table};
 use test_guests::attest::expected_report_for;
 
 /// Reads `child`'s stderr until a line contains every one of `needles`.
@@ -37,10 +38,13 @@ fn stderr_line(child: &mut ChildGuard, needles: &[&str]) -> String {
 }
 
 #[test]
-fn a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table() {
-    for hv in backends() {
-        a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on(hv);
-    }
+fn kvm_a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table() {
+    a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on(kvm());
+}
+
+#[test]
+fn mock_a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table() {
+    a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on("mock");
 }
 
 fn a_writer_holding_the_lock_past_the_budget_gets_the_guest_the_empty_table_on(hv: &str) {
@@ -97,10 +101,13 @@ fn lock_held(path: &std::path::Path) -> bool {
 }
 
 #[test]
-fn a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
-    for hv in backends() {
-        a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on(hv);
-    }
+fn kvm_a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
+    a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on(kvm());
+}
+
+#[test]
+fn mock_a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured() {
+    a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on("mock");
 }
 
 fn a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on(hv: &str) {
@@ -163,10 +170,13 @@ fn a_broken_file_gets_the_empty_table_at_once_or_busy_as_configured_on(hv: &str)
 }
 
 #[test]
-fn a_vmm_started_during_an_update_waits_for_it_and_serves() {
-    for hv in backends() {
-        a_vmm_started_during_an_update_waits_for_it_and_serves_on(hv);
-    }
+fn kvm_a_vmm_started_during_an_update_waits_for_it_and_serves() {
+    a_vmm_started_during_an_update_waits_for_it_and_serves_on(kvm());
+}
+
+#[test]
+fn mock_a_vmm_started_during_an_update_waits_for_it_and_serves() {
+    a_vmm_started_during_an_update_waits_for_it_and_serves_on("mock");
 }
 
 fn a_vmm_started_during_an_update_waits_for_it_and_serves_on(hv: &str) {

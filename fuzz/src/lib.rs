@@ -6,12 +6,15 @@
 //!   blob, after the terminator, GUIDs unique).
 //! * [`serve_path`]: the whole serve path on an arbitrary certs file, an
 //!   arbitrary request and a guest memory of 1 to 3 regions with holes.
-//!   Checked: no panic; the outcome is one of the four legal answers with
-//!   its `ret`; nothing is written outside `[gpa, gpa + len)` (len the
-//!   table's or the 24-byte empty table's) nor outside guest memory, and
-//!   what is written is exactly the file or the empty table; `EIO` only
-//!   for the guest's own faults, each of which is re-derived here from
-//!   the request and the memory layout.
+//!   The answer is derived here, independently, from the request, the
+//!   memory layout, the file and the configuration ([`expected`], which
+//!   follows the table in the module docs of `snp_certs::serve`), and the
+//!   outcome must be exactly it: kind, reason, `ret`, `npages`, bytes, the
+//!   fallback flag and whether the lease is held. So an engine that falls
+//!   back for a valid file, answers a fitting buffer with `ENOSPC` or a
+//!   guest fault with anything but `EIO` fails. Guest memory must then
+//!   hold exactly what that answer writes at `gpa` (the file, the 24-byte
+//!   empty table, or nothing) and be unchanged everywhere else.
 //!
 //! A failed check panics, which both drivers report as a crash.
 
@@ -20,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use snp_certs::serve::PAGE_SIZE;
-use snp_certs::table::{CertTable, EMPTY_TABLE, TableBuilder, exceeds_guest_limit};
+use snp_certs::table::{CertTable, EMPTY_TABLE, MAX_TABLE_SIZE, TableBuilder, exceeds_guest_limit};
 use snp_certs::{
     BusyBudget, CertsConfig, CertsReader, CertsRequest, OnError, OutcomeKind, Reason, serve,
 };
@@ -182,82 +185,19 @@ pub fn serve_path_outcome(data: &[u8]) -> Reason {
             OutcomeKind::Failed => 5,
         }
     );
-    // What should be in guest memory at gpa, if anything.
-    let served_table = file.as_deref().filter(|b| {
-        CertTable::parse(b).is_ok() && !exceeds_guest_limit(b.len() as u64, config.allow_large)
-    });
-    // Whether [gpa, gpa + len) is all guest RAM, derived from the layout
-    // (regions are sorted; adjacent ones join).
-    let inside = |len: u64| {
-        let Some(end) = gpa.checked_add(len) else {
-            return false;
-        };
-        let mut pos = gpa;
-        while pos < end {
-            let Some((start, size)) = ranges
-                .iter()
-                .find(|(start, size)| start.0 <= pos && pos < start.0 + *size as u64)
-            else {
-                return false;
-            };
-            pos = start.0 + *size as u64;
-        }
-        true
+    let want = expected(request, &ranges, file.as_deref(), &config);
+    let got = Answer {
+        kind: outcome.kind,
+        reason: outcome.reason,
+        npages: outcome.npages,
+        bytes: outcome.bytes,
+        fallback: outcome.fallback,
+        lease: outcome.lease.is_some(),
+        // What was written is read back from guest memory below.
+        written: want.written,
     };
-    let written: Option<&[u8]> = match outcome.kind {
-        OutcomeKind::Delivered => {
-            if npages == 0 {
-                assert_eq!(outcome.bytes, 0);
-                None
-            } else if outcome.reason == Reason::Served {
-                let table = served_table.expect("served a table that is not valid");
-                assert_eq!(outcome.bytes, table.len());
-                Some(table)
-            } else {
-                assert!(
-                    outcome.reason == Reason::NoCertsFile || outcome.fallback,
-                    "empty table for {:?}",
-                    outcome.reason
-                );
-                assert_eq!(outcome.bytes, EMPTY_TABLE.len());
-                Some(&EMPTY_TABLE[..])
-            }
-        }
-        OutcomeKind::NeedPages => {
-            let table = served_table.expect("sized a table that is not valid");
-            let needed = (table.len() as u64).div_ceil(PAGE_SIZE);
-            assert!(npages < needed);
-            assert_eq!(outcome.npages, needed);
-            None
-        }
-        OutcomeKind::Busy => {
-            assert_eq!(config.on_error, OnError::Busy, "busy without on_error=busy");
-            assert!(
-                outcome.fallback,
-                "busy without a lock holder: {:?}",
-                outcome.reason
-            );
-            None
-        }
-        OutcomeKind::Failed => {
-            // EIO only for the guest's own faults, each re-derived.
-            match outcome.reason {
-                Reason::GpaMisaligned => assert_ne!(gpa % PAGE_SIZE, 0),
-                Reason::BufferOverflows => assert!(
-                    npages
-                        .checked_mul(PAGE_SIZE)
-                        .and_then(|l| gpa.checked_add(l))
-                        .is_none()
-                ),
-                Reason::OutsideGuestRam => {
-                    let len = served_table.map_or(EMPTY_TABLE.len(), <[u8]>::len) as u64;
-                    assert!(!inside(len), "EIO for a buffer inside guest RAM");
-                }
-                other => panic!("EIO for a host-side reason: {other:?}"),
-            }
-            None
-        }
-    };
+    assert_eq!(got, want, "request {request:?}, memory {ranges:?}");
+    let written = want.written;
     // Every byte of guest memory is the fill, except the table at gpa.
     for (start, size) in &ranges {
         let mut bytes = vec![0u8; *size];
@@ -283,4 +223,145 @@ pub fn serve_path_outcome(data: &[u8]) -> Reason {
         }
     }
     outcome.reason
+}
+
+/// The answer a request must get, and what it writes at `gpa`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer<'a> {
+    /// The outcome's kind.
+    pub kind: OutcomeKind,
+    /// Why.
+    pub reason: Reason,
+    /// The `npages` written back.
+    pub npages: u64,
+    /// Bytes written (delivered) or the table's size (need pages).
+    pub bytes: usize,
+    /// Whether it is the fallback answer.
+    pub fallback: bool,
+    /// Whether the shared lock is still held (a delivery from the file).
+    pub lease: bool,
+    /// What lands at `gpa`, if anything.
+    pub written: Option<&'a [u8]>,
+}
+
+/// Whether `[gpa, gpa + len)` is all guest RAM in `ranges` (sorted;
+/// adjacent ones join).
+fn inside(ranges: &[(GuestAddress, usize)], gpa: u64, len: u64) -> bool {
+    let Some(end) = gpa.checked_add(len) else {
+        return false;
+    };
+    let mut pos = gpa;
+    while pos < end {
+        let Some((start, size)) = ranges
+            .iter()
+            .find(|(start, size)| start.0 <= pos && pos < start.0 + *size as u64)
+        else {
+            return false;
+        };
+        pos = start.0 + *size as u64;
+    }
+    true
+}
+
+/// The answer `request` must get with guest memory `ranges`, the certs
+/// file holding `file` (`None`: no certs file configured) and `config`
+/// (certs-timeout 0, nobody else holding the lock, a fresh busy budget),
+/// derived from the module docs of `snp_certs::serve`, not from its code.
+pub fn expected<'a>(
+    request: CertsRequest,
+    ranges: &[(GuestAddress, usize)],
+    file: Option<&'a [u8]>,
+    config: &CertsConfig,
+) -> Answer<'a> {
+    let CertsRequest { gpa, npages } = request;
+    let answer = |kind, reason| Answer {
+        kind,
+        reason,
+        npages,
+        bytes: 0,
+        fallback: false,
+        lease: false,
+        written: None,
+    };
+    // The guest's own faults first: nothing else is looked at.
+    if gpa % PAGE_SIZE != 0 {
+        return answer(OutcomeKind::Failed, Reason::GpaMisaligned);
+    }
+    if npages
+        .checked_mul(PAGE_SIZE)
+        .and_then(|len| gpa.checked_add(len))
+        .is_none()
+    {
+        return answer(OutcomeKind::Failed, Reason::BufferOverflows);
+    }
+    // Writing `bytes` at gpa: delivered, or EIO if they are not all RAM.
+    let write = |base: Answer<'a>, bytes: &'a [u8]| {
+        if inside(ranges, gpa, bytes.len() as u64) {
+            Answer {
+                bytes: bytes.len(),
+                written: Some(bytes),
+                ..base
+            }
+        } else {
+            Answer {
+                kind: OutcomeKind::Failed,
+                reason: Reason::OutsideGuestRam,
+                lease: false,
+                ..base
+            }
+        }
+    };
+    // The empty table: 24 zero bytes when the guest offered a buffer.
+    let empty = |base: Answer<'a>| {
+        if npages == 0 {
+            base
+        } else {
+            write(base, &EMPTY_TABLE)
+        }
+    };
+    let Some(file) = file else {
+        return empty(answer(OutcomeKind::Delivered, Reason::NoCertsFile));
+    };
+    let trouble = if file.len() > MAX_TABLE_SIZE {
+        Some(Reason::FileTooLarge)
+    } else if CertTable::parse(file).is_err() {
+        Some(Reason::FileInvalid)
+    } else if exceeds_guest_limit(file.len() as u64, config.allow_large) {
+        Some(Reason::ExceedsGuestLimit)
+    } else {
+        None
+    };
+    if let Some(reason) = trouble {
+        // Persistent: the fallback at once.
+        return match config.on_error {
+            OnError::Busy => Answer {
+                fallback: true,
+                ..answer(OutcomeKind::Busy, reason)
+            },
+            OnError::Empty => empty(Answer {
+                fallback: true,
+                ..answer(OutcomeKind::Delivered, reason)
+            }),
+        };
+    }
+    let needed = (file.len() as u64).div_ceil(PAGE_SIZE);
+    if npages < needed {
+        let reason = if npages == 0 {
+            Reason::SizeQuery
+        } else {
+            Reason::BufferTooSmall
+        };
+        return Answer {
+            npages: needed,
+            bytes: file.len(),
+            ..answer(OutcomeKind::NeedPages, reason)
+        };
+    }
+    write(
+        Answer {
+            lease: true,
+            ..answer(OutcomeKind::Delivered, Reason::Served)
+        },
+        file,
+    )
 }

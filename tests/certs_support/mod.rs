@@ -26,6 +26,23 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// `snp-certs build` of the synthetic VLEK chain (ARK, ASVK, VLEK) into
+/// `out`, validity checked at [`AT`]; the caller adds `--crl`,
+/// `--trust-root` and the like.
+pub fn build_synthetic_vlek(out: &Path) -> Command {
+    let mut c = snp_certs();
+    c.arg("build")
+        .arg("--ark")
+        .arg(fixture("synthetic/ark.pem"))
+        .arg("--asvk")
+        .arg(fixture("synthetic/asvk.pem"))
+        .arg("--vlek")
+        .arg(fixture("synthetic/vlek.der"))
+        .args(["--at", AT, "-o"])
+        .arg(out);
+    c
+}
+
 pub fn der(rel: &str) -> Vec<u8> {
     let kind = if rel.contains("crl") {
         DocumentKind::Crl
@@ -111,6 +128,25 @@ pub fn wait_for_lock_state(path: &Path, kind: Option<&str>) {
         assert!(
             Instant::now() < deadline,
             "lock state on {} never became {kind:?}: {held:?}",
+            path.display()
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Polls `/proc/locks` (with a 20 s deadline) until a process is blocked
+/// waiting for a lock on `path` (a line with `->` on its inode).
+pub fn wait_for_blocked_waiter(path: &Path) {
+    let needle = format!(":{} ", fs::metadata(path).unwrap().ino());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("->") && l.contains(&needle))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no waiter blocked on {} appeared",
             path.display()
         );
         std::thread::yield_now();

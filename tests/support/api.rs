@@ -17,38 +17,6 @@ use super::{ChildGuard, poll, snp_vmm, workspace_bin};
 /// How long any one wait of these tests may take before it fails.
 pub const DEADLINE_SECS: u64 = 20;
 
-/// The backend to run a test on: `kvm` when `/dev/kvm` opens, else
-/// `mock` (the API path is the same; the guest is the attestation guest's
-/// Rust twin). `SNP_E2E_HYPERVISOR=kvm|mock` forces one.
-pub fn hypervisor_for(test: &str) -> &'static str {
-    match std::env::var("SNP_E2E_HYPERVISOR").as_deref() {
-        Ok("kvm") => return "kvm",
-        Ok("mock") => return "mock",
-        _ => {}
-    }
-    match fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => "kvm",
-        Err(e) => {
-            eprintln!("note: {test}: /dev/kvm not available ({e}): running on --hypervisor mock");
-            "mock"
-        }
-    }
-}
-
-/// Whether `curl` can be run.
-pub fn curl_available() -> bool {
-    Command::new("curl")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The JSON-lines event file, read incrementally: each refresh reads only
 /// what was appended and parses complete lines. Every line must be a
 /// well-formed event (`timestamp` with `secs` and `nanos`, `source`,
@@ -238,7 +206,7 @@ pub fn curl(socket: &Path, dir: &Path, endpoint: &str, args: &[&str]) -> CurlAns
         .arg(format!("http://localhost/api/v1/{endpoint}"))
         .stdin(Stdio::null())
         .output()
-        .unwrap()
+        .unwrap_or_else(|e| panic!("cannot run curl, which scripts/setup.sh installs: {e}"))
         .into();
     assert_eq!(run.code, 0, "curl failed: {run:?}");
     let header_text = fs::read_to_string(&headers).unwrap();

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod help;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -55,20 +56,14 @@ pub fn snp_vmm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_snp-vmm"))
 }
 
-/// The backends a test that can run on either should run on: KVM where
-/// `/dev/kvm` is usable (the real vCPUs), and always the mock (the Rust
-/// model of the guest), so both paths are covered on KVM hosts.
-pub fn backends() -> Vec<&'static str> {
-    let kvm = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if kvm {
-        vec!["kvm", "mock"]
-    } else {
-        vec!["mock"]
-    }
+/// The KVM backend, for a `kvm_*` test: checks `/dev/kvm` first
+/// ([`require_kvm`]), so a test that reaches the VMM runs on real vCPUs.
+/// A test both backends can run is two tests, `kvm_NAME` on this and
+/// `mock_NAME` on `"mock"`, so the runner's summary shows the KVM run as
+/// skipped where `/dev/kvm` is not usable, never a mock run in its place.
+pub fn kvm() -> &'static str {
+    require_kvm();
+    "kvm"
 }
 
 /// [`snp_vmm_attest`] on the backend `hypervisor`.
@@ -132,6 +127,20 @@ pub fn poll<T>(secs: u64, what: &str, mut cond: impl FnMut() -> Option<T>) -> T 
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Waits until a process is blocked waiting for a lock on `path` (a line
+/// of `/proc/locks` with `->` on its inode), at most 20 s.
+pub fn wait_for_lock_waiter(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!(":{} ", fs::metadata(path).unwrap().ino());
+    poll(20, &format!("a lock waiter on {}", path.display()), || {
+        let locks = fs::read_to_string("/proc/locks").unwrap();
+        locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains(&inode))
+            .then_some(())
+    });
 }
 
 /// The JSON-lines event file of a `snp-vmm --event-monitor path=...`.

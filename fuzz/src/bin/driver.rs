@@ -2,12 +2,28 @@
 //! coverage feedback. Feeds each target random inputs and mutations of a
 //! small seed corpus (`fuzz/seeds/TARGET/`, if present, and built-in
 //! seeds) from a seeded generator for a given time, and prints the
-//! executions. A failed check panics and the panic message, the seed and
-//! the input (hex) are printed; the exit code is then 101.
+//! executions and, for `serve_path`, the answers reached. A failed check
+//! panics and the panic message, the seed and the input (hex) are
+//! printed; the exit code is then 101. A `serve_path` run that never
+//! reached one of [`SERVE_PATH_REACHES`] tested too little: exit code 1.
 //!
 //! Usage: `driver TARGET SECONDS [SEED]` (TARGET: table_parse, serve_path).
 
 use std::time::{Duration, Instant};
+
+/// The answers (reasons) every `serve_path` run must reach at least once:
+/// each class of request and file the inputs are built to produce.
+const SERVE_PATH_REACHES: [&str; 9] = [
+    "served",
+    "no-certs-file",
+    "size-query",
+    "buffer-too-small",
+    "file-invalid",
+    "exceeds-guest-limit",
+    "gpa-misaligned",
+    "buffer-overflows",
+    "outside-guest-ram",
+];
 
 /// splitmix64: small, seedable, good enough to pick mutations.
 struct Rng(u64);
@@ -40,10 +56,34 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
     }
     if target == "serve_path" {
         // flags, first hole, 3x (pages, hole), gpa page (u16), npages,
-        // then mode 1 (raw file) + the example table.
-        let mut s = vec![0x02, 1, 4, 0, 4, 2, 4, 0, 1, 0, 2, 1];
-        s.extend_from_slice(&example);
-        seeds.push(s);
+        // then the file: the example table's bytes, whose first byte
+        // (0x63, 3 modulo 4) makes mode 3, a table of 3 entries built
+        // from them (2 pages). A size query, a buffer too small, one that
+        // fits.
+        for npages in [0, 1, 2] {
+            let mut s = vec![0x02, 1, 4, 0, 4, 2, 4, 0, 1, 0, npages];
+            s.extend_from_slice(&example);
+            seeds.push(s);
+        }
+        // Three regions of 16 pages, gpa 0, 5 pages, then a valid table
+        // above 16 KiB as the raw file (mode 1: its first byte is 1), with
+        // allow-large (flags 0x40) off and on.
+        let big = {
+            let mut t = vec![0u8; 48];
+            // Any GUID but the nil one; its first byte makes mode 1.
+            for (i, b) in t[..16].iter_mut().enumerate() {
+                *b = 1 + i as u8;
+            }
+            t[16..20].copy_from_slice(&48u32.to_le_bytes());
+            t[20..24].copy_from_slice(&(17u32 * 1024).to_le_bytes());
+            t.resize(48 + 17 * 1024, 0x30);
+            t
+        };
+        for flags in [0x02, 0x42] {
+            let mut s = vec![flags, 0, 15, 0, 15, 0, 15, 0, 0, 0, 5];
+            s.extend_from_slice(&big);
+            seeds.push(s);
+        }
     }
     seeds
 }
@@ -150,5 +190,18 @@ fn main() {
     println!("{target}: {execs} executions in {seconds} s, no failure (seed {seed})");
     for (reason, n) in &reasons {
         println!("  {reason}: {n}");
+    }
+    if target == "serve_path" {
+        let missed: Vec<&str> = SERVE_PATH_REACHES
+            .into_iter()
+            .filter(|r| !reasons.contains_key(r))
+            .collect();
+        if !missed.is_empty() {
+            eprintln!(
+                "{target}: the run never reached {} (seed {seed}): it tested too little",
+                missed.join(", ")
+            );
+            std::process::exit(1);
+        }
     }
 }

@@ -18,6 +18,7 @@
 //! * [`config`]: a VM's certs configuration and every rule it obeys,
 //!   swappable at run time.
 //! * [`budget`]: how long a guest may be told busy.
+//! * [`guest`]: guest memory as the table is written into it.
 //! * [`serve`]: one guest request, start to finish, and the answer policy.
 //! * [`x509`]: certificates and CRLs in tables: PEM/DER, descriptions,
 //!   signature checks.
@@ -29,6 +30,7 @@ pub mod budget;
 pub mod chain;
 pub mod config;
 pub mod file;
+pub mod guest;
 pub mod guid;
 pub mod lock;
 pub mod serve;
@@ -42,6 +44,7 @@ mod test_fixtures;
 pub use budget::BusyBudget;
 pub use config::{ActiveCerts, CertsConfig, OnError, SharedCertsConfig};
 pub use file::{CertsFileError, CertsReader, Lease, LockedCerts};
+pub use guest::GuestWrite;
 pub use guid::CertKind;
 pub use serve::{CertsRequest, Outcome, OutcomeKind, Reason, serve};
 pub use table::{CertTable, TableBuilder, TableError, TableWarning};

@@ -41,11 +41,11 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::budget::BusyBudget;
 use crate::config::{CertsConfig, OnError};
 use crate::file::{CertsFileError, CertsReader, Lease};
+use crate::guest::GuestWrite;
 use crate::lock::LockError;
 use crate::table::{EMPTY_TABLE, LINUX_GUEST_MAX_SIZE};
 
@@ -336,21 +336,16 @@ fn detail(error: &dyn Error) -> String {
 }
 
 /// Writes `bytes` at `gpa` if the whole range is guest RAM.
-fn write_guest<M: GuestMemory + ?Sized>(
+fn write_guest<M: GuestWrite + ?Sized>(
     memory: &M,
     gpa: u64,
     bytes: &[u8],
     mut outcome: Outcome,
 ) -> Outcome {
-    let addr = GuestAddress(gpa);
-    let inside = memory.check_range(addr, bytes.len(), Permissions::Write);
-    if !inside || memory.write_slice(bytes, addr).is_err() {
+    if let Err(why) = memory.write_all_at(gpa, bytes) {
         outcome.kind = OutcomeKind::Failed;
         outcome.reason = Reason::OutsideGuestRam;
-        outcome.detail = Some(format!(
-            "buffer {gpa:#x}+{:#x} is not inside guest RAM",
-            bytes.len()
-        ));
+        outcome.detail = Some(why);
         outcome.bytes = 0;
         outcome.lease = None;
         return outcome;
@@ -361,7 +356,7 @@ fn write_guest<M: GuestMemory + ?Sized>(
 
 /// The answer when no table is served: 24 zero bytes (if the guest
 /// offered a buffer), `ret` 0.
-fn empty_table<M: GuestMemory + ?Sized>(
+fn empty_table<M: GuestWrite + ?Sized>(
     memory: &M,
     request: CertsRequest,
     outcome: Outcome,
@@ -376,8 +371,10 @@ fn empty_table<M: GuestMemory + ?Sized>(
 ///
 /// `reader` is the calling vCPU's reader (it keeps the file open between
 /// requests); `config` is the snapshot of the VM's configuration the
-/// request started with; `budget` is the VM's busy budget.
-pub fn serve<M: GuestMemory + ?Sized>(
+/// request started with; `budget` is the VM's busy budget; `memory` is
+/// where the table goes (any [`vm_memory::GuestMemory`], or a VMM's own
+/// [`GuestWrite`]).
+pub fn serve<M: GuestWrite + ?Sized>(
     reader: &mut CertsReader,
     config: &CertsConfig,
     budget: &BusyBudget,
@@ -392,7 +389,7 @@ pub fn serve<M: GuestMemory + ?Sized>(
     outcome
 }
 
-fn answer<M: GuestMemory + ?Sized>(
+fn answer<M: GuestWrite + ?Sized>(
     reader: &mut CertsReader,
     config: &CertsConfig,
     budget: &BusyBudget,
@@ -480,7 +477,7 @@ fn answer<M: GuestMemory + ?Sized>(
 
 /// Busy or the fallback for a host-side fault (`outcome` is the busy
 /// answer with its reason): see the module docs.
-fn host_trouble<M: GuestMemory + ?Sized>(
+fn host_trouble<M: GuestWrite + ?Sized>(
     config: &CertsConfig,
     budget: &BusyBudget,
     request: CertsRequest,

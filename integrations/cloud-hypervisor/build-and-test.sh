@@ -10,8 +10,9 @@
 # Environment:
 #   CARGO_TARGET_DIR        where the work tree goes: $CARGO_TARGET_DIR/cloud-hypervisor-plugin
 #                           (default: target/ in the repository)
-#   SNP_CH_THIRD_PARTY      the directory holding the pinned archives
-#                           (default: ../shared/third_party beside the repository)
+#   SNP_CH_THIRD_PARTY      the directory holding the pinned archives (default:
+#                           ../shared/third_party beside the repository, or beside
+#                           the main checkout of a git worktree)
 #   SNP_CH_STEPS            the steps to run, default "apply build test clippy e2e"
 #
 # The patched tree is unpacked again whenever the archives, the patches or
@@ -21,7 +22,19 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-third_party=${SNP_CH_THIRD_PARTY:-$root/../shared/third_party}
+# ../shared/third_party beside the repository; for a git worktree, beside
+# its main checkout.
+default_third_party() {
+    local main
+    if [ ! -d "$root/../shared/third_party" ] &&
+        main=$(git -C "$root" rev-parse --path-format=absolute --git-common-dir 2>/dev/null) &&
+        [ -d "$(dirname "$main")/../shared/third_party" ]; then
+        echo "$(dirname "$main")/../shared/third_party"
+    else
+        echo "$root/../shared/third_party"
+    fi
+}
+third_party=${SNP_CH_THIRD_PARTY:-$(default_third_party)}
 target=${CARGO_TARGET_DIR:-$root/target}
 mkdir -p "$target"
 target=$(cd "$target" && pwd)

@@ -14,6 +14,8 @@
 #                           ../shared/third_party beside the repository, or beside
 #                           the main checkout of a git worktree)
 #   SNP_CH_STEPS            the steps to run, default "apply build test clippy e2e"
+#                           (clippy also checks rustfmt and the OpenAPI document
+#                           where nightly rustfmt and openapi-spec-validator exist)
 #
 # The patched tree is unpacked again whenever the archives, the patches or
 # this script change; otherwise the last one is reused, so that Cargo only
@@ -195,6 +197,22 @@ clippy() {
         --features "$1" -- -D warnings
 }
 
+openapi_check() {
+    # Cloud Hypervisor's CI validates the document with openapi-generator;
+    # openapi-spec-validator checks the same OpenAPI 3 rules.
+    python3 - "$ch/vmm/src/api/openapi/cloud-hypervisor.yaml" <<'PY'
+import sys
+from openapi_spec_validator import validate
+from openapi_spec_validator.readers import read_from_filename
+spec, _ = read_from_filename(sys.argv[1])
+validate(spec)
+paths = spec["paths"]
+assert "get" in paths["/vm.snp-certs"] and "put" in paths["/vm.snp-certs"], "no /vm.snp-certs"
+assert "snp_certs" in spec["components"]["schemas"]["VmConfig"]["properties"], "no VmConfig.snp_certs"
+print(f"{sys.argv[1]}: a valid OpenAPI document with /vm.snp-certs and VmConfig.snp_certs")
+PY
+}
+
 rustfmt_check() {
     # Cloud Hypervisor formats with nightly-only rustfmt options.
     ch_cargo +nightly fmt --all -- --check
@@ -223,6 +241,11 @@ if [[ $steps == *" clippy "* ]]; then
     for features in "${clippy_runs[@]}"; do
         step "clippy -D warnings ($features)" clippy "$features"
     done
+    if python3 -c 'import openapi_spec_validator' 2>/dev/null; then
+        step "OpenAPI document" openapi_check
+    else
+        skip "OpenAPI document" "python3 has no openapi_spec_validator (pip install openapi-spec-validator)"
+    fi
     if (cd "$ch" && cargo +nightly fmt --version >/dev/null 2>&1); then
         step "rustfmt --check (nightly)" rustfmt_check
     else

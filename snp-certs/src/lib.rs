@@ -18,6 +18,7 @@
 //! * [`config`]: a VM's certs configuration and every rule it obeys,
 //!   swappable at run time.
 //! * [`budget`]: how long a guest may be told busy.
+//! * [`guest`]: guest memory as the table is written into it.
 //! * [`serve`]: one guest request, start to finish, and the answer policy.
 //! * [`update`]: the writer half of the lock protocol: rewriting a live
 //!   certs file in place under the exclusive lock.
@@ -31,6 +32,7 @@
 pub mod budget;
 pub mod config;
 pub mod file;
+pub mod guest;
 pub mod guid;
 pub mod lock;
 pub mod serve;
@@ -40,6 +42,7 @@ pub mod update;
 pub use budget::BusyBudget;
 pub use config::{ActiveCerts, CertsConfig, OnError, SharedCertsConfig};
 pub use file::{CertsFileError, CertsReader, Lease, LockedCerts, ReadError};
+pub use guest::{GuestWrite, NotGuestRam};
 pub use guid::CertKind;
 pub use serve::{CertsRequest, Outcome, OutcomeKind, Problem, Reason, serve, serve_shared_only};
 pub use table::{CertTable, TableBuilder, TableError, TableWarning, ValidTable};

@@ -8,6 +8,8 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use vm_memory::{Bytes, GuestAddress};
+
 use super::tests::{MIB, memory, read, req, setup, table_of_size};
 use super::*;
 use crate::lock::{self, LockKind};

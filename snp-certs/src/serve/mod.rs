@@ -49,13 +49,12 @@ mod outcome;
 
 use serde::{Deserialize, Serialize};
 pub use snp_certs_types::answer::Fault;
-use vm_memory::bitmap::BS;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions, VolatileSlice};
 
 pub use self::outcome::{Detail, GuestFault, Outcome, OutcomeKind, Problem, Reason, ret_of};
 use crate::budget::BusyBudget;
 use crate::config::{CertsConfig, OnError};
 use crate::file::{CertsReader, LockedFile, ReadError};
+use crate::guest::GuestWrite;
 use crate::table::{EMPTY_TABLE, exceeds_guest_limit};
 
 /// Size of a guest page as counted by `npages`.
@@ -85,7 +84,7 @@ pub type IsShared<'a> = &'a dyn Fn(u64, u64) -> bool;
 /// * `write` is `Some(len)` just before `len` bytes are written at `gpa`:
 ///   they must all lie in guest RAM. A buffer that runs past the end of
 ///   RAM is served if the bytes written fit.
-pub fn guest_fault<M: GuestMemory + ?Sized>(
+pub fn guest_fault<M: GuestWrite + ?Sized>(
     request: CertsRequest,
     write: Option<usize>,
     memory: &M,
@@ -104,25 +103,22 @@ pub fn guest_fault<M: GuestMemory + ?Sized>(
     match write {
         None if !is_shared(gpa, len) => Some(GuestFault::NotShared { gpa, npages }),
         None => None,
-        Some(len) if !memory.check_range(GuestAddress(gpa), len, Permissions::Write) => {
-            Some(GuestFault::OutsideRam { gpa, len })
-        }
+        Some(len) if !memory.writable(gpa, len) => Some(GuestFault::OutsideRam { gpa, len }),
         Some(_) => None,
     }
 }
 
 /// Writes `bytes` at the request's `gpa` if [`guest_fault`] allows it;
 /// the outcome says what happened.
-fn write_guest<M: GuestMemory + ?Sized>(
+fn write_guest<M: GuestWrite + ?Sized>(
     memory: &M,
     request: CertsRequest,
     bytes: &[u8],
     mut outcome: Outcome,
 ) -> Outcome {
     let fault = guest_fault(request, Some(bytes.len()), memory, &|_, _| true).or_else(|| {
-        let addr = GuestAddress(request.gpa);
         memory
-            .write_slice(bytes, addr)
+            .write_all_at(request.gpa, bytes)
             .is_err()
             .then_some(GuestFault::OutsideRam {
                 gpa: request.gpa,
@@ -144,7 +140,7 @@ fn write_guest<M: GuestMemory + ?Sized>(
 
 /// The answer when no table is served: 24 zero bytes (if the guest
 /// offered a buffer), `ret` 0.
-fn empty_table<M: GuestMemory + ?Sized>(
+fn empty_table<M: GuestWrite + ?Sized>(
     memory: &M,
     request: CertsRequest,
     outcome: Outcome,
@@ -161,7 +157,7 @@ fn empty_table<M: GuestMemory + ?Sized>(
 /// `reader` is the calling vCPU's reader (it keeps the file open between
 /// requests); `config` is the snapshot of the VM's configuration the
 /// request started with; `budget` is the VM's busy budget.
-pub fn serve<M: GuestMemory + ?Sized>(
+pub fn serve<M: GuestWrite + ?Sized>(
     reader: &mut CertsReader,
     config: &CertsConfig,
     budget: &BusyBudget,
@@ -174,7 +170,7 @@ pub fn serve<M: GuestMemory + ?Sized>(
 /// [`serve`] for a guest with private memory: `is_shared` says which
 /// memory it shared with the host; a buffer outside it is the guest's
 /// fault ([`GuestFault::NotShared`]).
-pub fn serve_shared_only<M: GuestMemory + ?Sized>(
+pub fn serve_shared_only<M: GuestWrite + ?Sized>(
     reader: &mut CertsReader,
     config: &CertsConfig,
     budget: &BusyBudget,
@@ -190,7 +186,7 @@ pub fn serve_shared_only<M: GuestMemory + ?Sized>(
     outcome
 }
 
-fn answer<M: GuestMemory + ?Sized>(
+fn answer<M: GuestWrite + ?Sized>(
     reader: &mut CertsReader,
     config: &CertsConfig,
     budget: &BusyBudget,
@@ -227,16 +223,7 @@ fn answer<M: GuestMemory + ?Sized>(
     };
     // The usual delivery: straight into the guest's buffer, one copy.
     if let Some(len) = direct_len(&file, config, request) {
-        let gpa = GuestAddress(request.gpa);
-        // Guest RAM without an IOMMU in front: one lookup.
-        let read = match memory.physical_memory() {
-            Some(physical) => physical
-                .get_slice(gpa, len)
-                .ok()
-                .map(|d| file.read_into(&d)),
-            None => first_slice(memory, gpa, len).map(|d| file.read_into(&d)),
-        };
-        match read {
+        match memory.read_file_into(request.gpa, len, &mut file) {
             Some(Ok(true)) => {
                 let size = file.size() as usize;
                 return Outcome {
@@ -252,8 +239,8 @@ fn answer<M: GuestMemory + ?Sized>(
                 let (outcome, problem) = host_fault(error, reader);
                 return host_trouble(config, budget, request, memory, outcome, problem);
             }
-            // Not confirmed there (or not one piece of RAM): the reader's
-            // own buffer decides.
+            // Not confirmed there (or not one piece of RAM the host maps):
+            // the reader's own buffer decides.
             Some(Ok(false)) | None => {}
         }
     }
@@ -315,24 +302,10 @@ fn direct_len(file: &LockedFile<'_>, config: &CertsConfig, request: CertsRequest
     usize::try_from(size.saturating_add(1).min(buffer)).ok()
 }
 
-/// The first piece of guest memory at `gpa`, if it is `len` bytes long.
-fn first_slice<M: GuestMemory + ?Sized>(
-    memory: &M,
-    gpa: GuestAddress,
-    len: usize,
-) -> Option<VolatileSlice<'_, BS<'_, M::Bitmap>>> {
-    let slice = memory
-        .get_slices(gpa, len, Permissions::Write)
-        .ok()?
-        .next()?
-        .ok()?;
-    (slice.len() == len).then_some(slice)
-}
-
 /// Busy or the fallback for a host-side fault (`outcome` is the busy
 /// answer with its reason, `problem` what went wrong): see the module
 /// docs.
-fn host_trouble<M: GuestMemory + ?Sized>(
+fn host_trouble<M: GuestWrite + ?Sized>(
     config: &CertsConfig,
     budget: &BusyBudget,
     request: CertsRequest,

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use vm_memory::{GuestMemoryMmap, GuestUsize};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, GuestUsize};
 
 use super::*;
 use crate::guid::CertKind;

@@ -39,12 +39,47 @@ impl fmt::Display for Holder {
 /// The `MAJ:MIN:INODE` key `/proc` uses for a file: device numbers in two
 /// hex digits, the inode in decimal.
 fn proc_key(path: &Path) -> io::Result<String> {
-    let meta = fs::metadata(path)?;
+    Ok(key_of(&fs::metadata(path)?))
+}
+
+/// [`proc_key`] of a file's metadata.
+fn key_of(meta: &fs::Metadata) -> String {
     let dev = meta.dev();
     // glibc's major()/minor() encoding of dev_t.
     let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0fff);
     let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-    Ok(format!("{major:02x}:{minor:02x}:{}", meta.ino()))
+    format!("{major:02x}:{minor:02x}:{}", meta.ino())
+}
+
+/// How many lock requests `/proc/locks` shows blocked (`->`) on the file
+/// `meta` describes, this device and inode and no other: for tests that
+/// wait until a request sleeps in `F_OFD_SETLKW`.
+#[cfg(test)]
+pub(crate) fn blocked_on(meta: &fs::Metadata) -> usize {
+    let key = key_of(meta);
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&"->") && fields.contains(&key.as_str())
+        })
+        .count()
+}
+
+/// Polls, with a 20 s deadline, until [`blocked_on`] sees at least
+/// `waiters` requests blocked on the file `meta` describes.
+#[cfg(test)]
+pub(crate) fn wait_for_blocked(meta: &fs::Metadata, waiters: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while blocked_on(meta) < waiters {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {waiters} lock request(s) blocked on inode {}",
+            meta.ino()
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// The locks on `key` in one `fdinfo` text: whether any is exclusive.

@@ -213,20 +213,9 @@ fn lock_timeout_is_busy_with_the_wait() {
 }
 
 /// Waits (with a deadline) until `/proc/locks` shows a process blocked
-/// on a lock of `path`'s inode.
+/// on a lock of `path`'s device and inode.
 fn wait_for_blocked_waiter(path: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let ino = fs::metadata(path).unwrap().ino();
-    let needle = format!(":{ino} ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains("->") && l.contains(&needle))
-    {
-        assert!(std::time::Instant::now() < deadline, "no waiter appeared");
-        std::thread::yield_now();
-    }
+    crate::lock::holders::wait_for_blocked(&fs::metadata(path).unwrap(), 1);
 }
 
 #[test]

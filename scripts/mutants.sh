@@ -14,7 +14,7 @@
 #                                      decisions)
 #   scripts/mutants.sh --group NAME    one group (repeatable): certs, vmm,
 #                                      kvm-snp, kernel-model
-#   scripts/mutants.sh --shard K/N     the K-th of N slices of each group
+#   scripts/mutants.sh --shard K/N     slice K (0 to N-1) of N of each group
 #                                      (run the N slices in parallel, each
 #                                      in its own process)
 #   scripts/mutants.sh --list          list the mutants; test nothing

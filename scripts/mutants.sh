@@ -128,10 +128,8 @@ group_args() {
     esac
 }
 
-if ! cargo mutants --version >/dev/null 2>&1; then
-    echo "mutants: cargo-mutants is missing: scripts/setup.sh installs it" >&2
-    exit 1
-fi
+# cargo-mutants (pinned) and cargo-nextest.
+scripts/setup.sh
 
 test_args=()
 if ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
@@ -171,9 +169,12 @@ for group in "${groups[@]}"; do
     echo "mutants: $name: cargo mutants ${args[*]} ${extra[*]}"
     group_start=$(date +%s)
     group_status=0
+    # A test run longer than a minute is a hang (a group's tests take
+    # seconds): the floor keeps a loaded machine from passing a slow run
+    # for one.
     CARGO_TARGET_DIR="$build" CARGO_PROFILE_DEV_DEBUG=0 \
-        cargo mutants --no-shuffle --output "$out" "${args[@]}" "${extra[@]}" \
-        -- "${test_args[@]}" || group_status=$?
+        cargo mutants --no-shuffle --minimum-test-timeout 60 --output "$out" \
+        "${args[@]}" "${extra[@]}" -- "${test_args[@]}" || group_status=$?
     echo "mutants: $name: cargo mutants exit status $group_status after $(($(date +%s) - group_start)) s"
     outputs+=("$out/mutants.out/outcomes.json")
 done

@@ -477,4 +477,6 @@ fn source_wait(error: &LockError) -> Duration {
 }
 
 #[cfg(test)]
+mod reader_tests;
+#[cfg(test)]
 mod tests;

@@ -368,3 +368,6 @@ mod tests;
 
 #[cfg(test)]
 mod fallback_tests;
+
+#[cfg(test)]
+mod wait_tests;

@@ -172,3 +172,21 @@ fn a_path_that_cannot_be_looked_up_after_the_wait_is_unreadable() {
         other => panic!("expected a read error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_lock_timeout_is_told_from_other_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = certs(dir.path());
+    let writer = writer(&path);
+    let error = CertsReader::new()
+        .lock_and_read(&path, Duration::from_millis(20))
+        .unwrap_err();
+    assert!(error.is_lock_timeout(), "{error:?}");
+    assert!(error.lock_wait() >= Duration::from_millis(20));
+    drop(writer);
+    let error = CertsReader::new()
+        .lock_and_read(&dir.path().join("missing"), Duration::ZERO)
+        .unwrap_err();
+    assert!(!error.is_lock_timeout(), "{error:?}");
+    assert_eq!(error.lock_wait(), Duration::ZERO);
+}

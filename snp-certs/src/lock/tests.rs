@@ -381,3 +381,16 @@ fn a_plain_lock_disarms_its_timer_before_returning() {
     unlock(&a).unwrap();
     assert!(!waiter.join().unwrap());
 }
+
+#[test]
+fn lock_errors_say_how_long_they_waited_in_milliseconds() {
+    let waited = Duration::from_micros(20_500);
+    assert_eq!(
+        LockError::Timeout { waited }.to_string(),
+        "Lock still held by another process after 20.500 ms"
+    );
+    assert_eq!(
+        LockError::Cancelled { waited }.to_string(),
+        "Lock wait cancelled after 20.500 ms"
+    );
+}

@@ -371,3 +371,6 @@ mod fallback_tests;
 
 #[cfg(test)]
 mod wait_tests;
+
+#[cfg(test)]
+mod direct_tests;

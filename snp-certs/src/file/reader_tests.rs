@@ -178,11 +178,14 @@ fn a_lock_timeout_is_told_from_other_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = certs(dir.path());
     let writer = writer(&path);
-    let error = CertsReader::new()
+    let mut reader = CertsReader::new();
+    let error = reader
         .lock_and_read(&path, Duration::from_millis(20))
         .unwrap_err();
     assert!(error.is_lock_timeout(), "{error:?}");
     assert!(error.lock_wait() >= Duration::from_millis(20));
+    assert!(reader.last_lock_tried());
+    assert!(reader.last_lock_wait() >= Duration::from_millis(20));
     drop(writer);
     let error = CertsReader::new()
         .lock_and_read(&dir.path().join("missing"), Duration::ZERO)

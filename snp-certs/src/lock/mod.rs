@@ -533,6 +533,8 @@ pub fn unlock(file: &File) -> io::Result<()> {
 }
 
 #[cfg(test)]
+mod edge_tests;
+#[cfg(test)]
 mod intent_tests;
 #[cfg(test)]
 mod tests;

@@ -21,8 +21,9 @@
 #   scripts/mutants.sh ... -- ARGS     ARGS go to cargo mutants (e.g. -j 2)
 #
 # Each group mutates one crate's files and runs only the tests that can
-# catch them: that crate's unit and integration tests (nextest, which
-# stops at the first failure). The kvm_* tests run where /dev/kvm is
+# catch them (nextest, which stops at the first failure): that crate's
+# unit and integration tests, and for the hypervisor's SNP code also the
+# test guests', which run the SNP guest through the kernel model. The kvm_* tests run where /dev/kvm is
 # usable and are left out elsewhere, as in scripts/test.sh.
 #
 # Results go to mutants/<group>[-shard-K]/mutants.out/ in the Cargo
@@ -110,15 +111,16 @@ group_args() {
     kvm-snp)
         # The certificate exit's decoding and completion, its probe, and
         # the SNP launch on KVM (the commands are built in sev_commands,
-        # shared with the kernel model).
-        args=(-p hypervisor --test-package hypervisor
+        # shared with the kernel model). test-guests runs the SNP test
+        # guest (its Rust twin and its machine code) through both.
+        args=(-p hypervisor --test-package hypervisor,test-guests
             -f hypervisor/src/kvm/snp.rs -f hypervisor/src/kvm/vcpu.rs
             -f hypervisor/src/kvm/req_certs_probe.rs -f hypervisor/src/kvm/snp_vm.rs
             -f hypervisor/src/kvm/private_memory.rs -f hypervisor/src/kvm/encrypt_op.rs
             -f hypervisor/src/sev_commands.rs)
         ;;
     kernel-model)
-        args=(-p hypervisor --test-package hypervisor
+        args=(-p hypervisor --test-package hypervisor,test-guests
             -f 'hypervisor/src/mock/kernel_model/*.rs')
         ;;
     *)

@@ -3,13 +3,20 @@
 
 Usage: scripts/mutants_table.py OUTCOMES_JSON...
 
-Reads each run's mutants.out/outcomes.json and the list of equivalent
-mutants in docs/testing.md (the rows between the `equivalent:begin` and
-`equivalent:end` markers: the mutant's file and description, without its
-line and column, in backticks, then the reason). Prints a Markdown table
-per source file (caught, missed, equivalent, unviable, timed out, and the
-seconds its mutants took to build and test), then every missed mutant
-that is not listed as equivalent.
+Reads each run's mutants.out/outcomes.json and two lists in
+docs/testing.md, each a Markdown table whose first column is in
+backticks:
+
+* between `equivalent:begin` and `equivalent:end`, mutants no test can
+  tell from the code: the mutant's file and description without its line
+  and column (`file: description`), then the reason;
+* between `snp-host:begin` and `snp-host:end`, functions that run only on
+  an SEV-SNP host (`file: function`, as cargo-mutants names it), then why.
+
+Prints a Markdown table per source file (caught, missed, equivalent,
+needing an SNP host, unviable, timed out, and the seconds its mutants
+took to build and test), then every missed mutant in neither list, and
+entries of the lists that matched nothing.
 
 A mutant that times out made the tests hang: that is noticed, so it
 counts as caught for the verdict, and is listed so it can be looked at.
@@ -29,13 +36,13 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 NAME = re.compile(r"^(?P<file>[^:]+):\d+:\d+: (?P<what>.*)$")
 
 
-def equivalents():
-    """The `file: description` keys listed in docs/testing.md."""
+def listed(section):
+    """The first-column keys of the table between `section`'s markers."""
     text = DOCS.read_text(encoding="utf-8")
-    begin = text.find("<!-- equivalent:begin -->")
-    end = text.find("<!-- equivalent:end -->")
+    begin = text.find(f"<!-- {section}:begin -->")
+    end = text.find(f"<!-- {section}:end -->")
     if begin < 0 or end < begin:
-        sys.exit(f"mutants_table: {DOCS} has no equivalent:begin/end markers")
+        sys.exit(f"mutants_table: {DOCS} has no {section}:begin/end markers")
     keys = set()
     for line in text[begin:end].splitlines():
         m = re.match(r"^\|\s*`([^`]+)`\s*\|", line)
@@ -50,7 +57,7 @@ def key(name):
 
 
 def main(paths):
-    listed = equivalents()
+    equivalent, snp_host = listed("equivalent"), listed("snp-host")
     counts = defaultdict(lambda: defaultdict(int))
     seconds = defaultdict(float)
     missed, timeouts, used = [], [], set()
@@ -79,9 +86,14 @@ def main(paths):
             summary = outcome["summary"]
             if summary == "MissedMutant":
                 k = key(name)
-                if k in listed:
+                function = (mutant.get("function") or {}).get("function_name", "")
+                f = f"{file}: {function}"
+                if k in equivalent:
                     used.add(k)
                     counts[file]["equivalent"] += 1
+                elif f in snp_host:
+                    used.add(f)
+                    counts[file]["snp-host"] += 1
                 else:
                     counts[file]["missed"] += 1
                     missed.append(name)
@@ -95,9 +107,9 @@ def main(paths):
             else:
                 counts[file][summary.lower()] += 1
 
-    columns = ["caught", "missed", "equivalent", "unviable", "timeout"]
-    print("| file | caught | missed | equivalent | unviable | timed out | seconds |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    columns = ["caught", "missed", "equivalent", "snp-host", "unviable", "timeout"]
+    print("| file | caught | missed | equivalent | needs an SNP host | unviable | timed out | seconds |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     totals = defaultdict(int)
     for file in sorted(counts):
         row = [counts[file][c] for c in columns]
@@ -111,9 +123,15 @@ def main(paths):
         for name in timeouts:
             print(f"* `{name}`")
     if missed:
-        print("\nMissed, and not listed as equivalent in docs/testing.md:")
+        print("\nMissed, and listed in neither list of docs/testing.md:")
         for name in missed:
             print(f"* `{name}`")
+    # Only entries of files these runs mutated.
+    unused = sorted(k for k in (equivalent | snp_host) - used if k.split(": ")[0] in counts)
+    if unused and not broken:
+        print("\nListed in docs/testing.md but not missed in these runs:")
+        for k in unused:
+            print(f"* `{k}`")
     return 1 if missed or broken else 0
 
 

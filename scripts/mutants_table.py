@@ -47,7 +47,8 @@ def listed(section):
     for line in text[begin:end].splitlines():
         m = re.match(r"^\|\s*`([^`]+)`\s*\|", line)
         if m:
-            keys.add(m.group(1))
+            # A pipe inside a table cell is written `\|`.
+            keys.add(m.group(1).replace("\\|", "|"))
     return keys
 
 

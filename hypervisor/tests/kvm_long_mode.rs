@@ -41,7 +41,10 @@ fn kvm_long_mode_registers_run_64_bit_code() {
     let mut vcpu = vm.create_kvm_vcpu(0).unwrap();
     vcpu.setup_long_mode(ENTRY, PML4).unwrap();
     let state = format!("{vcpu:?}");
-    assert!(state.starts_with("KvmVcpu { immediate_exit: false, pending: None"), "{state}");
+    assert!(
+        state.starts_with("KvmVcpu { immediate_exit: false, pending: None"),
+        "{state}"
+    );
     assert_eq!(
         vcpu.run().unwrap(),
         VmExit::IoOut {

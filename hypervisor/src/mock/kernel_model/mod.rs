@@ -232,4 +232,6 @@ impl MemoryEncryptOp for std::sync::Mutex<KernelModel> {
 }
 
 #[cfg(test)]
+mod launch_tests;
+#[cfg(test)]
 mod tests;

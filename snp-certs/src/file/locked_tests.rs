@@ -141,3 +141,20 @@ fn read_errors_are_reported_not_retried() {
     let error = pread_volatile(&write_only, &dest, 549).unwrap_err();
     assert_eq!(error.raw_os_error(), Some(libc::EBADF));
 }
+
+#[test]
+fn a_file_at_the_size_limit_is_read_whatever_stat_said_and_one_byte_more_is_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = crate::table::MAX_TABLE_SIZE;
+    let mut buffer = Vec::new();
+    // The file grew after `stat` (a writer that ignores the lock): read
+    // to its end, up to the limit.
+    let at_limit = dir.path().join("at-limit");
+    fs::write(&at_limit, vec![1u8; limit]).unwrap();
+    let read = read_all(&File::open(&at_limit).unwrap(), 100, &mut buffer).unwrap();
+    assert!(matches!(read, ReadAll::Read(n) if n == limit));
+    let over = dir.path().join("over");
+    fs::write(&over, vec![1u8; limit + 1]).unwrap();
+    let read = read_all(&File::open(&over).unwrap(), 100, &mut buffer).unwrap();
+    assert!(matches!(read, ReadAll::TooLarge));
+}

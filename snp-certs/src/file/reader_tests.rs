@@ -193,3 +193,25 @@ fn a_lock_timeout_is_told_from_other_errors() {
     assert!(!error.is_lock_timeout(), "{error:?}");
     assert_eq!(error.lock_wait(), Duration::ZERO);
 }
+
+#[test]
+fn a_path_names_its_file_until_it_is_replaced_or_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    let path = certs(&sub);
+    let file = File::open(&path).unwrap();
+    let size = file.metadata().unwrap().len();
+    assert_eq!(still_names(&path, &file).unwrap(), Some(size));
+    let other = sub.join("other");
+    fs::write(&other, b"x").unwrap();
+    fs::rename(&other, &path).unwrap();
+    assert_eq!(still_names(&path, &file).unwrap(), None, "replaced");
+    fs::remove_file(&path).unwrap();
+    assert_eq!(still_names(&path, &file).unwrap(), None, "removed");
+    // A lookup that fails for another reason is an error.
+    fs::rename(&sub, dir.path().join("old")).unwrap();
+    fs::write(&sub, b"").unwrap();
+    let error = still_names(&path, &file).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTDIR));
+}

@@ -235,3 +235,5 @@ impl MemoryEncryptOp for std::sync::Mutex<KernelModel> {
 mod launch_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vmgexit_tests;

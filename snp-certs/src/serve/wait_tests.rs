@@ -130,3 +130,16 @@ fn a_fallback_whose_empty_table_cannot_be_written_still_says_it_is_one() {
     assert!(out.fallback, "it stands for the fallback");
     assert_waited(&out, "the fallback");
 }
+
+#[test]
+fn a_table_too_large_for_guests_after_a_wait_is_the_fallback_and_reports_it() {
+    let s = setup(crate::table::LINUX_GUEST_MAX_SIZE + 1);
+    let mem = std::sync::Arc::new(memory(&[(0, MIB)]));
+    let (out, _) = served_after_a_wait(&s.path, &s.config, CertsReader::new(), req(0, 8), &mem);
+    assert_eq!(
+        (out.kind, out.reason, out.fallback),
+        (OutcomeKind::Delivered, Reason::ExceedsGuestLimit, true)
+    );
+    assert_waited(&out, "too large");
+    assert!(out.lease.is_none());
+}

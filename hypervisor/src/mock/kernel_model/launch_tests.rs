@@ -121,6 +121,12 @@ const SLOT_SIZE: u64 = 0x4000;
 fn started(guest_memfd: bool) -> (KernelModel, SevDevice, Arc<GuestMemoryMmap>) {
     let (mut m, dev) = initialised();
     assert_eq!(start(&mut m, dev.sev_fd(), crate::DEFAULT_SNP_POLICY, 0), 0);
+    let memory = add_private_slot(&mut m, guest_memfd);
+    (m, dev, memory)
+}
+
+/// Adds the slot of four private pages at `SLOT_GPA`; returns its memory.
+fn add_private_slot(m: &mut KernelModel, guest_memfd: bool) -> Arc<GuestMemoryMmap> {
     let memory =
         Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(SLOT_GPA), 0x4000)]).unwrap());
     let uaddr = memory.find_region(GuestAddress(SLOT_GPA)).unwrap().as_ptr() as u64;
@@ -132,7 +138,7 @@ fn started(guest_memfd: bool) -> (KernelModel, SevDevice, Arc<GuestMemoryMmap>) 
         guest_memfd,
     });
     m.set_private(SLOT_GPA, SLOT_SIZE, true);
-    (m, dev, memory)
+    memory
 }
 
 fn update(gpa: u64, len: u64, type_: u8, uaddr: u64) -> kvm_sev_snp_launch_update {
@@ -151,7 +157,10 @@ const CPUID: u8 = kvm_bindings::KVM_SEV_SNP_PAGE_TYPE_CPUID as u8;
 
 #[test]
 fn kernel_model_launch_update_refusals() {
+    // Everything else in place (an SNP VM, a private guest_memfd slot),
+    // but no LAUNCH_START.
     let (mut before, dev) = initialised();
+    add_private_slot(&mut before, true);
     let mut u = update(SLOT_GPA, 0x1000, NORMAL, 0);
     assert_eq!(
         errno_of(&mut before, dev.sev_fd(), SevCommand::LaunchUpdate(&mut u)),
@@ -190,6 +199,8 @@ fn kernel_model_launch_update_refusals() {
 fn kernel_model_launch_update_stops_at_the_slot_end_and_writes_progress_back() {
     for (type_, advances) in [(NORMAL, true), (ZERO, false)] {
         let (mut m, dev, _) = started(true);
+        // Private pages after the slot, which no slot backs: not touched.
+        m.set_private(SLOT_GPA + SLOT_SIZE, 0x2000, true);
         // Two pages before the end of the slot, four asked.
         let gpa = SLOT_GPA + 0x2000;
         let mut u = update(gpa, 0x4000, type_, 0x7000_0000);
@@ -209,6 +220,7 @@ fn kernel_model_launch_update_stops_at_the_slot_end_and_writes_progress_back() {
         );
         assert!(m.populated(gpa, 0x2000));
         assert!(!m.populated(SLOT_GPA, 0x1000));
+        assert!(!m.populated(SLOT_GPA + SLOT_SIZE, 0x1000));
     }
 }
 
@@ -275,6 +287,10 @@ fn kernel_model_launch_finish_refusals() {
         libc::EINVAL,
         "before LAUNCH_START"
     );
+    // Without vCPUs no save area goes to firmware: only the kept sev_fd
+    // counts.
+    let (mut m, _dev, _) = started(true);
+    assert_eq!(finish(&mut m, 0, 0), 0, "no vCPU");
     let (mut m, dev, _) = started(true);
     assert_eq!(finish(&mut m, dev.sev_fd(), 1), libc::EINVAL, "flags");
     // With vCPUs, their save areas go to firmware through this sev_fd.
@@ -283,4 +299,48 @@ fn kernel_model_launch_finish_refusals() {
     assert_eq!(finish(&mut m, stdin, 0), libc::EBADF, "not the device");
     assert_eq!(finish(&mut m, dev.sev_fd(), 0), 0);
     assert!(m.finished);
+}
+
+#[test]
+fn kernel_model_firmware_takes_64_cpuid_entries_and_fixes_what_the_cpu_lacks() {
+    use super::cpuid::check_page;
+    use crate::snp_cpuid::{CPUID_ENTRY_SIZE, CPUID_HEADER_SIZE, decode_page};
+    let plain = |eax_in| CpuidEntry {
+        eax_in,
+        ..Default::default()
+    };
+    let entries: Vec<CpuidEntry> = (0x8000_0000..0x8000_0040).map(plain).collect();
+    let mut page = encode_page(&entries).unwrap();
+    assert_eq!(check_page(&page), None, "64 entries");
+    // A 65th entry: firmware answers with the count it takes.
+    page[..4].copy_from_slice(&65u32.to_le_bytes());
+    let at = CPUID_HEADER_SIZE + 64 * CPUID_ENTRY_SIZE;
+    page[at..at + 4].copy_from_slice(&0x8000_0040u32.to_le_bytes());
+    let fixed = check_page(&page).expect("65 entries refused");
+    assert_eq!(decode_page(&fixed).0, 64);
+
+    // Leaf 7.0 EDX with every bit: the ones the CPU lacks go, the rest stay.
+    let all = CpuidEntry {
+        eax_in: 7,
+        edx: u32::MAX,
+        ..Default::default()
+    };
+    let forbidden = all
+        .forbidden_bits()
+        .iter()
+        .map(|(_, bits)| *bits)
+        .fold(0, |a, b| a | b);
+    assert_ne!(forbidden, 0);
+    let (_, fixed) = decode_page(&check_page(&encode_page(&[all]).unwrap()).unwrap());
+    assert_eq!(fixed[0].edx, !forbidden);
+    // Leaf 0xD subleaves 0 and 1 carry XCR0 1; subleaf 2 is left alone.
+    let xsave = |ecx_in| CpuidEntry {
+        eax_in: 0xd,
+        ecx_in,
+        ..Default::default()
+    };
+    let page = encode_page(&[xsave(0), xsave(1), xsave(2)]).unwrap();
+    let (_, fixed) = decode_page(&check_page(&page).unwrap());
+    let xcr0: Vec<u64> = fixed.iter().map(|e| e.xcr0_in).collect();
+    assert_eq!(xcr0, [1, 1, 0]);
 }

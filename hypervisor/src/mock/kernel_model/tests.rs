@@ -91,13 +91,24 @@ pub(super) fn launched(
     config: KernelModelConfig,
     steps: Vec<Action>,
 ) -> (MockVm, MockVcpu, Arc<GuestMemoryMmap>) {
+    launched_with(config, steps, true)
+}
+
+/// [`launched`], with the certificate exit on only if `certs`.
+pub(super) fn launched_with(
+    config: KernelModelConfig,
+    steps: Vec<Action>,
+    certs: bool,
+) -> (MockVm, MockVcpu, Arc<GuestMemoryMmap>) {
     let hv = MockHypervisor::new()
         .with_kernel_model(config)
         .with_guest(0, Steps(steps.into()));
     let vm = hv.create_mock_vm(VmType::Snp).unwrap();
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
     vm.map_memory(Arc::clone(&mem)).unwrap();
-    vm.enable_snp_req_certs().unwrap();
+    if certs {
+        vm.enable_snp_req_certs().unwrap();
+    }
     let vcpu = vm.create_mock_vcpu(0).unwrap();
     vm.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
     vm.launch_update(0x1000, 0x4000, SnpPageType::Normal)

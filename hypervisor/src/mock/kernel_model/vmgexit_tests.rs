@@ -379,3 +379,100 @@ fn kernel_model_a_guest_request_gets_firmwares_answer_in_the_ghcb() {
     memory.read_slice(&mut resp, GuestAddress(RESP)).unwrap();
     assert_eq!(resp, [0; 8], "the response page, written by firmware");
 }
+
+#[test]
+fn kernel_model_reading_the_ghcb_clears_its_valid_bitmap_and_nothing_else() {
+    let out = gexit(
+        IOIO,
+        ((0x5e8 << 16) | (1 << 6), 0),
+        vec![(ghcb::RAX, 7)],
+        vec![],
+        0,
+    );
+    let (_vm, mut vcpu, mem) = launched(KernelModelConfig::default(), vec![register(GHCB), out]);
+    mem.write_slice(&[0xee; 0x1000], GuestAddress(GHCB - 0x1000))
+        .unwrap();
+    assert!(matches!(
+        vcpu.run().unwrap(),
+        VmExit::IoOut { port: 0x5e8, .. }
+    ));
+    let mut bitmap = [0xffu8; 16];
+    mem.read_slice(&mut bitmap, GuestAddress(GHCB + ghcb::VALID_BITMAP))
+        .unwrap();
+    assert_eq!(bitmap, [0; 16], "cleared (sev_es_sync_from_ghcb)");
+    let mut before = vec![0u8; 0x1000];
+    mem.read_slice(&mut before, GuestAddress(GHCB - 0x1000))
+        .unwrap();
+    assert!(
+        before.iter().all(|b| *b == 0xee),
+        "nothing outside the GHCB"
+    );
+}
+
+#[test]
+fn kernel_model_without_the_certificate_exit_a_request_offering_no_pages_gets_nothing_written() {
+    let (_vm, mut vcpu, mem) = super::tests::launched_with(
+        KernelModelConfig::default(),
+        vec![
+            register(GHCB),
+            ext_request(5, 1),
+            Box::new(|cpu, mem| {
+                // The second request offers no pages.
+                mem.write_slice(&[0xee; 32], GuestAddress(BUF)).unwrap();
+                let mut next = ext_request(5, 0);
+                next(cpu, mem)
+            }),
+            terminate(),
+        ],
+        false,
+    );
+    mem.write_slice(&[0xee; 32], GuestAddress(BUF)).unwrap();
+    // No exit to the VMM: KVM answers both itself.
+    assert!(matches!(vcpu.run().unwrap(), VmExit::Terminated { .. }));
+    let mut buffer = [0u8; 32];
+    mem.read_slice(&mut buffer, GuestAddress(BUF)).unwrap();
+    assert_eq!(buffer, [0xee; 32], "no pages offered: nothing written");
+}
+
+#[test]
+fn kernel_model_without_the_certificate_exit_a_buffer_gets_24_zero_bytes() {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let (_vm, mut vcpu, mem) = super::tests::launched_with(
+        KernelModelConfig::default(),
+        vec![
+            register(GHCB),
+            ext_request(5, 1),
+            observe(&seen, terminate()),
+        ],
+        false,
+    );
+    mem.write_slice(&[0xee; 32], GuestAddress(BUF)).unwrap();
+    assert!(matches!(vcpu.run().unwrap(), VmExit::Terminated { .. }));
+    let mut buffer = [0u8; 32];
+    mem.read_slice(&mut buffer, GuestAddress(BUF)).unwrap();
+    assert_eq!(buffer[..24], [0; 24]);
+    assert_eq!(buffer[24..], [0xee; 8]);
+}
+
+#[test]
+fn kernel_model_the_firmware_call_writes_the_ghcb_inside_the_immediate_exit_run() {
+    let (_vm, mut vcpu, mem) = launched(
+        KernelModelConfig::default(),
+        vec![register(GHCB), ext_request(5, 1)],
+    );
+    assert!(matches!(vcpu.run().unwrap(), VmExit::SnpReqCerts(_)));
+    assert_eq!(
+        super::tests::ghcb_field(&mem, ghcb::SW_EXIT_INFO_1),
+        REQ,
+        "as the guest left it"
+    );
+    vcpu.complete_snp_req_certs(SnpCertsCompletion::ok())
+        .unwrap();
+    vcpu.set_immediate_exit(true);
+    assert_eq!(vcpu.run().unwrap(), VmExit::Interrupted);
+    assert_eq!(super::tests::ghcb_field(&mem, ghcb::SW_EXIT_INFO_1), 0);
+    assert_eq!(
+        super::tests::ghcb_field(&mem, ghcb::SW_EXIT_INFO_2),
+        u64::from(super::SEV_RET_INVALID_PARAM)
+    );
+}

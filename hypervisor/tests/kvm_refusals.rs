@@ -45,6 +45,12 @@ fn kvm_sev_commands_and_the_snp_launch_are_refused_on_a_default_vm() {
             "{refused:?}"
         );
     }
+    // A range outside guest memory is refused before anything else.
+    let refused = launch.launch_update(0x10000, 0x1000, SnpPageType::Normal);
+    assert!(
+        matches!(refused, Err(HypervisorError::SnpLaunchOrder(why)) if why.contains("outside guest memory")),
+        "{refused:?}"
+    );
     // A default VM has no private memory to convert to.
     let refused = launch.set_private(0x1000, 0x1000, true).unwrap_err();
     assert!(

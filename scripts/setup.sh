@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need beyond the Rust toolchain:
-# curl (the API tests drive the server with it, as the docs do), gcc, and
-# cargo-nextest (the test runner). Safe to run again; does nothing when
+# curl (the API tests drive the server with it, as the docs do), gcc,
+# cargo-nextest (the test runner) and cargo-mutants (scripts/mutants.sh). Safe to run again; does nothing when
 # everything is there. Fails, saying what is missing, when it cannot
 # install something.
 set -euo pipefail
@@ -27,4 +27,13 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "setup: cargo-nextest not found; installing it from crates.io"
     cargo install --locked cargo-nextest
+fi
+
+# Mutation testing (scripts/mutants.sh, docs/testing.md). Pinned: mutant
+# names and counts, and so the table in docs/testing.md, change between
+# releases.
+CARGO_MUTANTS_VERSION=27.1.0
+if ! cargo mutants --version 2>/dev/null | grep -qx "cargo-mutants $CARGO_MUTANTS_VERSION"; then
+    echo "setup: cargo-mutants $CARGO_MUTANTS_VERSION not found; installing it from crates.io"
+    cargo install --locked cargo-mutants --version "$CARGO_MUTANTS_VERSION"
 fi

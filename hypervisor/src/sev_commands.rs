@@ -299,3 +299,7 @@ fn log_cpuid_refusal(memory: &GuestMemoryMmap, gpa: u64, provided: &[u8], fw_err
         );
     }
 }
+
+#[cfg(test)]
+#[path = "sev_commands_tests.rs"]
+mod tests;

@@ -100,6 +100,39 @@ mod tests {
         );
     }
 
+    /// `try_busy` says yes while, and only while, the streak that its
+    /// first call started is younger than the budget: timed from outside
+    /// with the same monotonic clock, allowing the microsecond the budget
+    /// counts in.
+    #[test]
+    fn busy_is_allowed_for_exactly_the_budget() {
+        let tick = Duration::from_micros(1);
+        for budget in [Duration::from_millis(20), Duration::from_millis(70)] {
+            let b = BusyBudget::new();
+            let started = Instant::now();
+            assert!(b.try_busy(budget));
+            let began_by = Instant::now();
+            loop {
+                let asked = Instant::now();
+                let busy = b.try_busy(budget);
+                let answered = Instant::now();
+                if !busy {
+                    assert!(
+                        answered - started + tick > budget,
+                        "shorter than {budget:?}"
+                    );
+                    break;
+                }
+                assert!(asked - began_by < budget + tick, "longer than {budget:?}");
+            }
+            // Spent: no until the streak ends, whatever the budget asked.
+            assert!(!b.try_busy(budget));
+            assert!(b.streak() >= budget);
+            b.end_streak();
+            assert!(b.try_busy(budget), "a new streak");
+        }
+    }
+
     #[test]
     fn the_streak_counts_from_the_first_busy_answer() {
         let b = BusyBudget::new();

@@ -1,7 +1,8 @@
 //! A VM's certificate service answers and reports a request without
 //! allocating, once warm, when no event monitor is attached: the answer
 //! (`CertsService::serve`, the lease window) and what follows the release
-//! (`CertsService::report`: atomic counters, no log line, no event built).
+//! (`CertsService::report`: atomic counters, no log line, no event built),
+//! also while a fault goes on between its log lines.
 //! Counted by a global allocator that counts the allocations of the thread
 //! that asks.
 
@@ -98,4 +99,43 @@ fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
     assert_eq!(delivered, 200);
     assert_eq!(ALLOCATIONS.with(Cell::get), 0, "a request allocated");
     assert_eq!(service.stats().requests.delivered, 201);
+}
+
+#[test]
+fn a_fault_that_goes_on_is_reported_without_allocating_between_its_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("certs.bin");
+    let mut vcek = vec![0x5a; 1400];
+    vcek[0] = 0x30;
+    let mut builder = TableBuilder::new();
+    builder.add(CertKind::Vcek, vcek).unwrap();
+    std::fs::write(&path, builder.build().unwrap()).unwrap();
+    let active =
+        ActiveCerts::validate(CertsConfig::with_file(&path), std::time::Duration::ZERO).unwrap();
+    let service = CertsService::new(active, EventSender::disabled());
+    // The file goes away: every answer is the fallback, a fault that is
+    // logged when it starts and then at most every 10 s.
+    std::fs::remove_file(&path).unwrap();
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let mut reader = CertsReader::for_vcpu(Arc::new(AtomicBool::new(false)));
+    let request = CertsRequest {
+        gpa: 0x8000,
+        npages: 1,
+    };
+    let all_shared = |_: u64, _: u64| true;
+    let one = |reader: &mut CertsReader| {
+        let served = service.serve(RequestSource::Kvm, reader, request, &memory, &all_shared);
+        service.report(0, &served, None);
+        served.outcome.fallback
+    };
+    // The first fallback starts the fault (and may allocate its line).
+    assert!(one(&mut reader));
+
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    let fallbacks = (0..200).filter(|_| one(&mut reader)).count();
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(fallbacks, 200);
+    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "a repeated fault allocated");
+    assert_eq!(service.stats().fallbacks["file-missing"], 201);
 }

@@ -117,7 +117,7 @@ fn exclusive_free(path: &Path) -> bool {
 }
 
 #[test]
-fn kvm_exit_size_query_then_delivery_with_lease_protocol() {
+fn req_certs_exit_size_query_then_delivery_with_lease_protocol() {
     let bytes = table();
     let (_dir, path) = certs_dir(&bytes);
     let (rig, end) = run_with(

@@ -129,3 +129,20 @@ pub(super) fn set_attributes(
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VmType;
+    use crate::kvm::KvmHypervisor;
+
+    /// Needs `/dev/kvm` (named `kvm_*`, as every such test).
+    #[test]
+    fn kvm_the_page_state_exit_is_accepted() {
+        let hv = KvmHypervisor::new().unwrap_or_else(|e| {
+            panic!("this test needs a usable /dev/kvm: scripts/test.sh skips the kvm_* tests where it is not ({e})")
+        });
+        let vm = hv.create_kvm_vm(VmType::Default).unwrap();
+        enable_map_gpa_range_exit(vm.vm_fd()).unwrap();
+    }
+}

@@ -74,3 +74,18 @@ pub(super) fn query_req_certs(kvm: &Kvm) -> Result<ReqCertsAnswer, HypervisorErr
     }
     Ok(ReqCertsAnswer::Value(value))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_no_such_attribute_answers_mean_unsupported() {
+        for errno in [libc::ENXIO, libc::ENOTTY, libc::EINVAL] {
+            assert!(means_unsupported(Errno::new(errno)), "{errno}");
+        }
+        for errno in [libc::EBADF, libc::EPERM, libc::EFAULT] {
+            assert!(!means_unsupported(Errno::new(errno)), "{errno}");
+        }
+    }
+}

@@ -185,6 +185,9 @@ mod tests {
         assert_eq!(KVM_CAP_MEMORY_ATTRIBUTES, 233);
         assert_eq!(KVM_CAP_GUEST_MEMFD, 234);
         assert_eq!(KVM_MEMORY_ATTRIBUTE_PRIVATE, 1 << 3);
+        // include/uapi/linux/kvm_para.h.
+        assert_eq!(KVM_HC_MAP_GPA_RANGE, 12);
+        assert_eq!(KVM_MAP_GPA_RANGE_ENCRYPTED, 0x10);
         // Exit 43 is not taken by anything kvm-bindings knows.
         const { assert!(kvm_bindings::KVM_EXIT_MEMORY_FAULT < KVM_EXIT_SNP_REQ_CERTS) };
     }

@@ -161,7 +161,7 @@ impl<'r> LockedFile<'r> {
 }
 
 /// One `pread` of `len` bytes from offset 0 into `dest`; `EINTR` retried.
-fn pread_volatile<B: BitmapSlice>(
+pub(super) fn pread_volatile<B: BitmapSlice>(
     file: &File,
     dest: &VolatileSlice<'_, B>,
     len: usize,

@@ -477,4 +477,8 @@ fn source_wait(error: &LockError) -> Duration {
 }
 
 #[cfg(test)]
+mod locked_tests;
+#[cfg(test)]
+mod reader_tests;
+#[cfg(test)]
 mod tests;

@@ -225,21 +225,9 @@ fn files_on_pseudo_file_systems_are_refused_unread() {
     ));
 }
 
-/// Polls `/proc/locks` until some lock request is blocked on inode `ino`.
-fn wait_for_waiter_on(ino: u64) {
-    let needle = format!(":{ino} ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let locks = fs::read_to_string("/proc/locks").unwrap();
-        if locks
-            .lines()
-            .any(|l| l.contains("->") && l.contains(&needle))
-        {
-            return;
-        }
-        std::thread::yield_now();
-    }
-    panic!("no lock waiter blocked on inode {ino}");
+/// Polls `/proc/locks` until some lock request is blocked on `file`.
+fn wait_for_waiter_on(file: &fs::File) {
+    lock::holders::wait_for_blocked(&file.metadata().unwrap(), 1);
 }
 
 /// Makes a reader find its file replaced `times` times in one request:
@@ -268,22 +256,17 @@ fn read_while_replaced(times: usize) -> Result<u32, CertsFileError> {
         }
     });
     for k in 0..times {
-        wait_for_waiter_on(versions[k].1.metadata().unwrap().ino());
+        wait_for_waiter_on(&versions[k].1);
         fs::rename(&versions[k + 1].0, &path).unwrap();
         lock::unlock(&versions[k].1).unwrap();
     }
     let last = &versions[times].1;
-    let last_ino = last.metadata().unwrap().ino();
+    let last_meta = last.metadata().unwrap();
     // Either the reader gave up (it never waits for the last version), or
     // it waits for it: let it through then.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !reader.is_finished() {
-        let locks = fs::read_to_string("/proc/locks").unwrap();
-        let needle = format!(":{last_ino} ");
-        if locks
-            .lines()
-            .any(|l| l.contains("->") && l.contains(&needle))
-        {
+        if lock::holders::blocked_on(&last_meta) > 0 {
             lock::unlock(last).unwrap();
             break;
         }

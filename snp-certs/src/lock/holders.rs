@@ -39,12 +39,63 @@ impl fmt::Display for Holder {
 /// The `MAJ:MIN:INODE` key `/proc` uses for a file: device numbers in two
 /// hex digits, the inode in decimal.
 fn proc_key(path: &Path) -> io::Result<String> {
-    let meta = fs::metadata(path)?;
-    let dev = meta.dev();
+    Ok(key_of(&fs::metadata(path)?))
+}
+
+/// [`proc_key`] of a file's metadata.
+fn key_of(meta: &fs::Metadata) -> String {
+    device_key(meta.dev(), meta.ino())
+}
+
+/// [`proc_key`] of the file `ino` on device `dev`.
+fn device_key(dev: u64, ino: u64) -> String {
     // glibc's major()/minor() encoding of dev_t.
     let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0fff);
     let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-    Ok(format!("{major:02x}:{minor:02x}:{}", meta.ino()))
+    format!("{major:02x}:{minor:02x}:{ino}")
+}
+
+/// The lock requests `/proc/locks` shows blocked (`->`) on the file
+/// `meta` describes, this device and inode and no other, as the offsets
+/// of their first and last bytes (`EOF`: to the end of any file): for
+/// tests that wait until a request sleeps in `F_OFD_SETLKW`.
+#[cfg(test)]
+pub(crate) fn blocked_ranges(meta: &fs::Metadata) -> Vec<(String, String)> {
+    let key = key_of(meta);
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, "->", _, _, _, _, k, start, end] if *k == key => {
+                    Some(((*start).to_owned(), (*end).to_owned()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// How many lock requests [`blocked_ranges`] sees.
+#[cfg(test)]
+pub(crate) fn blocked_on(meta: &fs::Metadata) -> usize {
+    blocked_ranges(meta).len()
+}
+
+/// Polls, with a 20 s deadline, until [`blocked_on`] sees at least
+/// `waiters` requests blocked on the file `meta` describes.
+#[cfg(test)]
+pub(crate) fn wait_for_blocked(meta: &fs::Metadata, waiters: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while blocked_on(meta) < waiters {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw {waiters} lock request(s) blocked on inode {}",
+            meta.ino()
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// The locks on `key` in one `fdinfo` text: whether any is exclusive.
@@ -133,5 +184,33 @@ mod tests {
         assert_eq!(lock_in(text, "fe:00:4"), None);
         let text = "lock:\t1: OFDLCK ADVISORY  WRITE -1 fe:00:42 0 EOF\n";
         assert_eq!(lock_in(text, "fe:00:42"), Some(true));
+    }
+
+    #[test]
+    fn device_keys_split_dev_t_as_the_c_library_does() {
+        for (major, minor) in [(254, 0), (8, 300), (0x1234, 0x5_6789), (0xfff, 0xff)] {
+            let dev = libc::makedev(major, minor);
+            assert_eq!(libc::major(dev), major);
+            assert_eq!(
+                device_key(dev, 42),
+                format!("{major:02x}:{minor:02x}:42"),
+                "{major}:{minor}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_holder_is_named_by_pid_and_command_if_known() {
+        let named = Holder {
+            pid: 42,
+            command: "snp-certs".into(),
+            exclusive: true,
+        };
+        assert_eq!(named.to_string(), "pid 42 (snp-certs)");
+        let unnamed = Holder {
+            command: String::new(),
+            ..named
+        };
+        assert_eq!(unnamed.to_string(), "pid 42");
     }
 }

@@ -3,7 +3,6 @@
 //! behind a waiting writer.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc;
 
 use super::*;
@@ -137,7 +136,7 @@ fn a_reader_waiting_at_the_intent_byte_gets_the_lock_after_the_writer() {
     });
     let probe = open_rw(&tmp);
     // Wait until the reader is blocked (it shows in /proc/locks as "->").
-    wait_for_waiters(probe.metadata().unwrap().ino(), 1);
+    wait_for_waiters(&tmp, 1);
     unlock(&writer).unwrap();
     let (result, reader) = handle.join().unwrap();
     assert!(result.unwrap() > Duration::ZERO);
@@ -164,28 +163,14 @@ fn a_writer_that_times_out_withdraws_its_intent() {
 }
 
 /// Polls (with a deadline) until `/proc/locks` shows `waiters` blocked
-/// lock requests (lines with `->`) on the file with inode `ino`.
-fn wait_for_waiters(ino: u64, waiters: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        let suffix = format!(":{ino} ");
-        let blocked = locks
-            .lines()
-            .filter(|l| l.contains("->") && l.contains(&suffix))
-            .count();
-        if blocked >= waiters {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never saw {waiters} waiters");
-        std::thread::yield_now();
-    }
+/// lock requests (lines with `->`) on `tmp`'s device and inode.
+fn wait_for_waiters(tmp: &tempfile::NamedTempFile, waiters: usize) {
+    holders::wait_for_blocked(&tmp.as_file().metadata().unwrap(), waiters);
 }
 
 #[test]
 fn a_reader_queued_behind_a_waiting_writer_gets_the_lock_after_it_and_not_the_byte() {
     let tmp = tempfile::NamedTempFile::new().unwrap();
-    let ino = tmp.as_file().metadata().unwrap().ino();
     let (first, late, probe) = (open_rw(&tmp), open_rw(&tmp), open_rw(&tmp));
     let writer = open_rw(&tmp);
     assert!(try_lock(&first, LockKind::Shared).unwrap());
@@ -198,13 +183,13 @@ fn a_reader_queued_behind_a_waiting_writer_gets_the_lock_after_it_and_not_the_by
         writer
     });
     wait_for_intent(&probe);
-    wait_for_waiters(ino, 1);
+    wait_for_waiters(&tmp, 1);
     // A new reader queues behind it: one blocked request.
     let late_thread = std::thread::spawn(move || {
         let waited = lock(&late, LockKind::Shared, Duration::from_secs(30));
         (waited, late)
     });
-    wait_for_waiters(ino, 2);
+    wait_for_waiters(&tmp, 2);
     unlock(&first).unwrap();
     writer_rx
         .recv_timeout(Duration::from_secs(20))

@@ -101,7 +101,7 @@
 //! leaves the bytes from the intent byte on exclusive until [`unlock`];
 //! nothing in this crate does that.
 
-mod holders;
+pub(crate) mod holders;
 mod timer;
 
 use std::fs::File;
@@ -317,6 +317,9 @@ struct Wait<'a> {
     deadline: Option<Instant>,
     timeout: Duration,
     cancel: Option<&'a AtomicBool>,
+    /// With a cancel flag: the longest slice of the wait between two
+    /// looks at the flag ([`CANCEL_CHECK`]).
+    check: Duration,
     /// Whether a wait that got its lock leaves the timer lingering for
     /// [`unlock`] to disarm (see [`lock_for_lease`]).
     linger: bool,
@@ -343,7 +346,7 @@ impl Wait<'_> {
                 None => self.timeout,
             };
             let remaining = match self.cancel {
-                Some(_) => remaining.min(CANCEL_CHECK),
+                Some(_) => remaining.min(self.check),
                 None => remaining,
             };
             let armed = if self.linger {
@@ -431,6 +434,20 @@ pub(crate) fn lock_since(
     cancel: Option<&AtomicBool>,
     linger: bool,
 ) -> Result<bool, LockError> {
+    lock_since_checking(file, kind, timeout, since, cancel, linger, CANCEL_CHECK)
+}
+
+/// [`lock_since`], looking at the cancel flag at least every `check`
+/// (tests stretch it to see a signal alone end a wait).
+fn lock_since_checking(
+    file: &File,
+    kind: LockKind,
+    timeout: Duration,
+    since: &mut Option<Instant>,
+    cancel: Option<&AtomicBool>,
+    linger: bool,
+    check: Duration,
+) -> Result<bool, LockError> {
     let t = kind.fcntl_type();
     // The first try. A writer keeps the intent byte if it got it: it
     // announces itself before it starts waiting for the readers.
@@ -475,6 +492,7 @@ pub(crate) fn lock_since(
         deadline: start.checked_add(timeout),
         timeout,
         cancel,
+        check,
         linger,
     };
     match kind {
@@ -514,6 +532,8 @@ pub fn unlock(file: &File) -> io::Result<()> {
     setlk(file, &whole_file(libc::F_UNLCK as libc::c_short), false)
 }
 
+#[cfg(test)]
+mod edge_tests;
 #[cfg(test)]
 mod intent_tests;
 #[cfg(test)]

@@ -1,5 +1,4 @@
 use std::fs::OpenOptions;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::*;
@@ -91,19 +90,7 @@ fn huge_timeouts_do_not_overflow() {
 
 /// Polls `/proc/locks` until a waiter is blocked on `path`'s lock.
 fn wait_for_blocked_waiter(path: &Path) {
-    let needle = format!(":{} ", std::fs::metadata(path).unwrap().ino());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        if locks
-            .lines()
-            .any(|l| l.contains("->") && l.contains(&needle))
-        {
-            return;
-        }
-        std::thread::yield_now();
-    }
-    panic!("no waiter blocked on {}", path.display());
+    holders::wait_for_blocked(&std::fs::metadata(path).unwrap(), 1);
 }
 
 #[test]
@@ -190,7 +177,11 @@ fn a_set_cancel_flag_ends_the_wait_at_the_next_signal() {
     let waiter = std::thread::spawn(move || {
         // SAFETY: pthread_self has no preconditions.
         tx.send(unsafe { libc::pthread_self() }).unwrap();
-        lock_or_cancel(&b, LockKind::Shared, Duration::from_secs(30), Some(&flag))
+        // Slices longer than the whole wait: only the signal can end it
+        // before its 30 s deadline.
+        let (timeout, check) = (Duration::from_secs(30), Duration::from_secs(3600));
+        let flag = Some(&*flag);
+        lock_since_checking(&b, LockKind::Shared, timeout, &mut None, flag, false, check)
     });
     let thread = rx.recv().unwrap();
     wait_for_blocked_waiter(tmp.path());
@@ -202,7 +193,8 @@ fn a_set_cancel_flag_ends_the_wait_at_the_next_signal() {
     assert_eq!(sent, 0);
     let result = waiter.join().unwrap();
     assert!(
-        matches!(result, Err(LockError::Cancelled { waited }) if waited < Duration::from_secs(20))
+        matches!(result, Err(LockError::Cancelled { waited }) if waited < Duration::from_secs(20)),
+        "{result:?}"
     );
 }
 
@@ -388,4 +380,17 @@ fn a_plain_lock_disarms_its_timer_before_returning() {
     wait_for_blocked_waiter(tmp.path());
     unlock(&a).unwrap();
     assert!(!waiter.join().unwrap());
+}
+
+#[test]
+fn lock_errors_say_how_long_they_waited_in_milliseconds() {
+    let waited = Duration::from_micros(20_500);
+    assert_eq!(
+        LockError::Timeout { waited }.to_string(),
+        "Lock still held by another process after 20.500 ms"
+    );
+    assert_eq!(
+        LockError::Cancelled { waited }.to_string(),
+        "Lock wait cancelled after 20.500 ms"
+    );
 }

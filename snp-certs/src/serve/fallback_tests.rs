@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
@@ -86,44 +86,96 @@ fn persistent_faults_get_the_empty_table_at_once() {
     );
 }
 
+/// Serves `req` with `config` until an answer is not busy (a guest that
+/// retries at once), timing each: every busy answer must come before the
+/// budget, counted from the first busy answer, is spent, and the answer
+/// that is not busy must come once it is. So the fallback comes after the
+/// budget and no later than the first request after it: the budget is
+/// neither shorter nor longer than configured. Returns that answer and
+/// how many busy answers came before it.
+///
+/// The budget counts whole microseconds of the VMM's monotonic clock
+/// (`Instant`, as the test's), so each bound allows one microsecond.
+fn serve_until_not_busy(
+    reader: &mut CertsReader,
+    config: &CertsConfig,
+    budget: &BusyBudget,
+    mem: &vm_memory::GuestMemoryMmap,
+) -> (Outcome, u64) {
+    // As configured, in milliseconds.
+    let limit = Duration::from_millis(config.busy_budget);
+    let tick = Duration::from_micros(1);
+    let started = Instant::now();
+    let first = serve(reader, config, budget, req(0, 1), mem);
+    // The streak began inside that call: between `started` and now.
+    let streak_began_by = Instant::now();
+    assert_eq!(
+        (first.kind, first.reason, first.fallback, first.lock_tried),
+        (OutcomeKind::Busy, Reason::LockTimeout, false, true)
+    );
+    let mut busy = 1;
+    loop {
+        let asked = Instant::now();
+        let out = serve(reader, config, budget, req(0, 1), mem);
+        let answered = Instant::now();
+        if out.kind != OutcomeKind::Busy {
+            // Not shorter: the streak is at least the budget.
+            assert!(
+                answered - started + tick > limit,
+                "the fallback came {:?} after the first busy answer, before the {limit:?} budget",
+                answered - started
+            );
+            return (out, busy);
+        }
+        // Not longer: busy only while the streak is shorter.
+        assert!(
+            asked - streak_began_by < limit + tick,
+            "busy {:?} after the first busy answer: the {limit:?} budget was spent",
+            asked - streak_began_by
+        );
+        busy += 1;
+    }
+}
+
 #[test]
 fn a_held_lock_is_busy_until_the_budget_is_spent_then_the_fallback() {
     let s = setup(100);
     let mem = memory(&[(0, MIB)]);
     let writer = fs::OpenOptions::new().write(true).open(&s.path).unwrap();
     lock::lock(&writer, LockKind::Exclusive, Duration::ZERO).unwrap();
+    let mut reader = CertsReader::new();
     let budget = BusyBudget::new();
+    for budget_ms in [40, 150] {
+        let config = CertsConfig {
+            certs_timeout: 0,
+            busy_budget: budget_ms,
+            ..s.config.clone()
+        };
+        mem.write_slice(&[0xee; 32], GuestAddress(0)).unwrap();
+        let (out, busy) = serve_until_not_busy(&mut reader, &config, &budget, &mem);
+        assert_eq!(
+            (out.kind, out.reason, out.fallback, out.ret()),
+            (OutcomeKind::Delivered, Reason::LockTimeout, true, 0)
+        );
+        assert!(busy > 1, "a guest asking again at once is told busy again");
+        assert!(
+            out.busy_streak >= Duration::from_millis(budget_ms),
+            "{:?} reported",
+            out.busy_streak
+        );
+        assert_eq!(
+            budget.streak(),
+            Duration::ZERO,
+            "the fallback ends the streak"
+        );
+        assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
+        assert_eq!(read(&mem, 24, 8), [0xee; 8]);
+    }
+    // The next request may wait for the writer again.
     let config = CertsConfig {
         certs_timeout: 0,
-        busy_budget: 40,
         ..s.config.clone()
     };
-    let mut reader = CertsReader::new();
-    let first = serve(&mut reader, &config, &budget, req(0, 1), &mem);
-    assert_eq!(
-        (first.kind, first.reason, first.fallback, first.lock_tried),
-        (OutcomeKind::Busy, Reason::LockTimeout, false, true)
-    );
-    // Busy until the streak is older than the budget; then the fallback.
-    let mut busy = 1;
-    let out = loop {
-        let out = serve(&mut reader, &config, &budget, req(0, 1), &mem);
-        if out.kind != OutcomeKind::Busy {
-            break out;
-        }
-        busy += 1;
-    };
-    assert!(
-        budget.streak() == Duration::ZERO,
-        "the fallback ends the streak"
-    );
-    assert_eq!(
-        (out.kind, out.reason, out.fallback, out.ret()),
-        (OutcomeKind::Delivered, Reason::LockTimeout, true, 0)
-    );
-    assert!(busy >= 1);
-    assert_eq!(read(&mem, 0, 24), EMPTY_TABLE);
-    // The next request may wait for the writer again.
     let again = serve(&mut reader, &config, &budget, req(0, 1), &mem);
     assert_eq!((again.kind, again.fallback), (OutcomeKind::Busy, false));
     // A zero budget never answers busy.
@@ -157,7 +209,12 @@ fn a_served_answer_ends_the_busy_streak() {
         serve(&mut reader, &config, &budget, req(0, 1), &mem).kind,
         OutcomeKind::Busy
     );
-    assert!(budget.streak() > Duration::ZERO || budget.try_busy(Duration::from_secs(1)));
+    // The busy answer started a streak: it grows (within a deadline).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while budget.streak() == Duration::ZERO {
+        assert!(Instant::now() < deadline, "no streak after a busy answer");
+        std::thread::yield_now();
+    }
     lock::unlock(&writer).unwrap();
     assert_eq!(
         serve(&mut reader, &config, &budget, req(0, 1), &mem).kind,
@@ -215,20 +272,9 @@ fn lock_timeout_is_busy_with_the_wait() {
 }
 
 /// Waits (with a deadline) until `/proc/locks` shows a process blocked
-/// on a lock of `path`'s inode.
+/// on a lock of `path`'s device and inode.
 fn wait_for_blocked_waiter(path: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let ino = fs::metadata(path).unwrap().ino();
-    let needle = format!(":{ino} ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .any(|l| l.contains("->") && l.contains(&needle))
-    {
-        assert!(std::time::Instant::now() < deadline, "no waiter appeared");
-        std::thread::yield_now();
-    }
+    crate::lock::holders::wait_for_blocked(&fs::metadata(path).unwrap(), 1);
 }
 
 #[test]

@@ -341,3 +341,9 @@ mod tests;
 
 #[cfg(test)]
 mod fallback_tests;
+
+#[cfg(test)]
+mod wait_tests;
+
+#[cfg(test)]
+mod direct_tests;

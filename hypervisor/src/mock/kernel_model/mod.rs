@@ -232,4 +232,10 @@ impl MemoryEncryptOp for std::sync::Mutex<KernelModel> {
 }
 
 #[cfg(test)]
+mod launch_tests;
+#[cfg(test)]
+mod pvalidate_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vmgexit_tests;

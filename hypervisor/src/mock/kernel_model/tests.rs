@@ -18,14 +18,14 @@ use crate::{
     VmType,
 };
 
-const GHCB: u64 = 0x9000;
-const REQ: u64 = 0xa000;
-const RESP: u64 = 0xb000;
-const BUF: u64 = 0x10000;
+pub(super) const GHCB: u64 = 0x9000;
+pub(super) const REQ: u64 = 0xa000;
+pub(super) const RESP: u64 = 0xb000;
+pub(super) const BUF: u64 = 0x10000;
 
-type Action = Box<dyn FnMut(&mut SevCpu, &GuestMemoryMmap) -> GuestStop + Send>;
+pub(super) type Action = Box<dyn FnMut(&mut SevCpu, &GuestMemoryMmap) -> GuestStop + Send>;
 /// What `observe` saw: (SW_EXITINFO1, SW_EXITINFO2, RBX) per step.
-type Seen = Arc<std::sync::Mutex<Vec<(u64, u64, u64)>>>;
+pub(super) type Seen = Arc<std::sync::Mutex<Vec<(u64, u64, u64)>>>;
 
 /// A guest made of steps, each ending in a VMGEXIT; then it stops for
 /// good with a fault.
@@ -49,7 +49,7 @@ impl crate::mock::MockGuest for Steps {
     }
 }
 
-fn register(gpa: u64) -> Action {
+pub(super) fn register(gpa: u64) -> Action {
     Box::new(move |cpu, _| {
         cpu.ghcb_msr = gpa | 0x012;
         GuestStop::Vmgexit
@@ -58,7 +58,7 @@ fn register(gpa: u64) -> Action {
 
 /// An extended guest request whose header says `msg_type`, RAX the
 /// buffer, RBX `npages`.
-fn ext_request(msg_type: u8, npages: u64) -> Action {
+pub(super) fn ext_request(msg_type: u8, npages: u64) -> Action {
     Box::new(move |cpu, mem| {
         mem.write_obj(msg_type, GuestAddress(REQ + 0x34)).unwrap();
         for (o, v) in [
@@ -81,15 +81,24 @@ fn ext_request(msg_type: u8, npages: u64) -> Action {
     })
 }
 
-fn ghcb_field(mem: &GuestMemoryMmap, offset: u64) -> u64 {
+pub(super) fn ghcb_field(mem: &GuestMemoryMmap, offset: u64) -> u64 {
     mem.read_obj(GuestAddress(GHCB + offset)).unwrap()
 }
 
 /// A launched SNP VM with 1 MiB of memory and the certificate exit on,
 /// its vCPU 0 running `steps`.
-fn launched(
+pub(super) fn launched(
     config: KernelModelConfig,
     steps: Vec<Action>,
+) -> (MockVm, MockVcpu, Arc<GuestMemoryMmap>) {
+    launched_with(config, steps, true)
+}
+
+/// [`launched`], with the certificate exit on only if `certs`.
+pub(super) fn launched_with(
+    config: KernelModelConfig,
+    steps: Vec<Action>,
+    certs: bool,
 ) -> (MockVm, MockVcpu, Arc<GuestMemoryMmap>) {
     let hv = MockHypervisor::new()
         .with_kernel_model(config)
@@ -97,7 +106,9 @@ fn launched(
     let vm = hv.create_mock_vm(VmType::Snp).unwrap();
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
     vm.map_memory(Arc::clone(&mem)).unwrap();
-    vm.enable_snp_req_certs().unwrap();
+    if certs {
+        vm.enable_snp_req_certs().unwrap();
+    }
     let vcpu = vm.create_mock_vcpu(0).unwrap();
     vm.launch_start(crate::DEFAULT_SNP_POLICY).unwrap();
     vm.launch_update(0x1000, 0x4000, SnpPageType::Normal)
@@ -175,7 +186,7 @@ fn kernel_model_guest_requests_need_the_launch_fd_still_open() {
 
 /// A step that records (SW_EXITINFO1, SW_EXITINFO2, RBX) of the GHCB as
 /// the guest finds it, then makes `next`.
-fn observe(seen: &Seen, mut next: Action) -> Action {
+pub(super) fn observe(seen: &Seen, mut next: Action) -> Action {
     let seen = Arc::clone(seen);
     Box::new(move |cpu, mem| {
         seen.lock().unwrap().push((
@@ -187,7 +198,7 @@ fn observe(seen: &Seen, mut next: Action) -> Action {
     })
 }
 
-fn terminate() -> Action {
+pub(super) fn terminate() -> Action {
     Box::new(|cpu, _| {
         cpu.ghcb_msr = 0x100;
         GuestStop::Vmgexit

@@ -25,6 +25,6 @@ if ! { [ -r /dev/kvm ] && [ -w /dev/kvm ]; }; then
 fi
 exec "$target_dir/release/snp-vmm" \
     --hypervisor "$hypervisor" \
-    --snp certs-file=docs/examples/certs.bin,doorbell=on \
-    --payload attest,requests=5,interval-ms=10 \
+    --snp certs_file=docs/examples/certs.bin,doorbell=on \
+    --payload attest,requests=5,interval_ms=10 \
     "$@"

@@ -200,6 +200,19 @@ impl Vmm {
         Arc::clone(&self.exiting)
     }
 
+    /// Builds a VM from `config` on this VMM's backend, payloads and
+    /// event stream; the caller installs it.
+    fn build_vm(&self, config: VmConfig) -> Result<Vm, ApiError> {
+        Vm::create(
+            &self.backend,
+            config,
+            self.events.clone(),
+            self.payloads.as_ref(),
+            Arc::clone(&self.exiting),
+        )
+        .map_err(vm_error)
+    }
+
     /// Creates the VM and returns the warnings about the Cloud Hypervisor
     /// settings of `config` it ignores (also logged). The VMM's lock is not
     /// held while the VM is built (its start-up wait for the certs file
@@ -211,14 +224,7 @@ impl Vmm {
             return Err(exists());
         }
         let warnings = config.warnings();
-        let vm = Vm::create(
-            &self.backend,
-            config,
-            self.events.clone(),
-            self.payloads.as_ref(),
-            Arc::clone(&self.exiting),
-        )
-        .map_err(vm_error)?;
+        let vm = self.build_vm(config)?;
         let mut slot = self.vm();
         if slot.is_some() {
             return Err(exists());
@@ -257,14 +263,7 @@ impl Vmm {
                 }
             }
         };
-        let mut new = Vm::create(
-            &self.backend,
-            config,
-            self.events.clone(),
-            self.payloads.as_ref(),
-            Arc::clone(&self.exiting),
-        )
-        .map_err(vm_error)?;
+        let mut new = self.build_vm(config)?;
         let mut slot = self.vm();
         match slot.as_ref() {
             Some(old) if old.stopped || old.state() == VmState::Shutdown => {

@@ -2,24 +2,34 @@
 # Applies the patch series in patches/ to the pinned Cloud Hypervisor source,
 # builds the patched cloud-hypervisor and ch-remote for KVM and for MSHV, runs
 # Cloud Hypervisor's unit tests of the crates the series touches, runs its
-# clippy with its lints, and runs this repository's end-to-end test of the
-# patched binaries (tests/ch_plugin.rs). Prints how long each step took.
+# clippy with its lints on those crates, and runs this repository's
+# end-to-end test of the patched binaries (tests/ch_plugin.rs). Prints how
+# long each step took.
 #
 #   integrations/cloud-hypervisor/build-and-test.sh
 #
 # Environment:
-#   CARGO_TARGET_DIR        where the work tree goes: $CARGO_TARGET_DIR/cloud-hypervisor-plugin
-#                           (default: target/ in the repository)
+#   CARGO_TARGET_DIR        this repository's target directory (default:
+#                           target/ in the repository); the patched tree and
+#                           its own target directory go to
+#                           $CARGO_TARGET_DIR/cloud-hypervisor-plugin, and the
+#                           end-to-end test is built where the rest of this
+#                           repository's tests are
 #   SNP_CH_THIRD_PARTY      the directory holding the pinned archives (default:
 #                           ../shared/third_party beside the repository, or beside
 #                           the main checkout of a git worktree)
 #   SNP_CH_STEPS            the steps to run, default "apply build test clippy e2e"
 #                           (clippy also checks rustfmt and the OpenAPI document
 #                           where nightly rustfmt and openapi-spec-validator exist)
+#   CARGO_PROFILE_DEV_DEBUG, CARGO_INCREMENTAL
+#                           for Cloud Hypervisor's builds only; default 0 and 0
+#                           (no debug info, no incremental cache: a build from
+#                           scratch is faster, and these binaries are not debugged)
 #
-# The patched tree is unpacked again whenever the archives, the patches or
-# this script change; otherwise the last one is reused, so that Cargo only
-# rebuilds what changed (in this repository's snp-certs crate, for example).
+# The pinned tree is unpacked again when the archives change, and the
+# series applied again when the patches change; otherwise the last tree is
+# reused, so that Cargo only rebuilds what changed (in this repository's
+# snp-certs crate, for example).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,12 +58,15 @@ ch_archive=$third_party/cloud-hypervisor-ae44c29.tar.gz
 micro_http_archive=$third_party/micro-http-7975fe0.tar.gz
 patches=("$here"/patches/*.patch)
 
-# Features of the two builds, and the clippy runs of Cloud Hypervisor's CI
+# The two feature sets, and the clippy runs of Cloud Hypervisor's CI
 # (.github/workflows/ci.yaml: "Clippy (kvm + sev_snp)" and
 # "Clippy (mshv + igvm + sev_snp)") that cover them.
 kvm_features=(--features kvm,sev_snp,igvm)
 mshv_features=(--no-default-features --features mshv,sev_snp,igvm)
 clippy_runs=("kvm,sev_snp" "mshv,igvm,sev_snp")
+
+# The crates the series touches: their unit tests run, clippy lints them.
+touched=(-p hypervisor -p vmm -p cloud-hypervisor)
 
 script_start=$SECONDS
 timings=()
@@ -71,50 +84,90 @@ step() {
     echo "==> $name"
     "$@"
     local took=$((SECONDS - start))
-    timings+=("$(printf '%-44s %4d s' "$name" "$took")")
+    timings+=("$(printf '%-52s %4d s' "$name" "$took")")
     echo "<== $name: ${took} s"
 }
 
 skip() {
-    timings+=("$(printf '%-44s %s' "$1" "skipped: $2")")
+    timings+=("$(printf '%-52s %s' "$1" "skipped: $2")")
     echo "--- $1 skipped: $2"
 }
 
 # Cargo on the patched tree, with its own target directory so that its
-# features never mix with this repository's builds.
+# features never mix with this repository's builds. Only these builds get
+# the CI settings (debug info and incremental compilation off): this
+# repository's own builds keep theirs, so the end-to-end test reuses what
+# its test run built.
+#
+# Cloud Hypervisor's integration-test helpers (test_infra, a dev-dependency
+# of its cloud-hypervisor crate, and so part of that crate's unit-test
+# builds) build OpenSSL from source for ssh2 unless told otherwise: with the
+# system's OpenSSL there (pkg-config finds it), use it.
 ch_cargo() {
-    (cd "$ch" && CARGO_TARGET_DIR=$work/build cargo "$@")
+    local openssl=()
+    if pkg-config --exists openssl 2>/dev/null; then
+        openssl=(OPENSSL_NO_VENDOR=1)
+    fi
+    (cd "$ch" && env "${openssl[@]}" CARGO_TARGET_DIR="$work/build" \
+        CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-0}" \
+        CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}" cargo "$@")
 }
 
-inputs_stamp() {
-    cat "$ch_archive" "$micro_http_archive" "${patches[@]}" "$0" | sha256sum | cut -d' ' -f1
+# The build setting unpack_and_apply adds to the patched tree.
+micro_http_patch='
+[patch."https://github.com/firecracker-microvm/micro-http"]
+micro_http = { path = "../micro-http" }'
+
+# What the unpacked tree and the applied series are made from.
+archives_stamp() {
+    cat "$ch_archive" "$micro_http_archive" | sha256sum | cut -d' ' -f1
+}
+series_stamp() {
+    { cat "${patches[@]}"; echo "$micro_http_patch"; } | sha256sum | cut -d' ' -f1
 }
 
+# Unpacks the pinned tree (when there is none, or the archives changed)
+# and applies the series. An unpacked tree is reused: the series is applied
+# again on its pinned commit (when the patches changed), and git rewrites
+# only the files whose content changes, so Cargo rebuilds only the crates
+# those belong to (and what depends on them).
 unpack_and_apply() {
     [ -f "$ch_archive" ] || fail "missing $ch_archive (set SNP_CH_THIRD_PARTY to the directory of the pinned archives)"
     [ -f "$micro_http_archive" ] || fail "missing $micro_http_archive"
     [ -e "${patches[0]}" ] || fail "no patches in $here/patches"
-    local stamp
-    stamp=$(inputs_stamp)
-    if [ -f "$work/applied.stamp" ] && [ "$(cat "$work/applied.stamp")" = "$stamp" ] &&
-        git -C "$ch" diff --quiet HEAD -- . ':!Cargo.toml' ':!Cargo.lock'; then
-        echo "the series is applied already (same archives, patches and script): reusing $ch"
-        return
+    local archives series
+    archives=$(archives_stamp)
+    series=$(series_stamp)
+    if [ "$(cat "$work/archives.stamp" 2>/dev/null)" = "$archives" ] &&
+        git -C "$ch" rev-parse -q --verify pinned >/dev/null 2>&1; then
+        if [ "$(cat "$work/applied.stamp" 2>/dev/null)" = "$series" ] &&
+            git -C "$ch" diff --quiet HEAD -- . ':!Cargo.toml' ':!Cargo.lock'; then
+            echo "the series is applied already (same archives and patches): reusing $ch"
+            return
+        fi
+        echo "applying the series again to the pinned tree in $ch"
+        rm -f "$work/applied.stamp"
+        git -C "$ch" am --abort >/dev/null 2>&1 || true
+        git -C "$ch" reset -q --hard pinned
+        git -C "$ch" clean -q -f -d
+    else
+        rm -rf "$ch" "$work/micro-http" "$work/archives.stamp" "$work/applied.stamp"
+        mkdir -p "$work"
+        tar -xzf "$ch_archive" -C "$work"
+        tar -xzf "$micro_http_archive" -C "$work"
+        # The series depends on this repository's snp-certs crate by path, as
+        # ../../snp-certs-vmm/snp-certs from the vmm crate: a checkout beside
+        # the Cloud Hypervisor tree.
+        ln -sfn "$root" "$work/snp-certs-vmm"
+        git -C "$ch" init -q
+        git -C "$ch" add -A
+        # Cloud Hypervisor's .gitignore leaves out Cargo.lock; the series changes it.
+        git -C "$ch" add -f Cargo.lock
+        git -C "$ch" -c user.name=pinned -c user.email=pinned@invalid \
+            commit -q -m "Cloud Hypervisor ae44c29 (pinned)"
+        git -C "$ch" tag pinned
+        echo "$archives" >"$work/archives.stamp"
     fi
-    rm -rf "$ch" "$work/micro-http" "$work/applied.stamp"
-    mkdir -p "$work"
-    tar -xzf "$ch_archive" -C "$work"
-    tar -xzf "$micro_http_archive" -C "$work"
-    # The series depends on this repository's snp-certs crate by path, as
-    # ../../snp-certs-vmm/snp-certs from the vmm crate: a checkout beside
-    # the Cloud Hypervisor tree.
-    ln -sfn "$root" "$work/snp-certs-vmm"
-    git -C "$ch" init -q
-    git -C "$ch" add -A
-    # Cloud Hypervisor's .gitignore leaves out Cargo.lock; the series changes it.
-    git -C "$ch" add -f Cargo.lock
-    git -C "$ch" -c user.name=pinned -c user.email=pinned@invalid \
-        commit -q -m "Cloud Hypervisor ae44c29 (pinned)"
     if ! git -C "$ch" -c user.name=build-and-test -c user.email=build-and-test@invalid \
         am -q --whitespace=nowarn "${patches[@]}"; then
         git -C "$ch" am --show-current-patch=diff | head -40 >&2 || true
@@ -122,18 +175,25 @@ unpack_and_apply() {
         fail "the patch series does not apply to the pinned Cloud Hypervisor source"
     fi
     echo "applied ${#patches[@]} patches:"
-    git -C "$ch" log --format='  %s' --reverse HEAD~${#patches[@]}..HEAD
+    git -C "$ch" log --format='  %s' --reverse pinned..HEAD
     # micro_http comes from git, which these machines cannot reach: use the
     # pinned copy (a build setting, not part of the series).
-    printf '\n[patch."https://github.com/firecracker-microvm/micro-http"]\nmicro_http = { path = "../micro-http" }\n' \
-        >>"$ch/Cargo.toml"
-    echo "$stamp" >"$work/applied.stamp"
+    printf '%s\n' "$micro_http_patch" >>"$ch/Cargo.toml"
+    echo "$series" >"$work/applied.stamp"
 }
 
+# Builds cloud-hypervisor and ch-remote and, in the same Cargo run, the
+# unit-test binaries of the touched crates. One run, because building the
+# tests turns on the features the crates' dev-dependencies ask of shared
+# dependencies (bitflags' std, through tempfile): a separate `cargo build`
+# of the binaries would build vmm and everything it shares with them twice.
+# The integration test integration_cvm is there for Cargo to build the
+# binaries themselves (it compiles to nothing outside Cloud Hypervisor's
+# test environment); it is not run.
 build() {
     local name=$1
     shift
-    ch_cargo build -p cloud-hypervisor --bins "$@"
+    ch_cargo test --no-run --lib --bins --test integration_cvm "${touched[@]}" "$@"
     mkdir -p "$work/bin/$name"
     cp "$work/build/debug/cloud-hypervisor" "$work/build/debug/ch-remote" "$work/bin/$name/"
     "$work/bin/$name/cloud-hypervisor" --help | grep -q -- "--snp-certs" ||
@@ -147,17 +207,19 @@ kvm_usable() {
     [ -r /dev/kvm ] && [ -w /dev/kvm ]
 }
 
-# Tests that need neither /dev/kvm nor /dev/mshv: the SEV-SNP certificate
-# tests of the series (the exit decode and answer on a kvm_run and a GHCB
-# page in memory, the option parsing, the API data, the service).
+# The unit tests of the libraries that need neither /dev/kvm nor
+# /dev/mshv: all of the hypervisor crate's, and in vmm the SEV-SNP
+# certificate tests of the series (the service, the vCPU side with its
+# seccomp filter, the option parsing, the API data and statuses).
 no_hypervisor_tests=(
+    arch::x86::
+    kvm::x86_64::
+    mshv::
     snp_certs_service::
+    snp_certs_vcpu::
     api::unit_tests::test_vm_snp_certs
     api::http::tests::
     config::unit_tests::test_parse_snp_certs
-    kvm::x86_64::sev::
-    mshv::tests::
-    test_snp_certs_data
 )
 
 # test_cli_options_sorted fails on the pinned tree whenever sev_snp and igvm
@@ -165,35 +227,30 @@ no_hypervisor_tests=(
 # not touch that order.
 known_failures=(--skip unit_tests::test_cli_options_sorted)
 
-unit_tests_kvm() {
-    if kvm_usable; then
-        ch_cargo test --lib --bins -p hypervisor -p vmm -p cloud-hypervisor "${kvm_features[@]}" \
-            -- "${known_failures[@]}"
+# unit_tests DEVICE FEATURES...: the unit tests of the touched crates. The
+# binaries' tests (command-line parsing) need no hypervisor; most of vmm's
+# other tests open DEVICE.
+unit_tests() {
+    local device=$1
+    shift
+    if [ -r "$device" ] && [ -w "$device" ]; then
+        ch_cargo test --lib --bins "${touched[@]}" "$@" -- "${known_failures[@]}"
     else
-        echo "NOTE: /dev/kvm is not usable here: running only the tests that need no hypervisor;"
-        echo "      Cloud Hypervisor's other unit tests of these crates open /dev/kvm"
-        ch_cargo test --lib --bins -p hypervisor -p vmm -p cloud-hypervisor "${kvm_features[@]}" \
-            -- "${no_hypervisor_tests[@]}"
+        echo "NOTE: $device is not usable here: of the libraries' tests, only those that need no"
+        echo "      hypervisor run; Cloud Hypervisor's other unit tests of vmm open $device"
+        ch_cargo test --bins "${touched[@]}" "$@" -- "${known_failures[@]}"
+        ch_cargo test --lib "${touched[@]}" "$@" -- "${no_hypervisor_tests[@]}"
     fi
 }
 
-unit_tests_mshv() {
-    # Most of Cloud Hypervisor's unit tests open the hypervisor; without
-    # /dev/mshv only these can run on an MSHV build.
-    if [ -e /dev/mshv ]; then
-        ch_cargo test --lib -p hypervisor -p vmm "${mshv_features[@]}" -- "${known_failures[@]}"
-    else
-        echo "NOTE: no /dev/mshv here: running only the tests that need no hypervisor"
-        ch_cargo test --lib -p hypervisor -p vmm "${mshv_features[@]}" -- "${no_hypervisor_tests[@]}"
-    fi
-}
-
+# Cloud Hypervisor's CI runs these on the whole workspace (--all) with
+# --locked; here they lint the crates the series touches, all their targets
+# (the crates they depend on are compiled, not linted: the series does not
+# change them). The patched tree's Cargo.lock follows this repository's
+# snp-certs crate, whose own dependencies may have moved on since the series
+# was made, so Cargo is allowed to update it here.
 clippy() {
-    # Cloud Hypervisor's CI runs these with --locked; the patched tree's
-    # Cargo.lock follows this repository's snp-certs crate, whose own
-    # dependencies may have moved on since the series was made, so Cargo is
-    # allowed to update it here.
-    ch_cargo clippy --all --all-targets --no-default-features --tests --examples \
+    ch_cargo clippy "${touched[@]}" --all-targets --no-default-features --tests --examples \
         --features "$1" -- -D warnings
 }
 
@@ -221,20 +278,26 @@ rustfmt_check() {
 end_to_end() {
     # The patched binaries against a real API socket, real certs files and
     # a real management lock (tests/ch_plugin.rs; ignored unless asked for).
-    (cd "$root" && SNP_CH_BIN_DIR=$work/bin/kvm cargo test --locked --test ch_plugin -- --ignored)
+    # --workspace resolves features as the workspace's test run does
+    # (scripts/test.sh), so after it this builds only the test binary.
+    (cd "$root" && SNP_CH_BIN_DIR=$work/bin/kvm \
+        cargo test --workspace --locked --test ch_plugin -- --ignored)
 }
 
 case $steps in *" apply "*) step "apply the series" unpack_and_apply ;; esac
 [ -d "$ch" ] || fail "no patched tree in $ch: run with the apply step"
 
 if [[ $steps == *" build "* ]]; then
-    step "build (kvm,sev_snp,igvm)" build kvm "${kvm_features[@]}"
-    step "build (mshv,sev_snp,igvm)" build mshv "${mshv_features[@]}"
+    step "build (kvm,sev_snp,igvm): binaries and unit tests" build kvm "${kvm_features[@]}"
 fi
-
 if [[ $steps == *" test "* ]]; then
-    step "unit tests (kvm,sev_snp,igvm)" unit_tests_kvm
-    step "unit tests (mshv,sev_snp,igvm)" unit_tests_mshv
+    step "unit tests (kvm,sev_snp,igvm)" unit_tests /dev/kvm "${kvm_features[@]}"
+fi
+if [[ $steps == *" build "* ]]; then
+    step "build (mshv,sev_snp,igvm): binaries and unit tests" build mshv "${mshv_features[@]}"
+fi
+if [[ $steps == *" test "* ]]; then
+    step "unit tests (mshv,sev_snp,igvm)" unit_tests /dev/mshv "${mshv_features[@]}"
 fi
 
 if [[ $steps == *" clippy "* ]]; then
@@ -264,4 +327,4 @@ fi
 echo
 echo "build-and-test: done"
 printf '  %s\n' "${timings[@]}"
-printf '  %-44s %4d s\n' "total" $((SECONDS - script_start))
+printf '  %-52s %4d s\n' "total" $((SECONDS - script_start))

@@ -20,6 +20,9 @@
 //! * [`budget`]: how long a guest may be told busy.
 //! * [`guest`]: guest memory as the table is written into it.
 //! * [`serve`]: one guest request, start to finish, and the answer policy.
+//! * [`fault_log`]: when a VMM logs a fault its answers keep meeting: when
+//!   it starts, at most once per interval while it lasts, and when it
+//!   clears.
 //! * [`update`]: the writer half of the lock protocol: rewriting a live
 //!   certs file in place under the exclusive lock.
 //!
@@ -31,6 +34,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod fault_log;
 pub mod file;
 pub mod guest;
 pub mod guid;

@@ -20,7 +20,8 @@
 //! * [`certs_service`]: a VM's certs configuration, busy budget, counters,
 //!   logs and events.
 //! * [`fault_log`]: a fault logged when it starts, then at most once per
-//!   interval, and when it clears.
+//!   interval, and when it clears (`snp_certs::fault_log`, shared with
+//!   other VMMs that embed the engine).
 //! * [`doorbell`]: the emulated guest-request doorbell for hosts without SNP.
 //! * [`pio`]: the port-I/O bus payloads attach their devices to.
 //! * [`shared_pages`]: which pages an SNP guest shared with the host.
@@ -39,7 +40,7 @@ pub mod backend;
 pub mod certs_service;
 pub mod doorbell;
 pub mod exit_dispatch;
-pub mod fault_log;
+pub use snp_certs::fault_log;
 pub mod payload;
 pub mod pio;
 pub mod shared_pages;

@@ -14,7 +14,10 @@
 //!
 //! So a fault that lasts a minute costs a handful of lines whatever the
 //! request rate, and the log still says when it began, that it went on,
-//! and when it ended. Each request is also logged at debug level.
+//! and when it ended. The VMM decides what each line says (it knows the
+//! vCPU and the configuration); [`FaultLog`] only decides when to write
+//! one. Consult it after the lease is released, never inside the lease
+//! window.
 //!
 //! The usual answer (no fault, no episode open) costs one atomic load.
 
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use snp_certs::Reason;
+use crate::Reason;
 
 /// How often an ongoing fault is logged again, by default.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);

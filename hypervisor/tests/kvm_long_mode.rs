@@ -49,7 +49,7 @@ fn kvm_long_mode_registers_run_64_bit_code() {
         vcpu.run().unwrap(),
         VmExit::IoOut {
             port: 0x5e8,
-            data: 0x1122_3344u32.to_le_bytes().to_vec()
+            data: hypervisor::PioData::from_slice(&0x1122_3344u32.to_le_bytes())
         }
     );
     assert_eq!(vcpu.run().unwrap(), VmExit::Hlt);

@@ -291,7 +291,7 @@ fn a_write_to_a_port_without_a_device_is_logged_at_debug_level() {
         match step {
             1 => VmExit::IoOut {
                 port: 0x5e8,
-                data: vec![1],
+                data: hypervisor::PioData::from_slice(&[1]),
             },
             _ => VmExit::Hlt,
         }

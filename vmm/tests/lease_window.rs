@@ -126,7 +126,7 @@ fn the_lock_is_held_through_the_immediate_exit_run_of_the_doorbell() {
         }
         VmExit::IoOut {
             port: DOORBELL_PORT,
-            data: (MAILBOX as u32).to_le_bytes().to_vec(),
+            data: hypervisor::PioData::from_slice(&(MAILBOX as u32).to_le_bytes()),
         }
     };
     let (vm, memory, vcpu) = default_vm(guest);

@@ -12,7 +12,9 @@ use std::cell::{Cell, RefCell};
 
 use vm_memory::bitmap::BS;
 use vm_memory::guest_memory::GuestMemorySliceIterator;
-use vm_memory::{GuestMemoryMmap, GuestMemoryResult};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryResult, Permissions,
+};
 
 use super::tests::{MIB, memory, read, req, setup};
 use super::*;

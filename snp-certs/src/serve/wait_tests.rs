@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::tests::{MIB, can_lock_exclusive, memory, read, req, setup};
 use super::*;
 use crate::lock::{self, LockKind};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Serves `request` with `reader` after a writer held the lock long
 /// enough for the request to block on it (released once `/proc/locks`

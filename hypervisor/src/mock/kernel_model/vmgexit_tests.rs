@@ -234,15 +234,15 @@ fn kernel_model_port_io_exits_carry_the_port_the_size_and_the_data() {
             },
             VmExit::IoOut {
                 port: 0x5e8,
-                data: vec![0x44, 0x33, 0x22, 0x11]
+                data: crate::PioData::from_slice(&[0x44, 0x33, 0x22, 0x11])
             },
             VmExit::IoOut {
                 port: 0x5e9,
-                data: vec![0x44, 0x33]
+                data: crate::PioData::from_slice(&[0x44, 0x33])
             },
             VmExit::IoOut {
                 port: 0x5ea,
-                data: vec![0x44]
+                data: crate::PioData::from_slice(&[0x44])
             },
             VmExit::Terminated {
                 reason_set: 0,

@@ -1,12 +1,10 @@
 //! Serving a request allocates nothing once a vCPU's reader is warm: not
 //! when it delivers, not when it answers a size query, not when a writer
-//! holds the lock, not when the file turned invalid. Counted by a global
-//! allocator that counts the allocations of the thread that asks.
+//! holds the lock, not when the file turned invalid. Counted by
+//! `test_support::alloc_count`, the allocations of the thread that asks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::fs;
 use std::time::Duration;
 
@@ -15,53 +13,11 @@ use snp_certs::{
     BusyBudget, CertKind, CertsConfig, CertsReader, CertsRequest, OutcomeKind, Reason,
     TableBuilder, serve,
 };
+use test_support::alloc_count::{CountingAllocator, allocations};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-/// Counts the allocations of threads that set `COUNTING`.
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counting only touches const-initialised thread locals, which allocate
-// nothing.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        }
-        // SAFETY: the caller's contract is passed on as it is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        }
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Allocations made by `f` on this thread.
-fn allocations(f: impl FnOnce()) -> u64 {
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    ALLOCATIONS.with(Cell::get)
-}
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 #[test]
 fn a_warm_reader_serves_without_allocating() {

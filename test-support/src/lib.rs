@@ -1,6 +1,8 @@
 //! Test doubles shared by the test suites of several crates, so no test
 //! includes another crate's files by path:
 //!
+//! * [`alloc_count`]: a global allocator that counts a thread's
+//!   allocations, for the tests that prove a path allocates nothing;
 //! * [`fixtures`]: the certificate fixtures (AMD's real Milan, Genoa and
 //!   Turin certificates and a synthetic chain) in
 //!   `snp-certs-verify/tests/fixtures`;
@@ -15,6 +17,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod alloc_count;
 pub mod fixtures;
 
 #[cfg(feature = "kds")]

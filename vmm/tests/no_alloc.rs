@@ -3,57 +3,23 @@
 //! (`CertsService::serve`, the lease window) and what follows the release
 //! (`CertsService::report`: atomic counters, no log line, no event built),
 //! also while a fault goes on between its log lines.
-//! Counted by a global allocator that counts the allocations of the thread
+//! Counted by `test_support::alloc_count`, the allocations of the thread
 //! that asks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use event_monitor::EventSender;
 use snp_certs::serve::CertsRequest;
 use snp_certs::{ActiveCerts, CertKind, CertsConfig, CertsReader, OutcomeKind, TableBuilder};
+use test_support::alloc_count::{CountingAllocator, allocations};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm::certs_service::{CertsService, RequestSource};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counting only touches const-initialised thread locals, which allocate
-// nothing.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        }
-        // SAFETY: the caller's contract is passed on as it is.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        }
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 #[test]
 fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
@@ -87,17 +53,16 @@ fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
     // Warm up: the first request opens the file and validates it.
     assert_eq!(one(&mut reader), OutcomeKind::Delivered);
 
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
     let mut delivered = 0;
-    for _ in 0..200 {
-        if one(&mut reader) == OutcomeKind::Delivered {
-            delivered += 1;
+    let n = allocations(|| {
+        for _ in 0..200 {
+            if one(&mut reader) == OutcomeKind::Delivered {
+                delivered += 1;
+            }
         }
-    }
-    COUNTING.with(|c| c.set(false));
+    });
     assert_eq!(delivered, 200);
-    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "a request allocated");
+    assert_eq!(n, 0, "a request allocated");
     assert_eq!(service.stats().requests.delivered, 201);
 }
 
@@ -131,11 +96,9 @@ fn a_fault_that_goes_on_is_reported_without_allocating_between_its_log_lines() {
     // The first fallback starts the fault (and may allocate its line).
     assert!(one(&mut reader));
 
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
-    let fallbacks = (0..200).filter(|_| one(&mut reader)).count();
-    COUNTING.with(|c| c.set(false));
+    let mut fallbacks = 0;
+    let n = allocations(|| fallbacks = (0..200).filter(|_| one(&mut reader)).count());
     assert_eq!(fallbacks, 200);
-    assert_eq!(ALLOCATIONS.with(Cell::get), 0, "a repeated fault allocated");
+    assert_eq!(n, 0, "a repeated fault allocated");
     assert_eq!(service.stats().fallbacks["file-missing"], 201);
 }

@@ -114,7 +114,7 @@ group_args() {
         # shared with the kernel model). test-guests runs the SNP test
         # guest (its Rust twin and its machine code) through both.
         args=(-p hypervisor --test-package hypervisor,test-guests
-            -f hypervisor/src/kvm/snp.rs -f hypervisor/src/kvm/vcpu.rs
+            -f hypervisor/src/kvm/snp.rs -f hypervisor/src/kvm/snp_exits.rs -f hypervisor/src/kvm/vcpu.rs
             -f hypervisor/src/kvm/req_certs_probe.rs -f hypervisor/src/kvm/snp_vm.rs
             -f hypervisor/src/kvm/private_memory.rs -f hypervisor/src/kvm/encrypt_op.rs
             -f hypervisor/src/sev_commands.rs)

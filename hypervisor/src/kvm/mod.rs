@@ -18,6 +18,7 @@ pub mod host;
 mod private_memory;
 mod req_certs_probe;
 pub mod snp;
+mod snp_exits;
 mod snp_vm;
 mod vcpu;
 

@@ -9,9 +9,8 @@ use kvm_bindings::{kvm_run, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::VmShared;
-use super::snp::{
-    KVM_EXIT_SNP_REQ_CERTS, KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED, snp_req_certs_ptr,
-};
+use super::snp::{KVM_EXIT_SNP_REQ_CERTS, snp_req_certs_ptr};
+use super::snp_exits;
 use crate::kick::{KickTarget, RunSection};
 use crate::{HypervisorError, SnpCertsCompletion, SnpCertsRequest, Vcpu, VcpuKicker, VmExit};
 
@@ -192,30 +191,22 @@ impl Vcpu for KvmVcpu {
                 )),
             })),
             Ok(VcpuExit::Hlt) => Ok(Some(VmExit::Hlt)),
-            Ok(VcpuExit::Hypercall(call)) if call.nr == KVM_HC_MAP_GPA_RANGE => {
-                self.pending = Pending::Hypercall;
-                Ok(Some(VmExit::MapGpaRange {
-                    gpa: call.args[0],
-                    npages: call.args[1],
-                    private: call.args[2] & KVM_MAP_GPA_RANGE_ENCRYPTED != 0,
+            Ok(VcpuExit::Hypercall(call)) => {
+                Ok(Some(match snp_exits::map_gpa_range(call.nr, &call.args) {
+                    Some(exit) => {
+                        self.pending = Pending::Hypercall;
+                        exit
+                    }
+                    None => VmExit::Other(format!("Hypercall({call:?})")),
                 }))
             }
-            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => Ok(Some(VmExit::MemoryFault {
-                gpa,
-                size,
-                private: flags & u64::from(kvm_bindings::KVM_MEMORY_EXIT_FLAG_PRIVATE) != 0,
-            })),
-            Ok(VcpuExit::SystemEvent(kind, data))
-                if kind == kvm_bindings::KVM_SYSTEM_EVENT_SEV_TERM =>
-            {
-                // data[0] is the GHCB MSR value of the request: reason set
-                // in bits 12..16, reason code in bits 16..24.
-                let msr = data.first().copied().unwrap_or_default();
-                Ok(Some(VmExit::Terminated {
-                    reason_set: ((msr >> 12) & 0xf) as u8,
-                    reason_code: ((msr >> 16) & 0xff) as u8,
-                }))
+            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
+                Ok(Some(snp_exits::memory_fault(flags, gpa, size)))
             }
+            Ok(VcpuExit::SystemEvent(kind, data)) => Ok(Some(
+                snp_exits::sev_termination(kind, data)
+                    .unwrap_or_else(|| VmExit::Other(format!("SystemEvent({kind}, {data:?})"))),
+            )),
             Ok(VcpuExit::Shutdown) => Ok(Some(VmExit::Shutdown)),
             // Decoded below, once the borrow of the exit data has ended.
             Ok(VcpuExit::Unsupported(KVM_EXIT_SNP_REQ_CERTS)) => Ok(None),

@@ -15,7 +15,7 @@ adds each as a <testcase> with a <skipped message="..."/> element:
   given with --filtered-reason.
 
 With --require-run REGEX, exits 1 (after writing the report) when any
-skipped test's name matches REGEX: .ci/run passes '^kvm_' where /dev/kvm
+skipped test's name matches REGEX: scripts/test.sh passes '(^|::)kvm_' where /dev/kvm
 is usable, so a kvm_* test can never be skipped there unnoticed.
 
 Usage: junit_skips.py JUNIT_XML NEXTEST_LIST_JSON [--filtered REGEX=TEXT]...

@@ -26,11 +26,11 @@ skips=(--filtered-reason "left out by the run's filter")
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
     echo "test: /dev/kvm is usable: the kvm_* tests run for real"
     # A kvm_* test skipped here (ignored, say) fails the CI report below.
-    skips+=(--require-run '^kvm_')
+    skips+=(--require-run '(^|::)kvm_')
 else
     echo "test: /dev/kvm is not usable: the kvm_* tests are skipped (the summary counts them)"
-    skip+=('test(/^kvm_/)')
-    skips+=(--filtered "^kvm_=needs /dev/kvm, which is not usable on this host")
+    skip+=('test(/(^|::)kvm_/)')
+    skips+=(--filtered "(^|::)kvm_=needs /dev/kvm, which is not usable on this host")
 fi
 
 if [ -z "${CH_REMOTE:-}" ]; then

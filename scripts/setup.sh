@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need beyond the Rust toolchain:
 # curl (the API tests drive the server with it, as the docs do), gcc,
-# cargo-nextest (the test runner) and cargo-mutants (scripts/mutants.sh). Safe to run again; does nothing when
-# everything is there. Fails, saying what is missing, when it cannot
+# cmake and libclang (the test guests' emulator), pkg-config and OpenSSL's
+# headers (Cloud Hypervisor's test helpers link the system's OpenSSL rather
+# than build their own: integrations/cloud-hypervisor/build-and-test.sh),
+# cargo-nextest (the test runner) and cargo-mutants (scripts/mutants.sh).
+# Safe to run again; does nothing when everything is there. Fails, saying what is missing, when it cannot
 # install something.
 set -euo pipefail
 
@@ -13,6 +16,8 @@ command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 # builds its C library with cmake and generates bindings with libclang.
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing ${need_apt[*]}"

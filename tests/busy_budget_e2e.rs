@@ -37,6 +37,16 @@ fn at(event: &Value) -> Duration {
     )
 }
 
+/// The events from `from` on, a line each, for a failure message.
+fn streak_events(all: &[Value], from: &Value) -> String {
+    let start = all.iter().position(|e| e == from).unwrap_or(0);
+    all[start..]
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Whether `event` was written on the vCPU's thread before it ran the
 /// guest again: a certificate answer, a lease release or a guest report.
 fn on_the_vcpu(event: &Value) -> bool {
@@ -133,8 +143,10 @@ fn busy_for_the_budget_and_no_longer_on(hv: &str) {
         let asked_after = at(previous) - first;
         assert!(
             asked_after < BUDGET,
-            "{hv}: answered busy ({}) to a request asked {asked_after:?} into the streak",
-            answer["properties"]
+            "{hv}: answered busy ({}) to a request asked {asked_after:?} into the streak; \
+             the events from the last one before the streak:\n{}",
+            answer["properties"],
+            streak_events(&all, before)
         );
     }
 }

@@ -340,4 +340,29 @@ mod tests {
         assert_eq!(sregs.efer & 0x500, 0x500, "EFER.LMA, LME");
         assert_eq!(vcpu.fd.get_regs().unwrap().rip, 0x1000);
     }
+
+    /// A page-state change is answered only while one is pending, and
+    /// the answer goes to `kvm_run`'s hypercall return value. Needs
+    /// `/dev/kvm` (named `kvm_*`).
+    #[test]
+    fn kvm_a_hypercall_is_completed_only_while_one_is_pending() {
+        let hv = KvmHypervisor::new().unwrap_or_else(|e| {
+            panic!("this test needs a usable /dev/kvm: scripts/test.sh skips the kvm_* tests where it is not ({e})")
+        });
+        let vm = hv.create_kvm_vm(VmType::Default).unwrap();
+        let mut vcpu = vm.create_kvm_vcpu(0).unwrap();
+        assert!(matches!(
+            vcpu.complete_hypercall(0),
+            Err(HypervisorError::NoPendingExit("hypercall"))
+        ));
+        // As `run` leaves it after a KVM_HC_MAP_GPA_RANGE exit.
+        vcpu.pending = Pending::Hypercall;
+        vcpu.complete_hypercall(7).unwrap();
+        // SAFETY: reading a plain integer of the exit union, which KVM
+        // does not touch while the vCPU is not running.
+        let ret = unsafe { vcpu.fd.get_kvm_run().__bindgen_anon_1.hypercall.ret };
+        assert_eq!(ret, 7);
+        assert_eq!(vcpu.pending, Pending::None);
+        assert!(vcpu.complete_hypercall(0).is_err(), "answered twice");
+    }
 }

@@ -21,21 +21,24 @@ use vmm::certs_service::{CertsService, RequestSource};
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-#[test]
-fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("certs.bin");
+/// A certificate service without an event monitor, serving a valid
+/// one-entry table written to `dir`, and the table's path.
+fn service_without_monitor(dir: &std::path::Path) -> (std::path::PathBuf, CertsService) {
+    let path = dir.join("certs.bin");
     let mut vcek = vec![0x5a; 1400];
     vcek[0] = 0x30;
     let mut builder = TableBuilder::new();
     builder.add(CertKind::Vcek, vcek).unwrap();
     std::fs::write(&path, builder.build().unwrap()).unwrap();
-    let active = ActiveCerts::validate(
-        CertsConfig::with_file(&path),
-        std::time::Duration::from_secs(1),
-    )
-    .unwrap();
-    let service = CertsService::new(active, EventSender::disabled());
+    let active =
+        ActiveCerts::validate(CertsConfig::with_file(&path), std::time::Duration::ZERO).unwrap();
+    (path, CertsService::new(active, EventSender::disabled()))
+}
+
+#[test]
+fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_path, service) = service_without_monitor(dir.path());
     let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
     let mut reader = CertsReader::for_vcpu(Arc::new(AtomicBool::new(false)));
     let request = CertsRequest {
@@ -69,15 +72,7 @@ fn serving_and_reporting_a_request_allocates_nothing_without_a_monitor() {
 #[test]
 fn a_fault_that_goes_on_is_reported_without_allocating_between_its_log_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("certs.bin");
-    let mut vcek = vec![0x5a; 1400];
-    vcek[0] = 0x30;
-    let mut builder = TableBuilder::new();
-    builder.add(CertKind::Vcek, vcek).unwrap();
-    std::fs::write(&path, builder.build().unwrap()).unwrap();
-    let active =
-        ActiveCerts::validate(CertsConfig::with_file(&path), std::time::Duration::ZERO).unwrap();
-    let service = CertsService::new(active, EventSender::disabled());
+    let (path, service) = service_without_monitor(dir.path());
     // The file goes away: every answer is the fallback, a fault that is
     // logged when it starts and then at most every 10 s.
     std::fs::remove_file(&path).unwrap();

@@ -259,22 +259,18 @@ fn snp_guest() -> Steps {
             mem.write_obj(5u8, GuestAddress(REQUEST + 0x34)).unwrap();
             mem.write_slice(&[0xee; 4096], GuestAddress(RESPONSE))
                 .unwrap();
-            for (offset, value) in [
-                (ghcb::SW_EXIT_CODE, 0x8000_0012u64),
-                (ghcb::SW_EXIT_INFO_1, REQUEST),
-                (ghcb::SW_EXIT_INFO_2, RESPONSE),
-                (ghcb::RAX, BUFFER),
-                (ghcb::RBX, 2),
-            ] {
-                mem.write_obj(value, GuestAddress(GHCB + offset)).unwrap();
-            }
-            // Valid bits: RAX (63); RBX (99), the exit code (114) and
-            // information (115, 116).
-            mem.write_obj(1u64 << 63, GuestAddress(GHCB + ghcb::VALID_BITMAP))
-                .unwrap();
-            let high: u64 = (1 << 35) | (1 << 50) | (1 << 51) | (1 << 52);
-            mem.write_obj(high, GuestAddress(GHCB + ghcb::VALID_BITMAP + 8))
-                .unwrap();
+            ghcb::write_valid_fields(
+                mem,
+                GHCB,
+                &[
+                    (ghcb::SW_EXIT_CODE, 0x8000_0012),
+                    (ghcb::SW_EXIT_INFO_1, REQUEST),
+                    (ghcb::SW_EXIT_INFO_2, RESPONSE),
+                    (ghcb::RAX, BUFFER),
+                    (ghcb::RBX, 2),
+                ],
+            )
+            .unwrap();
             cpu.ghcb_msr = GHCB;
             GuestStop::Vmgexit
         }),

@@ -61,21 +61,18 @@ pub(super) fn register(gpa: u64) -> Action {
 pub(super) fn ext_request(msg_type: u8, npages: u64) -> Action {
     Box::new(move |cpu, mem| {
         mem.write_obj(msg_type, GuestAddress(REQ + 0x34)).unwrap();
-        for (o, v) in [
-            (ghcb::SW_EXIT_CODE, 0x8000_0012u64),
-            (ghcb::SW_EXIT_INFO_1, REQ),
-            (ghcb::SW_EXIT_INFO_2, RESP),
-            (ghcb::RAX, BUF),
-            (ghcb::RBX, npages),
-        ] {
-            mem.write_obj(v, GuestAddress(GHCB + o)).unwrap();
-        }
-        // Valid bits: rax (63) | rbx (99), exit code (114), info (115, 116).
-        mem.write_obj(1u64 << 63, GuestAddress(GHCB + ghcb::VALID_BITMAP))
-            .unwrap();
-        let high: u64 = (1 << 35) | (1 << 50) | (1 << 51) | (1 << 52);
-        mem.write_obj(high, GuestAddress(GHCB + ghcb::VALID_BITMAP + 8))
-            .unwrap();
+        ghcb::write_valid_fields(
+            mem,
+            GHCB,
+            &[
+                (ghcb::SW_EXIT_CODE, 0x8000_0012),
+                (ghcb::SW_EXIT_INFO_1, REQ),
+                (ghcb::SW_EXIT_INFO_2, RESP),
+                (ghcb::RAX, BUF),
+                (ghcb::RBX, npages),
+            ],
+        )
+        .unwrap();
         cpu.ghcb_msr = GHCB;
         GuestStop::Vmgexit
     })

@@ -51,6 +51,25 @@ pub mod ghcb {
     pub const VALID_BITMAP: u64 = 0x3f0;
     /// `ghcb_usage` (`u32`).
     pub const GHCB_USAGE: u64 = 0xffc;
+
+    /// Writes `(offset, value)` fields into the GHCB at `ghcb_gpa` and
+    /// marks each valid in the valid bitmap (bit = offset / 8), as a guest
+    /// does before a VMGEXIT; the bitmap holds exactly these fields.
+    pub fn write_valid_fields(
+        mem: &super::GuestMemoryMmap,
+        ghcb_gpa: u64,
+        fields: &[(u64, u64)],
+    ) -> Result<(), vm_memory::GuestMemoryError> {
+        use vm_memory::{Bytes, GuestAddress};
+        let mut bitmap = [0u64; 2];
+        for &(offset, value) in fields {
+            mem.write_obj(value, GuestAddress(ghcb_gpa + offset))?;
+            let bit = offset / 8;
+            bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        mem.write_obj(bitmap[0], GuestAddress(ghcb_gpa + VALID_BITMAP))?;
+        mem.write_obj(bitmap[1], GuestAddress(ghcb_gpa + VALID_BITMAP + 8))
+    }
 }
 
 /// Exit codes (`arch/x86/include/uapi/asm/svm.h`).
